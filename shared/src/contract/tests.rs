@@ -1,0 +1,427 @@
+//! Contract tests: every payload with a job id gets exactly one result, of the right type.
+//! The reporter here records calls in memory; the end-to-end tests use the awsJson1.1 job service.
+
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::*;
+use crate::codepipeline::PipelineContext;
+use crate::error::FailureKind;
+
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<(String, JobResult)>>,
+    fail_delivery: bool,
+    no_context: bool,
+}
+
+impl JobReporter for Recorder {
+    async fn report(&self, job_id: &str, result: &JobResult) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((job_id.to_string(), result.clone()));
+        if self.fail_delivery {
+            return Err(Error::Unavailable {
+                backend: "codepipeline",
+                message: "connection refused".into(),
+            });
+        }
+        Ok(())
+    }
+    async fn pipeline_context(&self, _job_id: &str) -> Result<PipelineContext> {
+        if self.no_context {
+            return Err(Error::Permission {
+                backend: "codepipeline",
+                message: "GetJobDetails".into(),
+            });
+        }
+        Ok(PipelineContext {
+            pipeline_name: Some("shop".into()),
+            stage: Some("Data".into()),
+            action: Some("Snapshot".into()),
+            pipeline_execution_id: Some("exec-42".into()),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Params {
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    steps: u32,
+}
+
+struct Probe;
+
+impl Function for Probe {
+    const NAME: &'static str = "probe";
+    type Params = Params;
+
+    async fn step(&self, step: Step<Params>) -> Result<Outcome> {
+        match step.params.mode.as_str() {
+            "panic" => panic!("boom in the handler"),
+            "hang" => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                unreachable!()
+            }
+            "denied" => Err(Error::Permission {
+                backend: "ec2",
+                message: "UnauthorizedOperation".into(),
+            }),
+            "backend" => Err(Error::Backend {
+                backend: "ec2",
+                message: "IncorrectState".into(),
+            }),
+            "badvar" => Ok(Outcome::Done {
+                summary: "x".into(),
+                outputs: [("bad key".to_string(), "v".to_string())].into(),
+            }),
+            _ => {
+                let done = step
+                    .state
+                    .as_ref()
+                    .and_then(|s| s["done"].as_u64())
+                    .unwrap_or(0)
+                    + 1;
+                if done < u64::from(step.params.steps) {
+                    Ok(Outcome::Continue {
+                        summary: format!("{done}/{}", step.params.steps),
+                        percent: 50,
+                        state: json!({"done": done}),
+                    })
+                } else {
+                    Ok(Outcome::Done {
+                        summary: "done".into(),
+                        outputs: [("Execution".to_string(), step.execution.key.clone())].into(),
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn settings() -> Result<Settings> {
+    Settings::from_env(|_| None)
+}
+
+fn meta(secs: u64) -> InvocationMeta {
+    InvocationMeta {
+        request_id: "req-1".into(),
+        deadline: SystemTime::now() + Duration::from_secs(secs),
+    }
+}
+
+fn job(user_parameters: &str, token: Option<&str>) -> Value {
+    let mut ev: Value = serde_json::from_str(include_str!(
+        "../../../events/codepipeline/reference-job.json"
+    ))
+    .unwrap();
+    ev["CodePipeline.job"]["data"]["actionConfiguration"]["configuration"]["UserParameters"] =
+        json!(user_parameters);
+    ev["CodePipeline.job"]["data"]["continuationToken"] = token.map_or(Value::Null, |t| json!(t));
+    ev
+}
+
+async fn run(c: &Contract<Probe, Recorder>, raw: Value, secs: u64) -> Handled {
+    c.handle(raw, meta(secs)).await
+}
+
+fn one_result(c: &Contract<Probe, Recorder>) -> JobResult {
+    let calls = c.reporter.calls.lock().unwrap();
+    assert_eq!(calls.len(), 1, "exactly one result per job, got {calls:?}");
+    calls[0].1.clone()
+}
+
+fn failure_kind(r: &JobResult) -> FailureKind {
+    match r {
+        JobResult::Failed { kind, .. } => *kind,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn success_is_reported_once_with_variables_keyed_by_pipeline_execution() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    let h = run(&c, job("{}", None), 60).await;
+    assert!(matches!(
+        h,
+        Handled::Job {
+            delivered: Ok(()),
+            ..
+        }
+    ));
+    match one_result(&c) {
+        JobResult::Succeeded {
+            output_variables, ..
+        } => {
+            assert_eq!(output_variables["Execution"], "shop/exec-42/Snapshot")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn plain_text_user_parameters_fail_as_configuration_error() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    run(&c, job("input_parameter", None), 60).await;
+    assert_eq!(
+        failure_kind(&one_result(&c)),
+        FailureKind::ConfigurationError
+    );
+}
+
+#[tokio::test]
+async fn malformed_job_still_gets_its_one_failure() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    let raw = json!({"CodePipeline.job": {"id": "job-9", "data": "nonsense"}});
+    run(&c, raw, 60).await;
+    let calls = c.reporter.calls.lock().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, "job-9");
+    assert_eq!(failure_kind(&calls[0].1), FailureKind::ConfigurationError);
+}
+
+#[tokio::test]
+async fn unknown_parameter_is_named() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    run(&c, job(r#"{"mdoe": "x"}"#, None), 60).await;
+    match one_result(&c) {
+        JobResult::Failed { kind, message, .. } => {
+            assert_eq!(kind, FailureKind::ConfigurationError);
+            assert!(
+                message.starts_with("UserParameters.mdoe: unknown field"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn panic_becomes_job_failed() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    run(&c, job(r#"{"mode": "panic"}"#, None), 60).await;
+    match one_result(&c) {
+        JobResult::Failed { kind, message, .. } => {
+            assert_eq!(kind, FailureKind::JobFailed);
+            assert!(message.contains("boom in the handler"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn permission_and_backend_errors_keep_their_types() {
+    for (mode, kind) in [
+        ("denied", FailureKind::PermissionError),
+        ("backend", FailureKind::JobFailed),
+    ] {
+        let c = Contract::new(Probe, Recorder::default(), settings());
+        run(&c, job(&format!(r#"{{"mode": "{mode}"}}"#), None), 60).await;
+        assert_eq!(failure_kind(&one_result(&c)), kind, "{mode}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_output_variable_is_a_failure_not_a_rejected_call() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    run(&c, job(r#"{"mode": "badvar"}"#, None), 60).await;
+    assert_eq!(failure_kind(&one_result(&c)), FailureKind::JobFailed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_answers_in_progress_then_fails_after_repeated_stalls() {
+    let mut token: Option<String> = None;
+    for attempt in 1..=MAX_STALLS {
+        let c = Contract::new(Probe, Recorder::default(), settings());
+        // 15 s left, 10 s margin: the step has 5 s and hangs.
+        run(&c, job(r#"{"mode": "hang"}"#, token.as_deref()), 15).await;
+        match one_result(&c) {
+            JobResult::InProgress {
+                continuation_token, ..
+            } if attempt < MAX_STALLS => {
+                let decoded = Continuation::decode(&continuation_token, "probe").unwrap();
+                assert_eq!(decoded.stalls, attempt);
+                assert_eq!(decoded.execution, "shop/exec-42/Snapshot");
+                token = Some(continuation_token);
+            }
+            JobResult::Failed { kind, message, .. } if attempt == MAX_STALLS => {
+                assert_eq!(kind, FailureKind::JobFailed);
+                assert!(message.contains("no progress"), "{message}");
+            }
+            other => panic!("attempt {attempt}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn continuation_resumes_state_and_execution_across_jobs() {
+    let mut token = None;
+    let mut results = vec![];
+    for _ in 0..3 {
+        let c = Contract::new(
+            Probe,
+            Recorder {
+                no_context: token.is_some(),
+                ..Default::default()
+            },
+            settings(),
+        );
+        run(&c, job(r#"{"steps": 3}"#, token.as_deref()), 60).await;
+        let r = one_result(&c);
+        if let JobResult::InProgress {
+            continuation_token, ..
+        } = &r
+        {
+            token = Some(continuation_token.clone());
+        }
+        results.push(r);
+    }
+    assert!(matches!(
+        results[0],
+        JobResult::InProgress {
+            percent_complete: 50,
+            ..
+        }
+    ));
+    assert!(matches!(results[1], JobResult::InProgress { .. }));
+    match &results[2] {
+        // The execution key comes from the token, not from a second GetJobDetails.
+        JobResult::Succeeded {
+            output_variables, ..
+        } => {
+            assert_eq!(output_variables["Execution"], "shop/exec-42/Snapshot")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn token_from_another_function_is_a_configuration_error() {
+    let other = Continuation {
+        function: "other".into(),
+        execution: "e".into(),
+        stalls: 0,
+        state: json!({}),
+    };
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    run(&c, job("{}", Some(&other.encode().unwrap())), 60).await;
+    assert_eq!(
+        failure_kind(&one_result(&c)),
+        FailureKind::ConfigurationError
+    );
+}
+
+#[tokio::test]
+async fn without_get_job_details_the_job_id_keys_the_run() {
+    let c = Contract::new(
+        Probe,
+        Recorder {
+            no_context: true,
+            ..Default::default()
+        },
+        settings(),
+    );
+    run(&c, job("{}", None), 60).await;
+    match one_result(&c) {
+        JobResult::Succeeded {
+            output_variables, ..
+        } => {
+            assert_eq!(
+                output_variables["Execution"],
+                "job/11111111-abcd-1111-abcd-111111abcdef"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn undeliverable_result_is_visible_to_the_caller() {
+    let c = Contract::new(
+        Probe,
+        Recorder {
+            fail_delivery: true,
+            ..Default::default()
+        },
+        settings(),
+    );
+    let h = run(&c, job("{}", None), 60).await;
+    assert!(matches!(
+        h,
+        Handled::Job {
+            delivered: Err(_),
+            ..
+        }
+    ));
+    assert_eq!(h.to_json("probe")["reportedToCodePipeline"], json!(false));
+}
+
+#[tokio::test]
+async fn bad_environment_fails_every_job_with_configuration_error() {
+    let bad = Settings::from_env(|k| (k == "SNAPSTAGE_DEFAULTS").then(|| "not json".to_string()));
+    let c = Contract::new(Probe, Recorder::default(), bad);
+    run(&c, job("{}", None), 60).await;
+    match one_result(&c) {
+        JobResult::Failed { kind, message, .. } => {
+            assert_eq!(kind, FailureKind::ConfigurationError);
+            assert!(message.contains("SNAPSTAGE_DEFAULTS"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn direct_requests_answer_the_caller_and_never_call_codepipeline() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    let h = run(&c, json!({"steps": 1, "executionId": "build-7"}), 60).await;
+    let v = h.to_json("probe");
+    assert_eq!(v["status"], "Succeeded");
+    assert_eq!(v["outputVariables"]["Execution"], "build-7");
+    let h = run(&c, json!({"steps": "x"}), 60).await;
+    let v = h.to_json("probe");
+    assert_eq!(v["failureType"], "ConfigurationError");
+    assert!(
+        v["message"].as_str().unwrap().starts_with("request.steps"),
+        "{v}"
+    );
+    assert!(c.reporter.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn codecommit_events_are_keyed_by_commit_or_ignored_with_reason() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    let raw: Value =
+        serde_json::from_str(include_str!("../../../events/codecommit/push-main.json")).unwrap();
+    let v = run(&c, raw, 60).await.to_json("probe");
+    assert_eq!(v["status"], "Succeeded", "{v}");
+    assert_eq!(
+        v["executionId"],
+        "codecommit/shop-api/a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+    );
+    let raw: Value =
+        serde_json::from_str(include_str!("../../../events/codecommit/tag-created.json")).unwrap();
+    let v = run(&c, raw, 60).await.to_json("probe");
+    assert_eq!(v["status"], "Ignored");
+}
+
+#[tokio::test]
+async fn result_json_never_contains_artifact_credentials() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    for raw in [
+        job("{}", None),
+        job("input_parameter", None),
+        job(r#"{"mode": "panic"}"#, None),
+    ] {
+        let s = run(&c, raw, 60).await.to_json("probe").to_string();
+        assert!(
+            !s.contains("secret_key") && !s.contains("session_token"),
+            "{s}"
+        );
+    }
+}

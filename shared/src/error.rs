@@ -1,0 +1,234 @@
+//! The one error type of the core crate, and how each error maps to a CodePipeline failure type.
+//!
+//! Messages say what to fix and never carry secrets: nothing from an event's
+//! `artifactCredentials`, no API token, no presigned URL.
+
+use std::fmt;
+
+/// `Result` with the crate's [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// CodePipeline's `FailureType` (PutJobFailureResult `failureDetails.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum FailureKind {
+    JobFailed,
+    ConfigurationError,
+    PermissionError,
+    RevisionOutOfSync,
+    RevisionUnavailable,
+    SystemUnavailable,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JobFailed => "JobFailed",
+            Self::ConfigurationError => "ConfigurationError",
+            Self::PermissionError => "PermissionError",
+            Self::RevisionOutOfSync => "RevisionOutOfSync",
+            Self::RevisionUnavailable => "RevisionUnavailable",
+            Self::SystemUnavailable => "SystemUnavailable",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The payload is not an event or request this function accepts.
+    #[error("{0}")]
+    Event(String),
+
+    /// A parameter is missing, unknown or invalid; `field` names it the way the user wrote it.
+    #[error("{field}: {message}")]
+    Parameter { field: String, message: String },
+
+    /// The configuration (environment, token, templates) is unusable.
+    #[error("{0}")]
+    Configuration(String),
+
+    /// The function's role lacks a permission.
+    #[error("{backend}: permission denied: {message}")]
+    Permission {
+        backend: &'static str,
+        message: String,
+    },
+
+    /// A resource the request names does not exist.
+    #[error("{backend}: not found: {message}")]
+    NotFound {
+        backend: &'static str,
+        message: String,
+    },
+
+    /// A safety rule refused the request (e.g. a production target).
+    #[error("refused: {0}")]
+    Refused(String),
+
+    /// The backend is unreachable or throttling past its retries.
+    #[error("{backend}: unavailable: {message}")]
+    Unavailable {
+        backend: &'static str,
+        message: String,
+    },
+
+    /// Anything else a backend reports.
+    #[error("{backend}: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
+
+    /// A bug on our side (a panic, an invariant). Reported as JobFailed.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn parameter(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Parameter {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The CodePipeline failure type this error is reported as.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            Self::Event(_) | Self::Parameter { .. } | Self::Configuration(_) | Self::Refused(_) => {
+                FailureKind::ConfigurationError
+            }
+            Self::NotFound { .. } => FailureKind::ConfigurationError,
+            Self::Permission { .. } => FailureKind::PermissionError,
+            Self::Unavailable { .. } => FailureKind::SystemUnavailable,
+            Self::Backend { .. } | Self::Internal(_) => FailureKind::JobFailed,
+        }
+    }
+
+    /// Classify an AWS error code (as returned by `ProvideErrorMetadata::code`).
+    pub fn from_aws_code(backend: &'static str, code: Option<&str>, message: String) -> Self {
+        match code.unwrap_or_default() {
+            "AccessDenied"
+            | "AccessDeniedException"
+            | "UnauthorizedOperation"
+            | "AuthFailure"
+            | "InvalidClientTokenId"
+            | "ExpiredToken"
+            | "ExpiredTokenException"
+            | "SignatureDoesNotMatch" => Self::Permission { backend, message },
+            c if c.ends_with(".NotFound")
+                || c == "NoSuchBucket"
+                || c == "NoSuchKey"
+                || c == "NotFound" =>
+            {
+                Self::NotFound { backend, message }
+            }
+            "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "SlowDown"
+            | "ServiceUnavailable"
+            | "InternalError"
+            | "InternalFailure"
+            | "RequestTimeout" => Self::Unavailable { backend, message },
+            c if c.starts_with("Invalid")
+                || c.starts_with("Missing")
+                || c == "ValidationException" =>
+            {
+                Self::Configuration(format!("{backend}: {message}"))
+            }
+            _ => Self::Backend { backend, message },
+        }
+    }
+}
+
+/// Turn any AWS SDK error into a classified [`Error`], keeping the service's code and message.
+pub fn aws_error<E, R>(
+    backend: &'static str,
+    action: &str,
+    err: aws_sdk_s3::error::SdkError<E, R>,
+) -> Error
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_s3::error::SdkError;
+    match &err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let code = e.code();
+            let msg = format!(
+                "{action}: {}{}",
+                code.unwrap_or("error"),
+                e.message().map(|m| format!(": {m}")).unwrap_or_default()
+            );
+            Error::from_aws_code(backend, code, msg)
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            Error::Unavailable {
+                backend,
+                message: format!("{action}: {}", DisplayChain(&err)),
+            }
+        }
+        _ => Error::Backend {
+            backend,
+            message: format!("{action}: {}", DisplayChain(&err)),
+        },
+    }
+}
+
+/// Displays an error with its sources, `a: b: c`.
+pub struct DisplayChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aws_codes_map_to_failure_types() {
+        let kind = |c| Error::from_aws_code("ec2", Some(c), "m".into()).failure_kind();
+        assert_eq!(kind("UnauthorizedOperation"), FailureKind::PermissionError);
+        assert_eq!(kind("AccessDenied"), FailureKind::PermissionError);
+        assert_eq!(
+            kind("InvalidVolume.NotFound"),
+            FailureKind::ConfigurationError
+        );
+        assert_eq!(kind("RequestLimitExceeded"), FailureKind::SystemUnavailable);
+        assert_eq!(
+            kind("InvalidParameterValue"),
+            FailureKind::ConfigurationError
+        );
+        assert_eq!(kind("SomethingElse"), FailureKind::JobFailed);
+    }
+
+    #[test]
+    fn parameter_errors_name_the_field() {
+        let e = Error::parameter(
+            "UserParameters.volumeIds[0]",
+            "expected a volume id, got 42",
+        );
+        assert_eq!(
+            e.to_string(),
+            "UserParameters.volumeIds[0]: expected a volume id, got 42"
+        );
+        assert_eq!(e.failure_kind(), FailureKind::ConfigurationError);
+    }
+}

@@ -1,0 +1,28 @@
+//! snapstage core: everything the four functions share.
+//!
+//! | where | what |
+//! | --- | --- |
+//! | [`contract`] | the job contract: one CodePipeline result per job, whatever happens |
+//! | [`codepipeline`] | the job event, results, and the reporter (PutJob*Result, GetJobDetails) |
+//! | [`invocation`] | what a raw payload is: job event, CodeCommit event, or direct request |
+//! | [`codecommit`] | EventBridge CodeCommit events and the trigger filter |
+//! | [`params`] | parameter sources and merging |
+//! | [`continuation`] | the versioned continuation token |
+//! | [`entry`] | `main` for every function: Lambda Runtime API or CLI |
+//! | [`aws`] | the one `SdkConfig` builder |
+//! | [`storage`] | the snapshot/volume backend trait and its backends (EBS) |
+//! | [`staging`] | the staging database's Kubernetes manifests |
+//! | [`replicate`] | copying artifacts between S3 endpoints, verified |
+
+pub mod aws;
+pub mod codecommit;
+pub mod codepipeline;
+pub mod continuation;
+pub mod contract;
+pub mod entry;
+pub mod error;
+pub mod invocation;
+pub mod params;
+
+pub use contract::{Deadline, Execution, Function, Outcome, Step};
+pub use error::{Error, FailureKind, Result};
