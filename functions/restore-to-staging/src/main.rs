@@ -1,1 +1,41 @@
-fn main() {}
+//! restore-to-staging: the newest (or a named) snapshot becomes a new, writable staging volume.
+//! Never writes to a production volume.
+
+use std::process::ExitCode;
+
+use snapstage::entry::About;
+use snapstage::storage::ebs::Ebs;
+use snapstage::storage::steps::{RestoreParams, restore_step};
+use snapstage::{Function, Outcome, Result, Step};
+
+const ABOUT: About = About {
+    summary: "Creates a new staging volume from a snapshot (a named one, or the newest completed snapshot\n\
+snapstage made of a production volume), tagged snapstage:role=staging and with the pipeline run, in the\n\
+given availability zone. Only ever creates new volumes; refuses any volume tagged as production.",
+    parameters: "  snapshotId        \"snap-…\" to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)\n  \
+sourceVolumeId    \"vol-…\": restore the newest completed snapstage snapshot of this volume\n  \
+availabilityZone  zone of the staging nodes, e.g. \"us-east-1a\" (required)\n  \
+volumeType        gp3 (default), gp2, io1, io2, st1, sc1\n  \
+backend           \"ebs\" (default)\n  \
+dryRun            true: report what would be done, change nothing",
+    outputs: "  VolumeId  SnapshotId  AvailabilityZone  SizeGiB  Backend  (DryRun when dryRun)",
+};
+
+struct RestoreToStaging {
+    ebs: Ebs,
+}
+
+impl Function for RestoreToStaging {
+    const NAME: &'static str = "restore-to-staging";
+    type Params = RestoreParams;
+
+    async fn step(&self, step: Step<RestoreParams>) -> Result<Outcome> {
+        restore_step(&self.ebs, step).await
+    }
+}
+
+fn main() -> ExitCode {
+    snapstage::entry::main(&ABOUT, |config| RestoreToStaging {
+        ebs: Ebs::new(aws_sdk_ec2::Client::new(config)),
+    })
+}

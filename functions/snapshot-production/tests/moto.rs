@@ -1,0 +1,256 @@
+//! snapshot-production as a user runs it (the CLI binary) against moto's EC2 API.
+//! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`); prints SKIP otherwise.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use serde_json::{Value, json};
+
+fn moto() -> Option<String> {
+    let url = std::env::var("SNAPSTAGE_MOTO_CLOUD").ok();
+    if url.is_none() {
+        eprintln!("SKIP: SNAPSTAGE_MOTO_CLOUD is not set (run `make test`, which starts moto)");
+    }
+    url
+}
+
+/// Runs the binary with `event` on stdin; returns (exit code, stdout JSON).
+fn run(moto: &str, event: &Value, extra_env: &[(&str, &str)]) -> (i32, Value) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snapshot-production"))
+        .args(["--event", "-"])
+        .env("AWS_ENDPOINT_URL", moto)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(extra_env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(event.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_str(last).unwrap_or(Value::Null),
+    )
+}
+
+async fn ec2(moto: &str) -> aws_sdk_ec2::Client {
+    let conf = snapstage::aws::loader()
+        .endpoint_url(moto)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_ec2::Client::new(&conf)
+}
+
+async fn production_volume(ec2: &aws_sdk_ec2::Client) -> String {
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Volume)
+        .tags(Tag::builder().key("env").value("production").build())
+        .build();
+    let v = ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(8)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .unwrap();
+    v.volume_id().unwrap().to_string()
+}
+
+async fn snapshots_of_run(ec2: &aws_sdk_ec2::Client, execution: &str) -> Vec<String> {
+    let out = ec2
+        .describe_snapshots()
+        .filters(
+            Filter::builder()
+                .name("tag:snapstage:execution")
+                .values(execution)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.snapshots()
+        .iter()
+        .filter_map(|s| s.snapshot_id().map(String::from))
+        .collect()
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{n:x}")
+}
+
+#[tokio::test]
+async fn repeated_runs_reuse_the_snapshot_and_a_new_run_makes_one() {
+    let Some(url) = moto() else { return };
+    let ec2 = ec2(&url).await;
+    let vol = production_volume(&ec2).await;
+    let run_id = unique("run");
+    let req = json!({"volumeIds": [vol], "executionId": run_id});
+
+    let (code, first) = run(&url, &req, &[]);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(first["status"], "Succeeded", "{first}");
+    let snap = first["outputVariables"]["SnapshotId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(first["outputVariables"]["SourceVolumeIds"], vol.as_str());
+    assert_eq!(first["outputVariables"]["Backend"], "ebs");
+
+    for _ in 0..2 {
+        let (code, again) = run(&url, &req, &[]);
+        assert_eq!(code, 0);
+        assert_eq!(
+            again["outputVariables"]["SnapshotId"],
+            snap.as_str(),
+            "a retry reuses its snapshot"
+        );
+    }
+    assert_eq!(snapshots_of_run(&ec2, &run_id).await, vec![snap.clone()]);
+
+    // The snapshot is of the production volume, and the volume is untouched (still available).
+    let s = ec2
+        .describe_snapshots()
+        .snapshot_ids(&snap)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(s.snapshots()[0].volume_id(), Some(vol.as_str()));
+    let v = ec2
+        .describe_volumes()
+        .volume_ids(&vol)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        v.volumes()[0].state().map(|s| s.as_str()),
+        Some("available")
+    );
+
+    let other = unique("run");
+    let (_, second) = run(
+        &url,
+        &json!({"volumeIds": [vol], "executionId": other}),
+        &[],
+    );
+    assert_ne!(second["outputVariables"]["SnapshotId"], snap.as_str());
+    assert_eq!(snapshots_of_run(&ec2, &other).await.len(), 1);
+}
+
+#[tokio::test]
+async fn several_volumes_are_snapshotted_as_one_group() {
+    let Some(url) = moto() else { return };
+    let ec2 = ec2(&url).await;
+    let (a, b) = (production_volume(&ec2).await, production_volume(&ec2).await);
+    let run_id = unique("group");
+    let (code, out) = run(
+        &url,
+        &json!({"volumeIds": [a, b], "executionId": run_id}),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    let ids: Vec<&str> = out["outputVariables"]["SnapshotIds"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(snapshots_of_run(&ec2, &run_id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn dry_run_creates_nothing() {
+    let Some(url) = moto() else { return };
+    let ec2 = ec2(&url).await;
+    let vol = production_volume(&ec2).await;
+    let run_id = unique("dry");
+    let (code, out) = run(
+        &url,
+        &json!({"volumeIds": [vol], "executionId": run_id, "dryRun": true}),
+        &[],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["outputVariables"]["DryRun"], "true");
+    assert!(
+        out["summary"].as_str().unwrap().contains("would snapshot"),
+        "{out}"
+    );
+    assert!(snapshots_of_run(&ec2, &run_id).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_missing_volume_is_a_configuration_error_naming_it() {
+    let Some(url) = moto() else { return };
+    let (code, out) = run(&url, &json!({"volumeIds": ["vol-00000000000000000"]}), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out["failureType"], "ConfigurationError", "{out}");
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap()
+            .contains("vol-00000000000000000"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn bad_parameters_fail_before_any_aws_call() {
+    let Some(url) = moto() else { return };
+    let (code, out) = run(&url, &json!({"volumeIds": ["disk-1"]}), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("volumeIds[0]: expected an id like"),
+        "{out}"
+    );
+    let (_, out) = run(&url, &json!({"volumeId": "vol-0abc"}), &[]);
+    assert!(
+        out["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("request.volumeId: unknown field"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_result_that_cannot_be_delivered_exits_3() {
+    let Some(url) = moto() else { return };
+    let event: Value = serde_json::from_str(include_str!(
+        "../../../events/codepipeline/snapshot-production.json"
+    ))
+    .unwrap();
+    // Nothing listens on port 9 (discard): CodePipeline is unreachable.
+    let (code, out) = run(
+        &url,
+        &event,
+        &[
+            ("AWS_ENDPOINT_URL_CODEPIPELINE", "http://127.0.0.1:9"),
+            ("AWS_MAX_ATTEMPTS", "1"),
+        ],
+    );
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(out["reportedToCodePipeline"], false);
+}

@@ -1,0 +1,359 @@
+//! Amazon EBS over the EC2 API: CreateSnapshot with tags, DescribeSnapshots to find and follow
+//! it, CreateVolume from a snapshot in the requested AZ with a client token.
+
+use aws_sdk_ec2::Client;
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_smithy_types::date_time::Format;
+
+use super::{
+    Backend, MANAGED_BY, SnapshotInfo, SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE,
+    TAG_SOURCE, VolumeInfo, VolumeSpec, VolumeState, execution_tag,
+};
+use crate::contract::Execution;
+use crate::error::{Error, Result, aws_error};
+
+const B: &str = "ebs";
+
+#[derive(Debug, Clone)]
+pub struct Ebs {
+    ec2: Client,
+}
+
+impl Ebs {
+    pub fn new(ec2: Client) -> Self {
+        Self { ec2 }
+    }
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag::builder().key(k).value(v).build()
+}
+
+fn run_tags(
+    kind: ResourceType,
+    execution: &Execution,
+    role: &str,
+    source: Option<&str>,
+) -> TagSpecification {
+    let mut spec = TagSpecification::builder()
+        .resource_type(kind)
+        .tags(tag(TAG_MANAGED_BY, MANAGED_BY))
+        .tags(tag(TAG_EXECUTION, &execution_tag(execution)))
+        .tags(tag(TAG_ROLE, role));
+    if let Some(s) = source {
+        spec = spec.tags(tag(TAG_SOURCE, s));
+    }
+    if let Some(p) = &execution.pipeline {
+        spec = spec.tags(tag("snapstage:pipeline", p));
+    }
+    if let Some(c) = &execution.commit {
+        spec = spec.tags(tag("snapstage:commit", c));
+    }
+    spec.build()
+}
+
+fn snapshot_info(s: &aws_sdk_ec2::types::Snapshot) -> Result<SnapshotInfo> {
+    use aws_sdk_ec2::types::SnapshotState as S;
+    let id = s.snapshot_id().ok_or_else(|| Error::Backend {
+        backend: B,
+        message: "snapshot without an id".into(),
+    })?;
+    let percent = s
+        .progress()
+        .and_then(|p| p.trim_end_matches('%').parse::<u8>().ok())
+        .unwrap_or(0);
+    let state = match s.state() {
+        Some(S::Completed) => SnapshotState::Ready,
+        Some(S::Error) | Some(S::Recoverable) => SnapshotState::Failed(format!(
+            "state {}: {}",
+            s.state().map(|x| x.as_str()).unwrap_or_default(),
+            s.state_message().unwrap_or("no message")
+        )),
+        _ => SnapshotState::Pending {
+            percent: percent.min(99),
+        },
+    };
+    Ok(SnapshotInfo {
+        id: id.to_string(),
+        source: s.volume_id().unwrap_or_default().to_string(),
+        state,
+        started: s.start_time().and_then(|t| t.fmt(Format::DateTime).ok()),
+        size_gib: s.volume_size().map(i64::from),
+    })
+}
+
+fn volume_info(v: &aws_sdk_ec2::types::Volume) -> Result<VolumeInfo> {
+    use aws_sdk_ec2::types::VolumeState as S;
+    let id = v.volume_id().ok_or_else(|| Error::Backend {
+        backend: B,
+        message: "volume without an id".into(),
+    })?;
+    let state = match v.state() {
+        Some(S::Available) => VolumeState::Available,
+        Some(S::InUse) => VolumeState::InUse,
+        Some(S::Creating) => VolumeState::Creating,
+        Some(other) => VolumeState::Failed(format!("state {}", other.as_str())),
+        None => VolumeState::Creating,
+    };
+    Ok(VolumeInfo {
+        id: id.to_string(),
+        state,
+        zone: v.availability_zone().map(str::to_string),
+        snapshot: v
+            .snapshot_id()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        size_gib: v.size().map(i64::from),
+        tags: v
+            .tags()
+            .iter()
+            .map(|t| {
+                (
+                    t.key().unwrap_or_default().into(),
+                    t.value().unwrap_or_default().into(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// A stable client token for CreateVolume (≤ 64 ASCII chars): a retry with the same token
+/// returns the same volume instead of a second one.
+fn client_token(execution: &Execution, snapshot: &str) -> String {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(format!("{}\n{snapshot}", execution.key).as_bytes());
+    format!("snapstage-{}", &hex::encode(d)[..40])
+}
+
+impl Backend for Ebs {
+    fn name(&self) -> &'static str {
+        B
+    }
+
+    async fn describe_source(&self, source: &str) -> Result<Option<i64>> {
+        let out = self
+            .ec2
+            .describe_volumes()
+            .volume_ids(source)
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeVolumes", e))?;
+        let v = out.volumes().first().ok_or_else(|| Error::NotFound {
+            backend: B,
+            message: format!("volume {source}"),
+        })?;
+        Ok(v.size().map(i64::from))
+    }
+
+    async fn find_snapshot(
+        &self,
+        source: &str,
+        execution: &Execution,
+    ) -> Result<Option<SnapshotInfo>> {
+        let out = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter(
+                &format!("tag:{TAG_EXECUTION}"),
+                &execution_tag(execution),
+            ))
+            .filters(filter(&format!("tag:{TAG_SOURCE}"), source))
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+        // Prefer one that did not fail: a failed snapshot of this run is replaced, not reused.
+        let mut found: Vec<SnapshotInfo> = out
+            .snapshots()
+            .iter()
+            .map(snapshot_info)
+            .collect::<Result<_>>()?;
+        found.sort_by_key(|s| matches!(s.state, SnapshotState::Failed(_)));
+        Ok(found
+            .into_iter()
+            .find(|s| !matches!(s.state, SnapshotState::Failed(_))))
+    }
+
+    async fn create_snapshot(
+        &self,
+        source: &str,
+        execution: &Execution,
+        description: &str,
+    ) -> Result<SnapshotInfo> {
+        let out = self
+            .ec2
+            .create_snapshot()
+            .volume_id(source)
+            .description(description)
+            .tag_specifications(run_tags(
+                ResourceType::Snapshot,
+                execution,
+                "snapshot",
+                Some(source),
+            ))
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "CreateSnapshot", e))?;
+        let id = out.snapshot_id().ok_or_else(|| Error::Backend {
+            backend: B,
+            message: "CreateSnapshot returned no id".into(),
+        })?;
+        tracing::info!(snapshot = id, volume = source, "created EBS snapshot");
+        self.snapshot(id).await
+    }
+
+    async fn snapshot(&self, id: &str) -> Result<SnapshotInfo> {
+        let out = self
+            .ec2
+            .describe_snapshots()
+            .snapshot_ids(id)
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+        let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
+            backend: B,
+            message: format!("snapshot {id}"),
+        })?;
+        snapshot_info(s)
+    }
+
+    async fn newest_snapshot(&self, source: &str) -> Result<Option<SnapshotInfo>> {
+        let mut pages = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter("volume-id", source))
+            .filters(filter(&format!("tag:{TAG_MANAGED_BY}"), MANAGED_BY))
+            .filters(filter("status", "completed"))
+            .into_paginator()
+            .send();
+        let mut newest: Option<(aws_smithy_types::DateTime, SnapshotInfo)> = None;
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+            for s in page.snapshots() {
+                let Some(t) = s.start_time() else { continue };
+                if newest.as_ref().is_none_or(|(best, _)| t > best) {
+                    newest = Some((*t, snapshot_info(s)?));
+                }
+            }
+        }
+        Ok(newest.map(|(_, s)| s))
+    }
+
+    async fn find_volume(&self, execution: &Execution) -> Result<Option<VolumeInfo>> {
+        let out = self
+            .ec2
+            .describe_volumes()
+            .filters(filter(
+                &format!("tag:{TAG_EXECUTION}"),
+                &execution_tag(execution),
+            ))
+            .filters(filter(&format!("tag:{TAG_ROLE}"), "staging"))
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeVolumes", e))?;
+        let vols: Vec<VolumeInfo> = out
+            .volumes()
+            .iter()
+            .map(volume_info)
+            .collect::<Result<_>>()?;
+        Ok(vols
+            .into_iter()
+            .find(|v| !matches!(v.state, VolumeState::Failed(_))))
+    }
+
+    async fn create_volume(
+        &self,
+        snapshot: &SnapshotInfo,
+        spec: &VolumeSpec,
+        execution: &Execution,
+    ) -> Result<VolumeInfo> {
+        let out = self
+            .ec2
+            .create_volume()
+            .snapshot_id(&snapshot.id)
+            .availability_zone(&spec.zone)
+            .volume_type(aws_sdk_ec2::types::VolumeType::from(
+                spec.volume_type.as_str(),
+            ))
+            .client_token(client_token(execution, &snapshot.id))
+            .tag_specifications(run_tags(
+                ResourceType::Volume,
+                execution,
+                "staging",
+                Some(&snapshot.id),
+            ))
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "CreateVolume", e))?;
+        let id = out.volume_id().ok_or_else(|| Error::Backend {
+            backend: B,
+            message: "CreateVolume returned no id".into(),
+        })?;
+        tracing::info!(volume = id, snapshot = %snapshot.id, zone = %spec.zone, "created staging EBS volume");
+        self.volume(id).await
+    }
+
+    async fn volume(&self, id: &str) -> Result<VolumeInfo> {
+        let out = self
+            .ec2
+            .describe_volumes()
+            .volume_ids(id)
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeVolumes", e))?;
+        let v = out.volumes().first().ok_or_else(|| Error::NotFound {
+            backend: B,
+            message: format!("volume {id}"),
+        })?;
+        volume_info(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_token_is_stable_per_run_and_snapshot() {
+        let ex = |k: &str| Execution {
+            key: k.into(),
+            origin: "direct".into(),
+            pipeline: None,
+            commit: None,
+        };
+        let a = client_token(&ex("run-1"), "snap-1");
+        assert_eq!(a, client_token(&ex("run-1"), "snap-1"));
+        assert_ne!(a, client_token(&ex("run-2"), "snap-1"));
+        assert_ne!(a, client_token(&ex("run-1"), "snap-2"));
+        assert!(a.len() <= 64 && a.is_ascii());
+    }
+
+    #[test]
+    fn snapshot_states_map_with_progress() {
+        use aws_sdk_ec2::types::{Snapshot, SnapshotState as S};
+        let s = Snapshot::builder()
+            .snapshot_id("snap-1")
+            .volume_id("vol-1")
+            .state(S::Pending)
+            .progress("42%")
+            .build();
+        assert_eq!(
+            snapshot_info(&s).unwrap().state,
+            SnapshotState::Pending { percent: 42 }
+        );
+        let s = Snapshot::builder()
+            .snapshot_id("snap-1")
+            .state(S::Error)
+            .state_message("KMS key disabled")
+            .build();
+        match snapshot_info(&s).unwrap().state {
+            SnapshotState::Failed(m) => assert!(m.contains("KMS key disabled")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Snapshot and volume backends behind one small trait, and the two storage steps
+//! (`snapshot-production`, `restore-to-staging`) written once over it.
+//!
+//! Every resource snapstage makes carries tags/labels that tie it to the run ([`TAG_EXECUTION`]),
+//! so a retried or duplicated invocation finds its own work instead of making a second one.
+//!
+//! Backends: [`ebs`] (EC2 API). CSI and FlashArray/Cloud Block Store implement the same trait.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contract::Execution;
+use crate::error::{Error, Result};
+
+pub mod ebs;
+pub mod steps;
+
+pub const TAG_MANAGED_BY: &str = "snapstage:managed-by";
+pub const TAG_EXECUTION: &str = "snapstage:execution";
+pub const TAG_SOURCE: &str = "snapstage:source";
+pub const TAG_ROLE: &str = "snapstage:role";
+pub const MANAGED_BY: &str = "snapstage";
+
+/// Tag keys that mark a resource's environment, and the values that mean production.
+pub const ENVIRONMENT_TAG_KEYS: [&str; 4] = ["env", "environment", "stage", "snapstage:role"];
+pub const PRODUCTION_VALUES: [&str; 3] = ["production", "prod", "prd"];
+
+/// The tag value for an execution key: keys longer than a tag allows are shortened with a hash
+/// so they stay unique and stable.
+pub fn execution_tag(execution: &Execution) -> String {
+    let key = &execution.key;
+    if key.len() <= 200 {
+        return key.clone();
+    }
+    use sha2::Digest as _;
+    let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    format!(
+        "{}…{}",
+        &key[..key.char_indices().nth(100).map_or(key.len(), |(i, _)| i)],
+        &digest[..32]
+    )
+}
+
+/// True when tags/labels mark the resource as production.
+pub fn is_production<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+    tags.into_iter().any(|(k, v)| {
+        ENVIRONMENT_TAG_KEYS
+            .iter()
+            .any(|e| k.eq_ignore_ascii_case(e))
+            && PRODUCTION_VALUES.iter().any(|p| v.eq_ignore_ascii_case(p))
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotState {
+    Pending { percent: u8 },
+    Ready,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub source: String,
+    pub state: SnapshotState,
+    /// RFC 3339 start time, when the backend reports one.
+    pub started: Option<String>,
+    pub size_gib: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeState {
+    Creating,
+    Available,
+    InUse,
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub id: String,
+    pub state: VolumeState,
+    pub zone: Option<String>,
+    pub snapshot: Option<String>,
+    pub size_gib: Option<i64>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// Where and how a staging volume is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub zone: String,
+    pub volume_type: String,
+}
+
+/// A storage backend: snapshots of production sources, staging volumes from snapshots.
+pub trait Backend: Send + Sync {
+    /// `ebs`, `csi`, `flasharray`: reported as the `Backend` output variable.
+    fn name(&self) -> &'static str;
+
+    /// Checks a production source exists; returns its size in GiB when known.
+    fn describe_source(&self, source: &str) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    /// The snapshot this run already made of `source`, if any.
+    fn find_snapshot(
+        &self,
+        source: &str,
+        execution: &Execution,
+    ) -> impl Future<Output = Result<Option<SnapshotInfo>>> + Send;
+
+    fn create_snapshot(
+        &self,
+        source: &str,
+        execution: &Execution,
+        description: &str,
+    ) -> impl Future<Output = Result<SnapshotInfo>> + Send;
+
+    fn snapshot(&self, id: &str) -> impl Future<Output = Result<SnapshotInfo>> + Send;
+
+    /// The newest completed snapshot of `source` that snapstage made.
+    fn newest_snapshot(
+        &self,
+        source: &str,
+    ) -> impl Future<Output = Result<Option<SnapshotInfo>>> + Send;
+
+    /// The staging volume this run already made, if any.
+    fn find_volume(
+        &self,
+        execution: &Execution,
+    ) -> impl Future<Output = Result<Option<VolumeInfo>>> + Send;
+
+    fn create_volume(
+        &self,
+        snapshot: &SnapshotInfo,
+        spec: &VolumeSpec,
+        execution: &Execution,
+    ) -> impl Future<Output = Result<VolumeInfo>> + Send;
+
+    fn volume(&self, id: &str) -> impl Future<Output = Result<VolumeInfo>> + Send;
+}
+
+/// The backends a user can name in `backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    #[default]
+    Ebs,
+}
+
+/// Checks an EBS-style id (`vol-…`, `snap-…`) and names the field when it is wrong.
+pub fn check_id(field: &str, value: &str, prefix: &str) -> Result<()> {
+    let ok = value.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 32 && rest.chars().all(|c| c.is_ascii_hexdigit())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::parameter(
+            field,
+            format!("expected an id like \"{prefix}0123456789abcdef0\", got {value:?}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_markers_are_recognised_case_insensitively() {
+        assert!(is_production([("Env", "Production")]));
+        assert!(is_production([("stage", "prod")]));
+        assert!(!is_production([("env", "staging")]));
+        assert!(!is_production([("Name", "production-db")]));
+    }
+
+    #[test]
+    fn ids_are_checked_with_the_field_name() {
+        check_id("volumeIds[0]", "vol-0123abcd", "vol-").unwrap();
+        let e = check_id("volumeIds[0]", "42", "vol-").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("volumeIds[0]: expected an id like"),
+            "{e}"
+        );
+        assert!(check_id("snapshotId", "snap-", "snap-").is_err());
+        assert!(check_id("snapshotId", "snap-xyz", "snap-").is_err());
+    }
+
+    #[test]
+    fn long_execution_keys_are_shortened_stably() {
+        let ex = |k: &str| Execution {
+            key: k.into(),
+            origin: "direct".into(),
+            pipeline: None,
+            commit: None,
+        };
+        assert_eq!(execution_tag(&ex("p/e/a")), "p/e/a");
+        let long = "x".repeat(500);
+        let a = execution_tag(&ex(&long));
+        assert!(a.len() < 256);
+        assert_eq!(a, execution_tag(&ex(&long)));
+        assert_ne!(a, execution_tag(&ex(&format!("{long}y"))));
+    }
+}

@@ -1,0 +1,812 @@
+//! The two storage steps, written once over [`Backend`]: `snapshot-production` and
+//! `restore-to-staging`. Long waits never sleep: a step starts or checks the work once and returns
+//! `Outcome::Continue` with the ids it is waiting for.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{
+    Backend, BackendKind, SnapshotInfo, SnapshotState, VolumeSpec, VolumeState, check_id,
+    is_production,
+};
+use crate::contract::{Outcome, Step};
+use crate::error::{Error, Result};
+
+/// `snapshot-production` parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SnapshotParams {
+    /// The production volume(s) to snapshot (`vol-…` for EBS), as one group.
+    pub volume_ids: Vec<String>,
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// Snapshot description; defaults to one naming the run.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Report what would be done; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+pub const MAX_VOLUMES: usize = 16;
+
+impl SnapshotParams {
+    pub fn validate(&self) -> Result<()> {
+        if self.volume_ids.is_empty() || self.volume_ids.len() > MAX_VOLUMES {
+            return Err(Error::parameter(
+                "volumeIds",
+                format!(
+                    "expected 1 to {MAX_VOLUMES} volume ids, got {}",
+                    self.volume_ids.len()
+                ),
+            ));
+        }
+        for (i, v) in self.volume_ids.iter().enumerate() {
+            check_id(&format!("volumeIds[{i}]"), v, "vol-")?;
+            if self.volume_ids[..i].contains(v) {
+                return Err(Error::parameter(
+                    format!("volumeIds[{i}]"),
+                    format!("{v} is listed twice"),
+                ));
+            }
+        }
+        if let Some(d) = &self.description
+            && d.len() > 255
+        {
+            return Err(Error::parameter("description", "at most 255 characters"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SnapshotState_ {
+    /// Snapshot ids, in the order of `volumeIds`.
+    ids: Vec<String>,
+}
+
+fn resume<T: for<'de> Deserialize<'de>>(state: Option<Value>) -> Result<Option<T>> {
+    state
+        .filter(|v| !v.is_null())
+        .map(|v| {
+            serde_json::from_value(v).map_err(|e| {
+                Error::Configuration(format!("continuationToken: state unreadable: {e}"))
+            })
+        })
+        .transpose()
+}
+
+/// One step of `snapshot-production`.
+pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) -> Result<Outcome> {
+    let p = &step.params;
+    p.validate()?;
+    let ex = &step.execution;
+
+    if p.dry_run {
+        let mut lines = Vec::new();
+        for v in &p.volume_ids {
+            let size = backend.describe_source(v).await?;
+            let existing = backend.find_snapshot(v, ex).await?;
+            lines.push(match existing {
+                Some(s) => format!("{v}: would reuse {} made by this run", s.id),
+                None => format!(
+                    "{v}: would snapshot ({} GiB)",
+                    size.map_or("?".into(), |s| s.to_string())
+                ),
+            });
+        }
+        let outputs = BTreeMap::from([
+            ("DryRun".to_string(), "true".to_string()),
+            ("Backend".to_string(), backend.name().to_string()),
+            ("SourceVolumeIds".to_string(), p.volume_ids.join(",")),
+        ]);
+        return Ok(Outcome::Done {
+            summary: format!("dry run, nothing changed: {}", lines.join("; ")),
+            outputs,
+        });
+    }
+
+    let ids = match resume::<SnapshotState_>(step.state)? {
+        Some(s) if s.ids.len() == p.volume_ids.len() => s.ids,
+        Some(_) => {
+            return Err(Error::Configuration(
+                "continuationToken: volume list changed since the run started".into(),
+            ));
+        }
+        None => {
+            let description = p
+                .description
+                .clone()
+                .unwrap_or_else(|| format!("snapstage {}", ex.key));
+            let mut ids = Vec::with_capacity(p.volume_ids.len());
+            for v in &p.volume_ids {
+                let snap = match backend.find_snapshot(v, ex).await? {
+                    Some(s) => {
+                        tracing::info!(snapshot = %s.id, volume = %v, "reusing this run's snapshot");
+                        s
+                    }
+                    None => backend.create_snapshot(v, ex, &description).await?,
+                };
+                ids.push(snap.id);
+            }
+            ids
+        }
+    };
+
+    let mut snaps: Vec<SnapshotInfo> = Vec::with_capacity(ids.len());
+    for id in &ids {
+        snaps.push(backend.snapshot(id).await?);
+    }
+    if let Some((failed, why)) = snaps.iter().find_map(|s| match &s.state {
+        SnapshotState::Failed(why) => Some((s, why)),
+        _ => None,
+    }) {
+        return Err(Error::Backend {
+            backend: backend.name(),
+            message: format!(
+                "snapshot {} of {} failed ({why}); a re-run of the pipeline makes a new one",
+                failed.id, failed.source
+            ),
+        });
+    }
+    let pending: Vec<u8> = snaps
+        .iter()
+        .filter_map(|s| match s.state {
+            SnapshotState::Pending { percent } => Some(percent),
+            _ => None,
+        })
+        .collect();
+    if !pending.is_empty() {
+        let total: u32 = snaps
+            .iter()
+            .map(|s| match s.state {
+                SnapshotState::Pending { percent } => u32::from(percent),
+                _ => 100,
+            })
+            .sum();
+        let percent = u8::try_from(total / snaps.len().max(1) as u32).unwrap_or(99);
+        return Ok(Outcome::Continue {
+            summary: format!(
+                "{} of {} snapshots pending ({percent}%): {}",
+                pending.len(),
+                snaps.len(),
+                ids.join(", ")
+            ),
+            percent,
+            state: serde_json::to_value(SnapshotState_ { ids })
+                .map_err(|e| Error::Internal(e.to_string()))?,
+        });
+    }
+    let first = &snaps[0];
+    let outputs = BTreeMap::from([
+        ("SnapshotId".to_string(), first.id.clone()),
+        ("SnapshotIds".to_string(), ids.join(",")),
+        (
+            "SnapshotTime".to_string(),
+            first.started.clone().unwrap_or_default(),
+        ),
+        ("SourceVolumeIds".to_string(), p.volume_ids.join(",")),
+        ("Backend".to_string(), backend.name().to_string()),
+    ]);
+    let outputs = outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+    Ok(Outcome::Done {
+        summary: format!("{} snapshot(s) ready: {}", snaps.len(), ids.join(", ")),
+        outputs,
+    })
+}
+
+/// `restore-to-staging` parameters.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreParams {
+    /// The snapshot to restore (e.g. `#{Snapshot.SnapshotId}`); or give `sourceVolumeId`.
+    #[serde(default)]
+    pub snapshot_id: Option<String>,
+    /// Restore the newest completed snapstage snapshot of this production volume.
+    #[serde(default)]
+    pub source_volume_id: Option<String>,
+    /// Where the staging volume is made (must match the staging nodes' zone).
+    pub availability_zone: String,
+    #[serde(default = "default_volume_type")]
+    pub volume_type: String,
+    #[serde(default)]
+    pub backend: BackendKind,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+fn default_volume_type() -> String {
+    "gp3".into()
+}
+
+const VOLUME_TYPES: [&str; 6] = ["gp3", "gp2", "io1", "io2", "st1", "sc1"];
+
+impl RestoreParams {
+    pub fn validate(&self) -> Result<()> {
+        match (&self.snapshot_id, &self.source_volume_id) {
+            (Some(s), _) => check_id("snapshotId", s, "snap-")?,
+            (None, Some(v)) => check_id("sourceVolumeId", v, "vol-")?,
+            (None, None) => {
+                return Err(Error::parameter(
+                    "snapshotId",
+                    "missing: give snapshotId (e.g. \"#{Snapshot.SnapshotId}\") or sourceVolumeId to restore its newest snapshot",
+                ));
+            }
+        }
+        let az = &self.availability_zone;
+        if az.len() < 4
+            || !az
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(Error::parameter(
+                "availabilityZone",
+                format!("expected a zone like \"us-east-1a\", got {az:?}"),
+            ));
+        }
+        if !VOLUME_TYPES.contains(&self.volume_type.as_str()) {
+            return Err(Error::parameter(
+                "volumeType",
+                format!(
+                    "expected one of {}, got {:?}",
+                    VOLUME_TYPES.join(", "),
+                    self.volume_type
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RestoreState {
+    snapshot: String,
+    #[serde(default)]
+    volume: Option<String>,
+}
+
+/// One step of `restore-to-staging`. Only ever creates a new volume tagged `staging`; refuses to
+/// report a volume that is marked production.
+pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) -> Result<Outcome> {
+    let p = &step.params;
+    p.validate()?;
+    let ex = &step.execution;
+    let state = resume::<RestoreState>(step.state)?;
+
+    let snapshot = match &state {
+        Some(s) => backend.snapshot(&s.snapshot).await?,
+        None => match (&p.snapshot_id, &p.source_volume_id) {
+            (Some(id), _) => backend.snapshot(id).await.map_err(|e| match e {
+                Error::NotFound { .. } => Error::parameter("snapshotId", format!("{id} does not exist in this account/region")),
+                other => other,
+            })?,
+            (None, Some(v)) => backend.newest_snapshot(v).await?.ok_or_else(|| {
+                Error::parameter(
+                    "sourceVolumeId",
+                    format!("no completed snapshot of {v} made by snapstage; run snapshot-production first or pass snapshotId"),
+                )
+            })?,
+            (None, None) => return Err(Error::parameter("snapshotId", "missing")),
+        },
+    };
+    match &snapshot.state {
+        SnapshotState::Failed(why) => {
+            return Err(Error::Backend {
+                backend: backend.name(),
+                message: format!("snapshot {} failed: {why}", snapshot.id),
+            });
+        }
+        SnapshotState::Pending { percent } => {
+            return Ok(Outcome::Continue {
+                summary: format!("waiting for snapshot {} ({percent}%)", snapshot.id),
+                percent: percent / 2,
+                state: serde_json::json!({"snapshot": snapshot.id}),
+            });
+        }
+        SnapshotState::Ready => {}
+    }
+
+    let spec = VolumeSpec {
+        zone: p.availability_zone.clone(),
+        volume_type: p.volume_type.clone(),
+    };
+    let existing = match state.as_ref().and_then(|s| s.volume.as_deref()) {
+        Some(id) => Some(backend.volume(id).await?),
+        None => backend.find_volume(ex).await?,
+    };
+    if let Some(v) = &existing
+        && is_production(v.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    {
+        return Err(Error::Refused(format!(
+            "volume {} is tagged as production; restore-to-staging never writes to or reports a production volume",
+            v.id
+        )));
+    }
+
+    if p.dry_run {
+        let what = match &existing {
+            Some(v) => format!("would reuse staging volume {} made by this run", v.id),
+            None => format!(
+                "would create a {} volume in {} from {}",
+                p.volume_type, p.availability_zone, snapshot.id
+            ),
+        };
+        let outputs = BTreeMap::from([
+            ("DryRun".to_string(), "true".to_string()),
+            ("SnapshotId".to_string(), snapshot.id.clone()),
+            ("Backend".to_string(), backend.name().to_string()),
+        ]);
+        return Ok(Outcome::Done {
+            summary: format!("dry run, nothing changed: {what}"),
+            outputs,
+        });
+    }
+
+    let volume = match existing {
+        Some(v) => {
+            tracing::info!(volume = %v.id, "reusing this run's staging volume");
+            v
+        }
+        None => backend.create_volume(&snapshot, &spec, ex).await?,
+    };
+    match &volume.state {
+        VolumeState::Failed(why) => Err(Error::Backend {
+            backend: backend.name(),
+            message: format!(
+                "staging volume {} failed ({why}); a re-run makes a new one",
+                volume.id
+            ),
+        }),
+        VolumeState::Creating => Ok(Outcome::Continue {
+            summary: format!(
+                "staging volume {} is being created from {}",
+                volume.id, snapshot.id
+            ),
+            percent: 75,
+            state: serde_json::json!({"snapshot": snapshot.id, "volume": volume.id}),
+        }),
+        VolumeState::Available | VolumeState::InUse => {
+            let outputs = BTreeMap::from([
+                ("VolumeId".to_string(), volume.id.clone()),
+                ("SnapshotId".to_string(), snapshot.id.clone()),
+                (
+                    "AvailabilityZone".to_string(),
+                    volume
+                        .zone
+                        .clone()
+                        .unwrap_or_else(|| p.availability_zone.clone()),
+                ),
+                (
+                    "SizeGiB".to_string(),
+                    volume.size_gib.map(|s| s.to_string()).unwrap_or_default(),
+                ),
+                ("Backend".to_string(), backend.name().to_string()),
+            ]);
+            Ok(Outcome::Done {
+                summary: format!(
+                    "staging volume {} ready from {} in {}",
+                    volume.id, snapshot.id, p.availability_zone
+                ),
+                outputs: outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{Layer, merge};
+    use serde_json::json;
+
+    fn parse<P: serde::de::DeserializeOwned>(v: Value) -> Result<P> {
+        let Value::Object(values) = v else { panic!() };
+        merge(&[Layer {
+            source: "UserParameters",
+            values,
+        }])
+    }
+
+    #[test]
+    fn snapshot_params_are_checked_with_field_names() {
+        let p: SnapshotParams = parse(json!({"volumeIds": ["vol-0abc"]})).unwrap();
+        p.validate().unwrap();
+        let p: SnapshotParams = parse(json!({"volumeIds": []})).unwrap();
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("volumeIds:")
+        );
+        let p: SnapshotParams = parse(json!({"volumeIds": ["vol-0abc", "vol-0abc"]})).unwrap();
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("listed twice")
+        );
+        let e = parse::<SnapshotParams>(json!({"volumeIds": ["vol-1"], "backend": "netapp"}))
+            .unwrap_err();
+        assert!(e.to_string().starts_with("UserParameters.backend"), "{e}");
+    }
+
+    #[test]
+    fn restore_needs_a_snapshot_or_a_source_and_a_zone() {
+        let p: RestoreParams = parse(json!({"availabilityZone": "us-east-1a"})).unwrap();
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("snapshotId: missing")
+        );
+        let p: RestoreParams =
+            parse(json!({"snapshotId": "snap-0abc", "availabilityZone": "US EAST"})).unwrap();
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("availabilityZone")
+        );
+        let p: RestoreParams =
+            parse(json!({"sourceVolumeId": "vol-0abc", "availabilityZone": "us-east-1a"})).unwrap();
+        p.validate().unwrap();
+        assert_eq!(p.volume_type, "gp3");
+        let p: RestoreParams =
+            parse(json!({"snapshotId": "snap-0abc", "availabilityZone": "us-east-1a", "volumeType": "standard"})).unwrap();
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("volumeType")
+        );
+    }
+}
+
+/// The step logic against an in-memory backend whose snapshots and volumes take a few polls to
+/// become ready, fail on request, and count what is created.
+#[cfg(test)]
+mod step_tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::contract::{Deadline, Execution};
+    use crate::storage::{SnapshotInfo, VolumeInfo};
+
+    #[derive(Default)]
+    struct Slow {
+        polls_to_ready: u32,
+        fail_snapshots: bool,
+        snapshots: Mutex<Vec<(SnapshotInfo, String, u32)>>, // info, execution, polls
+        volumes: Mutex<Vec<(VolumeInfo, String, u32)>>,
+    }
+
+    impl Backend for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        async fn describe_source(&self, _source: &str) -> Result<Option<i64>> {
+            Ok(Some(20))
+        }
+        async fn find_snapshot(
+            &self,
+            source: &str,
+            ex: &Execution,
+        ) -> Result<Option<SnapshotInfo>> {
+            let s = self.snapshots.lock().unwrap();
+            Ok(s.iter()
+                .find(|(i, e, _)| i.source == source && *e == ex.key)
+                .map(|(i, _, _)| i.clone()))
+        }
+        async fn create_snapshot(
+            &self,
+            source: &str,
+            ex: &Execution,
+            _d: &str,
+        ) -> Result<SnapshotInfo> {
+            let mut s = self.snapshots.lock().unwrap();
+            let info = SnapshotInfo {
+                id: format!("snap-{:04x}", s.len()),
+                source: source.into(),
+                state: SnapshotState::Pending { percent: 0 },
+                started: Some("2026-11-21T00:00:00Z".into()),
+                size_gib: Some(20),
+            };
+            s.push((info.clone(), ex.key.clone(), 0));
+            Ok(info)
+        }
+        async fn snapshot(&self, id: &str) -> Result<SnapshotInfo> {
+            let mut s = self.snapshots.lock().unwrap();
+            let Some((info, _, polls)) = s.iter_mut().find(|(i, _, _)| i.id == id) else {
+                return Err(Error::NotFound {
+                    backend: "slow",
+                    message: id.into(),
+                });
+            };
+            *polls += 1;
+            info.state = if self.fail_snapshots {
+                SnapshotState::Failed("disk on fire".into())
+            } else if *polls >= self.polls_to_ready {
+                SnapshotState::Ready
+            } else {
+                SnapshotState::Pending {
+                    percent: u8::try_from(*polls * 100 / self.polls_to_ready).unwrap_or(99),
+                }
+            };
+            Ok(info.clone())
+        }
+        async fn newest_snapshot(&self, source: &str) -> Result<Option<SnapshotInfo>> {
+            let s = self.snapshots.lock().unwrap();
+            Ok(s.iter()
+                .rev()
+                .find(|(i, _, _)| i.source == source && i.state == SnapshotState::Ready)
+                .map(|(i, _, _)| i.clone()))
+        }
+        async fn find_volume(&self, ex: &Execution) -> Result<Option<VolumeInfo>> {
+            let v = self.volumes.lock().unwrap();
+            Ok(v.iter()
+                .find(|(_, e, _)| *e == ex.key)
+                .map(|(i, _, _)| i.clone()))
+        }
+        async fn create_volume(
+            &self,
+            snap: &SnapshotInfo,
+            spec: &VolumeSpec,
+            ex: &Execution,
+        ) -> Result<VolumeInfo> {
+            let mut v = self.volumes.lock().unwrap();
+            let info = VolumeInfo {
+                id: format!("vol-{:04x}", 0xf000 + v.len()),
+                state: VolumeState::Creating,
+                zone: Some(spec.zone.clone()),
+                snapshot: Some(snap.id.clone()),
+                size_gib: Some(20),
+                tags: vec![("snapstage:role".into(), "staging".into())],
+            };
+            v.push((info.clone(), ex.key.clone(), 0));
+            Ok(info)
+        }
+        async fn volume(&self, id: &str) -> Result<VolumeInfo> {
+            let mut v = self.volumes.lock().unwrap();
+            let Some((info, _, polls)) = v.iter_mut().find(|(i, _, _)| i.id == id) else {
+                return Err(Error::NotFound {
+                    backend: "slow",
+                    message: id.into(),
+                });
+            };
+            *polls += 1;
+            if *polls >= self.polls_to_ready {
+                info.state = VolumeState::Available;
+            }
+            Ok(info.clone())
+        }
+    }
+
+    fn step<P>(params: P, key: &str, state: Option<Value>) -> Step<P> {
+        Step {
+            params,
+            execution: Execution {
+                key: key.into(),
+                origin: "direct".into(),
+                pipeline: None,
+                commit: None,
+            },
+            state,
+            deadline: Deadline(tokio::time::Instant::now() + Duration::from_secs(60)),
+            artifacts: None,
+        }
+    }
+
+    fn snap_params(vols: &[&str]) -> SnapshotParams {
+        SnapshotParams {
+            volume_ids: vols.iter().map(|s| s.to_string()).collect(),
+            backend: BackendKind::Ebs,
+            description: None,
+            dry_run: false,
+        }
+    }
+
+    /// Runs steps until done, feeding each Continue's state into the next; returns outcomes.
+    async fn drive<P: Clone>(
+        f: impl AsyncFn(Step<P>) -> Result<Outcome>,
+        params: P,
+        key: &str,
+    ) -> Result<Vec<Outcome>> {
+        let mut state = None;
+        let mut seen = vec![];
+        for _ in 0..20 {
+            let o = f(step(params.clone(), key, state.take())).await?;
+            seen.push(o.clone());
+            match o {
+                Outcome::Continue { state: s, .. } => state = Some(s),
+                Outcome::Done { .. } => return Ok(seen),
+            }
+        }
+        panic!("did not finish in 20 steps")
+    }
+
+    #[tokio::test]
+    async fn pending_snapshots_continue_with_progress_then_finish() {
+        let b = Slow {
+            polls_to_ready: 3,
+            ..Default::default()
+        };
+        let seen = drive(
+            |s| snapshot_step(&b, s),
+            snap_params(&["vol-01", "vol-02"]),
+            "run-1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.len(), 3);
+        assert!(
+            matches!(&seen[0], Outcome::Continue { percent: 33, .. }),
+            "{:?}",
+            seen[0]
+        );
+        let Outcome::Done { outputs, .. } = &seen[2] else {
+            panic!()
+        };
+        assert_eq!(outputs["SnapshotIds"], "snap-0000,snap-0001");
+        assert_eq!(
+            b.snapshots.lock().unwrap().len(),
+            2,
+            "one snapshot per volume, none created while waiting"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_repeated_run_reuses_its_snapshots_a_new_run_makes_new_ones() {
+        let b = Slow {
+            polls_to_ready: 1,
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            drive(|s| snapshot_step(&b, s), snap_params(&["vol-01"]), "run-1")
+                .await
+                .unwrap();
+        }
+        assert_eq!(b.snapshots.lock().unwrap().len(), 1);
+        drive(|s| snapshot_step(&b, s), snap_params(&["vol-01"]), "run-2")
+            .await
+            .unwrap();
+        assert_eq!(b.snapshots.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_snapshot_fails_the_step_naming_it() {
+        let b = Slow {
+            polls_to_ready: 1,
+            fail_snapshots: true,
+            ..Default::default()
+        };
+        let e = drive(|s| snapshot_step(&b, s), snap_params(&["vol-01"]), "run-1")
+            .await
+            .unwrap_err();
+        assert_eq!(e.failure_kind(), crate::error::FailureKind::JobFailed);
+        assert!(
+            e.to_string().contains("snap-0000") && e.to_string().contains("disk on fire"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dry_run_changes_nothing() {
+        let b = Slow::default();
+        let mut p = snap_params(&["vol-01"]);
+        p.dry_run = true;
+        let seen = drive(|s| snapshot_step(&b, s), p, "run-1").await.unwrap();
+        let Outcome::Done { outputs, .. } = &seen[0] else {
+            panic!()
+        };
+        assert_eq!(outputs["DryRun"], "true");
+        assert!(b.snapshots.lock().unwrap().is_empty());
+    }
+
+    fn restore_params(snapshot: Option<&str>, source: Option<&str>) -> RestoreParams {
+        RestoreParams {
+            snapshot_id: snapshot.map(String::from),
+            source_volume_id: source.map(String::from),
+            availability_zone: "us-east-1a".into(),
+            volume_type: "gp3".into(),
+            backend: BackendKind::Ebs,
+            dry_run: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn restore_waits_for_the_volume_and_reuses_it_on_retry() {
+        let b = Slow {
+            polls_to_ready: 2,
+            ..Default::default()
+        };
+        drive(|s| snapshot_step(&b, s), snap_params(&["vol-01"]), "run-1")
+            .await
+            .unwrap();
+        let seen = drive(
+            |s| restore_step(&b, s),
+            restore_params(None, Some("vol-01")),
+            "run-1",
+        )
+        .await
+        .unwrap();
+        assert!(matches!(seen[0], Outcome::Continue { .. }));
+        let Outcome::Done { outputs, .. } = seen.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(outputs["SnapshotId"], "snap-0000");
+        let vol = outputs["VolumeId"].clone();
+        drive(
+            |s| restore_step(&b, s),
+            restore_params(None, Some("vol-01")),
+            "run-1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(b.volumes.lock().unwrap().len(), 1, "a retry reuses {vol}");
+    }
+
+    #[tokio::test]
+    async fn restore_without_any_snapshot_says_what_to_do() {
+        let b = Slow::default();
+        let e = drive(
+            |s| restore_step(&b, s),
+            restore_params(None, Some("vol-01")),
+            "r",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("run snapshot-production first"),
+            "{e}"
+        );
+        let e = drive(
+            |s| restore_step(&b, s),
+            restore_params(Some("snap-0bad"), None),
+            "r",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("snapshotId: snap-0bad does not exist"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn restore_refuses_a_volume_tagged_production() {
+        let b = Slow {
+            polls_to_ready: 1,
+            ..Default::default()
+        };
+        drive(|s| snapshot_step(&b, s), snap_params(&["vol-01"]), "run-1")
+            .await
+            .unwrap();
+        drive(
+            |s| restore_step(&b, s),
+            restore_params(Some("snap-0000"), None),
+            "run-1",
+        )
+        .await
+        .unwrap();
+        b.volumes.lock().unwrap()[0]
+            .0
+            .tags
+            .push(("Environment".into(), "Production".into()));
+        let e = drive(
+            |s| restore_step(&b, s),
+            restore_params(Some("snap-0000"), None),
+            "run-1",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            e.failure_kind(),
+            crate::error::FailureKind::ConfigurationError
+        );
+        assert!(e.to_string().contains("tagged as production"), "{e}");
+    }
+}
