@@ -1,6 +1,8 @@
 //! restore-to-staging as a user runs it (the CLI binary) against moto's EC2 API.
 //! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`); prints SKIP otherwise.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
