@@ -300,28 +300,46 @@ fn init_tracing(lambda: bool) {
 
 fn help<F: Function>(about: &About) -> String {
     format!(
-        "{name} {version} — snapstage\n\n{summary}\n\n\
-USAGE:\n  {name} --event FILE|-  [--no-follow] [--poll-interval SECS] [--step-budget SECS]\n\n\
-Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set) the binary serves the Runtime API instead.\n\n\
-OPTIONS:\n  -e, --event FILE|-      the event to handle: a CodePipeline job event, a CodeCommit EventBridge\n\
-                          event, or a direct request (a JSON object of parameters); '-' reads stdin\n\
-      --no-follow         for a direct request in progress, print its continuationToken and stop\n\
-                          (default: wait --poll-interval and continue until it finishes)\n\
-      --poll-interval S   seconds between steps when following (default 15)\n\
-      --step-budget S     time one step may take before it checkpoints (default 840)\n\
-  -h, --help              this text\n  -V, --version           the version\n\n\
-PARAMETERS (UserParameters JSON, or the direct request's keys; unknown keys are rejected):\n{parameters}\n\
-  executionId             (direct only) idempotency key: a re-run with the same id reuses its resources\n\
-  continuationToken       (direct only) resume a run that answered InProgress\n\n\
-Defaults come from SNAPSTAGE_DEFAULTS (a JSON object); UserParameters / the request override them.\n\
-CodeCommit events start work for SNAPSTAGE_TRIGGER_BRANCHES (default main) of\n\
-SNAPSTAGE_TRIGGER_REPOSITORIES (default any).\n\n\
-OUTPUT VARIABLES:\n{outputs}\n\n\
-The result is printed on stdout as JSON; logs go to stderr (RUST_LOG sets the level).\n\
-AWS endpoints: AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE> (e.g. AWS_ENDPOINT_URL_CODEPIPELINE).\n\n\
-EXIT STATUS:\n  0  succeeded, ignored, or the job result was delivered to CodePipeline (a reported failure too)\n\
-  1  a direct request failed or the event was rejected\n  2  usage error\n\
-  3  the job result could not be delivered to CodePipeline\n",
+        "{name} {version} — snapstage
+
+{summary}
+
+USAGE:
+  {name} --event FILE|-  [--no-follow] [--poll-interval SECS] [--step-budget SECS]
+
+Under AWS Lambda (AWS_LAMBDA_RUNTIME_API set) the binary serves the Runtime API instead.
+
+OPTIONS:
+  -e, --event FILE|-      the event to handle: a CodePipeline job event, a CodeCommit EventBridge
+                          event, or a direct request (a JSON object of parameters); '-' reads stdin
+      --no-follow         for a direct request in progress, print its continuationToken and stop
+                          (default: wait --poll-interval and continue until it finishes)
+      --poll-interval S   seconds between steps when following (default 15)
+      --step-budget S     time one step may take before it checkpoints (default 840)
+  -h, --help              this text
+  -V, --version           the version
+
+PARAMETERS (UserParameters JSON, or the direct request's keys; unknown keys are rejected):
+{parameters}
+  executionId       (direct only) idempotency key: a re-run with the same id reuses its resources
+  continuationToken (direct only) resume a run that answered InProgress
+
+Defaults come from SNAPSTAGE_DEFAULTS (a JSON object); UserParameters / the request override them.
+CodeCommit events start work for SNAPSTAGE_TRIGGER_BRANCHES (default main) of
+SNAPSTAGE_TRIGGER_REPOSITORIES (default any).
+
+OUTPUT VARIABLES:
+{outputs}
+
+The result is printed on stdout as JSON; logs go to stderr (RUST_LOG sets the level).
+AWS endpoints: AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE> (e.g. AWS_ENDPOINT_URL_CODEPIPELINE).
+
+EXIT STATUS:
+  0  succeeded, ignored, or the job result was delivered to CodePipeline (a reported failure too)
+  1  a direct request failed or the event was rejected
+  2  usage error
+  3  the job result could not be delivered to CodePipeline
+",
         name = F::NAME,
         version = env!("CARGO_PKG_VERSION"),
         summary = about.summary,

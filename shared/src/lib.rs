@@ -23,6 +23,9 @@ pub mod entry;
 pub mod error;
 pub mod invocation;
 pub mod params;
+pub mod replicate;
+pub mod staging;
+pub mod storage;
 
 pub use contract::{Deadline, Execution, Function, Outcome, Step};
 pub use error::{Error, FailureKind, Result};

@@ -9,15 +9,15 @@ use snapstage::storage::steps::{RestoreParams, restore_step};
 use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
-    summary: "Creates a new staging volume from a snapshot (a named one, or the newest completed snapshot\n\
-snapstage made of a production volume), tagged snapstage:role=staging and with the pipeline run, in the\n\
+    summary: "Creates a new staging volume from a snapshot (a named one, or the newest completed snapshot
+snapstage made of a production volume), tagged snapstage:role=staging and with the pipeline run, in the
 given availability zone. Only ever creates new volumes; refuses any volume tagged as production.",
-    parameters: "  snapshotId        \"snap-…\" to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)\n  \
-sourceVolumeId    \"vol-…\": restore the newest completed snapstage snapshot of this volume\n  \
-availabilityZone  zone of the staging nodes, e.g. \"us-east-1a\" (required)\n  \
-volumeType        gp3 (default), gp2, io1, io2, st1, sc1\n  \
-backend           \"ebs\" (default)\n  \
-dryRun            true: report what would be done, change nothing",
+    parameters: "  snapshotId        \"snap-…\" to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)
+  sourceVolumeId    \"vol-…\": restore the newest completed snapstage snapshot of this volume
+  availabilityZone  zone of the staging nodes, e.g. \"us-east-1a\" (required)
+  volumeType        gp3 (default), gp2, io1, io2, st1, sc1
+  backend           \"ebs\" (default)
+  dryRun            true: report what would be done, change nothing",
     outputs: "  VolumeId  SnapshotId  AvailabilityZone  SizeGiB  Backend  (DryRun when dryRun)",
 };
 

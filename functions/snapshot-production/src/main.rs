@@ -9,13 +9,13 @@ use snapstage::storage::steps::{SnapshotParams, snapshot_step};
 use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
-    summary: "Takes a block-level snapshot of the production database volume(s) as one group, tagged with the\n\
-pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused (EBS snapshots\n\
+    summary: "Takes a block-level snapshot of the production database volume(s) as one group, tagged with the
+pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused (EBS snapshots
 are online and crash-consistent). Answers InProgress with a continuation token until every snapshot completes.",
-    parameters: "  volumeIds      [\"vol-…\"], 1–16 production volumes, snapshotted as one group (required)\n  \
-backend        \"ebs\" (default)\n  \
-description    snapshot description (default: \"snapstage <execution>\")\n  \
-dryRun         true: report what would be done, change nothing",
+    parameters: "  volumeIds      [\"vol-…\"], 1–16 production volumes, snapshotted as one group (required)
+  backend        \"ebs\" (default)
+  description    snapshot description (default: \"snapstage <execution>\")
+  dryRun         true: report what would be done, change nothing",
     outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend  (DryRun when dryRun)",
 };
 

@@ -1,0 +1,221 @@
+//! The server-side apply requests a plan would send, built with kube-core's request builder: one
+//! `PATCH <collection>/<name>?&force=true&fieldManager=<manager>` (kube-core's exact query) per object, body
+//! `application/apply-patch+yaml`, in dependency order.
+
+use std::fmt;
+
+use kube::core::Request;
+use kube::core::params::{Patch, PatchParams};
+
+use super::render::Rendered;
+use super::validate::Object;
+use crate::error::{Error, Result};
+
+/// One request, as it would go to the API server.
+///
+/// `Display` shows the method and path only. The body of a Secret carries credentials once
+/// apply lands: never log it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApplyRequest {
+    pub kind: String,
+    /// API group (`""` for core) and resource (plural), as RBAC names them.
+    pub group: String,
+    pub resource: String,
+    pub namespaced: bool,
+    pub name: String,
+    pub method: String,
+    /// Path and query, e.g. `/api/v1/namespaces/snapstage-ab12?&force=true&fieldManager=...`.
+    pub path: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl fmt::Display for ApplyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.path)
+    }
+}
+
+impl fmt::Debug for ApplyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplyRequest")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("request", &self.to_string())
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
+}
+
+/// The server-side apply request for one object, forced, under `field_manager`.
+pub fn apply_request<K: Object>(obj: &K, field_manager: &str) -> Result<ApplyRequest> {
+    let kind = K::kind(&()).into_owned();
+    let meta = obj.meta();
+    let name = meta.name.clone().unwrap_or_default();
+    let url = K::url_path(&(), meta.namespace.as_deref());
+    let params = PatchParams::apply(field_manager).force();
+    let req = Request::new(url)
+        .patch(&name, &params, &Patch::Apply(obj))
+        .map_err(|e| {
+            Error::Internal(format!(
+                "building the apply request for {kind} {name:?}: {e}"
+            ))
+        })?;
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let method = req.method().as_str().to_string();
+    let path = req.uri().to_string();
+    Ok(ApplyRequest {
+        kind,
+        group: K::group(&()).into_owned(),
+        resource: K::plural(&()).into_owned(),
+        namespaced: meta.namespace.is_some(),
+        name,
+        method,
+        path,
+        content_type,
+        body: req.into_body(),
+    })
+}
+
+/// The requests for every object, in apply order: Namespace, Secret, PV, PVC, Service, StatefulSet.
+pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequest>> {
+    let mut out = vec![
+        apply_request(&r.namespace, field_manager)?,
+        apply_request(&r.secret, field_manager)?,
+    ];
+    if let Some(pv) = &r.persistent_volume {
+        out.push(apply_request(pv, field_manager)?);
+    }
+    out.push(apply_request(&r.claim, field_manager)?);
+    out.push(apply_request(&r.service, field_manager)?);
+    out.push(apply_request(&r.stateful_set, field_manager)?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::staging::fixtures::plan_for;
+    use crate::staging::names::derived_namespace;
+    use serde_json::json;
+
+    #[test]
+    fn ssa_requests_carry_field_manager_and_force() {
+        let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0"}));
+        let ns = derived_namespace("direct/fixture");
+        let lines: Vec<String> = p.requests.iter().map(ToString::to_string).collect();
+        // kube-core's form serializer starts the query with '&' after '?'; the API server ignores it.
+        let q = "?&force=true&fieldManager=snapstage-deploy-staging-db";
+        assert_eq!(
+            lines,
+            [
+                format!("PATCH /api/v1/namespaces/{ns}{q}"),
+                format!("PATCH /api/v1/namespaces/{ns}/secrets/staging-db-credentials{q}"),
+                format!("PATCH /api/v1/persistentvolumes/{ns}-data{q}"),
+                format!("PATCH /api/v1/namespaces/{ns}/persistentvolumeclaims/staging-db-data{q}"),
+                format!("PATCH /api/v1/namespaces/{ns}/services/staging-db{q}"),
+                format!("PATCH /apis/apps/v1/namespaces/{ns}/statefulsets/staging-db{q}"),
+            ]
+        );
+        for r in &p.requests {
+            assert_eq!(r.content_type, "application/apply-patch+yaml");
+            let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(body["kind"], r.kind.as_str());
+            assert_eq!(body["metadata"]["name"], r.name.as_str());
+        }
+    }
+
+    /// infra/k8s/rbac.yaml grants exactly what a plan would apply, and is valid RBAC.
+    #[test]
+    fn rbac_example_allows_every_planned_request() {
+        use k8s_openapi::api::rbac::v1::{
+            ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding,
+        };
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/k8s/rbac.yaml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut roles = std::collections::BTreeMap::new();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            match v["kind"].as_str().unwrap() {
+                "ClusterRole" => {
+                    let role: ClusterRole = serde_json::from_value(v).unwrap();
+                    roles.insert(
+                        role.metadata.name.clone().unwrap(),
+                        role.rules.unwrap_or_default(),
+                    );
+                }
+                "ClusterRoleBinding" => {
+                    let b: ClusterRoleBinding = serde_json::from_value(v).unwrap();
+                    assert_eq!(
+                        b.role_ref.name, "snapstage-deploy-staging-db-cluster",
+                        "only the cluster-scoped role is bound cluster-wide"
+                    );
+                }
+                "RoleBinding" => {
+                    let b: RoleBinding = serde_json::from_value(v).unwrap();
+                    assert_eq!(b.role_ref.name, "snapstage-deploy-staging-db-namespaced");
+                }
+                other => panic!("unexpected kind {other} in rbac.yaml"),
+            }
+        }
+        let allows = |rules: &Vec<PolicyRule>, group: &str, resource: &str, verb: &str| {
+            rules.iter().any(|r| {
+                r.api_groups.iter().flatten().any(|g| g == group)
+                    && r.resources.iter().flatten().any(|x| x == resource)
+                    && r.verbs.iter().any(|v| v == verb)
+            })
+        };
+        let cluster = &roles["snapstage-deploy-staging-db-cluster"];
+        let namespaced = &roles["snapstage-deploy-staging-db-namespaced"];
+        for request in [
+            json!({"volumeId": "vol-0123456789abcdef0"}),
+            json!({"backend": "csi", "snapshotName": "s"}),
+        ] {
+            for r in plan_for(request).requests {
+                let rules = if r.namespaced { namespaced } else { cluster };
+                for verb in ["get", "create", "patch"] {
+                    assert!(
+                        allows(rules, &r.group, &r.resource, verb),
+                        "{verb} {}/{} not granted",
+                        r.group,
+                        r.resource
+                    );
+                }
+            }
+        }
+        assert!(allows(
+            namespaced,
+            "snapshot.storage.k8s.io",
+            "volumesnapshots",
+            "get"
+        ));
+        for rules in roles.values() {
+            assert!(
+                !rules
+                    .iter()
+                    .any(|r| r.verbs.iter().any(|v| v == "*" || v == "delete")),
+                "least privilege: {rules:?}"
+            );
+        }
+        assert!(
+            !allows(cluster, "", "secrets", "get"),
+            "Secrets are never granted cluster-wide"
+        );
+    }
+
+    #[test]
+    fn field_manager_is_url_encoded() {
+        let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "fieldManager": "team a/ci"}));
+        assert!(
+            p.requests[0]
+                .path
+                .ends_with("?&force=true&fieldManager=team+a%2Fci"),
+            "{}",
+            p.requests[0]
+        );
+    }
+}

@@ -1,0 +1,170 @@
+//! What each database engine needs from Kubernetes: image, port, data directory, user, probe,
+//! and which credentials the image reads from the Secret.
+//!
+//! The official images run as uid/gid 999 (`postgres`, `mysql`, `mongodb`), so the pod runs as
+//! non-root with that user. Health checks need no credentials: `pg_isready` and `mysqladmin ping`
+//! report a running server even when access is denied, and MongoDB's `ping` needs no auth — the
+//! restored volume keeps production's users, which the staging Secret does not know.
+
+use serde::Deserialize;
+
+/// The Secret keys the StatefulSet reads.
+pub const SECRET_KEY_USERNAME: &str = "username";
+pub const SECRET_KEY_PASSWORD: &str = "password";
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    #[default]
+    #[serde(alias = "postgres")]
+    Postgresql,
+    Mysql,
+    #[serde(alias = "mongo")]
+    Mongodb,
+}
+
+/// An environment variable of the database container: a literal, or a key of the Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvSource {
+    Value(&'static str),
+    SecretKey(&'static str),
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgresql => "postgresql",
+            Self::Mysql => "mysql",
+            Self::Mongodb => "mongodb",
+        }
+    }
+
+    /// The image used unless `image` overrides it. Its major version must be able to open the
+    /// restored data files: set `image` to production's version.
+    pub fn default_image(self) -> &'static str {
+        match self {
+            Self::Postgresql => "postgres:17",
+            Self::Mysql => "mysql:8.4",
+            Self::Mongodb => "mongo:7.0",
+        }
+    }
+
+    pub fn port(self) -> i32 {
+        match self {
+            Self::Postgresql => 5432,
+            Self::Mysql => 3306,
+            Self::Mongodb => 27017,
+        }
+    }
+
+    /// Where the data volume is mounted (the image's data directory).
+    pub fn mount_path(self) -> &'static str {
+        match self {
+            Self::Postgresql => "/var/lib/postgresql/data",
+            Self::Mysql => "/var/lib/mysql",
+            Self::Mongodb => "/data/db",
+        }
+    }
+
+    /// The image's database user (uid and gid).
+    pub fn user_id(self) -> i64 {
+        999
+    }
+
+    /// The health check, run in the container (exec, no shell, no credentials).
+    pub fn probe_command(self) -> Vec<String> {
+        let port = self.port().to_string();
+        let cmd: Vec<&str> = match self {
+            Self::Postgresql => vec!["pg_isready", "--host=127.0.0.1", "--port", &port, "--quiet"],
+            Self::Mysql => vec![
+                "mysqladmin",
+                "ping",
+                "--host=127.0.0.1",
+                "--port",
+                &port,
+                "--silent",
+            ],
+            Self::Mongodb => vec![
+                "mongosh",
+                "--quiet",
+                "--norc",
+                "--port",
+                &port,
+                "--eval",
+                "quit(db.adminCommand({ ping: 1 }).ok ? 0 : 1)",
+            ],
+        };
+        cmd.into_iter().map(String::from).collect()
+    }
+
+    /// The container's environment. Credentials only ever come from the Secret.
+    pub fn env(self) -> Vec<(&'static str, EnvSource)> {
+        use EnvSource::{SecretKey, Value};
+        match self {
+            Self::Postgresql => vec![
+                ("POSTGRES_USER", SecretKey(SECRET_KEY_USERNAME)),
+                ("POSTGRES_PASSWORD", SecretKey(SECRET_KEY_PASSWORD)),
+                // A subdirectory, as the image documents for mount points (lost+found).
+                ("PGDATA", Value("/var/lib/postgresql/data/pgdata")),
+            ],
+            Self::Mysql => vec![("MYSQL_ROOT_PASSWORD", SecretKey(SECRET_KEY_PASSWORD))],
+            Self::Mongodb => vec![
+                ("MONGO_INITDB_ROOT_USERNAME", SecretKey(SECRET_KEY_USERNAME)),
+                ("MONGO_INITDB_ROOT_PASSWORD", SecretKey(SECRET_KEY_PASSWORD)),
+            ],
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_engine_has_its_port_and_probe() {
+        assert_eq!(Engine::Postgresql.port(), 5432);
+        assert_eq!(Engine::Mysql.port(), 3306);
+        assert_eq!(Engine::Mongodb.port(), 27017);
+        assert_eq!(Engine::Postgresql.probe_command()[0], "pg_isready");
+        assert_eq!(Engine::Mysql.probe_command()[..2], ["mysqladmin", "ping"]);
+        let mongo = Engine::Mongodb.probe_command();
+        assert_eq!(mongo[0], "mongosh");
+        assert!(
+            mongo.last().is_some_and(|e| e.contains("ping")),
+            "{mongo:?}"
+        );
+        for e in [Engine::Postgresql, Engine::Mysql, Engine::Mongodb] {
+            assert!(e.probe_command().contains(&e.port().to_string()), "{e}");
+        }
+    }
+
+    #[test]
+    fn passwords_come_only_from_the_secret() {
+        for e in [Engine::Postgresql, Engine::Mysql, Engine::Mongodb] {
+            for (name, source) in e.env() {
+                if name.contains("PASSWORD") {
+                    assert_eq!(
+                        source,
+                        EnvSource::SecretKey(SECRET_KEY_PASSWORD),
+                        "{e} {name}"
+                    );
+                }
+            }
+            assert!(e.env().iter().any(|(n, _)| n.contains("PASSWORD")), "{e}");
+        }
+    }
+
+    #[test]
+    fn aliases_are_accepted() {
+        let e: Engine = serde_json::from_str("\"postgres\"").unwrap();
+        assert_eq!(e, Engine::Postgresql);
+        let e: Engine = serde_json::from_str("\"mongo\"").unwrap();
+        assert_eq!(e, Engine::Mongodb);
+    }
+}

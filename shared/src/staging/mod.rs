@@ -1,0 +1,340 @@
+//! The staging database on Kubernetes (`deploy-staging-db`): parameters → typed manifests →
+//! validation → the server-side apply requests that would be sent.
+//!
+//! Plan mode is the only mode for now: [`plan`] renders and validates everything and says exactly
+//! which requests applying would send; no cluster is contacted. Applying lands with the Kubernetes
+//! client (EKS token, `kube` client feature).
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`params`] | the parameters, checked; [`Spec`] is what rendering needs |
+//! | [`engine`] | per engine: image, port, data directory, probe, credentials' env |
+//! | [`names`] | DNS-1123 names, label rules, quantities, the execution hashes |
+//! | [`render`] | the typed objects: Namespace, Secret, PV, PVC, Service, StatefulSet |
+//! | [`validate`] | serde round trips, names, labels, cross-object references |
+//! | [`apply`] | the server-side apply requests (kube-core's request builder) |
+//!
+//! Credentials: the Secret is rendered without data; its values are generated at apply time and
+//! never appear in outputs or logs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use crate::contract::{Execution, Outcome, Step};
+use crate::error::{Error, Result};
+
+pub mod apply;
+pub mod engine;
+pub mod names;
+pub mod params;
+pub mod render;
+pub mod validate;
+
+pub use apply::ApplyRequest;
+pub use engine::Engine;
+pub use params::{Backend, Params, Spec, VolumeSource};
+pub use render::Rendered;
+
+/// The `Mode` output while applying has not landed.
+pub const MODE_PLAN: &str = "plan";
+
+/// A validated plan: the objects and the requests that would apply them.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub spec: Spec,
+    pub rendered: Rendered,
+    pub requests: Vec<ApplyRequest>,
+    /// RFC 3339, when the namespace may be deleted.
+    pub expires_at: String,
+}
+
+/// Validates the parameters, renders the objects, checks them and plans their apply requests.
+pub fn plan(params: Params, execution: &Execution, now: Timestamp) -> Result<Plan> {
+    let spec = params.validate(execution)?;
+    let expires = now
+        .checked_add(SignedDuration::from_hours(i64::from(spec.ttl_hours)))
+        .map_err(|e| {
+            Error::parameter("ttlHours", format!("now + ttlHours is out of range: {e}"))
+        })?;
+    let expires_at = Timestamp::from_second(expires.as_second())
+        .map_err(|e| Error::Internal(format!("expiry time: {e}")))?
+        .to_string();
+    let rendered = render::render(&spec, &expires_at);
+    validate::check(&rendered)?;
+    let requests = apply::apply_requests(&rendered, &spec.field_manager)?;
+    Ok(Plan {
+        spec,
+        rendered,
+        requests,
+        expires_at,
+    })
+}
+
+/// The whole step of `deploy-staging-db` in plan mode: plan now, log the requests, finish.
+/// Idempotent: the same execution plans the same namespace and objects (only `expires-at` moves).
+pub fn plan_step(step: Step<Params>) -> Result<Outcome> {
+    let plan = plan(step.params, &step.execution, Timestamp::now())?;
+    if let VolumeSource::Ebs {
+        zone: None,
+        volume_id,
+    } = &plan.spec.volume
+    {
+        tracing::warn!(volume_id = %volume_id, "no availabilityZone: the pod may be scheduled in a zone where the EBS volume cannot attach");
+    }
+    tracing::info!(
+        namespace = %plan.spec.namespace,
+        engine = %plan.spec.engine,
+        manifests = plan.manifest_count(),
+        "plan only: no cluster is contacted"
+    );
+    plan.log_requests();
+    Ok(plan.outcome())
+}
+
+impl Plan {
+    pub fn manifest_count(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn port(&self) -> i32 {
+        self.spec.engine.port()
+    }
+
+    /// `<service>.<namespace>.svc.cluster.local:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!(
+            "{}.{}.svc.cluster.local:{}",
+            render::SERVICE_NAME,
+            self.spec.namespace,
+            self.port()
+        )
+    }
+
+    /// The output variables (never credentials).
+    pub fn outputs(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("Namespace".into(), self.spec.namespace.clone()),
+            ("Service".into(), render::SERVICE_NAME.into()),
+            ("Endpoint".into(), self.endpoint()),
+            ("Port".into(), self.port().to_string()),
+            ("SecretName".into(), render::SECRET_NAME.into()),
+            ("Engine".into(), self.spec.engine.as_str().into()),
+            ("Mode".into(), MODE_PLAN.into()),
+            ("ManifestCount".into(), self.manifest_count().to_string()),
+            ("ExpiresAt".into(), self.expires_at.clone()),
+        ])
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "PLAN ONLY — no cluster changed: {} manifests rendered and validated; applying to a cluster lands with the Kubernetes issue. \
+{} from {} {} → {} (namespace expires {}).",
+            self.manifest_count(),
+            self.spec.engine,
+            self.spec.volume.backend().as_str(),
+            self.spec.volume.source_name(),
+            self.endpoint(),
+            self.expires_at,
+        );
+        if !self.spec.dry_run {
+            s.push_str(" dryRun=false was asked, but this version can only plan.");
+        }
+        s
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Outcome::Done {
+            summary: self.summary(),
+            outputs: self.outputs(),
+        }
+    }
+
+    /// Logs the apply requests (method and path only, never bodies).
+    pub fn log_requests(&self) {
+        for r in &self.requests {
+            tracing::info!(kind = %r.kind, name = %r.name, request = %r, "planned server-side apply");
+        }
+    }
+
+    /// The manifests as one multi-document YAML stream (what `kubectl apply -f` would take).
+    pub fn to_yaml(&self) -> Result<String> {
+        fn doc<T: Serialize>(out: &mut String, obj: &T) -> Result<()> {
+            let y = serde_yaml_ng::to_string(obj)
+                .map_err(|e| Error::Internal(format!("rendering YAML: {e}")))?;
+            out.push_str("---\n");
+            out.push_str(&y);
+            Ok(())
+        }
+        let r = &self.rendered;
+        let mut out = String::new();
+        doc(&mut out, &r.namespace)?;
+        doc(&mut out, &r.secret)?;
+        if let Some(pv) = &r.persistent_volume {
+            doc(&mut out, pv)?;
+        }
+        doc(&mut out, &r.claim)?;
+        doc(&mut out, &r.service)?;
+        doc(&mut out, &r.stateful_set)?;
+        Ok(out)
+    }
+}
+
+/// Plans for tests: parameters as a direct request would give them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::params::{Layer, merge};
+    use serde_json::Value;
+
+    pub const NOW: &str = "2025-06-01T12:00:00Z";
+
+    pub fn execution(key: &str) -> Execution {
+        Execution {
+            key: key.into(),
+            origin: "direct".into(),
+            pipeline: None,
+            commit: None,
+        }
+    }
+
+    pub fn try_plan(request: Value) -> Result<Plan> {
+        let Value::Object(values) = request else {
+            panic!("not an object")
+        };
+        let params: Params = merge(&[Layer {
+            source: "request",
+            values,
+        }])?;
+        plan(params, &execution("direct/fixture"), NOW.parse().unwrap())
+    }
+
+    pub fn plan_for(request: Value) -> Plan {
+        try_plan(request).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn plan_outputs_say_where_the_database_will_be() {
+        let p = plan_for(
+            json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a"}),
+        );
+        let ns = names::derived_namespace("direct/fixture");
+        let o = p.outputs();
+        assert_eq!(o["Namespace"], ns);
+        assert_eq!(o["Service"], "staging-db");
+        assert_eq!(
+            o["Endpoint"],
+            format!("staging-db.{ns}.svc.cluster.local:5432")
+        );
+        assert_eq!(o["Port"], "5432");
+        assert_eq!(o["SecretName"], "staging-db-credentials");
+        assert_eq!(o["Engine"], "postgresql");
+        assert_eq!(o["Mode"], "plan");
+        assert_eq!(o["ManifestCount"], "6");
+        assert_eq!(o["ExpiresAt"], "2025-06-02T12:00:00Z");
+        crate::codepipeline::validate_output_variables(&o).unwrap();
+        let Outcome::Done { summary, outputs } = p.outcome() else {
+            panic!("plan mode finishes in one step")
+        };
+        assert_eq!(outputs, o);
+        assert!(
+            summary.starts_with("PLAN ONLY — no cluster changed: 6 manifests rendered and validated; applying to a cluster lands with the Kubernetes issue"),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("vol-0123456789abcdef0") && summary.contains("can only plan"),
+            "{summary}"
+        );
+        let dry = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "dryRun": true}));
+        assert!(!dry.summary().contains("can only plan"));
+    }
+
+    #[test]
+    fn ttl_sets_the_expiry_annotation() {
+        let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "ttlHours": 720}));
+        let ann = p.rendered.namespace.metadata.annotations.clone().unwrap();
+        assert_eq!(ann[render::ANNOTATION_EXPIRES_AT], "2025-07-01T12:00:00Z");
+        assert_eq!(p.expires_at, "2025-07-01T12:00:00Z");
+    }
+
+    #[test]
+    fn manifest_count_follows_the_backend() {
+        let count = |v| plan_for(v).outputs()["ManifestCount"].clone();
+        assert_eq!(
+            count(json!({"backend": "pure-csi", "volumeId": "staging-db-01"})),
+            "6"
+        );
+        assert_eq!(
+            count(json!({"backend": "csi", "snapshotName": "prod-snap"})),
+            "5"
+        );
+        assert_eq!(
+            count(json!({"backend": "px-csi", "volumeId": "pod::vol"})),
+            "5"
+        );
+    }
+
+    #[test]
+    fn each_engine_gets_its_port_in_every_output() {
+        for (engine, port) in [("postgresql", 5432), ("mysql", 3306), ("mongodb", 27017)] {
+            let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": engine}));
+            let o = p.outputs();
+            assert_eq!(o["Engine"], engine);
+            assert_eq!(o["Port"], port.to_string());
+            assert!(
+                o["Endpoint"].ends_with(&format!(".svc.cluster.local:{port}")),
+                "{o:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn yaml_stream_parses_back_into_the_same_objects() {
+        let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": "mongodb"}));
+        let yaml = p.to_yaml().unwrap();
+        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        assert_eq!(docs.len(), 6);
+        let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "Namespace",
+                "Secret",
+                "PersistentVolume",
+                "PersistentVolumeClaim",
+                "Service",
+                "StatefulSet"
+            ]
+        );
+        let sts: k8s_openapi::api::apps::v1::StatefulSet =
+            serde_json::from_value(docs[5].clone()).unwrap();
+        assert_eq!(sts, p.rendered.stateful_set);
+    }
+
+    #[test]
+    fn no_credential_reaches_outputs_or_requests() {
+        let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0"}));
+        let secret = p.requests.iter().find(|r| r.kind == "Secret").unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&secret.body).unwrap();
+        assert!(
+            body.get("data").is_none() && body.get("stringData").is_none(),
+            "{body}"
+        );
+        for r in &p.requests {
+            assert!(
+                !format!("{r:?}").contains("apiVersion"),
+                "Debug shows no body: {r:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,678 @@
+//! The parameters of `deploy-staging-db`, and their validation into a [`Spec`].
+//!
+//! Each field's own rules are checked while parsing (so an error names where the value came
+//! from: `request.storageSize`, `UserParameters.ttlHours`); rules that tie fields together (the
+//! volume id's shape depends on `backend`) are checked by [`Params::validate`] and name the field.
+
+use serde::Deserialize;
+
+use super::engine::Engine;
+use super::names;
+use crate::contract::Execution;
+use crate::error::{Error, Result};
+
+pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
+pub const DEFAULT_TTL_HOURS: u16 = 24;
+pub const MAX_TTL_HOURS: u16 = 720;
+pub const DEFAULT_FIELD_MANAGER: &str = "snapstage-deploy-staging-db";
+
+/// What the caller writes (UserParameters JSON, or a direct request's keys).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Params {
+    /// The restored volume: an EBS volume id (`ebs`), an array volume name (`pure-csi`,
+    /// `px-csi`). Not used with `csi`, which restores `snapshotName`.
+    #[serde(default)]
+    pub volume_id: Option<String>,
+    #[serde(default)]
+    pub backend: Backend,
+    /// `csi` only: the VolumeSnapshot (in the staging namespace) the PVC restores from.
+    #[serde(default)]
+    pub snapshot_name: Option<String>,
+    #[serde(default)]
+    pub engine: Engine,
+    #[serde(default)]
+    pub namespace: Option<NamespaceName>,
+    #[serde(default)]
+    pub storage_size: StorageSize,
+    #[serde(default)]
+    pub storage_class_name: Option<StorageClassName>,
+    /// `ebs` only: pins the PV (and so the pod) to the volume's zone.
+    #[serde(default)]
+    pub availability_zone: Option<AvailabilityZone>,
+    #[serde(default)]
+    pub ttl_hours: TtlHours,
+    #[serde(default)]
+    pub image: Option<Image>,
+    #[serde(default)]
+    pub field_manager: FieldManager,
+    /// Plan mode is the only mode for now: the run renders and validates whatever this says.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Where the staging database's data comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// A restored EBS volume, bound through a static PV of the EBS CSI driver.
+    #[default]
+    Ebs,
+    /// A CSI VolumeSnapshot restored by a PVC `dataSource` (any CSI driver).
+    Csi,
+    /// A FlashArray / Cloud Block Store volume, bound through a static PV of Pure's `pure-csi` (PSO ≥ 5.2).
+    PureCsi,
+    /// A FlashArray volume imported by PX-CSI from the PVC annotation `portworx.io/pure-volume-name`.
+    PxCsi,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ebs => "ebs",
+            Self::Csi => "csi",
+            Self::PureCsi => "pure-csi",
+            Self::PxCsi => "px-csi",
+        }
+    }
+}
+
+/// The validated source of the data volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    Ebs {
+        volume_id: String,
+        zone: Option<String>,
+    },
+    CsiSnapshot {
+        snapshot: String,
+    },
+    PureCsi {
+        volume: String,
+    },
+    PxCsi {
+        volume: String,
+    },
+}
+
+impl VolumeSource {
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Ebs { .. } => Backend::Ebs,
+            Self::CsiSnapshot { .. } => Backend::Csi,
+            Self::PureCsi { .. } => Backend::PureCsi,
+            Self::PxCsi { .. } => Backend::PxCsi,
+        }
+    }
+
+    /// The volume or snapshot the data comes from, as the user named it.
+    pub fn source_name(&self) -> &str {
+        match self {
+            Self::Ebs { volume_id, .. } => volume_id,
+            Self::CsiSnapshot { snapshot } => snapshot,
+            Self::PureCsi { volume } | Self::PxCsi { volume } => volume,
+        }
+    }
+
+    /// True when a static PersistentVolume is rendered (the others are provisioned by the driver).
+    pub fn has_static_pv(&self) -> bool {
+        matches!(self, Self::Ebs { .. } | Self::PureCsi { .. })
+    }
+}
+
+/// Everything rendering needs, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spec {
+    pub volume: VolumeSource,
+    pub engine: Engine,
+    pub namespace: String,
+    /// False when the caller named the namespace.
+    pub namespace_derived: bool,
+    pub storage_size: String,
+    pub storage_class_name: Option<String>,
+    pub ttl_hours: u16,
+    pub image: String,
+    pub field_manager: String,
+    pub dry_run: bool,
+    /// The run's key (annotation) and its label-safe hash (label).
+    pub execution_key: String,
+    pub execution_label: String,
+    /// The commit that started the run, when known and label-safe.
+    pub commit: Option<String>,
+}
+
+impl Params {
+    /// Checks the rules that tie fields together and resolves defaults for this execution.
+    pub fn validate(self, execution: &Execution) -> Result<Spec> {
+        let volume = self.volume_source()?;
+        let (namespace, namespace_derived) = match self.namespace {
+            Some(NamespaceName(n)) => (n, false),
+            None => (names::derived_namespace(&execution.key), true),
+        };
+        let commit = execution
+            .commit
+            .clone()
+            .filter(|c| !c.is_empty() && names::is_label_value(c));
+        Ok(Spec {
+            volume,
+            engine: self.engine,
+            namespace,
+            namespace_derived,
+            storage_size: self.storage_size.0,
+            storage_class_name: self.storage_class_name.map(|s| s.0),
+            ttl_hours: self.ttl_hours.0,
+            image: self
+                .image
+                .map(|i| i.0)
+                .unwrap_or_else(|| self.engine.default_image().to_string()),
+            field_manager: self.field_manager.0,
+            dry_run: self.dry_run,
+            execution_key: execution.key.clone(),
+            execution_label: names::execution_label(&execution.key),
+            commit,
+        })
+    }
+
+    fn volume_source(&self) -> Result<VolumeSource> {
+        let backend = self.backend;
+        let only_for = |field: &str, for_backend: &str, value: &str| {
+            Error::parameter(
+                field,
+                format!(
+                    "only used with backend \"{for_backend}\"; remove it for backend \"{}\", got {value:?}",
+                    backend.as_str()
+                ),
+            )
+        };
+        if backend != Backend::Csi
+            && let Some(s) = &self.snapshot_name
+        {
+            return Err(only_for("snapshotName", "csi", s));
+        }
+        if backend != Backend::Ebs
+            && let Some(z) = &self.availability_zone
+        {
+            return Err(only_for("availabilityZone", "ebs", &z.0));
+        }
+        let volume_id = self.volume_id.as_deref();
+        Ok(match backend {
+            Backend::Ebs => {
+                let id = require_volume(
+                    volume_id,
+                    backend,
+                    "an EBS volume id such as vol-0123456789abcdef0",
+                )?;
+                if !is_ebs_volume_id(id) {
+                    return Err(Error::parameter(
+                        "volumeId",
+                        format!(
+                            "expected an EBS volume id such as vol-0123456789abcdef0 (vol- and 8 or 17 hex digits), got {id:?}"
+                        ),
+                    ));
+                }
+                VolumeSource::Ebs {
+                    volume_id: id.to_string(),
+                    zone: self.availability_zone.clone().map(|z| z.0),
+                }
+            }
+            Backend::Csi => {
+                if let Some(v) = volume_id {
+                    return Err(Error::parameter(
+                        "volumeId",
+                        format!(
+                            "backend \"csi\" restores the VolumeSnapshot named by snapshotName; remove volumeId, got {v:?}"
+                        ),
+                    ));
+                }
+                let Some(snapshot) = self.snapshot_name.as_deref() else {
+                    return Err(Error::parameter(
+                        "snapshotName",
+                        "expected the name of a VolumeSnapshot in the staging namespace (required for backend \"csi\"), got nothing",
+                    ));
+                };
+                if !names::is_dns1123_subdomain(snapshot) {
+                    return Err(Error::parameter(
+                        "snapshotName",
+                        format!(
+                            "expected a VolumeSnapshot name (lowercase letters, digits, '-' and '.', at most 253), got {snapshot:?}"
+                        ),
+                    ));
+                }
+                VolumeSource::CsiSnapshot {
+                    snapshot: snapshot.to_string(),
+                }
+            }
+            Backend::PureCsi => {
+                let v = require_volume(
+                    volume_id,
+                    backend,
+                    "a FlashArray volume name such as staging-db-01",
+                )?;
+                check_array_volume(
+                    v,
+                    2,
+                    "a FlashArray volume name such as staging-db-01 or pod::volume",
+                )?;
+                VolumeSource::PureCsi {
+                    volume: v.to_string(),
+                }
+            }
+            Backend::PxCsi => {
+                let v = require_volume(
+                    volume_id,
+                    backend,
+                    "a FlashArray volume name, optionally <realm>::<pod>::<volume>",
+                )?;
+                check_array_volume(
+                    v,
+                    3,
+                    "a FlashArray volume name, optionally <realm>::<pod>::<volume>",
+                )?;
+                VolumeSource::PxCsi {
+                    volume: v.to_string(),
+                }
+            }
+        })
+    }
+}
+
+fn require_volume<'a>(v: Option<&'a str>, backend: Backend, what: &str) -> Result<&'a str> {
+    v.ok_or_else(|| {
+        Error::parameter(
+            "volumeId",
+            format!(
+                "expected {what} (required for backend \"{}\"), got nothing",
+                backend.as_str()
+            ),
+        )
+    })
+}
+
+/// `vol-` followed by 8 or 17 lowercase hex digits.
+pub fn is_ebs_volume_id(s: &str) -> bool {
+    s.strip_prefix("vol-").is_some_and(|h| {
+        (h.len() == 8 || h.len() == 17)
+            && h.chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    })
+}
+
+/// Purity names: 1–63 letters, digits, '-' or '_', starting with a letter or digit; pods and
+/// realms are `::`-separated prefixes.
+fn check_array_volume(v: &str, max_parts: usize, what: &str) -> Result<()> {
+    let parts: Vec<&str> = v.split("::").collect();
+    let part_ok = |p: &&str| {
+        !p.is_empty()
+            && p.len() <= 63
+            && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if parts.len() > max_parts || !parts.iter().all(part_ok) {
+        return Err(Error::parameter(
+            "volumeId",
+            format!("expected {what}, got {v:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Defines a string parameter checked while parsing.
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(pub String);
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> std::result::Result<Self, String> {
+                let check: fn(&str) -> std::result::Result<(), String> = $check;
+                check(&s).map(|()| Self(s))
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// A namespace for the staging database: a DNS-1123 label, never a system namespace.
+    NamespaceName,
+    |s| {
+        if !names::is_dns1123_label(s) {
+            return Err(format!("expected a namespace name (a DNS-1123 label: lowercase letters, digits and '-', at most 63), got {s:?}"));
+        }
+        if s == "default" || s.starts_with("kube-") {
+            return Err(format!("expected a dedicated staging namespace (it is deleted when its TTL expires), got the system namespace {s:?}"));
+        }
+        Ok(())
+    }
+);
+
+checked_string!(
+    /// A storage size as a Kubernetes quantity (`20Gi`, `500Mi`).
+    StorageSize,
+    |s| match names::quantity_bytes(s) {
+        Some(b) if b >= 1.0 => Ok(()),
+        _ => Err(format!("expected a Kubernetes quantity such as 10Gi or 500Mi, got {s:?}")),
+    }
+);
+
+impl Default for StorageSize {
+    fn default() -> Self {
+        Self(DEFAULT_STORAGE_SIZE.to_string())
+    }
+}
+
+checked_string!(
+    /// A StorageClass name; `""` asks for no class (static binding only).
+    StorageClassName,
+    |s| {
+        if s.is_empty() || names::is_dns1123_subdomain(s) {
+            Ok(())
+        } else {
+            Err(format!("expected a StorageClass name (lowercase letters, digits, '-' and '.') or \"\", got {s:?}"))
+        }
+    }
+);
+
+checked_string!(
+    /// An AWS availability zone name (`us-east-1a`, `us-west-2-lax-1a`).
+    AvailabilityZone,
+    |s| {
+        let ok = s.len() <= names::MAX_LABEL
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && s.contains('-')
+            && s.chars().any(|c| c.is_ascii_digit())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok { Ok(()) } else { Err(format!("expected an availability zone name such as us-east-1a, got {s:?}")) }
+    }
+);
+
+checked_string!(
+    /// A container image reference.
+    Image,
+    |s| {
+        let ok = !s.is_empty()
+            && s.len() <= 512
+            && !s.starts_with(['-', ':', '@', '/'])
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if ok { Ok(()) } else { Err(format!("expected a container image such as postgres:17 or registry.example.com/db/postgres@sha256:..., got {s:?}")) }
+    }
+);
+
+checked_string!(
+    /// The server-side apply field manager: 1–128 printable characters.
+    FieldManager,
+    |s| {
+        if !s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control) {
+            Ok(())
+        } else {
+            Err(format!("expected a field manager name of 1 to 128 printable characters, got {s:?}"))
+        }
+    }
+);
+
+impl Default for FieldManager {
+    fn default() -> Self {
+        Self(DEFAULT_FIELD_MANAGER.to_string())
+    }
+}
+
+/// Hours the staging namespace lives: 1 to 720.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct TtlHours(pub u16);
+
+impl TryFrom<i64> for TtlHours {
+    type Error = String;
+    fn try_from(h: i64) -> std::result::Result<Self, String> {
+        u16::try_from(h)
+            .ok()
+            .filter(|h| (1..=MAX_TTL_HOURS).contains(h))
+            .map(Self)
+            .ok_or_else(|| {
+                format!("expected a whole number of hours from 1 to {MAX_TTL_HOURS}, got {h}")
+            })
+    }
+}
+
+impl Default for TtlHours {
+    fn default() -> Self {
+        Self(DEFAULT_TTL_HOURS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{Layer, merge};
+    use serde_json::{Value, json};
+
+    fn parse(v: Value) -> Result<Params> {
+        let Value::Object(values) = v else {
+            panic!("not an object")
+        };
+        merge(&[Layer {
+            source: "request",
+            values,
+        }])
+    }
+
+    fn exec(key: &str) -> Execution {
+        Execution {
+            key: key.into(),
+            origin: "direct".into(),
+            pipeline: None,
+            commit: None,
+        }
+    }
+
+    fn spec(v: Value) -> Result<Spec> {
+        parse(v)?.validate(&exec("direct/test-1"))
+    }
+
+    fn err(v: Value) -> String {
+        spec(v).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = spec(json!({"volumeId": "vol-0123456789abcdef0"})).unwrap();
+        assert_eq!(
+            s.volume,
+            VolumeSource::Ebs {
+                volume_id: "vol-0123456789abcdef0".into(),
+                zone: None
+            }
+        );
+        assert_eq!(s.engine, Engine::Postgresql);
+        assert_eq!(s.storage_size, "20Gi");
+        assert_eq!(s.ttl_hours, 24);
+        assert_eq!(s.field_manager, "snapstage-deploy-staging-db");
+        assert_eq!(s.image, Engine::Postgresql.default_image());
+        assert!(s.namespace_derived);
+        assert_eq!(s.namespace, names::derived_namespace("direct/test-1"));
+        assert!(!s.dry_run);
+    }
+
+    #[test]
+    fn every_field_is_read() {
+        let s = spec(json!({
+            "volumeId": "vol-0123abcd", "backend": "ebs", "engine": "mysql", "namespace": "team-a-staging",
+            "storageSize": "500Mi", "storageClassName": "gp3", "availabilityZone": "eu-west-1b",
+            "ttlHours": 720, "image": "registry.example.com/mysql:8.4.2", "fieldManager": "ci", "dryRun": true
+        }))
+        .unwrap();
+        assert_eq!(
+            s.volume,
+            VolumeSource::Ebs {
+                volume_id: "vol-0123abcd".into(),
+                zone: Some("eu-west-1b".into())
+            }
+        );
+        assert_eq!(
+            (s.engine, s.namespace.as_str(), s.namespace_derived),
+            (Engine::Mysql, "team-a-staging", false)
+        );
+        assert_eq!(
+            (s.storage_size.as_str(), s.storage_class_name.as_deref()),
+            ("500Mi", Some("gp3"))
+        );
+        assert_eq!(
+            (
+                s.ttl_hours,
+                s.image.as_str(),
+                s.field_manager.as_str(),
+                s.dry_run
+            ),
+            (720, "registry.example.com/mysql:8.4.2", "ci", true)
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_the_field_and_what_is_expected() {
+        let base = || json!({"volumeId": "vol-0123456789abcdef0"});
+        let with = |k: &str, v: Value| {
+            let mut b = base();
+            b[k] = v;
+            err(b)
+        };
+        let e = with("storageSize", json!("ten gigs"));
+        assert!(
+            e.starts_with("request.storageSize: expected a Kubernetes quantity such as 10Gi"),
+            "{e}"
+        );
+        assert!(e.contains("\"ten gigs\""), "{e}");
+        assert!(with("storageSize", json!("0Gi")).starts_with("request.storageSize:"));
+        let e = with("engine", json!("oracle"));
+        assert!(
+            e.starts_with("request.engine: unknown variant `oracle`"),
+            "{e}"
+        );
+        assert!(e.contains("postgresql") && e.contains("mongodb"), "{e}");
+        for ttl in [json!(0), json!(721), json!(-5)] {
+            let e = with("ttlHours", ttl.clone());
+            assert!(
+                e.starts_with("request.ttlHours: expected a whole number of hours from 1 to 720"),
+                "{e}"
+            );
+            assert!(e.ends_with(&format!("got {ttl}")), "{e}");
+        }
+        assert!(with("ttlHours", json!("24")).starts_with("request.ttlHours: invalid type"));
+        let e = with("backend", json!("nfs"));
+        assert!(
+            e.starts_with("request.backend: unknown variant `nfs`") && e.contains("pure-csi"),
+            "{e}"
+        );
+        let e = with("namespace", json!("Staging_DB"));
+        assert!(
+            e.starts_with("request.namespace: expected a namespace name"),
+            "{e}"
+        );
+        for system in ["default", "kube-system"] {
+            let e = with("namespace", json!(system));
+            assert!(
+                e.starts_with("request.namespace: expected a dedicated staging namespace"),
+                "{e}"
+            );
+        }
+        assert!(
+            with("availabilityZone", json!("US East"))
+                .starts_with("request.availabilityZone: expected an availability zone")
+        );
+        assert!(with("storageClassName", json!("GP3!")).starts_with("request.storageClassName:"));
+        assert!(
+            with("image", json!("postgres 17"))
+                .starts_with("request.image: expected a container image")
+        );
+        assert!(
+            with("fieldManager", json!(""))
+                .starts_with("request.fieldManager: expected a field manager")
+        );
+        assert!(with("fieldManager", json!("x".repeat(129))).starts_with("request.fieldManager:"));
+        assert!(
+            with("volumeIds", json!(["vol-1"])).starts_with("request.volumeIds: unknown field")
+        );
+    }
+
+    #[test]
+    fn volume_rules_depend_on_the_backend() {
+        let e = err(json!({}));
+        assert!(e.starts_with("volumeId: expected an EBS volume id such as vol-0123456789abcdef0 (required for backend \"ebs\"), got nothing"), "{e}");
+        let e = err(json!({"volumeId": "snap-0123456789abcdef0"}));
+        assert!(
+            e.starts_with("volumeId: expected an EBS volume id")
+                && e.contains("snap-0123456789abcdef0"),
+            "{e}"
+        );
+        assert!(err(json!({"volumeId": "vol-0123456789ABCDEF0"})).starts_with("volumeId:"));
+
+        let s = spec(json!({"backend": "csi", "snapshotName": "prod-db-2024-06-01"})).unwrap();
+        assert_eq!(
+            s.volume,
+            VolumeSource::CsiSnapshot {
+                snapshot: "prod-db-2024-06-01".into()
+            }
+        );
+        assert!(
+            err(json!({"backend": "csi"}))
+                .starts_with("snapshotName: expected the name of a VolumeSnapshot")
+        );
+        assert!(
+            err(json!({"backend": "csi", "snapshotName": "Bad_Name"})).starts_with("snapshotName:")
+        );
+        assert!(
+            err(json!({"backend": "csi", "snapshotName": "s", "volumeId": "vol-0123abcd"}))
+                .starts_with("volumeId: backend \"csi\" restores")
+        );
+        let e = err(json!({"volumeId": "vol-0123abcd", "snapshotName": "s"}));
+        assert!(
+            e.starts_with("snapshotName: only used with backend \"csi\""),
+            "{e}"
+        );
+
+        let s = spec(json!({"backend": "pure-csi", "volumeId": "pod1::staging-db"})).unwrap();
+        assert_eq!(
+            s.volume,
+            VolumeSource::PureCsi {
+                volume: "pod1::staging-db".into()
+            }
+        );
+        let s = spec(json!({"backend": "px-csi", "volumeId": "realm::pod::vol_1"})).unwrap();
+        assert_eq!(
+            s.volume,
+            VolumeSource::PxCsi {
+                volume: "realm::pod::vol_1".into()
+            }
+        );
+        assert!(
+            err(json!({"backend": "px-csi", "volumeId": "a::b::c::d"}))
+                .starts_with("volumeId: expected a FlashArray volume name")
+        );
+        assert!(
+            err(json!({"backend": "pure-csi", "volumeId": "has space"})).starts_with("volumeId:")
+        );
+        assert!(err(json!({"backend": "pure-csi"})).contains("required for backend \"pure-csi\""));
+        let e =
+            err(json!({"backend": "px-csi", "volumeId": "v", "availabilityZone": "us-east-1a"}));
+        assert!(
+            e.starts_with("availabilityZone: only used with backend \"ebs\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn commit_label_only_when_label_safe() {
+        let p = || parse(json!({"volumeId": "vol-0123abcd"})).unwrap();
+        let mut x = exec("codecommit/repo/abc");
+        x.commit = Some("0123456789abcdef0123456789abcdef01234567".into());
+        assert_eq!(
+            p().validate(&x).unwrap().commit.as_deref(),
+            x.commit.as_deref()
+        );
+        x.commit = Some("not a commit/ref".into());
+        assert_eq!(p().validate(&x).unwrap().commit, None);
+    }
+}

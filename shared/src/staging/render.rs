@@ -1,0 +1,661 @@
+//! Renders the staging database as typed Kubernetes objects (k8s-openapi structs, no templates).
+//!
+//! | object | name | why |
+//! | --- | --- | --- |
+//! | Namespace | `snapstage-<hash>` or `namespace` | one per run; labelled for cleanup, `expires-at` annotation |
+//! | Secret | `staging-db-credentials` | credentials, generated at apply time; rendered without data |
+//! | PersistentVolume | `<namespace>-data` | `ebs` / `pure-csi`: binds the restored volume statically |
+//! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`) |
+//! | Service | `staging-db` | ClusterIP on the engine's port |
+//! | StatefulSet | `staging-db` | one replica mounting the PVC |
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    CSIPersistentVolumeSource, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource,
+    ExecAction, Namespace, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, TypedLocalObjectReference, Volume,
+    VolumeMount, VolumeNodeAffinity, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::engine::{Engine, EnvSource};
+use super::params::{Spec, VolumeSource};
+
+pub const INSTANCE: &str = "staging-db";
+pub const SERVICE_NAME: &str = INSTANCE;
+pub const STATEFULSET_NAME: &str = INSTANCE;
+pub const PVC_NAME: &str = "staging-db-data";
+pub const SECRET_NAME: &str = "staging-db-credentials";
+pub const CONTAINER_NAME: &str = "db";
+pub const DATA_VOLUME: &str = "data";
+
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
+pub const LABEL_EXECUTION: &str = "snapstage.io/execution";
+pub const LABEL_COMMIT: &str = "snapstage.io/commit";
+pub const LABEL_ROLE: &str = "snapstage.io/role";
+pub const ANNOTATION_EXPIRES_AT: &str = "snapstage.io/expires-at";
+pub const ANNOTATION_TTL_HOURS: &str = "snapstage.io/ttl-hours";
+pub const ANNOTATION_EXECUTION_KEY: &str = "snapstage.io/execution-key";
+pub const ANNOTATION_SOURCE: &str = "snapstage.io/source";
+pub const ANNOTATION_CREDENTIALS: &str = "snapstage.io/credentials";
+pub const ANNOTATION_PX_PURE_VOLUME: &str = "portworx.io/pure-volume-name";
+pub const MANAGED_BY: &str = "snapstage";
+
+pub const EBS_CSI_DRIVER: &str = "ebs.csi.aws.com";
+pub const EBS_ZONE_KEY: &str = "topology.ebs.csi.aws.com/zone";
+pub const PURE_CSI_DRIVER: &str = "pure-csi";
+pub const SNAPSHOT_API_GROUP: &str = "snapshot.storage.k8s.io";
+
+/// The objects of one staging database, in the order they are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub namespace: Namespace,
+    pub secret: Secret,
+    pub persistent_volume: Option<PersistentVolume>,
+    pub claim: PersistentVolumeClaim,
+    pub service: Service,
+    pub stateful_set: StatefulSet,
+}
+
+/// The PersistentVolume's name: cluster-scoped, so it carries the namespace.
+pub fn persistent_volume_name(namespace: &str) -> String {
+    format!("{namespace}-data")
+}
+
+/// Renders every object. `expires_at` is RFC 3339 (now + ttl).
+pub fn render(spec: &Spec, expires_at: &str) -> Rendered {
+    Rendered {
+        namespace: namespace(spec, expires_at),
+        secret: secret(spec),
+        persistent_volume: persistent_volume(spec),
+        claim: claim(spec),
+        service: service(spec),
+        stateful_set: stateful_set(spec),
+    }
+}
+
+fn common_labels(spec: &Spec) -> BTreeMap<String, String> {
+    let mut l = BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_PART_OF.to_string(), MANAGED_BY.to_string()),
+        (LABEL_EXECUTION.to_string(), spec.execution_label.clone()),
+        (LABEL_ROLE.to_string(), "staging".to_string()),
+    ]);
+    if let Some(c) = &spec.commit {
+        l.insert(LABEL_COMMIT.to_string(), c.clone());
+    }
+    l
+}
+
+/// The labels that select the database pod.
+pub fn selector_labels(engine: Engine) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), engine.as_str().to_string()),
+        (LABEL_INSTANCE.to_string(), INSTANCE.to_string()),
+    ])
+}
+
+fn app_labels(spec: &Spec) -> BTreeMap<String, String> {
+    let mut l = common_labels(spec);
+    l.extend(selector_labels(spec.engine));
+    l.insert(LABEL_COMPONENT.to_string(), "database".to_string());
+    l
+}
+
+fn meta(spec: &Spec, name: &str, namespaced: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespaced.then(|| spec.namespace.clone()),
+        labels: Some(app_labels(spec)),
+        ..Default::default()
+    }
+}
+
+fn namespace(spec: &Spec, expires_at: &str) -> Namespace {
+    let mut labels = common_labels(spec);
+    // The database pod meets the restricted Pod Security Standard; enforce it.
+    labels.insert(
+        "pod-security.kubernetes.io/enforce".into(),
+        "restricted".into(),
+    );
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(spec.namespace.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([
+                (ANNOTATION_EXPIRES_AT.to_string(), expires_at.to_string()),
+                (ANNOTATION_TTL_HOURS.to_string(), spec.ttl_hours.to_string()),
+                (
+                    ANNOTATION_EXECUTION_KEY.to_string(),
+                    spec.execution_key.clone(),
+                ),
+                (
+                    ANNOTATION_SOURCE.to_string(),
+                    format!(
+                        "{}:{}",
+                        spec.volume.backend().as_str(),
+                        spec.volume.source_name()
+                    ),
+                ),
+            ])),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn secret(spec: &Spec) -> Secret {
+    let mut metadata = meta(spec, SECRET_NAME, true);
+    metadata.annotations = Some(BTreeMap::from([(
+        ANNOTATION_CREDENTIALS.to_string(),
+        "generated at apply time; never in outputs or logs".to_string(),
+    )]));
+    Secret {
+        metadata,
+        type_: Some("Opaque".into()),
+        data: None,
+        string_data: None,
+        ..Default::default()
+    }
+}
+
+fn storage(spec: &Spec) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([("storage".to_string(), Quantity(spec.storage_size.clone()))])
+}
+
+fn persistent_volume(spec: &Spec) -> Option<PersistentVolume> {
+    let (driver, handle, zone) = match &spec.volume {
+        VolumeSource::Ebs { volume_id, zone } => (EBS_CSI_DRIVER, volume_id, zone.as_ref()),
+        VolumeSource::PureCsi { volume } => (PURE_CSI_DRIVER, volume, None),
+        VolumeSource::CsiSnapshot { .. } | VolumeSource::PxCsi { .. } => return None,
+    };
+    let node_affinity = zone.map(|z| VolumeNodeAffinity {
+        required: Some(NodeSelector {
+            node_selector_terms: vec![NodeSelectorTerm {
+                match_expressions: Some(vec![NodeSelectorRequirement {
+                    key: EBS_ZONE_KEY.into(),
+                    operator: "In".into(),
+                    values: Some(vec![z.clone()]),
+                }]),
+                match_fields: None,
+            }],
+        }),
+    });
+    Some(PersistentVolume {
+        metadata: meta(spec, &persistent_volume_name(&spec.namespace), false),
+        spec: Some(PersistentVolumeSpec {
+            capacity: Some(storage(spec)),
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            volume_mode: Some("Filesystem".into()),
+            // The restored volume outlives the staging namespace; its owner deletes it.
+            persistent_volume_reclaim_policy: Some("Retain".into()),
+            storage_class_name: Some(spec.storage_class_name.clone().unwrap_or_default()),
+            csi: Some(CSIPersistentVolumeSource {
+                driver: driver.into(),
+                volume_handle: handle.clone(),
+                ..Default::default()
+            }),
+            // Reserved for our claim: no other PVC can bind this volume.
+            claim_ref: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("PersistentVolumeClaim".into()),
+                namespace: Some(spec.namespace.clone()),
+                name: Some(PVC_NAME.into()),
+                ..Default::default()
+            }),
+            node_affinity,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+fn claim(spec: &Spec) -> PersistentVolumeClaim {
+    let mut metadata = meta(spec, PVC_NAME, true);
+    let mut claim = PersistentVolumeClaimSpec {
+        access_modes: Some(vec!["ReadWriteOnce".into()]),
+        volume_mode: Some("Filesystem".into()),
+        resources: Some(VolumeResourceRequirements {
+            requests: Some(storage(spec)),
+            limits: None,
+        }),
+        storage_class_name: spec.storage_class_name.clone(),
+        ..Default::default()
+    };
+    match &spec.volume {
+        VolumeSource::Ebs { .. } | VolumeSource::PureCsi { .. } => {
+            claim.volume_name = Some(persistent_volume_name(&spec.namespace));
+            // Static binding: the PVC's class must equal the PV's ("" = none, no default class).
+            claim.storage_class_name = Some(spec.storage_class_name.clone().unwrap_or_default());
+        }
+        VolumeSource::CsiSnapshot { snapshot } => {
+            claim.data_source = Some(TypedLocalObjectReference {
+                api_group: Some(SNAPSHOT_API_GROUP.into()),
+                kind: "VolumeSnapshot".into(),
+                name: snapshot.clone(),
+            });
+        }
+        VolumeSource::PxCsi { volume } => {
+            metadata.annotations = Some(BTreeMap::from([(
+                ANNOTATION_PX_PURE_VOLUME.to_string(),
+                volume.clone(),
+            )]));
+        }
+    }
+    PersistentVolumeClaim {
+        metadata,
+        spec: Some(claim),
+        ..Default::default()
+    }
+}
+
+fn port_name(engine: Engine) -> String {
+    engine.as_str().to_string()
+}
+
+fn service(spec: &Spec) -> Service {
+    Service {
+        metadata: meta(spec, SERVICE_NAME, true),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector_labels(spec.engine)),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name(spec.engine)),
+                port: spec.engine.port(),
+                target_port: Some(IntOrString::String(port_name(spec.engine))),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(engine: Engine, period: i32, failures: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(engine.probe_command()),
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(5),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+        .collect()
+}
+
+fn container(spec: &Spec) -> Container {
+    let engine = spec.engine;
+    let env = engine
+        .env()
+        .into_iter()
+        .map(|(name, source)| match source {
+            EnvSource::Value(v) => EnvVar {
+                name: name.into(),
+                value: Some(v.into()),
+                value_from: None,
+            },
+            EnvSource::SecretKey(key) => EnvVar {
+                name: name.into(),
+                value: None,
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: SECRET_NAME.into(),
+                        key: key.into(),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                }),
+            },
+        })
+        .collect();
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        ports: Some(vec![ContainerPort {
+            name: Some(port_name(engine)),
+            container_port: engine.port(),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        env: Some(env),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: engine.mount_path().into(),
+            ..Default::default()
+        }]),
+        // A crash-consistent copy replays its log on first start: give it up to 15 minutes.
+        startup_probe: Some(probe(engine, 10, 90)),
+        readiness_probe: Some(probe(engine, 10, 3)),
+        liveness_probe: Some(probe(engine, 20, 6)),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&[("cpu", "250m"), ("memory", "512Mi")])),
+            limits: Some(quantities(&[("cpu", "2"), ("memory", "2Gi")])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn stateful_set(spec: &Spec) -> StatefulSet {
+    let uid = spec.engine.user_id();
+    let mut template_labels = app_labels(spec);
+    template_labels.extend(selector_labels(spec.engine));
+    StatefulSet {
+        metadata: meta(spec, STATEFULSET_NAME, true),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(SERVICE_NAME.into()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(spec.engine)),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container(spec)],
+                    volumes: Some(vec![Volume {
+                        name: DATA_VOLUME.into(),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: PVC_NAME.into(),
+                            read_only: Some(false),
+                        }),
+                        ..Default::default()
+                    }]),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(60),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(uid),
+                        run_as_group: Some(uid),
+                        fs_group: Some(uid),
+                        // Large restored volumes: change ownership only when the root differs.
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::staging::fixtures::plan_for;
+    use serde_json::json;
+
+    fn ebs() -> Rendered {
+        plan_for(json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a"}))
+            .rendered
+    }
+
+    #[test]
+    fn ebs_pv_binds_the_restored_volume_to_the_pvc_the_database_mounts() {
+        let r = ebs();
+        let pv = r.persistent_volume.clone().unwrap();
+        let spec = pv.spec.clone().unwrap();
+        let csi = spec.csi.clone().unwrap();
+        assert_eq!(csi.driver, "ebs.csi.aws.com");
+        assert_eq!(csi.volume_handle, "vol-0123456789abcdef0");
+        assert_eq!(
+            spec.persistent_volume_reclaim_policy.as_deref(),
+            Some("Retain")
+        );
+        let claim_ref = spec.claim_ref.clone().unwrap();
+        let ns = r.namespace.metadata.name.clone().unwrap();
+        assert_eq!(claim_ref.namespace.as_deref(), Some(ns.as_str()));
+        assert_eq!(claim_ref.name.as_deref(), Some(PVC_NAME));
+        assert_eq!(r.claim.metadata.name.as_deref(), Some(PVC_NAME));
+        assert_eq!(r.claim.spec.clone().unwrap().volume_name, pv.metadata.name);
+        // The StatefulSet mounts that PVC at the engine's data directory.
+        let pod = r.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+        let vol = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.persistent_volume_claim.is_some())
+            .unwrap();
+        assert_eq!(vol.persistent_volume_claim.unwrap().claim_name, PVC_NAME);
+        let mount = &pod.containers[0].volume_mounts.clone().unwrap()[0];
+        assert_eq!(
+            (mount.name.as_str(), mount.mount_path.as_str()),
+            (vol.name.as_str(), "/var/lib/postgresql/data")
+        );
+        // Static binding: both sides say "no class", so no default class is injected.
+        assert_eq!(spec.storage_class_name.as_deref(), Some(""));
+        assert_eq!(
+            r.claim.spec.unwrap().storage_class_name.as_deref(),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn ebs_zone_pins_the_pv() {
+        let spec = ebs().persistent_volume.unwrap().spec.unwrap();
+        let term = &spec
+            .node_affinity
+            .unwrap()
+            .required
+            .unwrap()
+            .node_selector_terms[0];
+        let req = &term.match_expressions.clone().unwrap()[0];
+        assert_eq!(req.key, "topology.ebs.csi.aws.com/zone");
+        assert_eq!(req.operator, "In");
+        assert_eq!(req.values.clone().unwrap(), ["us-east-1a"]);
+        let no_zone = plan_for(json!({"volumeId": "vol-0123456789abcdef0"})).rendered;
+        assert!(
+            no_zone
+                .persistent_volume
+                .unwrap()
+                .spec
+                .unwrap()
+                .node_affinity
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn other_backends_source_the_claim_their_way() {
+        let csi = plan_for(
+            json!({"backend": "csi", "snapshotName": "prod-snap", "storageClassName": "px-db"}),
+        )
+        .rendered;
+        assert!(csi.persistent_volume.is_none());
+        let spec = csi.claim.spec.unwrap();
+        let ds = spec.data_source.unwrap();
+        assert_eq!(
+            (ds.api_group.as_deref(), ds.kind.as_str(), ds.name.as_str()),
+            (
+                Some("snapshot.storage.k8s.io"),
+                "VolumeSnapshot",
+                "prod-snap"
+            )
+        );
+        assert_eq!(spec.storage_class_name.as_deref(), Some("px-db"));
+        assert_eq!(spec.volume_name, None);
+
+        let pure = plan_for(json!({"backend": "pure-csi", "volumeId": "staging-db-01"})).rendered;
+        let csi_src = pure.persistent_volume.unwrap().spec.unwrap().csi.unwrap();
+        assert_eq!(
+            (csi_src.driver.as_str(), csi_src.volume_handle.as_str()),
+            ("pure-csi", "staging-db-01")
+        );
+
+        let px = plan_for(json!({"backend": "px-csi", "volumeId": "realm::pod::vol"})).rendered;
+        assert!(px.persistent_volume.is_none());
+        let ann = px.claim.metadata.annotations.unwrap();
+        assert_eq!(ann["portworx.io/pure-volume-name"], "realm::pod::vol");
+        assert_eq!(
+            px.claim.spec.unwrap().storage_class_name,
+            None,
+            "the cluster's default class"
+        );
+    }
+
+    #[test]
+    fn namespace_carries_ownership_execution_and_expiry() {
+        let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0"}));
+        let meta = &p.rendered.namespace.metadata;
+        let labels = meta.labels.clone().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "snapstage");
+        assert_eq!(labels["snapstage.io/role"], "staging");
+        assert_eq!(
+            labels["snapstage.io/execution"],
+            crate::staging::names::execution_label("direct/fixture")
+        );
+        assert!(
+            !labels.contains_key("snapstage.io/commit"),
+            "no commit known for a direct request"
+        );
+        let ann = meta.annotations.clone().unwrap();
+        assert_eq!(ann["snapstage.io/expires-at"], "2025-06-02T12:00:00Z");
+        assert_eq!(ann["snapstage.io/execution-key"], "direct/fixture");
+        // Every object of the run carries the run's labels.
+        let r = &p.rendered;
+        for m in [
+            &r.secret.metadata,
+            &r.claim.metadata,
+            &r.service.metadata,
+            &r.stateful_set.metadata,
+        ] {
+            let l = m.labels.clone().unwrap();
+            assert_eq!(
+                l["snapstage.io/execution"],
+                labels["snapstage.io/execution"]
+            );
+            assert_eq!(l["app.kubernetes.io/instance"], "staging-db");
+            assert_eq!(l["app.kubernetes.io/name"], "postgresql");
+        }
+    }
+
+    #[test]
+    fn commit_is_labelled_when_known() {
+        let mut spec = plan_for(json!({"volumeId": "vol-0123456789abcdef0"})).spec;
+        spec.commit = Some("0123456789abcdef0123456789abcdef01234567".into());
+        let r = render(&spec, "2025-06-02T12:00:00Z");
+        assert_eq!(
+            r.namespace.metadata.labels.clone().unwrap()["snapstage.io/commit"],
+            "0123456789abcdef0123456789abcdef01234567"
+        );
+        crate::staging::validate::check(&r).unwrap();
+    }
+
+    #[test]
+    fn each_engine_gets_its_port_probes_and_service() {
+        for (engine, port, probe) in [
+            ("postgresql", 5432, "pg_isready"),
+            ("mysql", 3306, "mysqladmin"),
+            ("mongodb", 27017, "mongosh"),
+        ] {
+            let r =
+                plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": engine})).rendered;
+            let svc = r.service.spec.unwrap();
+            assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
+            let sp = &svc.ports.unwrap()[0];
+            assert_eq!(sp.port, port, "{engine}");
+            let sts = r.stateful_set.spec.unwrap();
+            assert_eq!(sts.replicas, Some(1));
+            let c = &sts.template.spec.unwrap().containers[0];
+            assert_eq!(c.ports.clone().unwrap()[0].container_port, port);
+            assert_eq!(
+                sp.target_port,
+                Some(IntOrString::String(
+                    c.ports.clone().unwrap()[0].name.clone().unwrap()
+                ))
+            );
+            for p in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe] {
+                let cmd = p.clone().unwrap().exec.unwrap().command.unwrap();
+                assert_eq!(cmd[0], probe, "{engine}");
+            }
+            assert!(c.image.as_deref().is_some_and(|i| !i.is_empty()));
+        }
+    }
+
+    #[test]
+    fn database_pod_is_non_root_with_limits_and_secret_credentials() {
+        let r = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": "mysql", "image": "registry.example.com/mysql:8.0.36"})).rendered;
+        let pod = r.stateful_set.spec.unwrap().template.spec.unwrap();
+        let psc = pod.security_context.unwrap();
+        assert_eq!(
+            (psc.run_as_non_root, psc.run_as_user, psc.fs_group),
+            (Some(true), Some(999), Some(999))
+        );
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.image.as_deref(),
+            Some("registry.example.com/mysql:8.0.36")
+        );
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+        let res = c.resources.clone().unwrap();
+        assert!(
+            res.requests.unwrap().contains_key("memory")
+                && res.limits.unwrap().contains_key("memory")
+        );
+        let env = c.env.clone().unwrap();
+        let pw = env
+            .iter()
+            .find(|e| e.name == "MYSQL_ROOT_PASSWORD")
+            .unwrap();
+        assert_eq!(pw.value, None);
+        let sel = pw.value_from.clone().unwrap().secret_key_ref.unwrap();
+        assert_eq!(
+            (sel.name.as_str(), sel.key.as_str()),
+            (SECRET_NAME, "password")
+        );
+    }
+
+    #[test]
+    fn secret_is_planned_without_data() {
+        let s = ebs().secret;
+        assert_eq!(s.metadata.name.as_deref(), Some(SECRET_NAME));
+        assert_eq!((s.data, s.string_data), (None, None));
+        assert!(
+            s.metadata.annotations.unwrap()[ANNOTATION_CREDENTIALS]
+                .contains("generated at apply time")
+        );
+    }
+}

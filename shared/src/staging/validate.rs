@@ -1,0 +1,384 @@
+//! Checks a rendered plan before anything would be sent: each object round-trips through serde
+//! into its k8s-openapi type, names follow the rule of their kind, labels and annotations are
+//! valid, and the objects agree with each other (the PV is reserved for the PVC the StatefulSet
+//! mounts, the Service selects the pod and targets its port, credentials come from the Secret).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::names;
+use super::render::{Rendered, persistent_volume_name};
+use crate::error::{Error, Result};
+
+/// A Kubernetes object type snapstage renders.
+pub trait Object:
+    kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + PartialEq + Clone
+{
+}
+impl<K> Object for K where
+    K: kube::Resource<DynamicType = ()> + Serialize + DeserializeOwned + PartialEq + Clone
+{
+}
+
+/// How a kind's `metadata.name` is checked by the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameRule {
+    /// Namespaces.
+    Dns1123Label,
+    /// Services.
+    Dns1035Label,
+    /// Most other objects.
+    Dns1123Subdomain,
+}
+
+fn invalid(kind: &str, name: &str, what: String) -> Error {
+    Error::Internal(format!("rendered {kind} {name:?} is invalid: {what}"))
+}
+
+/// Serializes `obj`, parses it back into its type and checks nothing was lost; returns the JSON.
+pub fn round_trip<K: Object>(obj: &K) -> Result<Value> {
+    let kind = K::kind(&());
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let json = serde_json::to_value(obj)
+        .map_err(|e| invalid(&kind, &name, format!("does not serialize: {e}")))?;
+    for (field, want) in [
+        ("apiVersion", K::api_version(&()).into_owned()),
+        ("kind", kind.to_string()),
+    ] {
+        if json.get(field).and_then(Value::as_str) != Some(want.as_str()) {
+            return Err(invalid(&kind, &name, format!("{field} is not {want:?}")));
+        }
+    }
+    let back: K = serde_json::from_value(json.clone())
+        .map_err(|e| invalid(&kind, &name, format!("does not parse back: {e}")))?;
+    if &back != obj {
+        return Err(invalid(
+            &kind,
+            &name,
+            "changes in a serde round trip".into(),
+        ));
+    }
+    Ok(json)
+}
+
+/// Checks one object: round trip, name, namespace, labels, annotations.
+pub fn check_object<K: Object>(obj: &K, rule: NameRule) -> Result<()> {
+    round_trip(obj)?;
+    let kind = K::kind(&());
+    let meta = obj.meta();
+    let name = meta.name.as_deref().unwrap_or_default();
+    let name_ok = match rule {
+        NameRule::Dns1123Label => names::is_dns1123_label(name),
+        NameRule::Dns1035Label => names::is_dns1035_label(name),
+        NameRule::Dns1123Subdomain => names::is_dns1123_subdomain(name),
+    };
+    if !name_ok {
+        return Err(invalid(
+            &kind,
+            name,
+            format!("the name is not a valid {rule:?}"),
+        ));
+    }
+    if let Some(ns) = &meta.namespace
+        && !names::is_dns1123_label(ns)
+    {
+        return Err(invalid(
+            &kind,
+            name,
+            format!("namespace {ns:?} is not a DNS-1123 label"),
+        ));
+    }
+    for (k, v) in meta.labels.iter().flatten() {
+        if !names::is_qualified_name(k) || !names::is_label_value(v) {
+            return Err(invalid(
+                &kind,
+                name,
+                format!(
+                    "label {k:?}={v:?} is not a valid label (key: [prefix/]name; value: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends)"
+                ),
+            ));
+        }
+    }
+    for k in meta.annotations.iter().flatten().map(|(k, _)| k) {
+        if !names::is_qualified_name(k) {
+            return Err(invalid(
+                &kind,
+                name,
+                format!("annotation key {k:?} is not valid"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every object and how they refer to each other.
+pub fn check(rendered: &Rendered) -> Result<()> {
+    let r = rendered;
+    check_object(&r.namespace, NameRule::Dns1123Label)?;
+    check_object(&r.secret, NameRule::Dns1123Subdomain)?;
+    if let Some(pv) = &r.persistent_volume {
+        check_object(pv, NameRule::Dns1123Subdomain)?;
+    }
+    check_object(&r.claim, NameRule::Dns1123Subdomain)?;
+    check_object(&r.service, NameRule::Dns1035Label)?;
+    // Pod names are `<statefulset>-0`, and the revision label holds the name: keep it a label.
+    check_object(&r.stateful_set, NameRule::Dns1123Label)?;
+    check_references(r)
+}
+
+fn broken(what: String) -> Error {
+    Error::Internal(format!("rendered objects disagree: {what}"))
+}
+
+fn check_references(r: &Rendered) -> Result<()> {
+    let ns = r.namespace.metadata.name.clone().unwrap_or_default();
+    for (kind, meta) in [
+        ("Secret", &r.secret.metadata),
+        ("PersistentVolumeClaim", &r.claim.metadata),
+        ("Service", &r.service.metadata),
+        ("StatefulSet", &r.stateful_set.metadata),
+    ] {
+        if meta.namespace.as_deref() != Some(ns.as_str()) {
+            return Err(broken(format!("{kind} is not in namespace {ns:?}")));
+        }
+    }
+    let claim_name = r.claim.metadata.name.clone().unwrap_or_default();
+    let claim_spec = r.claim.spec.clone().unwrap_or_default();
+    if let Some(pv) = &r.persistent_volume {
+        let pv_name = pv.metadata.name.clone().unwrap_or_default();
+        let spec = pv.spec.clone().unwrap_or_default();
+        let reserved = spec.claim_ref.as_ref().is_some_and(|c| {
+            c.namespace.as_deref() == Some(ns.as_str())
+                && c.name.as_deref() == Some(claim_name.as_str())
+        });
+        if !reserved {
+            return Err(broken(format!(
+                "PV {pv_name} is not reserved for {ns}/{claim_name}"
+            )));
+        }
+        if claim_spec.volume_name.as_deref() != Some(pv_name.as_str())
+            || pv_name != persistent_volume_name(&ns)
+        {
+            return Err(broken(format!(
+                "PVC {claim_name} does not name PV {pv_name}"
+            )));
+        }
+        if claim_spec.storage_class_name != spec.storage_class_name {
+            return Err(broken(
+                "the PVC's and PV's storageClassName differ: they would never bind".into(),
+            ));
+        }
+    }
+    let sts = r.stateful_set.spec.clone().unwrap_or_default();
+    let pod = sts.template.spec.clone().unwrap_or_default();
+    let pod_labels = sts
+        .template
+        .metadata
+        .clone()
+        .unwrap_or_default()
+        .labels
+        .unwrap_or_default();
+    let subset = |sel: &BTreeMap<String, String>| {
+        !sel.is_empty() && sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+    };
+    if !subset(&sts.selector.match_labels.clone().unwrap_or_default()) {
+        return Err(broken(
+            "the StatefulSet selector does not match its pod template".into(),
+        ));
+    }
+    let service = r.service.spec.clone().unwrap_or_default();
+    if !subset(&service.selector.clone().unwrap_or_default()) {
+        return Err(broken(
+            "the Service selector does not match the database pod".into(),
+        ));
+    }
+    if sts.service_name.as_deref() != r.service.metadata.name.as_deref() {
+        return Err(broken(
+            "the StatefulSet's serviceName is not the Service".into(),
+        ));
+    }
+    let mounts_claim = pod.volumes.iter().flatten().any(|v| {
+        v.persistent_volume_claim
+            .as_ref()
+            .is_some_and(|c| c.claim_name == claim_name)
+            && pod
+                .containers
+                .iter()
+                .any(|c| c.volume_mounts.iter().flatten().any(|m| m.name == v.name))
+    });
+    if !mounts_claim {
+        return Err(broken(format!(
+            "the database container does not mount PVC {claim_name}"
+        )));
+    }
+    let container_ports: Vec<_> = pod
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .collect();
+    for p in service.ports.iter().flatten() {
+        let targets = container_ports.iter().any(|cp| match &p.target_port {
+            Some(IntOrString::String(n)) => cp.name.as_deref() == Some(n.as_str()),
+            Some(IntOrString::Int(i)) => cp.container_port == *i,
+            None => cp.container_port == p.port,
+        });
+        if !targets {
+            return Err(broken(format!(
+                "Service port {} targets no container port",
+                p.port
+            )));
+        }
+    }
+    let secret_name = r.secret.metadata.name.clone().unwrap_or_default();
+    for c in &pod.containers {
+        for e in c.env.iter().flatten() {
+            if let Some(sel) = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref())
+                && sel.name != secret_name
+            {
+                return Err(broken(format!(
+                    "env {} reads Secret {}, not {secret_name}",
+                    e.name, sel.name
+                )));
+            }
+            let credential = ["PASSWORD", "USER"].iter().any(|w| e.name.contains(w));
+            if credential && e.value.is_some() {
+                return Err(broken(format!("env {} holds a literal credential", e.name)));
+            }
+        }
+    }
+    if r.secret.data.is_some() || r.secret.string_data.is_some() {
+        return Err(broken(
+            "the planned Secret carries data: credentials are generated at apply time".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::staging::fixtures::plan_for;
+    use serde_json::json;
+
+    fn rendered() -> Rendered {
+        plan_for(json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a"}))
+            .rendered
+    }
+
+    #[test]
+    fn every_backend_and_engine_validates() {
+        for backend in [
+            json!({"volumeId": "vol-0123456789abcdef0"}),
+            json!({"backend": "csi", "snapshotName": "snap"}),
+            json!({"backend": "pure-csi", "volumeId": "v"}),
+            json!({"backend": "px-csi", "volumeId": "v"}),
+        ] {
+            for engine in ["postgresql", "mysql", "mongodb"] {
+                let mut req = backend.clone();
+                req["engine"] = json!(engine);
+                check(&plan_for(req).rendered).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn round_trip_returns_the_wire_json() {
+        let r = rendered();
+        let v = round_trip(&r.stateful_set).unwrap();
+        assert_eq!(v["apiVersion"], "apps/v1");
+        assert_eq!(v["kind"], "StatefulSet");
+        assert_eq!(v["spec"]["replicas"], 1);
+        let v = round_trip(&r.persistent_volume.unwrap()).unwrap();
+        assert_eq!(v["spec"]["csi"]["volumeHandle"], "vol-0123456789abcdef0");
+    }
+
+    #[test]
+    fn bad_names_and_labels_are_caught() {
+        let mut r = rendered();
+        r.service.metadata.name = Some("0db".into());
+        let e = check(&r).unwrap_err().to_string();
+        assert!(e.contains("Service") && e.contains("Dns1035Label"), "{e}");
+
+        let mut r = rendered();
+        r.namespace.metadata.name = Some("Snapstage_X".into());
+        assert!(check(&r).is_err());
+
+        let mut r = rendered();
+        r.claim
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("snapstage.io/commit".into(), "x".repeat(64));
+        let e = check(&r).unwrap_err().to_string();
+        assert!(e.contains("label \"snapstage.io/commit\""), "{e}");
+    }
+
+    #[test]
+    fn broken_references_are_caught() {
+        let mut r = rendered();
+        r.claim.spec.as_mut().unwrap().volume_name = Some("someone-elses-pv".into());
+        assert!(
+            check(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("does not name PV")
+        );
+
+        let mut r = rendered();
+        r.persistent_volume
+            .as_mut()
+            .unwrap()
+            .spec
+            .as_mut()
+            .unwrap()
+            .claim_ref
+            .as_mut()
+            .unwrap()
+            .name = Some("other".into());
+        assert!(
+            check(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("is not reserved")
+        );
+
+        let mut r = rendered();
+        r.service
+            .spec
+            .as_mut()
+            .unwrap()
+            .selector
+            .as_mut()
+            .unwrap()
+            .insert("app.kubernetes.io/name".into(), "redis".into());
+        assert!(
+            check(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("Service selector")
+        );
+
+        let mut r = rendered();
+        r.service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].target_port =
+            Some(IntOrString::Int(1));
+        assert!(
+            check(&r)
+                .unwrap_err()
+                .to_string()
+                .contains("targets no container port")
+        );
+
+        let mut r = rendered();
+        r.secret.string_data = Some(BTreeMap::from([("password".into(), "hunter2".into())]));
+        let e = check(&r).unwrap_err().to_string();
+        assert!(e.contains("carries data") && !e.contains("hunter2"), "{e}");
+    }
+}
