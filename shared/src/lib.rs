@@ -10,6 +10,7 @@
 //! | [`continuation`] | the versioned continuation token |
 //! | [`entry`] | `main` for every function: Lambda Runtime API or CLI |
 //! | [`aws`] | the one `SdkConfig` builder |
+//! | [`eks`] | the EKS bearer token (presigned STS GetCallerIdentity) |
 //! | [`storage`] | the snapshot/volume backend trait and its backends (EBS) |
 //! | [`staging`] | the staging database's Kubernetes manifests |
 //! | [`replicate`] | copying artifacts between S3 endpoints, verified |
@@ -19,6 +20,7 @@ pub mod codecommit;
 pub mod codepipeline;
 pub mod continuation;
 pub mod contract;
+pub mod eks;
 pub mod entry;
 pub mod error;
 pub mod invocation;
