@@ -4,13 +4,17 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 SERVICES := scripts/services.sh
+SAM := .venv-infra/sam/bin/sam
+SAMCONFIG := $(CURDIR)/infra/samconfig.toml
 
-.PHONY: help setup build test unit lint demo bench package deploy invoke services-start services-stop clean
+.PHONY: help setup build test unit lint lint-infra demo bench package deploy invoke services-start services-stop clean
 
 help:
 	@echo "make demo     run the whole pipeline locally (moto + Lambda Runtime API emulator)"
 	@echo "make test     run every test against local services (starts and stops them)"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
+	@echo "make lint-infra  cfn-lint, sam validate --lint, checkov on infra/"
+	@echo "make package  arm64 bootstrap zips; make deploy (sam); make invoke FN=... EVENT=..."
 	@echo "make build    debug build of the workspace"
 	@echo "make setup    create .venv with moto[server], cargo-lambda, boto3"
 
@@ -30,6 +34,26 @@ test: setup build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# cfn-lint, sam validate --lint, checkov (CloudFormation + Kubernetes), and the template's
+# parameters checked against the real binaries. Offline.
+lint-infra: build
+	scripts/lint-infra.sh
+
+# arm64 bootstrap zips for Lambda (cargo lambda build --release --arm64; slow: 10+ min on 2 cores).
+package:
+	scripts/package.sh
+
+deploy: setup
+	scripts/lint-infra.sh --install
+	PATH="$(CURDIR)/.venv/bin:$$PATH" $(SAM) build --beta-features --template-file infra/template.yaml
+	if [ -f infra/samconfig.toml ]; then $(SAM) deploy --config-file $(SAMCONFIG); \
+	else $(SAM) deploy --guided --config-file $(SAMCONFIG); fi
+
+invoke:
+	@test -n "$(FN)" && test -n "$(EVENT)" || { echo "usage: make invoke FN=<stack>-snapshot-production EVENT=events/direct/snapshot-production-dry-run.json" >&2; exit 2; }
+	aws lambda invoke --function-name "$(FN)" --payload fileb://$(EVENT) out.json
+	@cat out.json; echo
 
 demo: setup build
 	scripts/with-services.sh $(CARGO) run --quiet -p snapstage-localenv --bin local-pipeline -- --seed
