@@ -14,6 +14,7 @@ use crate::contract::Execution;
 use crate::error::{Error, Result};
 
 pub mod ebs;
+pub mod flasharray;
 pub mod steps;
 
 pub const TAG_MANAGED_BY: &str = "snapstage:managed-by";
