@@ -11,11 +11,13 @@
 //! | [`entry`] | `main` for every function: Lambda Runtime API or CLI |
 //! | [`aws`] | the one `SdkConfig` builder |
 //! | [`eks`] | the EKS bearer token (presigned STS GetCallerIdentity) |
+//! | [`cluster`] | cluster access: a `kube::Client` for EKS, a kubeconfig, or in-cluster |
 //! | [`storage`] | the snapshot/volume backend trait and its backends (EBS) |
 //! | [`staging`] | the staging database's Kubernetes manifests |
 //! | [`replicate`] | copying artifacts between S3 endpoints, verified |
 
 pub mod aws;
+pub mod cluster;
 pub mod codecommit;
 pub mod codepipeline;
 pub mod continuation;

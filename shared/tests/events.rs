@@ -50,11 +50,11 @@ fn check_params(function: &str, layer: Layer) -> Result<()> {
     match function {
         "snapshot-production" => merge::<SnapshotParams>(&layers)?.validate(),
         "restore-to-staging" => merge::<RestoreParams>(&layers)?.validate(),
-        "deploy-staging-db" => {
-            let p: snapstage::staging::Params = merge(&layers)?;
-            snapstage::staging::plan(p, &execution(), k8s_openapi::jiff::Timestamp::now())
-                .map(|_| ())
-        }
+        "deploy-staging-db" => snapstage::staging::check_request(
+            merge(&layers)?,
+            &execution(),
+            k8s_openapi::jiff::Timestamp::now(),
+        ),
         "replicate-artifacts-back" => merge::<snapstage::replicate::Params>(&layers)?
             .validate()
             .map(|_| ()),

@@ -1,5 +1,7 @@
-//! `deploy-staging-db`: the staging database on Kubernetes. Plan mode for now: renders and
-//! validates the manifests and reports the server-side apply requests; no cluster is changed.
+//! `deploy-staging-db`: the staging database on Kubernetes. Applies the manifests to the
+//! configured cluster, waits (through continuations) until the database is ready, runs the
+//! optional masking and migration Jobs, and publishes the endpoint; or deletes staging
+//! namespaces (teardown, TTL sweep). Without a cluster, or with dryRun, it only plans.
 
 use std::process::ExitCode;
 
@@ -7,14 +9,16 @@ use snapstage::entry::About;
 use snapstage::staging::{self, Params};
 use snapstage::{Function, Outcome, Result, Step};
 
-struct DeployStagingDb;
+struct DeployStagingDb {
+    sdk: aws_config::SdkConfig,
+}
 
 impl Function for DeployStagingDb {
     const NAME: &'static str = "deploy-staging-db";
     type Params = Params;
 
     async fn step(&self, step: Step<Params>) -> Result<Outcome> {
-        staging::plan_step(step)
+        staging::step(&self.sdk, step).await
     }
 }
 
@@ -22,12 +26,19 @@ impl Function for DeployStagingDb {
 const ABOUT: About = About {
     summary: concat!(
         "Deploys a staging database on Kubernetes that mounts the restored volume: a Namespace\n",
-        "(labelled, with an expiry), a Secret for generated credentials, a PersistentVolume + PVC bound\n",
-        "to the volume, a Service and a one-replica StatefulSet, applied with server-side apply.\n",
-        "PLAN MODE ONLY for now: the manifests are rendered and validated and the apply requests are\n",
-        "logged; no cluster is contacted and no AWS call is made.",
+        "(labelled, with an expiry), a Secret with generated credentials (made once, never output), a\n",
+        "PersistentVolume + PVC bound to the volume, a Service and a one-replica StatefulSet, applied\n",
+        "with server-side apply. Waits until the PVC is Bound and the pod Ready (failing early on image\n",
+        "pull errors and crash loops), runs the optional masking and migration-check Jobs, then\n",
+        "publishes the endpoint. A failure deletes the namespace it created (onFailure). action\n",
+        "teardown / sweep delete one staging namespace / every expired one, only if snapstage made it.\n",
+        "PLAN MODE when no cluster is configured or dryRun is true: the manifests are rendered and\n",
+        "validated and the apply requests are logged; no cluster is contacted.",
     ),
     parameters: concat!(
+        "  action                  deploy (default) | teardown (needs namespace) | sweep (expired ones)\n",
+        "  cluster                 {\"eks\": {\"name\": \"...\", \"region\": \"...\"}} | {\"kubeconfigSecret\": \"arn or\n",
+        "                          name\"} | {\"kubeconfigFile\": \"/path\"} | \"inCluster\"; none: plan mode\n",
         "  volumeId                the restored volume: an EBS volume id (vol-...) for backend ebs; an array\n",
         "                          volume name ([realm::][pod::]volume) for pure-csi / px-csi; not with csi\n",
         "  backend                 ebs (default; static PV of ebs.csi.aws.com) | csi (the PVC restores\n",
@@ -35,15 +46,23 @@ const ABOUT: About = About {
         "                          portworx.io/pure-volume-name)\n",
         "  snapshotName            csi only: the VolumeSnapshot, in the staging namespace, to restore\n",
         "  engine                  postgresql (default) | mysql | mongodb\n",
-        "  namespace               default snapstage-<hash of the execution>; never default or kube-*\n",
+        "  namespace               default snapstage-<hash of the execution>; never default or kube-*; an\n",
+        "                          existing one must be labelled app.kubernetes.io/managed-by=snapstage\n",
         "  storageSize             a Kubernetes quantity such as 20Gi (default) or 500Mi\n",
         "  storageClassName        the StorageClass (static PVs default to \"\": no class)\n",
         "  availabilityZone        ebs only: the volume's zone; pins the PV (topology.ebs.csi.aws.com/zone)\n",
         "  ttlHours                1..720 (default 24): sets the namespace's snapstage.io/expires-at\n",
         "  image                   the database image (default postgres:17, mysql:8.4, mongo:7.0); use\n",
         "                          production's major version\n",
+        "  readyTimeoutMinutes     1..1440 (default 15): how long the database may take to be ready\n",
+        "  onFailure               teardown (default: delete the namespace this run created) | keep\n",
+        "  masking                 {\"image\", \"command\": [...], \"scriptsConfigMap\"?, \"timeoutMinutes\"?}: a\n",
+        "                          Job run after readiness, before anything is published; env DB_HOST,\n",
+        "                          DB_PORT, DB_USERNAME, DB_PASSWORD (+ PG* / MYSQL_*); scripts at /scripts\n",
+        "  migration               {\"image\", \"command\": [...], \"allowFailure\"?, ...}: a migration check\n",
+        "                          Job; its failure fails the action unless allowFailure is true\n",
         "  fieldManager            server-side apply field manager (default snapstage-deploy-staging-db)\n",
-        "  dryRun                  true | false; plan mode is the only mode for now",
+        "  dryRun                  true: deploy only plans; teardown / sweep report what they would delete",
     ),
     outputs: concat!(
         "  Namespace               the staging namespace\n",
@@ -52,12 +71,14 @@ const ABOUT: About = About {
         "  Port                    5432 | 3306 | 27017\n",
         "  SecretName              the Secret with the credentials (generated at apply time; never output)\n",
         "  Engine                  postgresql | mysql | mongodb\n",
-        "  Mode                    plan\n",
+        "  Mode                    applied | plan (teardown / sweep: applied | dry-run | plan)\n",
         "  ManifestCount           how many objects were rendered and validated\n",
-        "  ExpiresAt               RFC 3339 time after which the namespace may be deleted",
+        "  ExpiresAt               RFC 3339 time after which the namespace may be deleted\n",
+        "  MigrationResult         succeeded | failed (with migration)\n",
+        "  Action, Deleted, ...    teardown / sweep: what was deleted",
     ),
 };
 
 fn main() -> ExitCode {
-    snapstage::entry::main::<DeployStagingDb>(&ABOUT, |_sdk_config| DeployStagingDb)
+    snapstage::entry::main::<DeployStagingDb>(&ABOUT, |sdk| DeployStagingDb { sdk: sdk.clone() })
 }

@@ -174,3 +174,104 @@ fn invalid_values_say_what_to_fix() {
         assert!(msg.starts_with(field), "{msg}");
     }
 }
+
+#[test]
+fn without_a_cluster_the_summary_says_so() {
+    let (out, r) = run(&json!({"volumeId": "vol-0123456789abcdef0"}).to_string());
+    assert!(out.status.success(), "{r}");
+    let summary = r["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("no cluster is configured: set the cluster parameter"),
+        "{summary}"
+    );
+    assert_eq!(r["outputVariables"]["Mode"], "plan");
+}
+
+#[test]
+fn dry_run_with_a_cluster_plans_without_contacting_it() {
+    // The kubeconfig does not exist: a plan never reads it.
+    let (out, r) = run(&json!({
+        "volumeId": "vol-0123456789abcdef0", "dryRun": true,
+        "cluster": {"kubeconfigFile": "/nonexistent/kubeconfig"}
+    })
+    .to_string());
+    assert!(out.status.success(), "{r}");
+    assert!(
+        r["summary"].as_str().unwrap().contains("(dryRun is true)"),
+        "{r}"
+    );
+}
+
+#[test]
+fn an_unreadable_kubeconfig_is_a_configuration_error() {
+    let (out, r) = run(&json!({
+        "volumeId": "vol-0123456789abcdef0",
+        "cluster": {"kubeconfigFile": "/nonexistent/kubeconfig"}
+    })
+    .to_string());
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(r["failureType"], "ConfigurationError");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cluster.kubeconfigFile /nonexistent/kubeconfig: cannot read it"),
+        "{r}"
+    );
+}
+
+#[test]
+fn an_unreachable_api_server_is_system_unavailable() {
+    let dir = std::env::temp_dir().join(format!("snapstage-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    // Port 9 on loopback (discard): nothing listens there.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"http://127.0.0.1:9\"}\n\
+users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let (out, r) = run(&json!({
+        "volumeId": "vol-0123456789abcdef0",
+        "cluster": {"kubeconfigFile": kubeconfig.to_string_lossy()}
+    })
+    .to_string());
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(r["failureType"], "SystemUnavailable", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("reading Namespace snapstage-") && msg.contains("cannot reach the API server"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_cluster_kinds_list_the_supported_ones() {
+    let (out, r) = run(&json!({
+        "volumeId": "vol-0123456789abcdef0",
+        "cluster": {"gke": {"name": "x"}}
+    })
+    .to_string());
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("request.cluster: unknown variant `gke`")
+            && msg.contains("kubeconfigSecret"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn teardown_without_a_cluster_only_plans() {
+    let (out, r) = run(&sample("deploy-staging-db-teardown.json"));
+    assert!(out.status.success(), "{r}");
+    let summary = r["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with("PLAN ONLY — no cluster changed")
+            && summary.contains("teardown would delete namespace snapstage-1a2b3c4d5e"),
+        "{summary}"
+    );
+    assert_eq!(r["outputVariables"]["Action"], "teardown");
+}

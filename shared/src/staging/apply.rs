@@ -193,13 +193,21 @@ mod tests {
             "volumesnapshots",
             "get"
         ));
+        // Least privilege: no wildcard verbs; deleting (teardown, sweep) only whole staging
+        // namespaces and their PersistentVolume objects.
         for rules in roles.values() {
-            assert!(
-                !rules
-                    .iter()
-                    .any(|r| r.verbs.iter().any(|v| v == "*" || v == "delete")),
-                "least privilege: {rules:?}"
-            );
+            for r in rules {
+                assert!(!r.verbs.iter().any(|v| v == "*"), "wildcard verb: {r:?}");
+                if r.verbs.iter().any(|v| v == "delete") {
+                    assert!(
+                        r.resources
+                            .iter()
+                            .flatten()
+                            .all(|x| x == "namespaces" || x == "persistentvolumes"),
+                        "delete granted beyond namespaces and PVs: {r:?}"
+                    );
+                }
+            }
         }
         assert!(
             !allows(cluster, "", "secrets", "get"),

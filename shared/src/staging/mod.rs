@@ -1,9 +1,11 @@
 //! The staging database on Kubernetes (`deploy-staging-db`): parameters → typed manifests →
-//! validation → the server-side apply requests that would be sent.
+//! validation → server-side apply → readiness → optional masking and migration Jobs → outputs;
+//! and deleting staging namespaces (teardown, TTL sweep).
 //!
-//! Plan mode is the only mode for now: [`plan`] renders and validates everything and says exactly
-//! which requests applying would send; no cluster is contacted. Applying lands with the Kubernetes
-//! client (EKS token, `kube` client feature).
+//! [`step`] picks the mode: with no `cluster` configured, or `dryRun: true`, a deploy only plans
+//! ([`plan`] renders and validates everything and says exactly which requests applying would
+//! send; no cluster is contacted). Otherwise [`run`] applies, waits through continuations and
+//! publishes the outputs.
 //!
 //! | module | what |
 //! | --- | --- |
@@ -12,9 +14,16 @@
 //! | [`names`] | DNS-1123 names, label rules, quantities, the execution hashes |
 //! | [`render`] | the typed objects: Namespace, Secret, PV, PVC, Service, StatefulSet |
 //! | [`validate`] | serde round trips, names, labels, cross-object references |
-//! | [`apply`] | the server-side apply requests (kube-core's request builder) |
+//! | [`apply`] | the server-side apply requests a plan lists (kube-core's request builder) |
+//! | [`credentials`] | generated once, when the Secret does not exist; never logged |
+//! | [`ownership`] | snapstage touches only what it made, never production |
+//! | [`kubeapi`] | get / list / apply / delete, errors said in words |
+//! | [`deploy`] | apply, then one readiness check per invocation, then the Jobs |
+//! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
+//! | [`jobs`] | the masking and migration Jobs |
+//! | [`teardown`] | deleting one staging namespace, sweeping expired ones |
 //!
-//! Credentials: the Secret is rendered without data; its values are generated at apply time and
+//! Credentials: the planned Secret has no data; its values are generated at apply time and
 //! never appear in outputs or logs.
 
 use std::collections::BTreeMap;
@@ -26,19 +35,32 @@ use crate::contract::{Execution, Outcome, Step};
 use crate::error::{Error, Result};
 
 pub mod apply;
+pub mod credentials;
+pub mod deploy;
 pub mod engine;
+pub mod jobs;
+pub mod kubeapi;
 pub mod names;
+pub mod ownership;
 pub mod params;
+pub mod readiness;
 pub mod render;
+pub mod teardown;
 pub mod validate;
 
 pub use apply::ApplyRequest;
+pub use deploy::{DeployState, MODE_APPLIED};
 pub use engine::Engine;
-pub use params::{Backend, Params, Spec, VolumeSource};
+pub use params::{Action, Backend, OnFailure, Params, Spec, VolumeSource};
 pub use render::Rendered;
 
-/// The `Mode` output while applying has not landed.
+/// The `Mode` output of plan mode.
 pub const MODE_PLAN: &str = "plan";
+/// Why a run only plans when no cluster is configured.
+pub const NO_CLUSTER: &str =
+    "no cluster is configured: set the cluster parameter (e.g. in SNAPSTAGE_DEFAULTS) to apply";
+/// Why a run only plans with `dryRun`.
+pub const DRY_RUN: &str = "dryRun is true";
 
 /// A validated plan: the objects and the requests that would apply them.
 #[derive(Debug, Clone)]
@@ -72,9 +94,59 @@ pub fn plan(params: Params, execution: &Execution, now: Timestamp) -> Result<Pla
     })
 }
 
-/// The whole step of `deploy-staging-db` in plan mode: plan now, log the requests, finish.
+/// The whole step of `deploy-staging-db`: plan mode without a cluster (any action) or with
+/// `dryRun` (deploy); otherwise connect to the configured cluster (fresh credentials every
+/// invocation) and [`run`].
+pub async fn step(sdk: &aws_config::SdkConfig, step: Step<Params>) -> Result<Outcome> {
+    let Some(cluster) = step.params.cluster.clone() else {
+        return match step.params.action {
+            Action::Deploy => plan_step(step, NO_CLUSTER),
+            Action::Teardown | Action::Sweep => teardown::plan_only(&step.params),
+        };
+    };
+    if step.params.action == Action::Deploy && step.params.dry_run {
+        return plan_step(step, DRY_RUN);
+    }
+    let client = crate::cluster::connect(&cluster, sdk).await?;
+    tracing::info!(cluster = %cluster.describe(), action = step.params.action.as_str(), "connected");
+    run(&client, step, Timestamp::now()).await
+}
+
+/// Checks a request as the step does before contacting anything (samples, tests): a deploy
+/// plans, a teardown needs its namespace.
+pub fn check_request(params: Params, execution: &Execution, now: Timestamp) -> Result<()> {
+    match params.action {
+        Action::Deploy => plan(params, execution, now).map(|_| ()),
+        Action::Teardown | Action::Sweep => teardown::plan_only(&params).map(|_| ()),
+    }
+}
+
+/// One step against a cluster: deploy (or resume one), teardown, or sweep. `now` is the clock.
+pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> Result<Outcome> {
+    match step.params.action {
+        Action::Deploy if step.params.dry_run => plan_step(step, DRY_RUN),
+        Action::Deploy => {
+            let state = step
+                .state
+                .filter(|v| !v.is_null())
+                .map(DeployState::from_value)
+                .transpose()?;
+            let plan = plan(step.params, &step.execution, now)?;
+            if state.is_none() {
+                plan.log_requests();
+            }
+            deploy::deploy(client, &plan, state, now).await
+        }
+        Action::Teardown => teardown::teardown(client, &step.params).await,
+        Action::Sweep => {
+            teardown::sweep(client, step.params.dry_run, now, step.deadline, step.state).await
+        }
+    }
+}
+
+/// A deploy in plan mode: plan now, log the requests, finish. `why` says why nothing is applied.
 /// Idempotent: the same execution plans the same namespace and objects (only `expires-at` moves).
-pub fn plan_step(step: Step<Params>) -> Result<Outcome> {
+pub fn plan_step(step: Step<Params>, why: &str) -> Result<Outcome> {
     let plan = plan(step.params, &step.execution, Timestamp::now())?;
     if let VolumeSource::Ebs {
         zone: None,
@@ -90,7 +162,7 @@ pub fn plan_step(step: Step<Params>) -> Result<Outcome> {
         "plan only: no cluster is contacted"
     );
     plan.log_requests();
-    Ok(plan.outcome())
+    Ok(plan.outcome(why))
 }
 
 impl Plan {
@@ -127,9 +199,10 @@ impl Plan {
         ])
     }
 
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "PLAN ONLY — no cluster changed: {} manifests rendered and validated; applying to a cluster lands with the Kubernetes issue. \
+    /// The plan-mode summary; `why` says why nothing is applied.
+    pub fn summary(&self, why: &str) -> String {
+        format!(
+            "PLAN ONLY — no cluster changed: {} manifests rendered and validated ({why}). \
 {} from {} {} → {} (namespace expires {}).",
             self.manifest_count(),
             self.spec.engine,
@@ -137,16 +210,12 @@ impl Plan {
             self.spec.volume.source_name(),
             self.endpoint(),
             self.expires_at,
-        );
-        if !self.spec.dry_run {
-            s.push_str(" dryRun=false was asked, but this version can only plan.");
-        }
-        s
+        )
     }
 
-    pub fn outcome(&self) -> Outcome {
+    pub fn outcome(&self, why: &str) -> Outcome {
         Outcome::Done {
-            summary: self.summary(),
+            summary: self.summary(why),
             outputs: self.outputs(),
         }
     }
@@ -241,20 +310,17 @@ mod tests {
         assert_eq!(o["ManifestCount"], "6");
         assert_eq!(o["ExpiresAt"], "2025-06-02T12:00:00Z");
         crate::codepipeline::validate_output_variables(&o).unwrap();
-        let Outcome::Done { summary, outputs } = p.outcome() else {
+        let Outcome::Done { summary, outputs } = p.outcome(NO_CLUSTER) else {
             panic!("plan mode finishes in one step")
         };
         assert_eq!(outputs, o);
         assert!(
-            summary.starts_with("PLAN ONLY — no cluster changed: 6 manifests rendered and validated; applying to a cluster lands with the Kubernetes issue"),
+            summary.starts_with("PLAN ONLY — no cluster changed: 6 manifests rendered and validated (no cluster is configured: set the cluster parameter"),
             "{summary}"
         );
-        assert!(
-            summary.contains("vol-0123456789abcdef0") && summary.contains("can only plan"),
-            "{summary}"
-        );
+        assert!(summary.contains("vol-0123456789abcdef0"), "{summary}");
         let dry = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "dryRun": true}));
-        assert!(!dry.summary().contains("can only plan"));
+        assert!(dry.summary(DRY_RUN).contains("(dryRun is true)"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::engine::Engine;
 use super::names;
+use crate::cluster::ClusterConfig;
 use crate::contract::Execution;
 use crate::error::{Error, Result};
 
@@ -15,6 +16,10 @@ pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
 pub const DEFAULT_TTL_HOURS: u16 = 24;
 pub const MAX_TTL_HOURS: u16 = 720;
 pub const DEFAULT_FIELD_MANAGER: &str = "snapstage-deploy-staging-db";
+pub const DEFAULT_READY_TIMEOUT_MINUTES: u16 = 15;
+/// CodePipeline gives an action at most 24 hours.
+pub const MAX_TIMEOUT_MINUTES: u16 = 1440;
+pub const DEFAULT_JOB_TIMEOUT_MINUTES: u16 = 60;
 
 /// What the caller writes (UserParameters JSON, or a direct request's keys).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,9 +51,83 @@ pub struct Params {
     pub image: Option<Image>,
     #[serde(default)]
     pub field_manager: FieldManager,
-    /// Plan mode is the only mode for now: the run renders and validates whatever this says.
+    /// `deploy` (default): plan only. `teardown` / `sweep`: report what would be deleted.
     #[serde(default)]
     pub dry_run: bool,
+    /// What to do: deploy (default), teardown one staging namespace, or sweep expired ones.
+    #[serde(default)]
+    pub action: Action,
+    /// The cluster to apply to; none means plan mode.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Minutes the database may take to become ready (from the apply).
+    #[serde(default)]
+    pub ready_timeout_minutes: ReadyTimeout,
+    /// What a failed deploy leaves behind.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// A Job that masks the data before the staging database is published.
+    #[serde(default)]
+    pub masking: Option<JobParams>,
+    /// A Job that checks the migrations against the staging data.
+    #[serde(default)]
+    pub migration: Option<JobParams>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    #[default]
+    Deploy,
+    /// Delete one staging namespace (`namespace`), if snapstage made it.
+    Teardown,
+    /// Delete every snapstage namespace whose `snapstage.io/expires-at` has passed.
+    Sweep,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deploy => "deploy",
+            Self::Teardown => "teardown",
+            Self::Sweep => "sweep",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Delete the namespace this run created (and its PV objects).
+    #[default]
+    Teardown,
+    /// Leave everything for debugging (it still expires with its TTL).
+    Keep,
+}
+
+/// A Job run against the staging database (`masking`, `migration`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JobParams {
+    pub image: Image,
+    /// The container's command (no shell unless you name one).
+    pub command: Command,
+    /// A ConfigMap mounted read-only at `/scripts`.
+    #[serde(default)]
+    pub scripts_config_map: Option<ConfigMapName>,
+    /// Minutes the Job may run (its `activeDeadlineSeconds`); default 60.
+    #[serde(default)]
+    pub timeout_minutes: Option<JobTimeout>,
+    /// `migration` only: report a failed migration without failing the action.
+    #[serde(default)]
+    pub allow_failure: bool,
+}
+
+impl JobParams {
+    pub fn timeout_minutes(&self) -> u16 {
+        self.timeout_minutes
+            .map_or(DEFAULT_JOB_TIMEOUT_MINUTES, |t| t.0)
+    }
 }
 
 /// Where the staging database's data comes from.
@@ -139,12 +218,22 @@ pub struct Spec {
     pub execution_label: String,
     /// The commit that started the run, when known and label-safe.
     pub commit: Option<String>,
+    pub ready_timeout_minutes: u16,
+    pub on_failure: OnFailure,
+    pub masking: Option<JobParams>,
+    pub migration: Option<JobParams>,
 }
 
 impl Params {
     /// Checks the rules that tie fields together and resolves defaults for this execution.
     pub fn validate(self, execution: &Execution) -> Result<Spec> {
         let volume = self.volume_source()?;
+        if self.masking.as_ref().is_some_and(|m| m.allow_failure) {
+            return Err(Error::parameter(
+                "masking.allowFailure",
+                "a failed masking always fails the step: unmasked staging data is never published; remove allowFailure",
+            ));
+        }
         let (namespace, namespace_derived) = match self.namespace {
             Some(NamespaceName(n)) => (n, false),
             None => (names::derived_namespace(&execution.key), true),
@@ -170,6 +259,10 @@ impl Params {
             execution_key: execution.key.clone(),
             execution_label: names::execution_label(&execution.key),
             commit,
+            ready_timeout_minutes: self.ready_timeout_minutes.0,
+            on_failure: self.on_failure,
+            masking: self.masking,
+            migration: self.migration,
         })
     }
 
@@ -419,6 +512,80 @@ impl Default for FieldManager {
         Self(DEFAULT_FIELD_MANAGER.to_string())
     }
 }
+
+checked_string!(
+    /// A ConfigMap name (DNS-1123 subdomain).
+    ConfigMapName,
+    |s| {
+        if names::is_dns1123_subdomain(s) {
+            Ok(())
+        } else {
+            Err(format!("expected a ConfigMap name (lowercase letters, digits, '-' and '.'), got {s:?}"))
+        }
+    }
+);
+
+/// A container command: 1 to 64 arguments, the first not empty.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct Command(pub Vec<String>);
+
+impl TryFrom<Vec<String>> for Command {
+    type Error = String;
+    fn try_from(v: Vec<String>) -> std::result::Result<Self, String> {
+        let ok = !v.is_empty()
+            && v.len() <= 64
+            && !v[0].trim().is_empty()
+            && v.iter().all(|a| a.len() <= 4096);
+        if ok {
+            Ok(Self(v))
+        } else {
+            Err(format!(
+                "expected a command as an array of 1 to 64 strings such as [\"psql\", \"-f\", \"/scripts/mask.sql\"], got {} argument(s)",
+                v.len()
+            ))
+        }
+    }
+}
+
+/// Defines a whole-minutes parameter in `1..=MAX_TIMEOUT_MINUTES`.
+macro_rules! minutes {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+        #[serde(try_from = "i64")]
+        pub struct $name(pub u16);
+
+        impl TryFrom<i64> for $name {
+            type Error = String;
+            fn try_from(m: i64) -> std::result::Result<Self, String> {
+                u16::try_from(m)
+                    .ok()
+                    .filter(|m| (1..=MAX_TIMEOUT_MINUTES).contains(m))
+                    .map(Self)
+                    .ok_or_else(|| {
+                        format!("expected a whole number of minutes from 1 to {MAX_TIMEOUT_MINUTES}, got {m}")
+                    })
+            }
+        }
+    };
+}
+
+minutes!(
+    /// Minutes the database may take to become ready; default 15.
+    ReadyTimeout
+);
+
+impl Default for ReadyTimeout {
+    fn default() -> Self {
+        Self(DEFAULT_READY_TIMEOUT_MINUTES)
+    }
+}
+
+minutes!(
+    /// Minutes a masking or migration Job may run.
+    JobTimeout
+);
 
 /// Hours the staging namespace lives: 1 to 720.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -674,5 +841,79 @@ mod tests {
         );
         x.commit = Some("not a commit/ref".into());
         assert_eq!(p().validate(&x).unwrap().commit, None);
+    }
+    #[test]
+    fn deploy_options_are_checked_where_they_are_written() {
+        let base = || json!({"volumeId": "vol-0123456789abcdef0"});
+        let with = |k: &str, v: Value| {
+            let mut b = base();
+            b[k] = v;
+            spec(b)
+        };
+        let s = spec(base()).unwrap();
+        assert_eq!(
+            (
+                s.ready_timeout_minutes,
+                s.on_failure,
+                s.masking,
+                s.migration
+            ),
+            (15, OnFailure::Teardown, None, None)
+        );
+        assert_eq!(
+            with("onFailure", json!("keep")).unwrap().on_failure,
+            OnFailure::Keep
+        );
+        let e = with("onFailure", json!("delete")).unwrap_err().to_string();
+        assert!(
+            e.starts_with("request.onFailure: unknown variant `delete`") && e.contains("keep"),
+            "{e}"
+        );
+        for bad in [json!(0), json!(1441)] {
+            let e = with("readyTimeoutMinutes", bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with(
+                    "request.readyTimeoutMinutes: expected a whole number of minutes from 1 to 1440"
+                ),
+                "{e}"
+            );
+        }
+        let e = with("masking", json!({"image": "postgres:17", "command": []}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("request.masking.command: expected a command"),
+            "{e}"
+        );
+        let e = with(
+            "masking",
+            json!({"image": "postgres:17", "command": ["psql"], "allowFailure": true}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("masking.allowFailure: a failed masking always fails the step"),
+            "{e}"
+        );
+        let e = with(
+            "migration",
+            json!({"image": "flyway", "command": ["flyway"], "retries": 3}),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("request.migration.retries: unknown field"),
+            "{e}"
+        );
+        let m = with("migration", json!({"image": "flyway/flyway:10", "command": ["flyway", "validate"], "timeoutMinutes": 5, "allowFailure": true}))
+            .unwrap()
+            .migration
+            .unwrap();
+        assert_eq!((m.timeout_minutes(), m.allow_failure), (5, true));
+        let e = with("action", json!("destroy")).unwrap_err().to_string();
+        assert!(
+            e.contains("deploy") && e.contains("teardown") && e.contains("sweep"),
+            "{e}"
+        );
     }
 }

@@ -1,0 +1,1066 @@
+//! deploy-staging-db against a Kubernetes API server double (HTTP-level fixtures): each named
+//! scenario drives the step function directly, with a fixed clock, and asserts the exact
+//! requests — method, path, query (fieldManager, force=true, selectors) and key parts of the
+//! body — answered with the JSON a real API server sends.
+
+// A test harness: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod fixtures;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fixtures::objects as o;
+use fixtures::{Exchange as X, serve};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use snapstage::contract::{Deadline, Execution, Outcome, Step};
+use snapstage::params::{Layer, merge};
+use snapstage::staging::{self, Params, names};
+use snapstage::{Error, FailureKind, Result};
+
+const NOW: &str = "2025-06-01T12:00:00Z";
+const KEY: &str = "direct/fixture";
+const EXPIRES: &str = "2025-06-02T12:00:00Z";
+
+fn now() -> Timestamp {
+    NOW.parse().unwrap()
+}
+
+fn ns() -> String {
+    names::derived_namespace(KEY)
+}
+
+fn label() -> String {
+    names::execution_label(KEY)
+}
+
+fn minutes_ago(m: i64) -> i64 {
+    now().as_second() - m * 60
+}
+
+fn request(extra: Value) -> Value {
+    let mut r = json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a"});
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+/// The state a deploy continues with.
+fn state(phase: &str, since: i64, created: bool) -> Value {
+    let expires: Timestamp = EXPIRES.parse().unwrap();
+    json!({"p": phase, "t": since, "x": expires.as_second(), "c": created})
+}
+
+fn step(request: Value, state: Option<Value>) -> Step<Params> {
+    let Value::Object(values) = request else {
+        panic!("not an object")
+    };
+    Step {
+        params: merge(&[Layer {
+            source: "request",
+            values,
+        }])
+        .unwrap(),
+        execution: Execution {
+            key: KEY.into(),
+            origin: "direct".into(),
+            pipeline: None,
+            commit: None,
+        },
+        state,
+        deadline: Deadline(tokio::time::Instant::now() + Duration::from_secs(300)),
+        artifacts: None,
+    }
+}
+
+/// Runs one step against the scenario; returns what the step answered and the requests seen.
+async fn play(
+    request: Value,
+    state: Option<Value>,
+    exchanges: Vec<X>,
+) -> (Result<Outcome>, Vec<String>) {
+    let (client, server) = serve(exchanges);
+    let outcome = staging::run(&client, step(request, state), now()).await;
+    drop(client);
+    (outcome, server.finish().await)
+}
+
+// Paths of the staging objects.
+fn p_ns() -> String {
+    format!("/api/v1/namespaces/{}", ns())
+}
+fn p_pv() -> String {
+    format!("/api/v1/persistentvolumes/{}-data", ns())
+}
+fn p_in(resource: &str, name: &str) -> String {
+    format!("/api/v1/namespaces/{}/{resource}/{name}", ns())
+}
+fn p_sts() -> String {
+    format!("/apis/apps/v1/namespaces/{}/statefulsets/staging-db", ns())
+}
+fn p_job(name: &str) -> String {
+    format!("/apis/batch/v1/namespaces/{}/jobs/{name}", ns())
+}
+
+fn continued(o: Outcome) -> (String, u8, Value) {
+    match o {
+        Outcome::Continue {
+            summary,
+            percent,
+            state,
+        } => (summary, percent, state),
+        other => panic!("expected Continue, got {other:?}"),
+    }
+}
+
+fn done(o: Outcome) -> (String, std::collections::BTreeMap<String, String>) {
+    match o {
+        Outcome::Done { summary, outputs } => (summary, outputs),
+        other => panic!("expected Done, got {other:?}"),
+    }
+}
+
+/// The applies after the namespace and Secret: PV, PVC, Service, StatefulSet.
+fn apply_rest() -> Vec<X> {
+    let ns = ns();
+    let ns2 = ns.clone();
+    vec![
+        X::apply(&p_pv()).body(move |b| {
+            assert_eq!(b["kind"], "PersistentVolume");
+            assert_eq!(b["spec"]["csi"]["volumeHandle"], "vol-0123456789abcdef0");
+            assert_eq!(b["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+            assert_eq!(b["spec"]["claimRef"]["namespace"], ns.as_str());
+            assert_eq!(b["metadata"]["labels"]["snapstage.io/execution"], label());
+        }),
+        X::apply(&p_in("persistentvolumeclaims", "staging-db-data")).body(move |b| {
+            assert_eq!(b["spec"]["volumeName"], format!("{ns2}-data"));
+        }),
+        X::apply(&p_in("services", "staging-db")).body(|b| {
+            assert_eq!(b["spec"]["ports"][0]["port"], 5432);
+        }),
+        X::apply(&p_sts()).body(|b| {
+            assert_eq!(b["kind"], "StatefulSet");
+            let c = &b["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(c["image"], "postgres:17");
+            assert_eq!(
+                c["env"][1]["valueFrom"]["secretKeyRef"]["name"],
+                "staging-db-credentials"
+            );
+        }),
+    ]
+}
+
+/// What `onFailure: teardown` sends for the run's namespace: read it, find its PVs, delete both.
+fn teardown_exchanges() -> Vec<X> {
+    let selector = format!(
+        "app.kubernetes.io/managed-by=snapstage,snapstage.io/execution={}",
+        label()
+    );
+    let ns = ns();
+    vec![
+        X::get(&p_ns()).ok(o::staging_namespace(&ns, &label(), EXPIRES)),
+        X::list(
+            "/api/v1/persistentvolumes",
+            &[("labelSelector", selector.as_str())],
+        )
+        .ok(o::list(
+            "PersistentVolume",
+            "v1",
+            vec![o::persistent_volume(&format!("{ns}-data"), &ns, &label())],
+        )),
+        X::delete(&p_ns()).body(move |b| {
+            assert_eq!(b["propagationPolicy"], "Background");
+            assert_eq!(
+                b["preconditions"]["uid"],
+                format!("uid-{}", ns),
+                "deletes exactly the namespace it checked"
+            );
+        }),
+        X::delete(&p_pv()).body(|b| {
+            assert_eq!(
+                b["preconditions"]["uid"],
+                format!("uid-{}-data", self::ns())
+            );
+        }),
+    ]
+}
+
+fn failure(r: Result<Outcome>) -> (FailureKind, String) {
+    match r {
+        Err(e) => (e.failure_kind(), e.to_string()),
+        Ok(o) => panic!("expected a failure, got {o:?}"),
+    }
+}
+
+fn then(mut a: Vec<X>, b: Vec<X>) -> Vec<X> {
+    a.extend(b);
+    a
+}
+
+#[tokio::test]
+async fn apply_fresh_creates_everything_with_new_credentials_and_waits() {
+    let password = Arc::new(Mutex::new(String::new()));
+    let seen_password = Arc::clone(&password);
+    let ns = ns();
+    let mut exchanges = vec![
+        X::get(&p_ns()).not_found(),
+        X::get(&p_pv()).not_found(),
+        X::apply(&p_ns()).body(|b| {
+            assert_eq!(b["kind"], "Namespace");
+            let labels = &b["metadata"]["labels"];
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "snapstage");
+            assert_eq!(labels["snapstage.io/execution"], label());
+            assert_eq!(
+                b["metadata"]["annotations"]["snapstage.io/expires-at"],
+                EXPIRES
+            );
+        }),
+        // The namespace is new: no Secret can exist, credentials are generated.
+        X::apply(&p_in("secrets", "staging-db-credentials")).body(move |b| {
+            assert_eq!(b["data"]["username"], "cG9zdGdyZXM=", "base64 of postgres");
+            let pw = b["data"]["password"].as_str().unwrap();
+            assert_eq!(pw.len(), 44, "32 random bytes of password, base64: {pw}");
+            *seen_password.lock().unwrap() = pw.to_string();
+        }),
+    ];
+    exchanges.extend(apply_rest());
+    let (r, seen) = play(request(json!({})), None, exchanges).await;
+    let (summary, percent, state) = continued(r.unwrap());
+    assert_eq!(seen.len(), 8, "{seen:#?}");
+    assert!(
+        seen[2].ends_with("?&force=true&fieldManager=snapstage-deploy-staging-db"),
+        "{seen:#?}"
+    );
+    assert!(
+        summary.contains(&format!("in namespace {ns}"))
+            && summary.contains("new credentials")
+            && summary.contains("waiting up to 15 minutes"),
+        "{summary}"
+    );
+    assert_eq!(percent, 10);
+    assert_eq!(state, self::state("ready", now().as_second(), true));
+    let pw = password.lock().unwrap().clone();
+    assert!(!summary.contains(&pw) && !state.to_string().contains(&pw));
+}
+
+#[tokio::test]
+async fn existing_secret_is_never_regenerated() {
+    let ns = ns();
+    let mut exchanges = vec![
+        X::get(&p_ns()).ok(o::staging_namespace(&ns, &label(), EXPIRES)),
+        X::get(&p_pv()).ok(o::persistent_volume(&format!("{ns}-data"), &ns, &label())),
+        X::apply(&p_ns()),
+        // A retry: the Secret is read and kept; no apply of it follows.
+        X::get(&p_in("secrets", "staging-db-credentials")).ok(o::secret(&ns)),
+    ];
+    exchanges.extend(apply_rest());
+    let (r, seen) = play(request(json!({})), None, exchanges).await;
+    let (summary, _, state) = continued(r.unwrap());
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.starts_with("PATCH") && s.contains("/secrets/")),
+        "{seen:#?}"
+    );
+    assert!(
+        summary.contains("the existing Secret kept as it is"),
+        "{summary}"
+    );
+    assert_eq!(
+        state["c"], true,
+        "the namespace carries this run's execution: it is ours to tear down"
+    );
+}
+
+#[tokio::test]
+async fn rollout_progressing_continues_with_what_is_missing() {
+    let ns = ns();
+    let exchanges = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+        X::get(&p_in("pods", "staging-db-0")).ok(o::pod(&ns, o::running_pod_status(false))),
+    ];
+    let s = state("ready", minutes_ago(2), true);
+    let (r, _) = play(request(json!({})), Some(s.clone()), exchanges).await;
+    let (summary, percent, next) = continued(r.unwrap());
+    assert_eq!(next, s, "the state is unchanged while waiting");
+    assert!(summary.contains("0/1 replicas ready"), "{summary}");
+    assert!(
+        summary.contains("readiness probe not passing yet"),
+        "{summary}"
+    );
+    assert!(summary.contains("2m00s of 15m00s"), "{summary}");
+    assert!((10..=60).contains(&percent), "{percent}");
+}
+
+#[tokio::test]
+async fn generation_not_observed_is_not_ready() {
+    let ns = ns();
+    let exchanges = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&p_sts()).ok(o::stateful_set(&ns, 2, 1, 1)),
+        X::get(&p_in("pods", "staging-db-0")).ok(o::pod(&ns, o::running_pod_status(true))),
+    ];
+    let (r, _) = play(
+        request(json!({})),
+        Some(state("ready", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert!(
+        summary.contains("generation 2 not observed yet"),
+        "{summary}"
+    );
+}
+
+fn ready_exchanges() -> Vec<X> {
+    let ns = ns();
+    vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 1)),
+        X::get(&p_in("pods", "staging-db-0")).ok(o::pod(&ns, o::running_pod_status(true))),
+    ]
+}
+
+#[tokio::test]
+async fn ready_is_done_with_the_outputs() {
+    let ns = ns();
+    let (r, _) = play(
+        request(json!({})),
+        Some(state("ready", minutes_ago(3), true)),
+        ready_exchanges(),
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Mode"], "applied");
+    assert_eq!(outputs["Namespace"], ns);
+    assert_eq!(outputs["Service"], "staging-db");
+    assert_eq!(
+        outputs["Endpoint"],
+        format!("staging-db.{ns}.svc.cluster.local:5432")
+    );
+    assert_eq!(outputs["Port"], "5432");
+    assert_eq!(outputs["SecretName"], "staging-db-credentials");
+    assert_eq!(outputs["Engine"], "postgresql");
+    assert_eq!(outputs["ExpiresAt"], EXPIRES);
+    assert!(!outputs.contains_key("MigrationResult"));
+    snapstage::codepipeline::validate_output_variables(&outputs).unwrap();
+    assert!(
+        summary.starts_with("staging postgresql ready: staging-db."),
+        "{summary}"
+    );
+}
+
+fn crash_looping_pod(ns: &str) -> Value {
+    o::pod(
+        ns,
+        json!({
+            "phase": "Running",
+            "conditions": [o::condition("PodScheduled", "True", None, None),
+                           o::condition("Ready", "False", Some("ContainersNotReady"), Some("containers with unready status: [db]"))],
+            "containerStatuses": [o::container_status("db", "docker.io/library/postgres:17", false, 4,
+                json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container=db pod=staging-db-0_x(uid)"}}),
+                json!({"terminated": {"exitCode": 1, "reason": "Error",
+                    "message": "FATAL:  database files are incompatible with server",
+                    "startedAt": "2025-06-01T12:02:00Z", "finishedAt": "2025-06-01T12:02:01Z"}}))]
+        }),
+    )
+}
+
+#[tokio::test]
+async fn crash_looping_fails_with_the_exit_code_and_tears_down() {
+    let ns = ns();
+    let exchanges = then(
+        vec![
+            X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+            X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+            X::get(&p_in("pods", "staging-db-0")).ok(crash_looping_pod(&ns)),
+        ],
+        teardown_exchanges(),
+    );
+    let (r, _) = play(
+        request(json!({})),
+        Some(state("ready", minutes_ago(4), true)),
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(msg.contains("CrashLoopBackOff, 4 restarts"), "{msg}");
+    assert!(
+        msg.contains("last exit code 1 (Error): FATAL:  database files are incompatible"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("deleted namespace {ns}")) && msg.contains("onFailure: teardown"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn image_pull_failure_names_the_image_and_keep_leaves_the_namespace() {
+    let ns = ns();
+    let pod = o::pod(
+        &ns,
+        json!({
+            "phase": "Pending",
+            "conditions": [o::condition("PodScheduled", "True", None, None)],
+            "containerStatuses": [o::container_status("db", "postgres:99", false, 0,
+                json!({"waiting": {"reason": "ImagePullBackOff",
+                    "message": "Back-off pulling image \"postgres:99\": ErrImagePull: docker.io/library/postgres:99: not found"}}),
+                json!({}))]
+        }),
+    );
+    let exchanges = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+        X::get(&p_in("pods", "staging-db-0")).ok(pod),
+    ];
+    let (r, _) = play(
+        request(json!({"image": "postgres:99", "onFailure": "keep"})),
+        Some(state("ready", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(
+        msg.contains("image \"postgres:99\"") && msg.contains("ImagePullBackOff"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("kept for debugging (onFailure: keep)"),
+        "{msg}"
+    );
+}
+
+fn unschedulable_pod(ns: &str) -> Value {
+    o::pod(
+        ns,
+        json!({
+            "phase": "Pending",
+            "conditions": [o::condition("PodScheduled", "False", Some("Unschedulable"),
+                Some("0/3 nodes are available: 1 node(s) had volume node affinity conflict, 2 Insufficient memory. preemption: 0/3 nodes are available"))]
+        }),
+    )
+}
+
+#[tokio::test]
+async fn unschedulable_waits_with_the_scheduler_message_then_times_out() {
+    let ns = ns();
+    let exchanges = || {
+        vec![
+            X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+            X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+            X::get(&p_in("pods", "staging-db-0")).ok(unschedulable_pod(&ns)),
+        ]
+    };
+    // Autoscaling may still add a node: keep waiting, say why.
+    let (r, _) = play(
+        request(json!({})),
+        Some(state("ready", minutes_ago(5), true)),
+        exchanges(),
+    )
+    .await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert!(
+        summary.contains("pod staging-db-0 cannot be scheduled (Unschedulable): 0/3 nodes are available: 1 node(s) had volume node affinity conflict"),
+        "{summary}"
+    );
+    // Past readyTimeoutMinutes the same answer fails the step, with the reason.
+    let (r, _) = play(
+        request(json!({"readyTimeoutMinutes": 10, "onFailure": "keep"})),
+        Some(state("ready", minutes_ago(11), true)),
+        exchanges(),
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(
+        msg.contains("was not ready after 10 minutes (readyTimeoutMinutes)"),
+        "{msg}"
+    );
+    assert!(msg.contains("2 Insufficient memory"), "{msg}");
+}
+
+fn pending_pvc_exchanges(ns: &str) -> Vec<X> {
+    vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(ns, "Pending")),
+        X::get(&p_sts()).ok(o::stateful_set(ns, 1, 1, 0)),
+        X::get(&p_in("pods", "staging-db-0")).ok(o::pod(
+            ns,
+            json!({"phase": "Pending", "conditions": [o::condition("PodScheduled", "False", Some("Unschedulable"),
+                Some("0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims."))]}),
+        )),
+        X::list(
+            &format!("/api/v1/namespaces/{ns}/events"),
+            &[(
+                "fieldSelector",
+                "involvedObject.kind=PersistentVolumeClaim,involvedObject.name=staging-db-data",
+            )],
+        )
+        .ok(o::list(
+            "Event",
+            "v1",
+            vec![
+                o::event(ns, "PersistentVolumeClaim", "staging-db-data", "Normal", "WaitForFirstConsumer",
+                    "waiting for first consumer to be created before binding", "2025-06-01T11:58:00Z"),
+                o::event(ns, "PersistentVolumeClaim", "staging-db-data", "Warning", "VolumeMismatch",
+                    "Cannot bind to requested volume \"snapstage-x-data\": storageClassName does not match", "2025-06-01T11:59:00Z"),
+            ],
+        )),
+    ]
+}
+
+#[tokio::test]
+async fn pvc_pending_reports_its_warning_events() {
+    let ns = ns();
+    let (r, _) = play(
+        request(json!({})),
+        Some(state("ready", minutes_ago(3), true)),
+        pending_pvc_exchanges(&ns),
+    )
+    .await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert!(
+        summary.contains(
+            "PVC staging-db-data is Pending (VolumeMismatch: Cannot bind to requested volume"
+        ),
+        "{summary}"
+    );
+    assert!(
+        !summary.contains("WaitForFirstConsumer"),
+        "only warnings: {summary}"
+    );
+}
+
+#[tokio::test]
+async fn timeout_fails_with_the_reason_and_deletes_the_namespace() {
+    let ns = ns();
+    let exchanges = then(pending_pvc_exchanges(&ns), teardown_exchanges());
+    let (r, seen) = play(
+        request(json!({})),
+        Some(state("ready", minutes_ago(16), true)),
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(msg.contains("was not ready after 15 minutes"), "{msg}");
+    assert!(
+        msg.contains("PVC staging-db-data is Pending (VolumeMismatch"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "deleted namespace {ns} and deleted PersistentVolume object(s) {ns}-data"
+        )),
+        "{msg}"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.starts_with("DELETE /api/v1/namespaces/")),
+        "{seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn namespace_from_an_earlier_run_is_never_deleted_on_failure() {
+    let ns = ns();
+    let exchanges = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+        X::get(&p_in("pods", "staging-db-0")).ok(crash_looping_pod(&ns)),
+    ];
+    let (r, _) = play(
+        request(json!({})),
+        Some(state("ready", minutes_ago(2), false)),
+        exchanges,
+    )
+    .await;
+    let (_, msg) = failure(r);
+    assert!(
+        msg.contains("existed before this run and is left as it is"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn conflict_on_apply_is_reported_clearly_and_cleaned_up() {
+    let ns = ns();
+    let mut exchanges = vec![
+        X::get(&p_ns()).not_found(),
+        X::get(&p_pv()).not_found(),
+        X::apply(&p_ns()),
+        X::apply(&p_in("secrets", "staging-db-credentials")),
+        X::apply(&p_pv()),
+        X::apply(&p_in("persistentvolumeclaims", "staging-db-data")),
+        X::apply(&p_in("services", "staging-db")),
+        X::apply(&p_sts()).reply(
+            409,
+            fixtures::status_json(
+                409,
+                "Conflict",
+                "Operation cannot be fulfilled on statefulsets.apps \"staging-db\": the object has been modified; please apply your changes to the latest version and try again",
+            ),
+        ),
+    ];
+    exchanges.extend(teardown_exchanges());
+    let (r, _) = play(request(json!({})), None, exchanges).await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(
+        msg.starts_with(&format!("kubernetes: applying StatefulSet {ns}/staging-db: 409 Conflict: Operation cannot be fulfilled")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("conflict: the object was changed or is owned by someone else"),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("deleted namespace {ns}")), "{msg}");
+}
+
+#[tokio::test]
+async fn expired_token_is_a_permission_error() {
+    let exchanges = vec![X::get(&p_ns()).reply(
+        401,
+        fixtures::status_json(401, "Unauthorized", "Unauthorized"),
+    )];
+    let (r, seen) = play(request(json!({})), None, exchanges).await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::PermissionError);
+    assert!(
+        msg.contains(&format!("reading Namespace {}: 401 Unauthorized", ns())),
+        "{msg}"
+    );
+    assert!(msg.contains("rejected the credentials"), "{msg}");
+    assert_eq!(seen.len(), 1, "nothing is applied or deleted: {seen:#?}");
+}
+
+#[tokio::test]
+async fn foreign_namespace_is_refused() {
+    let exchanges = vec![X::get("/api/v1/namespaces/team-a-staging").ok(o::namespace(
+        "team-a-staging",
+        json!({"kubernetes.io/metadata.name": "team-a-staging", "team": "a"}),
+        json!({}),
+    ))];
+    let (r, seen) = play(
+        request(json!({"namespace": "team-a-staging"})),
+        None,
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError);
+    assert!(
+        msg.contains("Namespace team-a-staging exists and is not labelled app.kubernetes.io/managed-by=snapstage"),
+        "{msg}"
+    );
+    assert!(msg.contains("will not deploy into it"), "{msg}");
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+}
+
+#[tokio::test]
+async fn production_namespace_is_refused_even_if_snapstage_labelled() {
+    let exchanges = vec![X::get("/api/v1/namespaces/db").ok(o::namespace(
+        "db",
+        json!({"app.kubernetes.io/managed-by": "snapstage", "environment": "production"}),
+        json!({}),
+    ))];
+    let (r, _) = play(request(json!({"namespace": "db"})), None, exchanges).await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError);
+    assert!(msg.contains("labelled production"), "{msg}");
+}
+
+fn masking() -> Value {
+    json!({"masking": {"image": "postgres:17", "command": ["psql", "-v", "ON_ERROR_STOP=1", "-f", "/scripts/mask.sql"],
+                       "scriptsConfigMap": "mask-sql"}})
+}
+
+#[tokio::test]
+async fn ready_starts_the_masking_job_before_publishing() {
+    let ns = ns();
+    let ns2 = ns.clone();
+    let exchanges = then(
+        ready_exchanges(),
+        vec![X::apply(&p_job("staging-db-masking")).body(move |b| {
+            assert_eq!(b["kind"], "Job");
+            let pod = &b["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            assert_eq!(c["image"], "postgres:17");
+            assert_eq!(c["command"][4], "/scripts/mask.sql");
+            let env = c["env"].as_array().unwrap();
+            let var = |n: &str| env.iter().find(|e| e["name"] == n).unwrap().clone();
+            assert_eq!(
+                var("DB_HOST")["value"],
+                format!("staging-db.{ns2}.svc.cluster.local")
+            );
+            assert_eq!(
+                var("PGPASSWORD")["valueFrom"]["secretKeyRef"]["key"],
+                "password"
+            );
+            assert_eq!(pod["volumes"][0]["configMap"]["name"], "mask-sql");
+            assert_eq!(pod["restartPolicy"], "Never");
+        })],
+    );
+    let (r, _) = play(
+        request(masking()),
+        Some(state("ready", minutes_ago(3), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, _, next) = continued(r.unwrap());
+    assert_eq!(next, state("masking", now().as_second(), true));
+    assert!(
+        summary.contains("started Job staging-db-masking"),
+        "{summary}"
+    );
+    assert!(
+        summary.starts_with(&format!("masking the staging data in {ns}")),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn masking_job_succeeded_publishes() {
+    let ns = ns();
+    let exchanges = vec![X::get(&p_job("staging-db-masking")).ok(o::job(
+        &ns,
+        "staging-db-masking",
+        vec![
+            o::condition(
+                "SuccessCriteriaMet",
+                "True",
+                Some("CompletionsReached"),
+                Some("Reached expected number of succeeded pods"),
+            ),
+            o::condition(
+                "Complete",
+                "True",
+                Some("CompletionsReached"),
+                Some("Reached expected number of succeeded pods"),
+            ),
+        ],
+        1,
+        0,
+    ))];
+    let (r, _) = play(
+        request(masking()),
+        Some(state("masking", minutes_ago(2), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Mode"], "applied");
+    assert!(summary.contains("data masked"), "{summary}");
+}
+
+#[tokio::test]
+async fn masking_job_failed_fails_the_step_with_its_reason() {
+    let ns = ns();
+    let exchanges = then(
+        vec![
+            X::get(&p_job("staging-db-masking")).ok(o::job(
+                &ns,
+                "staging-db-masking",
+                vec![
+                    o::condition(
+                        "FailureTarget",
+                        "True",
+                        Some("BackoffLimitExceeded"),
+                        Some("Job has reached the specified backoff limit"),
+                    ),
+                    o::condition(
+                        "Failed",
+                        "True",
+                        Some("BackoffLimitExceeded"),
+                        Some("Job has reached the specified backoff limit"),
+                    ),
+                ],
+                0,
+                2,
+            )),
+            X::list(
+                &format!("/api/v1/namespaces/{ns}/pods"),
+                &[(
+                    "labelSelector",
+                    "batch.kubernetes.io/job-name=staging-db-masking",
+                )],
+            )
+            .ok(o::list(
+                "Pod",
+                "v1",
+                vec![o::job_pod(
+                    &ns,
+                    "staging-db-masking",
+                    3,
+                    "Error",
+                    "psql:/scripts/mask.sql:12: ERROR:  relation \"customers\" does not exist",
+                )],
+            )),
+        ],
+        teardown_exchanges(),
+    );
+    let (r, _) = play(
+        request(masking()),
+        Some(state("masking", minutes_ago(2), true)),
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(msg.contains("the masking Job"), "{msg}");
+    assert!(msg.contains("BackoffLimitExceeded: Job has reached the specified backoff limit; exit code 3 (Error): psql:/scripts/mask.sql:12"), "{msg}");
+    assert!(
+        msg.contains("the staging database is not published"),
+        "{msg}"
+    );
+    assert!(msg.contains("deleted namespace"), "{msg}");
+}
+
+fn failed_migration_exchanges(ns: &str) -> Vec<X> {
+    vec![
+        X::get(&p_job("staging-db-migration")).ok(o::job(
+            ns,
+            "staging-db-migration",
+            vec![o::condition(
+                "Failed",
+                "True",
+                Some("BackoffLimitExceeded"),
+                Some("Job has reached the specified backoff limit"),
+            )],
+            0,
+            2,
+        )),
+        X::list(
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            &[(
+                "labelSelector",
+                "batch.kubernetes.io/job-name=staging-db-migration",
+            )],
+        )
+        .ok(o::list(
+            "Pod",
+            "v1",
+            vec![o::job_pod(
+                ns,
+                "staging-db-migration",
+                1,
+                "Error",
+                "Validate failed: Migrations have failed validation",
+            )],
+        )),
+    ]
+}
+
+#[tokio::test]
+async fn migration_result_is_reported_and_fails_unless_allowed() {
+    let ns = ns();
+    let migration = |allow: bool| {
+        request(
+            json!({"onFailure": "keep", "migration": {"image": "flyway/flyway:10", "command": ["flyway", "validate"], "allowFailure": allow}}),
+        )
+    };
+    let (r, _) = play(
+        migration(true),
+        Some(state("migration", minutes_ago(1), true)),
+        failed_migration_exchanges(&ns),
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["MigrationResult"], "failed");
+    assert!(
+        summary.contains(
+            "migration check failed: Job staging-db-migration failed: BackoffLimitExceeded"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("exit code 1 (Error): Validate failed"),
+        "{summary}"
+    );
+
+    let (r, _) = play(
+        migration(false),
+        Some(state("migration", minutes_ago(1), true)),
+        failed_migration_exchanges(&ns),
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(
+        msg.contains("the migration check Job") && msg.contains("set migration.allowFailure"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn migration_success_is_an_output() {
+    let ns = ns();
+    let exchanges = vec![X::get(&p_job("staging-db-migration")).ok(o::job(
+        &ns,
+        "staging-db-migration",
+        vec![o::condition("Complete", "True", None, None)],
+        1,
+        0,
+    ))];
+    let req = request(
+        json!({"migration": {"image": "flyway/flyway:10", "command": ["flyway", "validate"]}}),
+    );
+    let (r, _) = play(
+        req,
+        Some(state("migration", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (_, outputs) = done(r.unwrap());
+    assert_eq!(outputs["MigrationResult"], "succeeded");
+}
+
+#[tokio::test]
+async fn teardown_refuses_a_namespace_snapstage_did_not_make() {
+    let exchanges = vec![X::get("/api/v1/namespaces/payments").ok(o::namespace(
+        "payments",
+        json!({"kubernetes.io/metadata.name": "payments", "app.kubernetes.io/managed-by": "Helm"}),
+        json!({}),
+    ))];
+    let (r, seen) = play(
+        json!({"action": "teardown", "namespace": "payments"}),
+        None,
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError);
+    assert!(
+        msg.contains("not labelled app.kubernetes.io/managed-by=snapstage")
+            && msg.contains("will not delete it"),
+        "{msg}"
+    );
+    assert!(!seen.iter().any(|s| s.starts_with("DELETE")), "{seen:#?}");
+}
+
+#[tokio::test]
+async fn teardown_deletes_a_snapstage_namespace_and_its_volumes() {
+    let ns = ns();
+    let (r, _) = play(
+        json!({"action": "teardown", "namespace": ns}),
+        None,
+        teardown_exchanges(),
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Deleted"], "true");
+    assert_eq!(outputs["PersistentVolumesDeleted"], "1");
+    assert_eq!(outputs["Namespace"], ns);
+    assert!(summary.contains("(Retain: the volumes stay)"), "{summary}");
+}
+
+#[tokio::test]
+async fn teardown_of_a_missing_namespace_is_done() {
+    let (r, _) = play(
+        json!({"action": "teardown", "namespace": "snapstage-0000000000"}),
+        None,
+        vec![X::get("/api/v1/namespaces/snapstage-0000000000").not_found()],
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Deleted"], "false");
+    assert!(summary.contains("does not exist"), "{summary}");
+}
+
+#[tokio::test]
+async fn sweep_deletes_only_expired_snapstage_namespaces() {
+    let expired = "snapstage-aaaaaaaaaa";
+    let fresh = "snapstage-bbbbbbbbbb";
+    let prod = "snapstage-cccccccccc";
+    let mut production = o::staging_namespace(prod, "c0ffee", "2025-05-01T00:00:00Z");
+    production["metadata"]["labels"]["env"] = json!("production");
+    let exchanges = vec![
+        X::list(
+            "/api/v1/namespaces",
+            &[("labelSelector", "app.kubernetes.io/managed-by=snapstage")],
+        )
+        .ok(o::list(
+            "Namespace",
+            "v1",
+            vec![
+                o::staging_namespace(expired, "a11ce", "2025-06-01T11:00:00Z"),
+                o::staging_namespace(fresh, "b0b", "2025-06-01T13:00:00Z"),
+                production,
+            ],
+        )),
+        X::list(
+            "/api/v1/persistentvolumes",
+            &[(
+                "labelSelector",
+                "app.kubernetes.io/managed-by=snapstage,snapstage.io/execution=a11ce",
+            )],
+        )
+        .ok(o::list(
+            "PersistentVolume",
+            "v1",
+            vec![
+                o::persistent_volume(&format!("{expired}-data"), expired, "a11ce"),
+                // Same execution label but reserved for a claim elsewhere: not this namespace's.
+                o::persistent_volume("other-data", "elsewhere", "a11ce"),
+            ],
+        )),
+        X::delete(&format!("/api/v1/namespaces/{expired}"))
+            .body(move |b| assert_eq!(b["preconditions"]["uid"], format!("uid-{expired}"))),
+        X::delete(&format!("/api/v1/persistentvolumes/{expired}-data")),
+    ];
+    let (r, _) = play(json!({"action": "sweep"}), None, exchanges).await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Deleted"], "1");
+    assert_eq!(outputs["Kept"], "1");
+    assert_eq!(outputs["Namespaces"], expired);
+    assert!(
+        summary.contains(&format!("skipped {prod} (not deletable by snapstage)")),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn sweep_dry_run_deletes_nothing() {
+    let expired = "snapstage-aaaaaaaaaa";
+    let exchanges = vec![
+        X::list(
+            "/api/v1/namespaces",
+            &[("labelSelector", "app.kubernetes.io/managed-by=snapstage")],
+        )
+        .ok(o::list(
+            "Namespace",
+            "v1",
+            vec![o::staging_namespace(
+                expired,
+                "a11ce",
+                "2025-06-01T11:00:00Z",
+            )],
+        )),
+        X::list("/api/v1/persistentvolumes", &[]).ok(o::list("PersistentVolume", "v1", vec![])),
+    ];
+    let (r, _) = play(json!({"action": "sweep", "dryRun": true}), None, exchanges).await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Mode"], "dry-run");
+    assert!(
+        summary.contains("would delete 1 expired staging namespace(s)"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn teardown_needs_a_namespace() {
+    let p = step(json!({"action": "teardown"}), None).params;
+    let e: Error = staging::teardown::plan_only(&p).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("namespace: expected the staging namespace to delete"),
+        "{e}"
+    );
+}

@@ -1,0 +1,546 @@
+//! Deploying for real: server-side apply of the plan, then one check per invocation until the
+//! database is ready, then the masking and migration Jobs, then the outputs. Never sleeps: each
+//! wait is an `Outcome::Continue` with a small [`DeployState`].
+//!
+//! | phase | this invocation | next |
+//! | --- | --- | --- |
+//! | (none) | check ownership, apply Namespace, Secret (new credentials only if it does not exist), PV, PVC, Service, StatefulSet | `ready` |
+//! | `ready` | PVC Bound, StatefulSet ready and current, pod Ready; fail at once on a pull/crash failure, at `readyTimeoutMinutes` otherwise | `masking`, `migration` or done |
+//! | `masking` | the masking Job's result | `migration` or done |
+//! | `migration` | the migration Job's result (`MigrationResult`) | done |
+//!
+//! Any failure after the apply deletes the namespace this run created (`onFailure: "teardown"`,
+//! the default) or keeps it (`"keep"`), and says which in the message.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{
+    Event, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use serde::{Deserialize, Serialize};
+
+use super::Plan;
+use super::credentials::{self, Credentials};
+use super::jobs::{self, JobKind};
+use super::kubeapi;
+use super::ownership;
+use super::params::OnFailure;
+use super::readiness::{self, Health, JobHealth};
+use super::render::{PVC_NAME, SECRET_NAME, STATEFULSET_NAME};
+use super::teardown;
+use crate::cluster::BACKEND;
+use crate::contract::Outcome;
+use crate::error::{Error, Result};
+
+/// The `Mode` output once the database is deployed.
+pub const MODE_APPLIED: &str = "applied";
+/// Extra time a Job gets beyond its `activeDeadlineSeconds` before snapstage gives up on it.
+const JOB_GRACE_SECONDS: i64 = 120;
+
+/// Where a deploy is, between invocations (a few dozen bytes of JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Ready,
+    Masking,
+    Migration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployState {
+    #[serde(rename = "p")]
+    pub phase: Phase,
+    /// When the phase began (Unix seconds).
+    #[serde(rename = "t")]
+    pub since: i64,
+    /// When the namespace expires (Unix seconds): the `ExpiresAt` output.
+    #[serde(rename = "x")]
+    pub expires: i64,
+    /// True when this run created the namespace: only then does a failure delete it.
+    #[serde(rename = "c")]
+    pub created: bool,
+}
+
+impl DeployState {
+    pub fn from_value(v: serde_json::Value) -> Result<Self> {
+        serde_json::from_value(v).map_err(|e| {
+            Error::Configuration(format!(
+                "continuationToken: deploy state unreadable ({e}); start a new run without it"
+            ))
+        })
+    }
+
+    fn to_value(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self).map_err(|e| Error::Internal(format!("deploy state: {e}")))
+    }
+}
+
+/// One step of a deploy.
+pub async fn deploy(
+    client: &kube::Client,
+    plan: &Plan,
+    state: Option<DeployState>,
+    now: Timestamp,
+) -> Result<Outcome> {
+    match state {
+        None => start(client, plan, now).await,
+        Some(s) => match advance(client, plan, &s, now).await {
+            // The API server blinked: look again next time, until the phase's timeout.
+            Err(e @ Error::Unavailable { .. }) if !timed_out(plan, &s, now) => {
+                tracing::warn!(error = %e, "Kubernetes API unavailable; checking again next invocation");
+                continue_with(plan, s.clone(), now, format!("{e}; checking again"))
+            }
+            Err(e) => Err(on_failure(client, plan, s.created, e).await),
+            Ok(o) => Ok(o),
+        },
+    }
+}
+
+/// Checks ownership, applies every object, and starts waiting.
+async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Outcome> {
+    let spec = &plan.spec;
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let existing = kubeapi::get_opt(&ns_api, &spec.namespace).await?;
+    let created = match &existing {
+        None => true,
+        Some(ns) => {
+            ownership::check("Namespace", &ns.metadata, "deploy into")?;
+            if ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") {
+                return Err(Error::Unavailable {
+                    backend: BACKEND,
+                    message: format!(
+                        "namespace {} is being deleted (an earlier teardown or the TTL sweep); re-run when it is gone",
+                        spec.namespace
+                    ),
+                });
+            }
+            ownership::execution_of(&ns.metadata) == Some(spec.execution_label.as_str())
+        }
+    };
+    if let Some(pv) = &plan.rendered.persistent_volume {
+        let api: Api<PersistentVolume> = Api::all(client.clone());
+        let name = pv.metadata.name.as_deref().unwrap_or_default();
+        if let Some(found) = kubeapi::get_opt(&api, name).await? {
+            ownership::check("PersistentVolume", &found.metadata, "apply")?;
+        }
+    }
+    let applied = match apply_objects(client, plan, existing.is_some()).await {
+        Ok(a) => a,
+        Err(e) => return Err(on_failure(client, plan, created, e).await),
+    };
+    let state = DeployState {
+        phase: Phase::Ready,
+        since: now.as_second(),
+        expires: plan
+            .expires_at
+            .parse::<Timestamp>()
+            .map_or(0, |t| t.as_second()),
+        created,
+    };
+    Ok(Outcome::Continue {
+        summary: format!(
+            "applied {applied} in namespace {} (server-side apply as {}); waiting up to {} minutes for the {} database to be ready",
+            spec.namespace, spec.field_manager, spec.ready_timeout_minutes, spec.engine
+        ),
+        percent: 10,
+        state: state.to_value()?,
+    })
+}
+
+/// Applies Namespace, Secret (only when new), PV, PVC, Service, StatefulSet; says what it did.
+async fn apply_objects(
+    client: &kube::Client,
+    plan: &Plan,
+    namespace_existed: bool,
+) -> Result<String> {
+    let spec = &plan.spec;
+    let r = &plan.rendered;
+    let manager = spec.field_manager.as_str();
+    let ns = spec.namespace.as_str();
+    let mut kinds = vec!["Namespace"];
+    kubeapi::apply(
+        &Api::<Namespace>::all(client.clone()),
+        &r.namespace,
+        manager,
+    )
+    .await?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let kept = match namespace_existed {
+        true => kubeapi::get_opt(&secrets, SECRET_NAME).await?,
+        false => None,
+    };
+    let secret_note = match kept {
+        Some(s) => {
+            credentials::check_existing(&s, ns)?;
+            "the existing Secret kept as it is"
+        }
+        None => {
+            let secret = Credentials::generate(spec.engine)?.into_secret(&r.secret);
+            kubeapi::apply(&secrets, &secret, manager).await?;
+            kinds.push("Secret");
+            "new credentials in the Secret"
+        }
+    };
+    if let Some(pv) = &r.persistent_volume {
+        kubeapi::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
+        kinds.push("PersistentVolume");
+    }
+    kubeapi::apply(
+        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+        &r.claim,
+        manager,
+    )
+    .await?;
+    kubeapi::apply(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &r.service,
+        manager,
+    )
+    .await?;
+    kubeapi::apply(
+        &Api::<StatefulSet>::namespaced(client.clone(), ns),
+        &r.stateful_set,
+        manager,
+    )
+    .await?;
+    kinds.extend(["PersistentVolumeClaim", "Service", "StatefulSet"]);
+    Ok(format!("{} ({secret_note})", kinds.join(", ")))
+}
+
+/// Seconds the current phase may last.
+fn phase_limit(plan: &Plan, s: &DeployState) -> i64 {
+    let spec = &plan.spec;
+    let job_minutes = |kind: JobKind| kind.params(spec).map_or(0, |p| p.timeout_minutes());
+    match s.phase {
+        Phase::Ready => i64::from(spec.ready_timeout_minutes) * 60,
+        Phase::Masking => i64::from(job_minutes(JobKind::Masking)) * 60 + JOB_GRACE_SECONDS,
+        Phase::Migration => i64::from(job_minutes(JobKind::Migration)) * 60 + JOB_GRACE_SECONDS,
+    }
+}
+
+fn timed_out(plan: &Plan, s: &DeployState, now: Timestamp) -> bool {
+    now.as_second() - s.since > phase_limit(plan, s)
+}
+
+fn minutes(seconds: i64) -> String {
+    format!("{}m{:02}s", seconds.max(0) / 60, seconds.max(0) % 60)
+}
+
+fn continue_with(plan: &Plan, s: DeployState, now: Timestamp, why: String) -> Result<Outcome> {
+    let elapsed = now.as_second() - s.since;
+    let limit = phase_limit(plan, &s).max(1);
+    let (percent, doing) = match s.phase {
+        Phase::Ready => (
+            10 + u8::try_from((elapsed.clamp(0, limit) * 50) / limit).unwrap_or(50),
+            "waiting for the staging database",
+        ),
+        Phase::Masking => (65, "masking the staging data"),
+        Phase::Migration => (80, "checking the migrations"),
+    };
+    Ok(Outcome::Continue {
+        summary: format!(
+            "{doing} in {} ({} of {}): {why}",
+            plan.spec.namespace,
+            minutes(elapsed),
+            minutes(phase_limit(plan, &s))
+        ),
+        percent,
+        state: s.to_value()?,
+    })
+}
+
+fn failed(message: String) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message,
+    }
+}
+
+async fn advance(
+    client: &kube::Client,
+    plan: &Plan,
+    s: &DeployState,
+    now: Timestamp,
+) -> Result<Outcome> {
+    let ns = &plan.spec.namespace;
+    match s.phase {
+        Phase::Ready => match check_ready(client, plan).await? {
+            Health::Ready => next(client, plan, s, now, None).await,
+            Health::Failed(why) => Err(failed(format!(
+                "the staging database in {ns} failed: {why}"
+            ))),
+            Health::Waiting(why) if timed_out(plan, s, now) => Err(failed(format!(
+                "the staging database in {ns} was not ready after {} minutes (readyTimeoutMinutes): {why}",
+                plan.spec.ready_timeout_minutes
+            ))),
+            Health::Waiting(why) => continue_with(plan, s.clone(), now, why),
+        },
+        Phase::Masking => check_job(client, plan, s, now, JobKind::Masking).await,
+        Phase::Migration => check_job(client, plan, s, now, JobKind::Migration).await,
+    }
+}
+
+/// PVC, StatefulSet and pod, with the PVC's warning events while it is Pending.
+async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
+    let ns = plan.spec.namespace.as_str();
+    let pvc = kubeapi::get_opt(
+        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+        PVC_NAME,
+    )
+    .await?
+    .ok_or_else(|| {
+        failed(format!(
+            "PVC {ns}/{PVC_NAME} is gone (deleted while waiting)"
+        ))
+    })?;
+    let sts = kubeapi::get_opt(
+        &Api::<StatefulSet>::namespaced(client.clone(), ns),
+        STATEFULSET_NAME,
+    )
+    .await?
+    .ok_or_else(|| {
+        failed(format!(
+            "StatefulSet {ns}/{STATEFULSET_NAME} is gone (deleted while waiting)"
+        ))
+    })?;
+    let pod_name = format!("{STATEFULSET_NAME}-0");
+    let pod = kubeapi::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
+
+    let pod_health = match &pod {
+        Some(p) => readiness::pod_health(p),
+        None => Health::Waiting(format!("pod {pod_name} is not created yet")),
+    };
+    let mut claim = readiness::claim_health(&pvc);
+    for h in [&claim, &pod_health] {
+        if let Health::Failed(_) = h {
+            return Ok(h.clone());
+        }
+    }
+    if let Health::Waiting(why) = &claim {
+        let events = kubeapi::list(
+            &Api::<Event>::namespaced(client.clone(), ns),
+            &ListParams::default().fields(&format!(
+                "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={PVC_NAME}"
+            )),
+        )
+        .await?;
+        if let Some(w) = readiness::warnings(&events, 2) {
+            claim = Health::Waiting(format!("{why} ({w})"));
+        }
+    }
+    let waiting: Vec<String> = [claim, readiness::stateful_set_health(&sts), pod_health]
+        .into_iter()
+        .filter_map(|h| match h {
+            Health::Waiting(w) | Health::Failed(w) => Some(w),
+            Health::Ready => None,
+        })
+        .collect();
+    Ok(if waiting.is_empty() {
+        Health::Ready
+    } else {
+        Health::Waiting(waiting.join("; "))
+    })
+}
+
+/// The Job to run after `from`, if any.
+fn job_after(plan: &Plan, from: Phase) -> Option<JobKind> {
+    let spec = &plan.spec;
+    let masking = spec.masking.is_some().then_some(JobKind::Masking);
+    let migration = spec.migration.is_some().then_some(JobKind::Migration);
+    match from {
+        Phase::Ready => masking.or(migration),
+        Phase::Masking => migration,
+        Phase::Migration => None,
+    }
+}
+
+/// Starts the next Job, or finishes.
+async fn next(
+    client: &kube::Client,
+    plan: &Plan,
+    s: &DeployState,
+    now: Timestamp,
+    migration: Option<MigrationResult>,
+) -> Result<Outcome> {
+    let Some(kind) = job_after(plan, s.phase) else {
+        return Ok(done(plan, s, migration));
+    };
+    let job = jobs::render(&plan.spec, kind)
+        .ok_or_else(|| Error::Internal(format!("the {} Job is not configured", kind.as_str())))?;
+    let api: Api<Job> = Api::namespaced(client.clone(), &plan.spec.namespace);
+    kubeapi::apply(&api, &job, &plan.spec.field_manager).await?;
+    let state = DeployState {
+        phase: match kind {
+            JobKind::Masking => Phase::Masking,
+            JobKind::Migration => Phase::Migration,
+        },
+        since: now.as_second(),
+        ..s.clone()
+    };
+    let why = match s.phase {
+        Phase::Ready => "the database is ready",
+        _ => "masking succeeded",
+    };
+    continue_with(
+        plan,
+        state,
+        now,
+        format!("{why}; started Job {}", kind.job_name()),
+    )
+}
+
+/// What the migration check said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationResult {
+    pub succeeded: bool,
+    pub detail: String,
+}
+
+async fn check_job(
+    client: &kube::Client,
+    plan: &Plan,
+    s: &DeployState,
+    now: Timestamp,
+    kind: JobKind,
+) -> Result<Outcome> {
+    let ns = plan.spec.namespace.as_str();
+    let name = kind.job_name();
+    let job = kubeapi::get_opt(&Api::<Job>::namespaced(client.clone(), ns), &name)
+        .await?
+        .ok_or_else(|| failed(format!("Job {ns}/{name} is gone (deleted while it ran)")))?;
+    let pods = || async {
+        kubeapi::list(
+            &Api::<Pod>::namespaced(client.clone(), ns),
+            &ListParams::default().labels(&format!("{}={name}", jobs::LABEL_JOB_NAME)),
+        )
+        .await
+    };
+    let failure = match readiness::job_health(&job) {
+        JobHealth::Succeeded => {
+            let result = (kind == JobKind::Migration).then(|| MigrationResult {
+                succeeded: true,
+                detail: format!("Job {name} succeeded"),
+            });
+            return next(client, plan, s, now, result).await;
+        }
+        JobHealth::Failed(reason) => {
+            let exit = readiness::last_exit(&pods().await?)
+                .map(|e| format!("; {e}"))
+                .unwrap_or_default();
+            format!("{reason}{exit}")
+        }
+        JobHealth::Running => match readiness::pods_failure(&pods().await?) {
+            Some(f) => f,
+            None if timed_out(plan, s, now) => format!(
+                "did not finish in {} minutes",
+                kind.params(&plan.spec).map_or(0, |p| p.timeout_minutes())
+            ),
+            None => {
+                return continue_with(plan, s.clone(), now, format!("Job {name} is running"));
+            }
+        },
+    };
+    let allow = kind.params(&plan.spec).is_some_and(|p| p.allow_failure);
+    match kind {
+        JobKind::Migration if allow => Ok(done(
+            plan,
+            s,
+            Some(MigrationResult {
+                succeeded: false,
+                detail: format!("Job {name} failed: {failure}"),
+            }),
+        )),
+        JobKind::Migration => Err(failed(format!(
+            "the migration check Job {ns}/{name} failed: {failure} (set migration.allowFailure to report it without failing)"
+        ))),
+        JobKind::Masking => Err(failed(format!(
+            "the masking Job {ns}/{name} failed: {failure}; the staging database is not published"
+        ))),
+    }
+}
+
+/// The outputs once everything succeeded.
+fn done(plan: &Plan, s: &DeployState, migration: Option<MigrationResult>) -> Outcome {
+    let spec = &plan.spec;
+    let expires_at = Timestamp::from_second(s.expires)
+        .map_or_else(|_| plan.expires_at.clone(), |t| t.to_string());
+    let mut outputs: BTreeMap<String, String> = plan.outputs();
+    outputs.insert("Mode".into(), MODE_APPLIED.into());
+    outputs.insert("ExpiresAt".into(), expires_at.clone());
+    let mut summary = format!(
+        "staging {} ready: {} in namespace {} (from {} {}; expires {expires_at})",
+        spec.engine,
+        plan.endpoint(),
+        spec.namespace,
+        spec.volume.backend().as_str(),
+        spec.volume.source_name(),
+    );
+    if spec.masking.is_some() {
+        summary.push_str("; data masked");
+    }
+    if let Some(m) = migration {
+        let result = if m.succeeded { "succeeded" } else { "failed" };
+        outputs.insert("MigrationResult".into(), result.into());
+        summary.push_str(&format!("; migration check {result}: {}", m.detail));
+    }
+    Outcome::Done {
+        summary: crate::codepipeline::truncate(&summary, 2000),
+        outputs,
+    }
+}
+
+/// Applies `onFailure` and says what happened to the namespace in the error.
+async fn on_failure(client: &kube::Client, plan: &Plan, created: bool, err: Error) -> Error {
+    let ns = &plan.spec.namespace;
+    let note = match (plan.spec.on_failure, created) {
+        (OnFailure::Keep, _) => format!(
+            "namespace {ns} is kept for debugging (onFailure: keep); it expires at {}",
+            plan.expires_at
+        ),
+        (OnFailure::Teardown, false) => {
+            format!("namespace {ns} existed before this run and is left as it is")
+        }
+        (OnFailure::Teardown, true) => match teardown::remove_by_name(client, ns).await {
+            Ok(Some(r)) => format!("{} (onFailure: teardown)", r.describe(false)),
+            Ok(None) => format!("namespace {ns} was not created"),
+            Err(e) => format!("deleting namespace {ns} failed too ({e}); the TTL sweep removes it"),
+        },
+    };
+    with_note(err, &note)
+}
+
+/// The same error, its message followed by `note`.
+fn with_note(err: Error, note: &str) -> Error {
+    let add = |m: String| format!("{m}. {note}");
+    match err {
+        Error::Event(m) => Error::Event(add(m)),
+        Error::Parameter { field, message } => Error::Parameter {
+            field,
+            message: add(message),
+        },
+        Error::Configuration(m) => Error::Configuration(add(m)),
+        Error::Permission { backend, message } => Error::Permission {
+            backend,
+            message: add(message),
+        },
+        Error::NotFound { backend, message } => Error::NotFound {
+            backend,
+            message: add(message),
+        },
+        Error::Refused(m) => Error::Refused(add(m)),
+        Error::Unavailable { backend, message } => Error::Unavailable {
+            backend,
+            message: add(message),
+        },
+        Error::Backend { backend, message } => Error::Backend {
+            backend,
+            message: add(message),
+        },
+        Error::Internal(m) => Error::Internal(add(m)),
+    }
+}

@@ -1,0 +1,289 @@
+//! The Jobs run against the staging database once it is ready: data masking (before anything is
+//! published) and the migration check. Each is one pod, non-root under the namespace's
+//! restricted Pod Security Standard, with the database's address and credentials in its
+//! environment (credentials from the Secret, never literal):
+//!
+//! | variable | value |
+//! | --- | --- |
+//! | `DB_HOST`, `DB_PORT`, `DB_ENGINE` | the Service's DNS name, the port, `postgresql` / `mysql` / `mongodb` |
+//! | `DB_USERNAME`, `DB_PASSWORD` | from the Secret `staging-db-credentials` |
+//! | `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD` | postgresql: what `psql` reads |
+//! | `MYSQL_HOST`, `MYSQL_TCP_PORT`, `MYSQL_PWD` | mysql: what the `mysql` client reads |
+//!
+//! `scriptsConfigMap` is mounted read-only at `/scripts`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
+use super::params::{JobParams, Spec};
+use super::render::{self, LABEL_COMPONENT, SECRET_NAME, SERVICE_NAME};
+
+pub const SCRIPTS_PATH: &str = "/scripts";
+/// The label the Job controller puts on its pods.
+pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
+
+/// Which Job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Masking,
+    Migration,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Masking => "masking",
+            Self::Migration => "migration",
+        }
+    }
+
+    /// `staging-db-masking`, `staging-db-migration`.
+    pub fn job_name(self) -> String {
+        format!("{}-{}", render::INSTANCE, self.as_str())
+    }
+
+    /// Its parameters in the spec, if configured.
+    pub fn params(self, spec: &Spec) -> Option<&JobParams> {
+        match self {
+            Self::Masking => spec.masking.as_ref(),
+            Self::Migration => spec.migration.as_ref(),
+        }
+    }
+}
+
+fn literal(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+fn from_secret(name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: SECRET_NAME.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The database's address and credentials, as the job's environment.
+pub fn environment(spec: &Spec) -> Vec<EnvVar> {
+    let host = format!("{SERVICE_NAME}.{}.svc.cluster.local", spec.namespace);
+    let port = spec.engine.port().to_string();
+    let mut env = vec![
+        literal("DB_HOST", host.clone()),
+        literal("DB_PORT", port.clone()),
+        literal("DB_ENGINE", spec.engine.as_str().into()),
+        from_secret("DB_USERNAME", SECRET_KEY_USERNAME),
+        from_secret("DB_PASSWORD", SECRET_KEY_PASSWORD),
+    ];
+    match spec.engine {
+        Engine::Postgresql => env.extend([
+            literal("PGHOST", host),
+            literal("PGPORT", port),
+            from_secret("PGUSER", SECRET_KEY_USERNAME),
+            from_secret("PGPASSWORD", SECRET_KEY_PASSWORD),
+        ]),
+        Engine::Mysql => env.extend([
+            literal("MYSQL_HOST", host),
+            literal("MYSQL_TCP_PORT", port),
+            from_secret("MYSQL_PWD", SECRET_KEY_PASSWORD),
+        ]),
+        Engine::Mongodb => {}
+    }
+    env
+}
+
+/// The Job for `kind`, or `None` when it is not configured.
+pub fn render(spec: &Spec, kind: JobKind) -> Option<Job> {
+    let p = kind.params(spec)?;
+    let name = kind.job_name();
+    let mut labels = render::app_labels(spec);
+    labels.insert(LABEL_COMPONENT.into(), kind.as_str().into());
+    let (volumes, mounts) = match &p.scripts_config_map {
+        Some(cm) => (
+            Some(vec![Volume {
+                name: "scripts".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: cm.0.clone(),
+                    default_mode: Some(0o555),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            Some(vec![VolumeMount {
+                name: "scripts".into(),
+                mount_path: SCRIPTS_PATH.into(),
+                read_only: Some(true),
+                ..Default::default()
+            }]),
+        ),
+        None => (None, None),
+    };
+    let uid = spec.engine.user_id();
+    let quantities = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect()
+    };
+    Some(Job {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(spec.namespace.clone()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // One retry for a transient failure (the database restarting); then the Job fails.
+            backoff_limit: Some(1),
+            active_deadline_seconds: Some(i64::from(p.timeout_minutes()) * 60),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(uid),
+                        run_as_group: Some(uid),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            localhost_profile: None,
+                        }),
+                        ..Default::default()
+                    }),
+                    containers: vec![Container {
+                        name: kind.as_str().into(),
+                        image: Some(p.image.0.clone()),
+                        image_pull_policy: Some("IfNotPresent".into()),
+                        command: Some(p.command.0.clone()),
+                        env: Some(environment(spec)),
+                        volume_mounts: mounts,
+                        resources: Some(ResourceRequirements {
+                            requests: Some(quantities(&[("cpu", "100m"), ("memory", "128Mi")])),
+                            limits: Some(quantities(&[("cpu", "1"), ("memory", "1Gi")])),
+                            ..Default::default()
+                        }),
+                        security_context: Some(SecurityContext {
+                            allow_privilege_escalation: Some(false),
+                            privileged: Some(false),
+                            run_as_non_root: Some(true),
+                            capabilities: Some(Capabilities {
+                                drop: Some(vec!["ALL".into()]),
+                                add: None,
+                            }),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }],
+                    volumes,
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::staging::fixtures::plan_for;
+    use serde_json::json;
+
+    fn spec(extra: serde_json::Value) -> Spec {
+        let mut req = json!({"volumeId": "vol-0123456789abcdef0"});
+        for (k, v) in extra.as_object().unwrap() {
+            req[k] = v.clone();
+        }
+        plan_for(req).spec
+    }
+
+    #[test]
+    fn masking_job_reads_credentials_from_the_secret_and_mounts_scripts() {
+        let s = spec(
+            json!({"masking": {"image": "postgres:17", "command": ["psql", "-f", "/scripts/mask.sql"], "scriptsConfigMap": "mask-sql"}}),
+        );
+        let job = render(&s, JobKind::Masking).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("staging-db-masking"));
+        assert_eq!(job.metadata.namespace, Some(s.namespace.clone()));
+        crate::staging::validate::check_object(
+            &job,
+            crate::staging::validate::NameRule::Dns1123Subdomain,
+        )
+        .unwrap();
+        let js = job.spec.unwrap();
+        assert_eq!(js.active_deadline_seconds, Some(3600));
+        let pod = js.template.spec.unwrap();
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        assert_eq!(
+            c.command.clone().unwrap(),
+            ["psql", "-f", "/scripts/mask.sql"]
+        );
+        let env = c.env.clone().unwrap();
+        let get = |n: &str| env.iter().find(|e| e.name == n).unwrap().clone();
+        assert_eq!(
+            get("PGHOST").value.unwrap(),
+            format!("staging-db.{}.svc.cluster.local", s.namespace)
+        );
+        for secret in ["DB_PASSWORD", "PGPASSWORD", "DB_USERNAME"] {
+            let e = get(secret);
+            assert_eq!(e.value, None, "{secret} is never literal");
+            assert_eq!(
+                e.value_from.unwrap().secret_key_ref.unwrap().name,
+                "staging-db-credentials"
+            );
+        }
+        assert_eq!(
+            pod.volumes.unwrap()[0].config_map.clone().unwrap().name,
+            "mask-sql"
+        );
+        assert_eq!(c.volume_mounts.clone().unwrap()[0].mount_path, "/scripts");
+        assert_eq!(
+            pod.security_context.unwrap().run_as_non_root,
+            Some(true),
+            "restricted Pod Security Standard"
+        );
+        assert!(render(&s, JobKind::Migration).is_none());
+    }
+
+    #[test]
+    fn mysql_migration_job_gets_the_mysql_client_variables() {
+        let s = spec(
+            json!({"engine": "mysql", "migration": {"image": "flyway/flyway:10", "command": ["flyway", "validate"], "timeoutMinutes": 5}}),
+        );
+        let job = render(&s, JobKind::Migration).unwrap();
+        let js = job.spec.unwrap();
+        assert_eq!(js.active_deadline_seconds, Some(300));
+        let env = js.template.spec.unwrap().containers[0].env.clone().unwrap();
+        assert!(
+            env.iter()
+                .any(|e| e.name == "MYSQL_PWD" && e.value.is_none())
+        );
+        assert!(!env.iter().any(|e| e.name.starts_with("PG")));
+    }
+}
