@@ -560,9 +560,18 @@ fn deadline_from(at: SystemTime, margin: Duration) -> tokio::time::Instant {
     tokio::time::Instant::now() + left
 }
 
-/// Milliseconds since the epoch → `SystemTime` (Lambda's `Context::deadline`).
+/// Lambda's `Lambda-Runtime-Deadline-Ms` (`Context::deadline`) → `SystemTime`.
+///
+/// Lambda sends milliseconds since the epoch. The `cargo lambda watch` emulator sends a budget
+/// instead (`600000`): read as a date that is 1970, and every step would stall at once. A value
+/// before 2001 (< 10^12 ms) is therefore taken as milliseconds from now.
 pub fn deadline_from_epoch_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+    const EPOCH_MS_2001: u64 = 1_000_000_000_000;
+    if ms < EPOCH_MS_2001 {
+        SystemTime::now() + Duration::from_millis(ms)
+    } else {
+        UNIX_EPOCH + Duration::from_millis(ms)
+    }
 }
 
 #[cfg(test)]

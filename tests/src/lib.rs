@@ -1,1 +1,41 @@
+//! snapstage's local environment: a CodePipeline job service double, a pipeline driver that runs
+//! the real function binaries the way CodePipeline does, and the demo data.
+//!
+//! | where | what |
+//! | --- | --- |
+//! | [`jobservice`] | the awsJson1.1 job service double (PutJobSuccessResult, PutJobFailureResult, GetJobDetails) |
+//! | [`event`] | the job event a function receives |
+//! | [`pipeline`] | the pipeline definition and the driver (continuations, `#{Namespace.Variable}`) |
+//! | [`invoker`] | running a function: CLI process, or the `cargo lambda watch` Runtime API emulator |
+//! | [`timeline`] | one entry per invocation, and the table printer |
+//! | [`seed`] | the demo data in moto and the demo pipeline |
 
+use std::path::{Path, PathBuf};
+
+pub mod event;
+pub mod invoker;
+pub mod jobservice;
+pub mod pipeline;
+pub mod seed;
+pub mod timeline;
+
+/// What can stop the local environment itself (as opposed to a pipeline failing).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Something to install, build or start first; the message says what.
+    #[error("{0}")]
+    Setup(String),
+    /// A function could not be run at all.
+    #[error("{0}")]
+    Invoke(String),
+    /// Creating or reading the demo data failed.
+    #[error("{0}")]
+    Seed(String),
+}
+
+/// The workspace root (the directory holding the workspace `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent().unwrap_or(here).to_path_buf()
+}

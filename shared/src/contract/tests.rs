@@ -425,3 +425,14 @@ async fn result_json_never_contains_artifact_credentials() {
         );
     }
 }
+
+#[test]
+fn lambda_deadlines_in_epoch_ms_or_as_an_emulator_budget() {
+    let at = deadline_from_epoch_ms(1_767_225_600_000);
+    assert_eq!(at, UNIX_EPOCH + Duration::from_millis(1_767_225_600_000));
+    // `cargo lambda watch` sends `600000`: ten minutes from now, not 1970.
+    let left = deadline_from_epoch_ms(600_000)
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600), "{left:?}");
+}

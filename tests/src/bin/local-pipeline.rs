@@ -1,0 +1,214 @@
+//! `local-pipeline`: runs the demo pipeline (Snapshot → Restore → Deploy → Replicate) locally,
+//! against moto, with the real function binaries answering a CodePipeline job service double.
+//!
+//! The function binaries are found beside this one (`<target-dir>/debug/`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use snapstage_localenv::invoker::{
+    CliInvoker, Emulator, Functions, Invoker, LambdaInvoker, cargo_lambda,
+};
+use snapstage_localenv::jobservice::JobService;
+use snapstage_localenv::pipeline::{self, Options, Pipeline};
+use snapstage_localenv::seed::{self, Clients};
+use snapstage_localenv::{Error, workspace_root};
+
+const USAGE: &str = "\
+local-pipeline — run the snapstage demo pipeline locally
+
+USAGE:
+  local-pipeline [--invoker cli|lambda] [--seed] [--poll-delay SECS]
+
+OPTIONS:
+  --invoker lambda   invoke through the Lambda Runtime API emulator of `cargo lambda watch`
+                     (default); set SNAPSTAGE_LAMBDA_EMULATOR=http://127.0.0.1:9000 to use one
+                     that is already running
+  --invoker cli      run each function as a CLI process (`<function> --event -`)
+  --seed             create the demo data first (production volume, Nexus blob store, on-prem bucket)
+  --poll-delay SECS  wait between an InProgress result and the next job (default 0)
+  -h, --help         this text
+
+ENVIRONMENT:
+  AWS_ENDPOINT_URL        the cloud (moto), e.g. http://127.0.0.1:5100
+  SNAPSTAGE_MOTO_ONPREM   the on-prem S3 (moto), default http://127.0.0.1:5101
+  Start both with: scripts/services.sh start && eval \"$(scripts/services.sh env)\"
+
+EXIT STATUS: 0 the pipeline succeeded, 1 it failed, 2 usage or setup error.
+";
+
+struct Args {
+    lambda: bool,
+    seed: bool,
+    poll_delay: Duration,
+}
+
+fn parse(args: &[String]) -> Result<Option<Args>, String> {
+    let mut out = Args {
+        lambda: true,
+        seed: false,
+        poll_delay: Duration::ZERO,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--seed" => out.seed = true,
+            "--invoker" => match it.next().map(String::as_str) {
+                Some("cli") => out.lambda = false,
+                Some("lambda") => out.lambda = true,
+                other => return Err(format!("--invoker: expected cli or lambda, got {other:?}")),
+            },
+            "--poll-delay" => {
+                let v = it.next().ok_or("--poll-delay needs seconds")?;
+                out.poll_delay = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| format!("--poll-delay: expected seconds, got {v:?}"))?;
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Some(out))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse(&args) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("local-pipeline: {e}\nTry 'local-pipeline --help'.");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("local-pipeline: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("local-pipeline: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The directory holding this binary and the function binaries.
+fn bin_dir() -> Result<PathBuf, Error> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .ok_or_else(|| Error::Setup("cannot tell where this binary is".into()))
+}
+
+async fn run(args: Args) -> Result<bool, Error> {
+    let cloud = std::env::var("AWS_ENDPOINT_URL").map_err(|_| {
+        Error::Setup(
+            "AWS_ENDPOINT_URL is not set: start moto with `scripts/services.sh start` and \
+             `eval \"$(scripts/services.sh env)\"`"
+                .into(),
+        )
+    })?;
+    let onprem = std::env::var("SNAPSTAGE_MOTO_ONPREM")
+        .unwrap_or_else(|_| "http://127.0.0.1:5101".to_string());
+    let clients = Clients::new(&cloud, &onprem).await;
+    let demo = if args.seed {
+        eprintln!("seeding the demo data in {cloud} and {onprem} ...");
+        seed::seed(&clients).await?
+    } else {
+        seed::existing(&clients).await?.ok_or_else(|| {
+            Error::Setup(format!(
+                "no demo data in {cloud}: run with --seed to create it"
+            ))
+        })?
+    };
+    eprintln!(
+        "production volume {}, {} artifact objects in s3://{}/{}",
+        demo.production_volume_id,
+        demo.artifact_keys.len(),
+        seed::ARTIFACT_BUCKET,
+        seed::ARTIFACT_PREFIX
+    );
+    let pipeline = seed::demo_pipeline(&demo.production_volume_id, &demo.onprem_endpoint);
+
+    let jobs = JobService::start()
+        .await
+        .map_err(|e| Error::Setup(format!("job service: {e}")))?;
+    let bin_dir = bin_dir()?;
+    let functions = Functions::new(&bin_dir, &jobs.url).moto(&cloud);
+    for a in &pipeline.actions {
+        functions.binary(&a.function)?;
+    }
+    let options = Options {
+        poll_delay: args.poll_delay,
+        ..Options::default()
+    };
+    let log_dir = bin_dir.parent().unwrap_or(&bin_dir).join("local-pipeline");
+    if args.lambda {
+        let emulator = match std::env::var("SNAPSTAGE_LAMBDA_EMULATOR") {
+            Ok(url) => Emulator::existing(&url),
+            Err(_) => {
+                let root = workspace_root();
+                Emulator::start(
+                    &cargo_lambda(&root),
+                    &root,
+                    &log_dir,
+                    Duration::from_secs(60),
+                )
+                .await?
+            }
+        };
+        eprintln!(
+            "Lambda Runtime API emulator at {}; function logs in {}",
+            emulator.url,
+            log_dir.display()
+        );
+        let invoker = LambdaInvoker::new(functions, emulator, &log_dir)?;
+        drive(&pipeline, &jobs, &invoker, &options).await
+    } else {
+        drive(&pipeline, &jobs, &CliInvoker::new(functions), &options).await
+    }
+}
+
+async fn drive<I: Invoker>(
+    pipeline: &Pipeline,
+    jobs: &JobService,
+    invoker: &I,
+    options: &Options,
+) -> Result<bool, Error> {
+    eprintln!(
+        "running pipeline {} ({} actions) with the {} invoker; job service at {}",
+        pipeline.name,
+        pipeline.actions.len(),
+        invoker.name(),
+        jobs.url
+    );
+    let run = pipeline::run(pipeline, jobs, invoker, options).await?;
+    println!();
+    print!("{}", run.timeline);
+    println!();
+    let calls = jobs.calls();
+    let results = calls.iter().filter(|c| c.is_result()).count();
+    let rejected = calls.iter().filter(|c| c.error.is_some()).count();
+    println!(
+        "job service: {} calls, {results} job results, {rejected} rejected",
+        calls.len()
+    );
+    println!("{}", run.summary_line(pipeline.actions.len()));
+    Ok(run.succeeded())
+}
