@@ -434,5 +434,8 @@ fn lambda_deadlines_in_epoch_ms_or_as_an_emulator_budget() {
     let left = deadline_from_epoch_ms(600_000)
         .duration_since(SystemTime::now())
         .unwrap();
-    assert!(left > Duration::from_secs(590) && left <= Duration::from_secs(600), "{left:?}");
+    assert!(
+        left > Duration::from_secs(590) && left <= Duration::from_secs(600),
+        "{left:?}"
+    );
 }
