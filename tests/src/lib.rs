@@ -9,6 +9,7 @@
 //! | [`invoker`] | running a function: CLI process, or the `cargo lambda watch` Runtime API emulator |
 //! | [`timeline`] | one entry per invocation, and the table printer |
 //! | [`seed`] | the demo data in moto and the demo pipeline |
+//! | [`testkit`] | helpers for the functions' integration tests: moto or SKIP, local SDK config, running a binary |
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,7 @@ pub mod invoker;
 pub mod jobservice;
 pub mod pipeline;
 pub mod seed;
+pub mod testkit;
 pub mod timeline;
 
 /// What can stop the local environment itself (as opposed to a pipeline failing).

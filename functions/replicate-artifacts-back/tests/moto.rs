@@ -9,77 +9,30 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use serde_json::{Value, json};
 use sha2::Digest as _;
+use snapstage_localenv::testkit::{self, CliRun as Run, Moto, moto, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_replicate-artifacts-back");
 
-struct Moto {
-    cloud: String,
-    onprem: String,
-}
-
-fn moto(test: &str) -> Option<Moto> {
-    match (
-        std::env::var("SNAPSTAGE_MOTO_CLOUD"),
-        std::env::var("SNAPSTAGE_MOTO_ONPREM"),
-    ) {
-        (Ok(cloud), Ok(onprem)) if !cloud.is_empty() && !onprem.is_empty() => {
-            Some(Moto { cloud, onprem })
-        }
-        _ => {
-            eprintln!(
-                "SKIP: {test}: SNAPSTAGE_MOTO_CLOUD / SNAPSTAGE_MOTO_ONPREM are not set \
-                 (scripts/services.sh start; eval \"$(scripts/services.sh env)\")"
-            );
-            None
-        }
-    }
-}
-
-/// A bucket name no other test or earlier run uses.
 fn bucket(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "{tag}-{}-{}-{nanos:x}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    unique(tag)
 }
 
 async fn s3(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = snapstage::aws::sdk_config().await;
+    let config = testkit::sdk_config(endpoint).await;
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&config)
-            .endpoint_url(endpoint)
             .force_path_style(true)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
             .build(),
     )
 }
 
 async fn secrets(endpoint: &str) -> aws_sdk_secretsmanager::Client {
-    let config = snapstage::aws::sdk_config().await;
-    aws_sdk_secretsmanager::Client::from_conf(
-        aws_sdk_secretsmanager::config::Builder::from(&config)
-            .endpoint_url(endpoint)
-            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-                "testing", "testing", None, None, "test",
-            ))
-            .build(),
-    )
+    aws_sdk_secretsmanager::Client::new(&testkit::sdk_config(endpoint).await)
 }
 
 async fn create_bucket(c: &aws_sdk_s3::Client, name: &str) {
@@ -134,73 +87,9 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-struct Run {
-    code: i32,
-    /// One JSON result per step, as printed on stdout.
-    results: Vec<Value>,
-    stderr: String,
-}
-
-impl Run {
-    fn last(&self) -> &Value {
-        self.results
-            .last()
-            .unwrap_or_else(|| panic!("no result printed; stderr:\n{}", self.stderr))
-    }
-    fn output(&self, name: &str) -> &str {
-        self.last()["outputVariables"][name]
-            .as_str()
-            .unwrap_or_else(|| panic!("no output {name} in {}", self.last()))
-    }
-}
-
 /// Runs the binary with `request` on stdin, the cloud moto as the default AWS endpoint.
 fn run(m: &Moto, request: &Value, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--event", "-"])
-        .args(args)
-        .env("AWS_ENDPOINT_URL", &m.cloud)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "info")
-        .env_remove("AWS_LAMBDA_RUNTIME_API")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT_URL_S3")
-        .env_remove("AWS_ENDPOINT_URL_SECRETS_MANAGER")
-        .env_remove("SNAPSTAGE_DEFAULTS")
-        .env_remove("SNAPSTAGE_DEADLINE_MARGIN_MS")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let results = stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}\n{stderr}"))
-        })
-        .collect();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        results,
-        stderr,
-    }
+    testkit::run_cli(BIN, &m.cloud, request, args, env)
 }
 
 fn assert_succeeded(r: &Run) {

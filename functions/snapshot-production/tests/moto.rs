@@ -3,60 +3,24 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
-
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use serde_json::{Value, json};
+use snapstage_localenv::testkit::{self, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_snapshot-production");
 
 fn moto() -> Option<String> {
-    let url = std::env::var("SNAPSTAGE_MOTO_CLOUD").ok();
-    if url.is_none() {
-        eprintln!("SKIP: SNAPSTAGE_MOTO_CLOUD is not set (run `make test`, which starts moto)");
-    }
-    url
+    testkit::moto("snapshot-production").map(|m| m.cloud)
 }
 
-/// Runs the binary with `event` on stdin; returns (exit code, stdout JSON).
+/// Runs the binary with `event` on stdin; returns (exit code, the result JSON).
 fn run(moto: &str, event: &Value, extra_env: &[(&str, &str)]) -> (i32, Value) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snapshot-production"))
-        .args(["--event", "-"])
-        .env("AWS_ENDPOINT_URL", moto)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .envs(extra_env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(event.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    (
-        out.status.code().unwrap_or(-1),
-        serde_json::from_str(last).unwrap_or(Value::Null),
-    )
+    let r = testkit::run_cli(BIN, moto, event, &[], extra_env);
+    (r.code, r.last().clone())
 }
 
 async fn ec2(moto: &str) -> aws_sdk_ec2::Client {
-    let conf = snapstage::aws::loader()
-        .endpoint_url(moto)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .load()
-        .await;
-    aws_sdk_ec2::Client::new(&conf)
+    aws_sdk_ec2::Client::new(&testkit::sdk_config(moto).await)
 }
 
 async fn production_volume(ec2: &aws_sdk_ec2::Client) -> String {
@@ -91,14 +55,6 @@ async fn snapshots_of_run(ec2: &aws_sdk_ec2::Client, execution: &str) -> Vec<Str
         .iter()
         .filter_map(|s| s.snapshot_id().map(String::from))
         .collect()
-}
-
-fn unique(prefix: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{prefix}-{n:x}")
 }
 
 #[tokio::test]

@@ -1,0 +1,154 @@
+//! Helpers for the functions' integration tests, so each test file keeps only what it checks:
+//! the moto endpoints (or a printed SKIP), SDK configuration for a local endpoint, running a
+//! function binary the way a user does (CLI, event on stdin), and names no other run uses.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aws_config::SdkConfig;
+use serde_json::Value;
+
+/// The two local moto servers `make test` starts (`scripts/services.sh`).
+#[derive(Debug, Clone)]
+pub struct Moto {
+    /// EC2/EBS, S3, STS, Secrets Manager, SSM: the cloud account.
+    pub cloud: String,
+    /// S3 standing in for the on-prem endpoint.
+    pub onprem: String,
+}
+
+/// The moto endpoints from `SNAPSTAGE_MOTO_CLOUD` / `SNAPSTAGE_MOTO_ONPREM`, or `None` after
+/// printing why the test is skipped.
+pub fn moto(test: &str) -> Option<Moto> {
+    match (
+        std::env::var("SNAPSTAGE_MOTO_CLOUD"),
+        std::env::var("SNAPSTAGE_MOTO_ONPREM"),
+    ) {
+        (Ok(cloud), Ok(onprem)) if !cloud.is_empty() && !onprem.is_empty() => {
+            Some(Moto { cloud, onprem })
+        }
+        _ => {
+            skip(&format!(
+                "{test}: SNAPSTAGE_MOTO_CLOUD / SNAPSTAGE_MOTO_ONPREM are not set \
+                 (run `make test`, or scripts/services.sh start; eval \"$(scripts/services.sh env)\")"
+            ));
+            None
+        }
+    }
+}
+
+/// Prints `SKIP: <why>` where it is seen even when the test harness captures output (a direct
+/// write to stderr, not `eprintln!`): a skipped test is never silent.
+pub fn skip(why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP: {why}");
+}
+
+/// SDK configuration for a local endpoint with test credentials, over snapstage's HTTP client.
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    snapstage::aws::loader()
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .load()
+        .await
+}
+
+/// What a CLI run printed and returned.
+#[derive(Debug)]
+pub struct CliRun {
+    pub code: i32,
+    /// One JSON result per step, as printed on stdout.
+    pub results: Vec<Value>,
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// The final result.
+    pub fn last(&self) -> &Value {
+        self.results
+            .last()
+            .unwrap_or_else(|| panic!("no result printed; stderr:\n{}", self.stderr))
+    }
+
+    /// An output variable of the final result.
+    pub fn output(&self, name: &str) -> &str {
+        self.last()["outputVariables"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no output {name} in {}", self.last()))
+    }
+}
+
+/// Runs a function binary with `event` on stdin (`--event -` plus `args`), `cloud` as the default
+/// AWS endpoint, test credentials, and nothing inherited that would change its behaviour.
+pub fn run_cli(
+    bin: &str,
+    cloud: &str,
+    event: &Value,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> CliRun {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--event", "-"])
+        .args(args)
+        .env("AWS_ENDPOINT_URL", cloud)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RUST_LOG", "info")
+        .env_remove("AWS_LAMBDA_RUNTIME_API")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_ENDPOINT_URL_S3")
+        .env_remove("AWS_ENDPOINT_URL_SECRETS_MANAGER")
+        .env_remove("AWS_ENDPOINT_URL_CODEPIPELINE")
+        .env_remove("SNAPSTAGE_DEFAULTS")
+        .env_remove("SNAPSTAGE_DEADLINE_MARGIN_MS")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {bin}: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(event.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("writing the event: {e}"));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {bin}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let results = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}\n{stderr}"))
+        })
+        .collect();
+    CliRun {
+        code: out.status.code().unwrap_or(-1),
+        results,
+        stderr,
+    }
+}
+
+/// A name (bucket, execution id) no other test or earlier run uses.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{tag}-{}-{}-{nanos:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
