@@ -14,6 +14,7 @@ help:
 	@echo "make test     run every test against local services (starts and stops them)"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make lint-infra  cfn-lint, sam validate --lint, checkov on infra/"
+	@echo "make bench    release build, then cold start / size / wait cost / throughput vs peers -> bench/results.md"
 	@echo "make package  arm64 bootstrap zips; make deploy (sam); make invoke FN=... EVENT=..."
 	@echo "make build    debug build of the workspace"
 	@echo "make setup    create .venv with moto[server], cargo-lambda, boto3"
@@ -57,6 +58,12 @@ invoke:
 
 demo: setup build
 	scripts/with-services.sh $(CARGO) run --quiet -p snapstage-localenv --bin local-pipeline -- --seed
+
+# Figures side by side with the peers (bench/README.md): release build (10–12 min clean), then ~7 min
+# of measurements (+ ~6 min once to build s3s-fs). No timing assertions anywhere.
+bench: setup
+	$(CARGO) build --release --bins
+	bench/run.sh $${CARGO_TARGET_DIR:-target}/release
 
 services-start: setup
 	$(SERVICES) start
