@@ -16,9 +16,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -186,16 +185,7 @@ pub fn render(spec: &Spec, kind: JobKind) -> Option<Job> {
                             limits: Some(quantities(&[("cpu", "1"), ("memory", "1Gi")])),
                             ..Default::default()
                         }),
-                        security_context: Some(SecurityContext {
-                            allow_privilege_escalation: Some(false),
-                            privileged: Some(false),
-                            run_as_non_root: Some(true),
-                            capabilities: Some(Capabilities {
-                                drop: Some(vec!["ALL".into()]),
-                                add: None,
-                            }),
-                            ..Default::default()
-                        }),
+                        security_context: Some(render::restricted_container()),
                         ..Default::default()
                     }],
                     volumes,

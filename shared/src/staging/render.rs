@@ -352,15 +352,20 @@ fn container(spec: &Spec) -> Container {
             limits: Some(quantities(&[("cpu", "2"), ("memory", "2Gi")])),
             ..Default::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            ..Default::default()
+        security_context: Some(restricted_container()),
+        ..Default::default()
+    }
+}
+
+/// The container security context the `restricted` Pod Security Standard asks for.
+pub(crate) fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
         }),
         ..Default::default()
     }
