@@ -23,7 +23,8 @@ setup:
 	scripts/setup.sh
 
 build:
-	$(CARGO) build --workspace --bins
+	# --all-targets: the same features as `cargo test` (dev-dependencies unify), so nothing builds twice
+	$(CARGO) build --workspace --all-targets
 
 # Unit and contract tests only: no services needed.
 unit:
