@@ -10,10 +10,11 @@
 //! | [`continuation`] | the versioned continuation token |
 //! | [`entry`] | `main` for every function: Lambda Runtime API or CLI |
 //! | [`aws`] | the one `SdkConfig` builder |
+//! | [`error`] | the error type and its CodePipeline failure types |
 //! | [`eks`] | the EKS bearer token (presigned STS GetCallerIdentity) |
 //! | [`cluster`] | cluster access: a `kube::Client` for EKS, a kubeconfig, or in-cluster |
-//! | [`storage`] | the snapshot/volume backend trait and its backends (EBS) |
-//! | [`staging`] | the staging database's Kubernetes manifests |
+//! | [`storage`] | the snapshot/volume backend trait, its backends (EBS, FlashArray/CBS) and the two storage steps |
+//! | [`staging`] | the staging database on Kubernetes: manifests, apply, readiness, Jobs, teardown |
 //! | [`replicate`] | copying artifacts between S3 endpoints, verified |
 
 pub mod aws;
