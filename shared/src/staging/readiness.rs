@@ -82,16 +82,19 @@ pub fn stateful_set_health(sts: &StatefulSet) -> Health {
     Health::Ready
 }
 
+/// `": <message>"` (shortened) when there is a message, else nothing.
+fn detail(message: Option<&str>) -> String {
+    message
+        .filter(|m| !m.is_empty())
+        .map(|m| format!(": {}", short(m)))
+        .unwrap_or_default()
+}
+
 /// A container's state, failed when it cannot recover by itself.
 fn container_health(c: &ContainerStatus) -> Option<Health> {
     let waiting = c.state.as_ref()?.waiting.as_ref()?;
     let reason = waiting.reason.as_deref().unwrap_or("Waiting");
-    let message = waiting
-        .message
-        .as_deref()
-        .filter(|m| !m.is_empty())
-        .map(|m| format!(": {}", short(m)))
-        .unwrap_or_default();
+    let message = detail(waiting.message.as_deref());
     if IMAGE_FAILURES.contains(&reason) {
         return Some(Health::Failed(format!(
             "image {:?} of container {} cannot be pulled ({reason}{message}); check the image name and tag and the nodes' access to its registry",
@@ -111,12 +114,7 @@ fn container_health(c: &ContainerStatus) -> Option<Health> {
             .and_then(|s| s.terminated.as_ref())
             .map(|t| {
                 let why = t.reason.as_deref().unwrap_or("terminated");
-                let said = t
-                    .message
-                    .as_deref()
-                    .filter(|m| !m.is_empty())
-                    .map(|m| format!(": {}", short(m)))
-                    .unwrap_or_default();
+                let said = detail(t.message.as_deref());
                 format!("; last exit code {} ({why}){said}", t.exit_code)
             })
             .unwrap_or_default();
@@ -195,12 +193,7 @@ pub fn job_health(job: &Job) -> JobHealth {
             "Complete" | "SuccessCriteriaMet" => return JobHealth::Succeeded,
             "Failed" | "FailureTarget" => {
                 let reason = c.reason.as_deref().unwrap_or("Failed");
-                let message = c
-                    .message
-                    .as_deref()
-                    .filter(|m| !m.is_empty())
-                    .map(|m| format!(": {}", short(m)))
-                    .unwrap_or_default();
+                let message = detail(c.message.as_deref());
                 return JobHealth::Failed(format!("{reason}{message}"));
             }
             _ => {}
@@ -231,12 +224,7 @@ pub fn last_exit(pods: &[Pod]) -> Option<String> {
         .filter(|t| t.exit_code != 0)
         .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))
         .map(|t| {
-            let said = t
-                .message
-                .as_deref()
-                .filter(|m| !m.is_empty())
-                .map(|m| format!(": {}", short(m)))
-                .unwrap_or_default();
+            let said = detail(t.message.as_deref());
             format!(
                 "exit code {} ({}){said}",
                 t.exit_code,
