@@ -662,6 +662,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._list(arr, query, arr.vsnaps, "Snapshot", render_vsnap, sources=arr.volumes)
         if rel == "/volume-snapshots" and method == "POST":
             return self._post_vsnap(arr, query, body)
+        if rel == "/volume-snapshots" and method == "PATCH":
+            return self._patch_vsnap(arr, query, body)
         if rel == "/protection-group-snapshots" and method == "GET":
             return self._list(arr, query, arr.pgsnaps, "Protection group snapshot", render_pgsnap, sources=arr.pgroups)
         if rel == "/protection-group-snapshots" and method == "POST":
@@ -763,6 +765,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return render
 
     # -- POSTs --
+
+    def _patch_vsnap(self, arr, query, body):
+        names = csv(query, "names")
+        if not names:
+            raise ApiError(400, "names is required.", violation=True)
+        out = []
+        for n in names:
+            snap = arr.vsnaps.get(n)
+            if snap is None:
+                raise ApiError(400, "Snapshot does not exist.", n)
+            if "destroyed" in (body or {}):
+                snap["destroyed"] = bool(body["destroyed"])
+            out.append(render_vsnap(snap))
+        arr.counters["vsnap_patches"] = arr.counters.get("vsnap_patches", 0) + 1
+        return 200, {"items": out}, {}
 
     def _post_vsnap(self, arr, query, body):
         srcs = csv(query, "source_names")

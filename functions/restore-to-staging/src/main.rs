@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use snapstage::entry::About;
-use snapstage::storage::ebs::Ebs;
+use snapstage::storage::open::open;
 use snapstage::storage::steps::{RestoreParams, restore_step};
 use snapstage::{Function, Outcome, Result, Step};
 
@@ -22,7 +22,7 @@ given availability zone. Only ever creates new volumes; refuses any volume tagge
 };
 
 struct RestoreToStaging {
-    ebs: Ebs,
+    sdk: aws_config::SdkConfig,
 }
 
 impl Function for RestoreToStaging {
@@ -30,12 +30,15 @@ impl Function for RestoreToStaging {
     type Params = RestoreParams;
 
     async fn step(&self, step: Step<RestoreParams>) -> Result<Outcome> {
-        restore_step(&self.ebs, step).await
+        let backend = open(step.params.choice(), &self.sdk).await?;
+        let result = restore_step(&backend, step).await;
+        backend.close().await;
+        result
     }
 }
 
 fn main() -> ExitCode {
     snapstage::entry::main(&ABOUT, |config| RestoreToStaging {
-        ebs: Ebs::new(aws_sdk_ec2::Client::new(config)),
+        sdk: config.clone(),
     })
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use snapstage::entry::About;
-use snapstage::storage::ebs::Ebs;
+use snapstage::storage::open::open;
 use snapstage::storage::steps::{SnapshotParams, snapshot_step};
 use snapstage::{Function, Outcome, Result, Step};
 
@@ -20,7 +20,7 @@ are online and crash-consistent). Answers InProgress with a continuation token u
 };
 
 struct SnapshotProduction {
-    ebs: Ebs,
+    sdk: aws_config::SdkConfig,
 }
 
 impl Function for SnapshotProduction {
@@ -28,12 +28,15 @@ impl Function for SnapshotProduction {
     type Params = SnapshotParams;
 
     async fn step(&self, step: Step<SnapshotParams>) -> Result<Outcome> {
-        snapshot_step(&self.ebs, step).await
+        let backend = open(step.params.choice(), &self.sdk).await?;
+        let result = snapshot_step(&backend, step).await;
+        backend.close().await;
+        result
     }
 }
 
 fn main() -> ExitCode {
     snapstage::entry::main(&ABOUT, |config| SnapshotProduction {
-        ebs: Ebs::new(aws_sdk_ec2::Client::new(config)),
+        sdk: config.clone(),
     })
 }

@@ -7,7 +7,7 @@ use aws_smithy_types::date_time::Format;
 
 use super::{
     Backend, MANAGED_BY, SnapshotInfo, SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE,
-    TAG_SOURCE, VolumeInfo, VolumeSpec, VolumeState, execution_tag,
+    TAG_SOURCE, VolumeInfo, VolumeSpec, VolumeState, check_id, execution_tag,
 };
 use crate::contract::Execution;
 use crate::error::{Error, Result, aws_error};
@@ -119,6 +119,11 @@ fn volume_info(v: &aws_sdk_ec2::types::Volume) -> Result<VolumeInfo> {
             })
             .collect(),
     })
+}
+
+fn managed(tags: &[Tag]) -> bool {
+    tags.iter()
+        .any(|t| t.key() == Some(TAG_MANAGED_BY) && t.value() == Some(MANAGED_BY))
 }
 
 /// A stable client token for CreateVolume (≤ 64 ASCII chars): a retry with the same token
@@ -296,6 +301,65 @@ impl Backend for Ebs {
         })?;
         tracing::info!(volume = id, snapshot = %snapshot.id, zone = %spec.zone, "created staging EBS volume");
         self.volume(id).await
+    }
+
+    fn check_source(&self, field: &str, source: &str) -> Result<()> {
+        check_id(field, source, "vol-")
+    }
+
+    fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()> {
+        check_id(field, id, "snap-")
+    }
+
+    async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
+        let mut pages = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter(&format!("tag:{TAG_SOURCE}"), source))
+            .filters(filter(&format!("tag:{TAG_MANAGED_BY}"), MANAGED_BY))
+            .into_paginator()
+            .send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+            for s in page.snapshots() {
+                // The filter is the server's; the tag is checked again here.
+                if managed(s.tags()) && s.volume_id() == Some(source) {
+                    found.push((s.start_time().copied(), snapshot_info(s)?));
+                }
+            }
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.id.cmp(&a.1.id)));
+        Ok(found.into_iter().map(|(_, s)| s).collect())
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let out = self
+            .ec2
+            .describe_snapshots()
+            .snapshot_ids(id)
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+        let Some(s) = out.snapshots().first() else {
+            return Ok(()); // already gone
+        };
+        if !managed(s.tags()) {
+            return Err(Error::Refused(format!(
+                "snapshot {id} does not carry {TAG_MANAGED_BY}={MANAGED_BY}; snapstage deletes only snapshots it made"
+            )));
+        }
+        match self.ec2.delete_snapshot().snapshot_id(id).send().await {
+            Ok(_) => {
+                tracing::info!(snapshot = id, "deleted EBS snapshot (retention)");
+                Ok(())
+            }
+            Err(e) => match aws_error(B, "DeleteSnapshot", e) {
+                Error::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
     }
 
     async fn volume(&self, id: &str) -> Result<VolumeInfo> {

@@ -4,7 +4,8 @@
 //! Every resource snapstage makes carries tags/labels that tie it to the run ([`TAG_EXECUTION`]),
 //! so a retried or duplicated invocation finds its own work instead of making a second one.
 //!
-//! Backends: [`ebs`] (EC2 API). CSI and FlashArray/Cloud Block Store implement the same trait.
+//! Backends: [`ebs`] (EC2 API), [`flasharray`] (FlashArray / Cloud Block Store REST 2.x), chosen
+//! by [`open`] from the step's parameters.
 
 use std::future::Future;
 
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 
 pub mod ebs;
 pub mod flasharray;
+pub mod open;
 pub mod steps;
 
 pub const TAG_MANAGED_BY: &str = "snapstage:managed-by";
@@ -139,6 +141,38 @@ pub trait Backend: Send + Sync {
     ) -> impl Future<Output = Result<VolumeInfo>> + Send;
 
     fn volume(&self, id: &str) -> impl Future<Output = Result<VolumeInfo>> + Send;
+
+    /// Checks a source as the user named it (`volumeIds[0]`, ...): the error names the field and
+    /// shows the expected form.
+    fn check_source(&self, field: &str, source: &str) -> Result<()>;
+
+    /// Checks a snapshot id as the user named it.
+    fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()>;
+
+    /// The sources a label selector picks (backends that have labels: CSI). The default refuses.
+    fn select_sources(&self, selector: &str) -> impl Future<Output = Result<Vec<String>>> + Send {
+        let name = self.name();
+        let selector = selector.to_string();
+        async move {
+            Err(Error::parameter(
+                "selector",
+                format!(
+                    "backend {name:?} selects sources by name only; list them in volumeIds instead of selector {selector:?}"
+                ),
+            ))
+        }
+    }
+
+    /// Snapshots snapstage made of `source` (carrying its managed-by tag/label), any state,
+    /// newest first. Used for retention; never lists snapshots snapstage did not make.
+    fn managed_snapshots(
+        &self,
+        source: &str,
+    ) -> impl Future<Output = Result<Vec<SnapshotInfo>>> + Send;
+
+    /// Deletes a snapshot snapstage made. Implementations check the tags/labels again right
+    /// before deleting and refuse ([`Error::Refused`]) a snapshot snapstage did not make.
+    fn delete_snapshot(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
 }
 
 /// The backends a user can name in `backend`.
@@ -147,6 +181,8 @@ pub trait Backend: Send + Sync {
 pub enum BackendKind {
     #[default]
     Ebs,
+    #[serde(rename = "flasharray")]
+    FlashArray,
 }
 
 /// Checks an EBS-style id (`vol-…`, `snap-…`) and names the field when it is wrong.

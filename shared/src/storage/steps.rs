@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::open::{BackendChoice, FlashArrayParams};
 use super::{
-    Backend, BackendKind, SnapshotInfo, SnapshotState, VolumeSpec, VolumeState, check_id,
-    is_production,
+    Backend, BackendKind, SnapshotInfo, SnapshotState, VolumeSpec, VolumeState, is_production,
 };
 use crate::contract::{Outcome, Step};
 use crate::error::{Error, Result};
@@ -18,33 +18,55 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct SnapshotParams {
-    /// The production volume(s) to snapshot (`vol-…` for EBS), as one group.
+    /// The production volume(s) to snapshot, as one group: `vol-…` (EBS), array volume names
+    /// (FlashArray). Or give `selector`.
+    #[serde(default, alias = "volumes")]
     pub volume_ids: Vec<String>,
+    /// A label selector that picks the production volumes (backends with labels).
+    #[serde(default)]
+    pub selector: Option<String>,
     #[serde(default)]
     pub backend: BackendKind,
+    /// How to reach a FlashArray / Cloud Block Store (`backend: "flasharray"`).
+    #[serde(default)]
+    pub flasharray: Option<FlashArrayParams>,
     /// Snapshot description; defaults to one naming the run.
     #[serde(default)]
     pub description: Option<String>,
+    /// Keep the newest N snapshots snapstage made of each volume (this run's included) and
+    /// delete older ones that carry snapstage's tags. Unset: delete nothing.
+    #[serde(default)]
+    pub retain: Option<u32>,
     /// Report what would be done; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
 
 pub const MAX_VOLUMES: usize = 16;
+pub const MAX_RETAIN: u32 = 1000;
 
 impl SnapshotParams {
+    /// Checks what can be checked without the backend (ids are checked by the backend).
     pub fn validate(&self) -> Result<()> {
-        if self.volume_ids.is_empty() || self.volume_ids.len() > MAX_VOLUMES {
-            return Err(Error::parameter(
-                "volumeIds",
-                format!(
-                    "expected 1 to {MAX_VOLUMES} volume ids, got {}",
-                    self.volume_ids.len()
-                ),
-            ));
+        self.choice().validate()?;
+        match (&self.selector, self.volume_ids.is_empty()) {
+            (Some(_), false) => {
+                return Err(Error::parameter(
+                    "selector",
+                    "give either volumeIds or selector, not both",
+                ));
+            }
+            (Some(sel), true) => {
+                if sel.trim().is_empty() || sel.len() > 1024 {
+                    return Err(Error::parameter(
+                        "selector",
+                        format!("expected a label selector like \"app=orders-db\", got {sel:?}"),
+                    ));
+                }
+            }
+            (None, _) => check_count(self.volume_ids.len())?,
         }
         for (i, v) in self.volume_ids.iter().enumerate() {
-            check_id(&format!("volumeIds[{i}]"), v, "vol-")?;
             if self.volume_ids[..i].contains(v) {
                 return Err(Error::parameter(
                     format!("volumeIds[{i}]"),
@@ -57,14 +79,73 @@ impl SnapshotParams {
         {
             return Err(Error::parameter("description", "at most 255 characters"));
         }
+        if let Some(n) = self.retain
+            && !(1..=MAX_RETAIN).contains(&n)
+        {
+            return Err(Error::parameter(
+                "retain",
+                format!("expected 1 to {MAX_RETAIN} snapshots to keep per volume, got {n}"),
+            ));
+        }
         Ok(())
     }
+
+    pub fn choice(&self) -> BackendChoice<'_> {
+        BackendChoice {
+            kind: self.backend,
+            flasharray: self.flasharray.as_ref(),
+        }
+    }
+}
+
+fn check_count(n: usize) -> Result<()> {
+    if n == 0 || n > MAX_VOLUMES {
+        return Err(Error::parameter(
+            "volumeIds",
+            format!("expected 1 to {MAX_VOLUMES} volume ids (or a selector), got {n}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The sources a run snapshots: the named ones, or what the selector picks; each checked by
+/// the backend.
+async fn sources<B: Backend>(backend: &B, p: &SnapshotParams) -> Result<Vec<String>> {
+    let sources = match &p.selector {
+        Some(sel) => {
+            let found = backend.select_sources(sel).await?;
+            if found.is_empty() {
+                return Err(Error::parameter(
+                    "selector",
+                    format!("{sel:?} selects no volume; check the labels and the namespace"),
+                ));
+            }
+            check_count(found.len()).map_err(|_| {
+                Error::parameter(
+                    "selector",
+                    format!(
+                        "{sel:?} selects {} volumes; at most {MAX_VOLUMES}",
+                        found.len()
+                    ),
+                )
+            })?;
+            found
+        }
+        None => p.volume_ids.clone(),
+    };
+    for (i, v) in sources.iter().enumerate() {
+        backend.check_source(&format!("volumeIds[{i}]"), v)?;
+    }
+    Ok(sources)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotState_ {
-    /// Snapshot ids, in the order of `volumeIds`.
+    /// Snapshot ids, in the order of `sources`.
     ids: Vec<String>,
+    /// The sources snapshotted (what a selector picked stays fixed for the run).
+    #[serde(default)]
+    sources: Vec<String>,
 }
 
 fn resume<T: for<'de> Deserialize<'de>>(state: Option<Value>) -> Result<Option<T>> {
@@ -83,10 +164,12 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
     let p = &step.params;
     p.validate()?;
     let ex = &step.execution;
+    let state = resume::<SnapshotState_>(step.state)?;
 
     if p.dry_run {
+        let sources = sources(backend, p).await?;
         let mut lines = Vec::new();
-        for v in &p.volume_ids {
+        for v in &sources {
             let size = backend.describe_source(v).await?;
             let existing = backend.find_snapshot(v, ex).await?;
             lines.push(match existing {
@@ -96,11 +179,21 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                     size.map_or("?".into(), |s| s.to_string())
                 ),
             });
+            if let Some(n) = p.retain {
+                let old = retention_victims(backend.managed_snapshots(v).await?, n, None);
+                if !old.is_empty() {
+                    lines.push(format!(
+                        "{v}: would delete {} older snapstage snapshot(s): {}",
+                        old.len(),
+                        old.join(", ")
+                    ));
+                }
+            }
         }
         let outputs = BTreeMap::from([
             ("DryRun".to_string(), "true".to_string()),
             ("Backend".to_string(), backend.name().to_string()),
-            ("SourceVolumeIds".to_string(), p.volume_ids.join(",")),
+            ("SourceVolumeIds".to_string(), sources.join(",")),
         ]);
         return Ok(Outcome::Done {
             summary: format!("dry run, nothing changed: {}", lines.join("; ")),
@@ -108,20 +201,28 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
         });
     }
 
-    let ids = match resume::<SnapshotState_>(step.state)? {
-        Some(s) if s.ids.len() == p.volume_ids.len() => s.ids,
-        Some(_) => {
-            return Err(Error::Configuration(
-                "continuationToken: volume list changed since the run started".into(),
-            ));
+    let (sources, ids) = match state {
+        Some(s) => {
+            let sources = if s.sources.is_empty() {
+                p.volume_ids.clone()
+            } else {
+                s.sources
+            };
+            if s.ids.len() != sources.len() {
+                return Err(Error::Configuration(
+                    "continuationToken: volume list changed since the run started".into(),
+                ));
+            }
+            (sources, s.ids)
         }
         None => {
+            let sources = sources(backend, p).await?;
             let description = p
                 .description
                 .clone()
                 .unwrap_or_else(|| format!("snapstage {}", ex.key));
-            let mut ids = Vec::with_capacity(p.volume_ids.len());
-            for v in &p.volume_ids {
+            let mut ids = Vec::with_capacity(sources.len());
+            for v in &sources {
                 let snap = match backend.find_snapshot(v, ex).await? {
                     Some(s) => {
                         tracing::info!(snapshot = %s.id, volume = %v, "reusing this run's snapshot");
@@ -131,7 +232,7 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                 };
                 ids.push(snap.id);
             }
-            ids
+            (sources, ids)
         }
     };
 
@@ -151,14 +252,11 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
             ),
         });
     }
-    let pending: Vec<u8> = snaps
+    let pending = snaps
         .iter()
-        .filter_map(|s| match s.state {
-            SnapshotState::Pending { percent } => Some(percent),
-            _ => None,
-        })
-        .collect();
-    if !pending.is_empty() {
+        .filter(|s| matches!(s.state, SnapshotState::Pending { .. }))
+        .count();
+    if pending > 0 {
         let total: u32 = snaps
             .iter()
             .map(|s| match s.state {
@@ -169,32 +267,75 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
         let percent = u8::try_from(total / snaps.len().max(1) as u32).unwrap_or(99);
         return Ok(Outcome::Continue {
             summary: format!(
-                "{} of {} snapshots pending ({percent}%): {}",
-                pending.len(),
+                "{pending} of {} snapshots pending ({percent}%): {}",
                 snaps.len(),
                 ids.join(", ")
             ),
             percent,
-            state: serde_json::to_value(SnapshotState_ { ids })
+            state: serde_json::to_value(SnapshotState_ { ids, sources })
                 .map_err(|e| Error::Internal(e.to_string()))?,
         });
     }
+
+    let mut summary = format!("{} snapshot(s) ready: {}", snaps.len(), ids.join(", "));
+    let mut deleted = Vec::new();
+    if let Some(n) = p.retain {
+        let mut problems = Vec::new();
+        for v in &sources {
+            let old = retention_victims(backend.managed_snapshots(v).await?, n, Some(&ids));
+            for id in old {
+                match backend.delete_snapshot(&id).await {
+                    Ok(()) => deleted.push(id),
+                    Err(e) => {
+                        tracing::warn!(snapshot = %id, error = %e, "retention: not deleted");
+                        problems.push(format!("{id}: {e}"));
+                    }
+                }
+            }
+        }
+        summary.push_str(&format!(
+            "; retention (keep {n}): deleted {}",
+            deleted.len()
+        ));
+        if !problems.is_empty() {
+            summary.push_str(&format!(", not deleted: {}", problems.join("; ")));
+        }
+    }
     let first = &snaps[0];
-    let outputs = BTreeMap::from([
+    let mut outputs = BTreeMap::from([
         ("SnapshotId".to_string(), first.id.clone()),
         ("SnapshotIds".to_string(), ids.join(",")),
         (
             "SnapshotTime".to_string(),
             first.started.clone().unwrap_or_default(),
         ),
-        ("SourceVolumeIds".to_string(), p.volume_ids.join(",")),
+        ("SourceVolumeIds".to_string(), sources.join(",")),
         ("Backend".to_string(), backend.name().to_string()),
     ]);
+    if p.retain.is_some() {
+        outputs.insert("SnapshotsDeleted".into(), deleted.len().to_string());
+    }
     let outputs = outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
-    Ok(Outcome::Done {
-        summary: format!("{} snapshot(s) ready: {}", snaps.len(), ids.join(", ")),
-        outputs,
-    })
+    Ok(Outcome::Done { summary, outputs })
+}
+
+/// What retention deletes from `managed` (newest first): everything after the newest `keep`,
+/// never a snapshot of this run (`current`) and never one still pending.
+fn retention_victims(
+    managed: Vec<SnapshotInfo>,
+    keep: u32,
+    current: Option<&[String]>,
+) -> Vec<String> {
+    let is_current = |id: &str| current.is_some_and(|c| c.iter().any(|x| x == id));
+    // This run's snapshot counts as one of the kept ones even if the listing lags behind.
+    let listed_current = managed.iter().any(|s| is_current(&s.id));
+    let keep = keep as usize - usize::from(current.is_some() && !listed_current);
+    managed
+        .into_iter()
+        .skip(keep)
+        .filter(|s| !is_current(&s.id) && !matches!(s.state, SnapshotState::Pending { .. }))
+        .map(|s| s.id)
+        .collect()
 }
 
 /// `restore-to-staging` parameters.
@@ -207,35 +348,52 @@ pub struct RestoreParams {
     /// Restore the newest completed snapstage snapshot of this production volume.
     #[serde(default)]
     pub source_volume_id: Option<String>,
-    /// Where the staging volume is made (must match the staging nodes' zone).
-    pub availability_zone: String,
-    #[serde(default = "default_volume_type")]
-    pub volume_type: String,
+    /// EBS: where the staging volume is made (must match the staging nodes' zone).
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+    /// EBS: the staging volume's type (default gp3).
+    #[serde(default)]
+    pub volume_type: Option<String>,
     #[serde(default)]
     pub backend: BackendKind,
     #[serde(default)]
+    pub flasharray: Option<FlashArrayParams>,
+    #[serde(default)]
     pub dry_run: bool,
-}
-
-fn default_volume_type() -> String {
-    "gp3".into()
 }
 
 const VOLUME_TYPES: [&str; 6] = ["gp3", "gp2", "io1", "io2", "st1", "sc1"];
 
 impl RestoreParams {
+    /// Checks what can be checked without the backend (ids are checked by the backend).
     pub fn validate(&self) -> Result<()> {
-        match (&self.snapshot_id, &self.source_volume_id) {
-            (Some(s), _) => check_id("snapshotId", s, "snap-")?,
-            (None, Some(v)) => check_id("sourceVolumeId", v, "vol-")?,
-            (None, None) => {
-                return Err(Error::parameter(
-                    "snapshotId",
-                    "missing: give snapshotId (e.g. \"#{Snapshot.SnapshotId}\") or sourceVolumeId to restore its newest snapshot",
-                ));
-            }
+        self.choice().validate()?;
+        if self.snapshot_id.is_none() && self.source_volume_id.is_none() {
+            return Err(Error::parameter(
+                "snapshotId",
+                "missing: give snapshotId (e.g. \"#{Snapshot.SnapshotId}\") or sourceVolumeId to restore its newest snapshot",
+            ));
         }
-        let az = &self.availability_zone;
+        if self.backend != BackendKind::Ebs {
+            for (field, given) in [
+                ("availabilityZone", self.availability_zone.is_some()),
+                ("volumeType", self.volume_type.is_some()),
+            ] {
+                if given {
+                    return Err(Error::parameter(
+                        field,
+                        "only for backend \"ebs\"; an array volume lands on the array that holds the snapshot",
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        let Some(az) = &self.availability_zone else {
+            return Err(Error::parameter(
+                "availabilityZone",
+                "missing: the zone of the staging nodes, e.g. \"us-east-1a\" (required for backend \"ebs\")",
+            ));
+        };
         if az.len() < 4
             || !az
                 .chars()
@@ -246,17 +404,28 @@ impl RestoreParams {
                 format!("expected a zone like \"us-east-1a\", got {az:?}"),
             ));
         }
-        if !VOLUME_TYPES.contains(&self.volume_type.as_str()) {
+        if !VOLUME_TYPES.contains(&self.volume_type()) {
             return Err(Error::parameter(
                 "volumeType",
                 format!(
                     "expected one of {}, got {:?}",
                     VOLUME_TYPES.join(", "),
-                    self.volume_type
+                    self.volume_type()
                 ),
             ));
         }
         Ok(())
+    }
+
+    pub fn volume_type(&self) -> &str {
+        self.volume_type.as_deref().unwrap_or("gp3")
+    }
+
+    pub fn choice(&self) -> BackendChoice<'_> {
+        BackendChoice {
+            kind: self.backend,
+            flasharray: self.flasharray.as_ref(),
+        }
     }
 }
 
@@ -272,6 +441,11 @@ struct RestoreState {
 pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) -> Result<Outcome> {
     let p = &step.params;
     p.validate()?;
+    if let Some(id) = &p.snapshot_id {
+        backend.check_snapshot_id("snapshotId", id)?;
+    } else if let Some(v) = &p.source_volume_id {
+        backend.check_source("sourceVolumeId", v)?;
+    }
     let ex = &step.execution;
     let state = resume::<RestoreState>(step.state)?;
 
@@ -309,8 +483,8 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
     }
 
     let spec = VolumeSpec {
-        zone: p.availability_zone.clone(),
-        volume_type: p.volume_type.clone(),
+        zone: p.availability_zone.clone().unwrap_or_default(),
+        volume_type: p.volume_type().to_string(),
     };
     let existing = match state.as_ref().and_then(|s| s.volume.as_deref()) {
         Some(id) => Some(backend.volume(id).await?),
@@ -328,10 +502,14 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
     if p.dry_run {
         let what = match &existing {
             Some(v) => format!("would reuse staging volume {} made by this run", v.id),
-            None => format!(
-                "would create a {} volume in {} from {}",
-                p.volume_type, p.availability_zone, snapshot.id
-            ),
+            None => match &p.availability_zone {
+                Some(az) => format!(
+                    "would create a {} volume in {az} from {}",
+                    p.volume_type(),
+                    snapshot.id
+                ),
+                None => format!("would copy {} into a new staging volume", snapshot.id),
+            },
         };
         let outputs = BTreeMap::from([
             ("DryRun".to_string(), "true".to_string()),
@@ -376,7 +554,8 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
                     volume
                         .zone
                         .clone()
-                        .unwrap_or_else(|| p.availability_zone.clone()),
+                        .or_else(|| p.availability_zone.clone())
+                        .unwrap_or_default(),
                 ),
                 (
                     "SizeGiB".to_string(),
@@ -386,8 +565,15 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
             ]);
             Ok(Outcome::Done {
                 summary: format!(
-                    "staging volume {} ready from {} in {}",
-                    volume.id, snapshot.id, p.availability_zone
+                    "staging volume {} ready from {}{}",
+                    volume.id,
+                    snapshot.id,
+                    volume
+                        .zone
+                        .as_deref()
+                        .or(p.availability_zone.as_deref())
+                        .map(|z| format!(" in {z}"))
+                        .unwrap_or_default()
                 ),
                 outputs: outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect(),
             })
@@ -433,6 +619,49 @@ mod tests {
     }
 
     #[test]
+    fn backend_sections_and_retention_are_checked() {
+        let e = parse::<SnapshotParams>(json!({"volumeIds": ["db"], "backend": "flasharray"}))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("flasharray: missing"), "{e}");
+        let p: SnapshotParams = parse(json!({"volumeIds": ["db"], "backend": "flasharray",
+            "flasharray": {"endpoint": "https://fa", "apiTokenSecret": "fa-token"}}))
+        .unwrap();
+        p.validate().unwrap();
+        let e = parse::<SnapshotParams>(json!({"volumeIds": ["vol-1"],
+            "flasharray": {"endpoint": "https://fa", "apiTokenSecret": "t"}}))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("backend is \"ebs\""), "{e}");
+        let e = parse::<SnapshotParams>(json!({"volumeIds": ["vol-1"], "retain": 0}))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().starts_with("retain:"), "{e}");
+        let e = parse::<SnapshotParams>(json!({"volumeIds": ["vol-1"], "selector": "app=db"}))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("not both"), "{e}");
+        // An array restore has no zone; an EBS-only field is refused, naming it.
+        let e = parse::<RestoreParams>(
+            json!({"snapshotId": "db.snapstage-1", "backend": "flasharray",
+            "availabilityZone": "us-east-1a",
+            "flasharray": {"endpoint": "https://fa", "apiTokenSecret": "t"}}),
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("availabilityZone: only for backend"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn restore_needs_a_snapshot_or_a_source_and_a_zone() {
         let p: RestoreParams = parse(json!({"availabilityZone": "us-east-1a"})).unwrap();
         assert!(
@@ -452,7 +681,14 @@ mod tests {
         let p: RestoreParams =
             parse(json!({"sourceVolumeId": "vol-0abc", "availabilityZone": "us-east-1a"})).unwrap();
         p.validate().unwrap();
-        assert_eq!(p.volume_type, "gp3");
+        assert_eq!(p.volume_type(), "gp3");
+        let p: RestoreParams = parse(json!({"snapshotId": "snap-0abc"})).unwrap();
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("availabilityZone: missing"),
+        );
         let p: RestoreParams =
             parse(json!({"snapshotId": "snap-0abc", "availabilityZone": "us-east-1a", "volumeType": "standard"})).unwrap();
         assert!(
@@ -479,6 +715,8 @@ mod step_tests {
     struct Slow {
         polls_to_ready: u32,
         fail_snapshots: bool,
+        /// Snapshot ids that snapstage did not make (never listed as managed, never deleted).
+        foreign: Vec<String>,
         snapshots: Mutex<Vec<(SnapshotInfo, String, u32)>>, // info, execution, polls
         volumes: Mutex<Vec<(VolumeInfo, String, u32)>>,
     }
@@ -568,6 +806,30 @@ mod step_tests {
             v.push((info.clone(), ex.key.clone(), 0));
             Ok(info)
         }
+        fn check_source(&self, field: &str, source: &str) -> Result<()> {
+            crate::storage::check_id(field, source, "vol-")
+        }
+        fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()> {
+            crate::storage::check_id(field, id, "snap-")
+        }
+        async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
+            let s = self.snapshots.lock().unwrap();
+            Ok(s.iter()
+                .rev()
+                .filter(|(i, _, _)| i.source == source && !self.foreign.contains(&i.id))
+                .map(|(i, _, _)| i.clone())
+                .collect())
+        }
+        async fn delete_snapshot(&self, id: &str) -> Result<()> {
+            if self.foreign.iter().any(|f| f == id) {
+                return Err(Error::Refused(format!("{id} is not snapstage's")));
+            }
+            self.snapshots
+                .lock()
+                .unwrap()
+                .retain(|(i, _, _)| i.id != id);
+            Ok(())
+        }
         async fn volume(&self, id: &str) -> Result<VolumeInfo> {
             let mut v = self.volumes.lock().unwrap();
             let Some((info, _, polls)) = v.iter_mut().find(|(i, _, _)| i.id == id) else {
@@ -602,8 +864,11 @@ mod step_tests {
     fn snap_params(vols: &[&str]) -> SnapshotParams {
         SnapshotParams {
             volume_ids: vols.iter().map(|s| s.to_string()).collect(),
+            selector: None,
             backend: BackendKind::Ebs,
+            flasharray: None,
             description: None,
+            retain: None,
             dry_run: false,
         }
     }
@@ -693,6 +958,65 @@ mod step_tests {
     }
 
     #[tokio::test]
+    async fn retention_keeps_the_newest_and_never_touches_foreign_snapshots() {
+        let mut b = Slow {
+            polls_to_ready: 1,
+            ..Default::default()
+        };
+        for run in ["run-1", "run-2", "run-3"] {
+            drive(|s| snapshot_step(&b, s), snap_params(&["vol-01"]), run)
+                .await
+                .unwrap();
+        }
+        // snap-0000 is marked as made by someone else: retention must leave it alone.
+        b.foreign = vec!["snap-0000".into()];
+        let mut p = snap_params(&["vol-01"]);
+        p.retain = Some(2);
+        let seen = drive(|s| snapshot_step(&b, s), p.clone(), "run-4")
+            .await
+            .unwrap();
+        let Outcome::Done { outputs, summary } = seen.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(outputs["SnapshotsDeleted"], "1", "{summary}");
+        let left: Vec<String> = b
+            .snapshots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(i, _, _)| i.id.clone())
+            .collect();
+        // run-4's (snap-0003) and run-3's (snap-0002) kept; run-2's deleted; foreign kept.
+        assert_eq!(left, ["snap-0000", "snap-0002", "snap-0003"]);
+        // A retry of the same run deletes nothing more.
+        let seen = drive(|s| snapshot_step(&b, s), p, "run-4").await.unwrap();
+        let Outcome::Done { outputs, .. } = seen.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(outputs["SnapshotsDeleted"], "0");
+        assert_eq!(b.snapshots.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_selector_on_a_backend_without_labels_is_refused_clearly() {
+        let b = Slow::default();
+        let mut p = snap_params(&[]);
+        p.selector = Some("app=db".into());
+        let e = drive(|s| snapshot_step(&b, s), p, "run-1")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.failure_kind(),
+            crate::error::FailureKind::ConfigurationError
+        );
+        assert!(
+            e.to_string().starts_with("selector: backend \"slow\""),
+            "{e}"
+        );
+        assert!(b.snapshots.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn dry_run_changes_nothing() {
         let b = Slow::default();
         let mut p = snap_params(&["vol-01"]);
@@ -709,9 +1033,10 @@ mod step_tests {
         RestoreParams {
             snapshot_id: snapshot.map(String::from),
             source_volume_id: source.map(String::from),
-            availability_zone: "us-east-1a".into(),
-            volume_type: "gp3".into(),
+            availability_zone: Some("us-east-1a".into()),
+            volume_type: None,
             backend: BackendKind::Ebs,
+            flasharray: None,
             dry_run: false,
         }
     }

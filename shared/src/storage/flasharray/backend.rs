@@ -167,6 +167,14 @@ fn production_volumes(snapshot: &SnapshotInfo) -> Vec<&str> {
     out
 }
 
+/// True when the snapshot's suffix is one snapstage gives.
+fn made_by_snapstage(s: &VolumeSnapshot) -> bool {
+    s.suffix
+        .as_deref()
+        .or_else(|| s.name.rsplit_once('.').map(|(_, x)| x))
+        .is_some_and(|x| x.starts_with(SUFFIX_PREFIX))
+}
+
 /// A FlashArray / Cloud Block Store array. Logs in on first use; [`FlashArray::close`] logs out.
 #[derive(Debug)]
 pub struct FlashArray {
@@ -433,22 +441,7 @@ impl Backend for FlashArray {
     }
 
     async fn newest_snapshot(&self, source: &str) -> Result<Option<SnapshotInfo>> {
-        let filter = format!("suffix='{SUFFIX_PREFIX}*'");
-        let snaps = self
-            .session()
-            .await?
-            .volume_snapshots_of(source, Some(&filter))
-            .await?;
-        Ok(snaps
-            .iter()
-            .filter(|s| s.destroyed != Some(true))
-            .find(|s| {
-                s.suffix
-                    .as_deref()
-                    .or_else(|| s.name.rsplit_once('.').map(|(_, x)| x))
-                    .is_some_and(|x| x.starts_with(SUFFIX_PREFIX))
-            })
-            .map(volume_snapshot_info))
+        Ok(self.managed_snapshots(source).await?.into_iter().next())
     }
 
     async fn find_volume(&self, execution: &Execution) -> Result<Option<VolumeInfo>> {
@@ -479,6 +472,67 @@ impl Backend for FlashArray {
         };
         let target = staging_volume_name(source, execution);
         self.copy_snapshot(snapshot, &target).await
+    }
+
+    fn check_source(&self, field: &str, source: &str) -> Result<()> {
+        check_volume_name(field, volume_part(source))
+    }
+
+    fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()> {
+        let parts: Vec<&str> = id.split('.').collect();
+        let ok = (2..=3).contains(&parts.len())
+            && parts.iter().all(|p| {
+                let p = p.rsplit(':').next().unwrap_or(p);
+                !p.is_empty()
+                    && p.len() <= MAX_NAME
+                    && p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::parameter(
+                field,
+                format!(
+                    "expected a snapshot name like \"db.snapstage-0123abcd\" (VOLUME.SUFFIX or PGROUP.SUFFIX.VOLUME), got {id:?}"
+                ),
+            ))
+        }
+    }
+
+    async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
+        let filter = format!("suffix='{SUFFIX_PREFIX}*'");
+        let snaps = self
+            .session()
+            .await?
+            .volume_snapshots_of(source, Some(&filter))
+            .await?;
+        // Newest first (the client sorts); the suffix is checked again here.
+        Ok(snaps
+            .iter()
+            .filter(|s| s.destroyed != Some(true) && made_by_snapstage(s))
+            .map(volume_snapshot_info)
+            .collect())
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        let Some(snap) = self.volume_snapshot(id).await? else {
+            return Ok(());
+        };
+        if snap.destroyed == Some(true) {
+            return Ok(());
+        }
+        if !made_by_snapstage(&snap) {
+            return Err(Error::Refused(format!(
+                "snapshot {id} has no {SUFFIX_PREFIX}* suffix; snapstage destroys only snapshots it made"
+            )));
+        }
+        self.session().await?.destroy_volume_snapshot(id).await?;
+        tracing::info!(
+            snapshot = id,
+            "destroyed FlashArray snapshot (retention; recoverable until eradicated)"
+        );
+        Ok(())
     }
 
     async fn volume(&self, id: &str) -> Result<VolumeInfo> {

@@ -635,6 +635,23 @@ impl Session {
         Ok(out.items)
     }
 
+    /// A PATCH that answers with `items`.
+    pub async fn patch<T: DeserializeOwned, B: Serialize>(
+        &self,
+        rel: &str,
+        query: &Query<'_>,
+        body: &B,
+    ) -> Result<Vec<T>> {
+        let path = self.path(rel);
+        let body = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+        let a = self
+            .client
+            .execute(Method::PATCH, &path, query, self.auth_headers(), Some(body))
+            .await?;
+        let out: Items<T> = parse(a, &format!("PATCH {path}"))?;
+        Ok(out.items)
+    }
+
     fn one<T>(items: Vec<T>, what: &str) -> Result<T> {
         items.into_iter().next().ok_or_else(|| Error::Backend {
             backend: BACKEND,
@@ -704,6 +721,20 @@ impl Session {
         let mut all: Vec<VolumeSnapshot> = self.get_all("/volume-snapshots", &q).await?;
         all.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.name.cmp(&a.name)));
         Ok(all)
+    }
+
+    /// `PATCH /volume-snapshots?names=N` with `{"destroyed": true}`: destroys the snapshot. The
+    /// array keeps it recoverable for its eradication delay (24 h by default); nothing is
+    /// eradicated here.
+    pub async fn destroy_volume_snapshot(&self, name: &str) -> Result<VolumeSnapshot> {
+        let items = self
+            .patch(
+                "/volume-snapshots",
+                &vec![("names", name.to_string())],
+                &serde_json::json!({"destroyed": true}),
+            )
+            .await?;
+        Self::one(items, "PATCH /volume-snapshots")
     }
 
     /// `POST /volume-snapshots?source_names=V` with `{"suffix": S}`: makes `V.S`.

@@ -1,0 +1,216 @@
+//! One factory from configuration: the `backend` parameter names a backend, its own section
+//! (`flasharray`, `csi`) says how to reach it. [`AnyBackend`] dispatches the [`Backend`] trait
+//! to the one chosen, so the two storage steps are written once.
+//!
+//! | `backend` | section | credentials |
+//! | --- | --- | --- |
+//! | `ebs` (default) | none | the function's role |
+//! | `flasharray` | `flasharray: {endpoint, apiTokenSecret, caBundle?}` | API token from Secrets Manager |
+
+use serde::{Deserialize, Serialize};
+
+use super::ebs::Ebs;
+use super::flasharray::{ApiToken, Client as FaClient, Config as FaConfig, FlashArray};
+use super::{Backend, BackendKind, SnapshotInfo, VolumeInfo, VolumeSpec};
+use crate::contract::Execution;
+use crate::error::{Error, Result, aws_error};
+
+/// How to reach a FlashArray or Cloud Block Store (`flasharray` parameter section).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FlashArrayParams {
+    /// `https://array.example.com`: the array's management address.
+    pub endpoint: String,
+    /// Secrets Manager secret (name or ARN) holding the API token: the token as plain text, or
+    /// JSON `{"apiToken": "..."}`.
+    pub api_token_secret: String,
+    /// Extra trusted CA certificates (PEM text) for an array with an internal CA. TLS is always
+    /// verified.
+    #[serde(default)]
+    pub ca_bundle: Option<String>,
+    /// Protection group to snapshot as one consistent group (with `replicate_now` to its
+    /// targets) instead of one snapshot per volume.
+    #[serde(default)]
+    pub protection_group: Option<String>,
+}
+
+/// The backend a step runs against, opened from its parameters.
+pub enum AnyBackend {
+    Ebs(Ebs),
+    FlashArray(Box<FlashArray>),
+}
+
+/// The backend part of a storage step's parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendChoice<'a> {
+    pub kind: BackendKind,
+    pub flasharray: Option<&'a FlashArrayParams>,
+}
+
+impl BackendChoice<'_> {
+    /// Checks that exactly the section of the chosen backend is given.
+    pub fn validate(&self) -> Result<()> {
+        match (self.kind, self.flasharray) {
+            (BackendKind::FlashArray, None) => Err(Error::parameter(
+                "flasharray",
+                "missing: backend \"flasharray\" needs {\"endpoint\": \"https://array\", \"apiTokenSecret\": \"<secret name or ARN>\"}",
+            )),
+            (BackendKind::Ebs, Some(_)) => Err(Error::parameter(
+                "flasharray",
+                "given, but backend is \"ebs\"; set \"backend\": \"flasharray\" or remove the section",
+            )),
+            (_, Some(fa)) => {
+                if fa.api_token_secret.trim().is_empty() {
+                    return Err(Error::parameter(
+                        "flasharray.apiTokenSecret",
+                        "expected the name or ARN of a Secrets Manager secret holding the API token",
+                    ));
+                }
+                if let Some(pg) = &fa.protection_group {
+                    super::flasharray::check_volume_name("flasharray.protectionGroup", pg)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens the chosen backend: reads the secrets it needs, builds its client.
+pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Result<AnyBackend> {
+    choice.validate()?;
+    match (choice.kind, choice.flasharray) {
+        (BackendKind::Ebs, _) => Ok(AnyBackend::Ebs(Ebs::new(aws_sdk_ec2::Client::new(sdk)))),
+        (BackendKind::FlashArray, Some(fa)) => {
+            let token = api_token(sdk, &fa.api_token_secret).await?;
+            let mut cfg = FaConfig::new(fa.endpoint.clone(), token);
+            cfg.ca_bundle = fa.ca_bundle.as_ref().map(|p| p.as_bytes().to_vec());
+            cfg.allow_insecure_http_for_tests =
+                std::env::var_os("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS").is_some();
+            Ok(AnyBackend::FlashArray(Box::new(FlashArray::new(
+                FaClient::new(cfg)?,
+            ))))
+        }
+        (BackendKind::FlashArray, None) => Err(Error::parameter("flasharray", "missing")),
+    }
+}
+
+/// The API token in a Secrets Manager secret: plain text, or JSON with `apiToken`.
+async fn api_token(sdk: &aws_config::SdkConfig, secret_id: &str) -> Result<ApiToken> {
+    let field = "flasharray.apiTokenSecret";
+    let out = aws_sdk_secretsmanager::Client::new(sdk)
+        .get_secret_value()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception())
+            {
+                Error::parameter(
+                    field,
+                    format!("no secret {secret_id:?} in this account/region"),
+                )
+            } else {
+                aws_error(
+                    "secretsmanager",
+                    &format!("GetSecretValue {secret_id:?} ({field})"),
+                    e,
+                )
+            }
+        })?;
+    let text = out.secret_string().unwrap_or_default().trim();
+    let token = if text.starts_with('{') {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| {
+                v.get("apiToken")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+            })
+    } else {
+        Some(text.to_string())
+    };
+    match token.filter(|t| !t.is_empty()) {
+        Some(t) => Ok(ApiToken::new(t)),
+        None => Err(Error::Configuration(format!(
+            "{field} {secret_id:?}: expected the API token as the SecretString, or JSON {{\"apiToken\": \"...\"}}"
+        ))),
+    }
+}
+
+impl AnyBackend {
+    /// Ends the backend's session (FlashArray logs out). Errors are logged, not returned: the
+    /// step's result is what matters.
+    pub async fn close(self) {
+        if let Self::FlashArray(fa) = self
+            && let Err(e) = (*fa).close().await
+        {
+            tracing::warn!(error = %e, "FlashArray logout failed; the session expires on its own");
+        }
+    }
+}
+
+macro_rules! each {
+    ($self:ident, $b:ident => $e:expr) => {
+        match $self {
+            AnyBackend::Ebs($b) => $e,
+            AnyBackend::FlashArray($b) => $e,
+        }
+    };
+}
+
+impl Backend for AnyBackend {
+    fn name(&self) -> &'static str {
+        each!(self, b => b.name())
+    }
+    async fn describe_source(&self, source: &str) -> Result<Option<i64>> {
+        each!(self, b => b.describe_source(source).await)
+    }
+    async fn find_snapshot(&self, source: &str, ex: &Execution) -> Result<Option<SnapshotInfo>> {
+        each!(self, b => b.find_snapshot(source, ex).await)
+    }
+    async fn create_snapshot(
+        &self,
+        source: &str,
+        ex: &Execution,
+        description: &str,
+    ) -> Result<SnapshotInfo> {
+        each!(self, b => b.create_snapshot(source, ex, description).await)
+    }
+    async fn snapshot(&self, id: &str) -> Result<SnapshotInfo> {
+        each!(self, b => b.snapshot(id).await)
+    }
+    async fn newest_snapshot(&self, source: &str) -> Result<Option<SnapshotInfo>> {
+        each!(self, b => b.newest_snapshot(source).await)
+    }
+    async fn find_volume(&self, ex: &Execution) -> Result<Option<VolumeInfo>> {
+        each!(self, b => b.find_volume(ex).await)
+    }
+    async fn create_volume(
+        &self,
+        snapshot: &SnapshotInfo,
+        spec: &VolumeSpec,
+        ex: &Execution,
+    ) -> Result<VolumeInfo> {
+        each!(self, b => b.create_volume(snapshot, spec, ex).await)
+    }
+    async fn volume(&self, id: &str) -> Result<VolumeInfo> {
+        each!(self, b => b.volume(id).await)
+    }
+    fn check_source(&self, field: &str, source: &str) -> Result<()> {
+        each!(self, b => b.check_source(field, source))
+    }
+    fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()> {
+        each!(self, b => b.check_snapshot_id(field, id))
+    }
+    async fn select_sources(&self, selector: &str) -> Result<Vec<String>> {
+        each!(self, b => b.select_sources(selector).await)
+    }
+    async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
+        each!(self, b => b.managed_snapshots(source).await)
+    }
+    async fn delete_snapshot(&self, id: &str) -> Result<()> {
+        each!(self, b => b.delete_snapshot(id).await)
+    }
+}
