@@ -957,6 +957,7 @@ def state_of(a: Array) -> dict:
         "versions": a.versions,
         "volumes": {n: render_volume(v) | {"overwritten": v.get("overwritten", 0)} for n, v in a.volumes.items()},
         "volume_snapshots": sorted(a.vsnaps),
+        "destroyed_volume_snapshots": sorted(n for n, s in a.vsnaps.items() if s.get("destroyed")),
         "protection_groups": {n: {"volumes": g["volumes"], "targets": g["targets"]} for n, g in a.pgroups.items()},
         "protection_group_snapshots": sorted(a.pgsnaps),
         "transfers": {

@@ -9,11 +9,13 @@
 //! | [`invoker`] | running a function: CLI process, or the `cargo lambda watch` Runtime API emulator |
 //! | [`timeline`] | one entry per invocation, and the table printer |
 //! | [`seed`] | the demo data in moto and the demo pipeline |
+//! | [`flasharray_double`] | the FlashArray double (REST 2.56, spec-validated) from Rust tests |
 //! | [`testkit`] | helpers for the functions' integration tests: moto or SKIP, local SDK config, running a binary |
 
 use std::path::{Path, PathBuf};
 
 pub mod event;
+pub mod flasharray_double;
 pub mod invoker;
 pub mod jobservice;
 pub mod pipeline;

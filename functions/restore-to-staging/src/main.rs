@@ -10,15 +10,17 @@ use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
     summary: "Creates a new staging volume from a snapshot (a named one, or the newest completed snapshot
-snapstage made of a production volume), tagged snapstage:role=staging and with the pipeline run, in the
-given availability zone. Only ever creates new volumes; refuses any volume tagged as production.",
-    parameters: "  snapshotId        \"snap-…\" to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)
-  sourceVolumeId    \"vol-…\": restore the newest completed snapstage snapshot of this volume
-  availabilityZone  zone of the staging nodes, e.g. \"us-east-1a\" (required)
-  volumeType        gp3 (default), gp2, io1, io2, st1, sc1
-  backend           \"ebs\" (default)
+snapstage made of a production volume), tied to the pipeline run so a retry reuses it: an EBS volume
+tagged snapstage:role=staging in the given zone, or a copy on the array named <volume>-staging-<run>.
+Only ever creates new volumes; refuses any volume tagged as production.",
+    parameters: "  snapshotId        snapshot to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)
+  sourceVolumeId    restore the newest completed snapstage snapshot of this production volume
+  backend           \"ebs\" (default) | \"flasharray\"
+  availabilityZone  ebs: zone of the staging nodes, e.g. \"us-east-1a\" (required for ebs)
+  volumeType        ebs: gp3 (default), gp2, io1, io2, st1, sc1
+  flasharray        {\"endpoint\", \"apiTokenSecret\", \"caBundle\"?} (required for flasharray)
   dryRun            true: report what would be done, change nothing",
-    outputs: "  VolumeId  SnapshotId  AvailabilityZone  SizeGiB  Backend  (DryRun when dryRun)",
+    outputs: "  VolumeId  SnapshotId  AvailabilityZone (ebs)  SizeGiB  Backend  (DryRun when dryRun)",
 };
 
 struct RestoreToStaging {

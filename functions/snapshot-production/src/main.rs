@@ -10,13 +10,19 @@ use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
     summary: "Takes a block-level snapshot of the production database volume(s) as one group, tagged with the
-pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused (EBS snapshots
-are online and crash-consistent). Answers InProgress with a continuation token until every snapshot completes.",
-    parameters: "  volumeIds      [\"vol-…\"], 1–16 production volumes, snapshotted as one group (required)
-  backend        \"ebs\" (default)
+pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused (EBS and
+FlashArray snapshots are online and crash-consistent). Answers InProgress with a continuation token until
+every snapshot completes; optionally keeps only the newest N snapshots it made.",
+    parameters: "  volumeIds      1–16 production volumes, snapshotted as one group (required):
+                   \"vol-…\" (ebs), array volume names (flasharray)
+  backend        \"ebs\" (default) | \"flasharray\" (FlashArray / Cloud Block Store, REST 2.x)
+  flasharray     {\"endpoint\": \"https://array\", \"apiTokenSecret\": \"<Secrets Manager name or ARN>\",
+                  \"caBundle\": \"<PEM>\"?}  (required for backend flasharray; the token is never a parameter)
   description    snapshot description (default: \"snapstage <execution>\")
+  retain         keep the newest N snapstage snapshots per volume, delete older ones snapstage made
   dryRun         true: report what would be done, change nothing",
-    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend  (DryRun when dryRun)",
+    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend  (SnapshotsDeleted with retain,
+  DryRun when dryRun)",
 };
 
 struct SnapshotProduction {

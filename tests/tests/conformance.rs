@@ -1,0 +1,410 @@
+//! One conformance suite for every storage backend (as object_store does): the same scenarios,
+//! driven through the two storage steps exactly as the functions run them, against
+//! - EBS on moto server (EC2 API over a real connection), and
+//! - FlashArray on the spec-validating FlashArray double.
+//!
+//! Each backend's fixture counts resources through its own independent route (the EC2 API, the
+//! double's state), never through the backend under test.
+//! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`) for EBS and `.venv` for the double; each
+//! part prints SKIP and returns otherwise.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use serde_json::{Value, json};
+use snapstage::contract::Deadline;
+use snapstage::storage::ebs::Ebs;
+use snapstage::storage::flasharray::FlashArray;
+use snapstage::storage::open::FlashArrayParams;
+use snapstage::storage::steps::{RestoreParams, SnapshotParams, restore_step, snapshot_step};
+use snapstage::storage::{Backend, BackendKind, execution_tag};
+use snapstage::{Error, Execution, FailureKind, Outcome, Result, Step};
+use snapstage_localenv::flasharray_double::Double;
+use snapstage_localenv::testkit::{self, unique};
+
+/// What the suite needs from a backend's test environment.
+trait Fixture {
+    type B: Backend;
+    fn backend(&self) -> &Self::B;
+    fn kind(&self) -> BackendKind;
+    /// The backend's parameter section (validated by the steps; the backend itself is given).
+    fn section(&self) -> Option<FlashArrayParams> {
+        None
+    }
+    /// A new production source with no snapshots.
+    async fn new_source(&self) -> String;
+    /// A snapshot of `source` that snapstage did not make, newer than any made so far.
+    async fn foreign_snapshot(&self, source: &str) -> String;
+    /// Every live snapshot of `source`, by the independent route.
+    async fn snapshots(&self, source: &str) -> Vec<String>;
+    /// Staging volumes the run made, by the independent route.
+    async fn staging_volumes(&self, execution: &Execution) -> Vec<String>;
+    /// Restore parameters for this backend.
+    fn restore(&self, snapshot: Option<&str>, source: Option<&str>) -> RestoreParams {
+        RestoreParams {
+            snapshot_id: snapshot.map(String::from),
+            source_volume_id: source.map(String::from),
+            availability_zone: (self.kind() == BackendKind::Ebs).then(|| "us-east-1a".into()),
+            volume_type: None,
+            backend: self.kind(),
+            flasharray: self.section(),
+            dry_run: false,
+        }
+    }
+    fn snapshot(&self, sources: &[&str]) -> SnapshotParams {
+        SnapshotParams {
+            volume_ids: sources.iter().map(|s| s.to_string()).collect(),
+            selector: None,
+            backend: self.kind(),
+            flasharray: self.section(),
+            description: None,
+            retain: None,
+            dry_run: false,
+        }
+    }
+}
+
+fn execution(key: &str) -> Execution {
+    Execution {
+        key: key.into(),
+        origin: "codepipeline".into(),
+        pipeline: Some("shop".into()),
+        commit: None,
+    }
+}
+
+/// Runs a step to completion the way the contract does: each `Continue` state feeds the next
+/// invocation. Returns the outputs and how many invocations it took.
+async fn drive<P: Clone>(
+    f: impl AsyncFn(Step<P>) -> Result<Outcome>,
+    params: P,
+    key: &str,
+) -> Result<(BTreeMap<String, String>, usize)> {
+    let mut state: Option<Value> = None;
+    for n in 1..=30 {
+        let step = Step {
+            params: params.clone(),
+            execution: execution(key),
+            state: state.take(),
+            deadline: Deadline(tokio::time::Instant::now() + Duration::from_secs(60)),
+            artifacts: None,
+        };
+        match f(step).await? {
+            Outcome::Done { outputs, .. } => return Ok((outputs, n)),
+            Outcome::Continue { state: s, .. } => state = Some(s),
+        }
+    }
+    panic!("{key}: not done after 30 invocations")
+}
+
+async fn snapshot<F: Fixture>(fx: &F, p: SnapshotParams, key: &str) -> BTreeMap<String, String> {
+    drive(|s| snapshot_step(fx.backend(), s), p, key)
+        .await
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+        .0
+}
+
+/// The scenarios every backend must pass.
+async fn suite<F: Fixture>(fx: &F) {
+    let kind = fx.kind();
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    let run1 = unique("conf-run1");
+
+    // A snapshot is made once per execution: retries and duplicates reuse it.
+    let out = snapshot(fx, fx.snapshot(&[&source]), &run1).await;
+    let snap1 = out["SnapshotId"].clone();
+    assert_eq!(out["Backend"], name);
+    assert_eq!(out["SourceVolumeIds"], source);
+    for _ in 0..2 {
+        let again = snapshot(fx, fx.snapshot(&[&source]), &run1).await;
+        assert_eq!(
+            again["SnapshotId"], snap1,
+            "{name}: a retry reuses the run's snapshot"
+        );
+    }
+    assert_eq!(fx.snapshots(&source).await, vec![snap1.clone()], "{name}");
+
+    // Dry run changes nothing and says what it would do.
+    let mut dry = fx.snapshot(&[&source]);
+    dry.dry_run = true;
+    let out = snapshot(fx, dry, &unique("conf-dry")).await;
+    assert_eq!(out["DryRun"], "true");
+    assert_eq!(
+        fx.snapshots(&source).await.len(),
+        1,
+        "{name}: dry run made nothing"
+    );
+
+    // Restore the named snapshot into a staging volume, once per execution.
+    let r1 = unique("conf-restore");
+    let (out, _) = drive(
+        |s| restore_step(fx.backend(), s),
+        fx.restore(Some(&snap1), None),
+        &r1,
+    )
+    .await
+    .unwrap();
+    let vol = out["VolumeId"].clone();
+    assert_eq!(out["SnapshotId"], snap1);
+    assert_ne!(vol, source, "{name}: never the production volume");
+    drive(
+        |s| restore_step(fx.backend(), s),
+        fx.restore(Some(&snap1), None),
+        &r1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fx.staging_volumes(&execution(&r1)).await,
+        vec![vol.clone()],
+        "{name}: a retried restore reuses its volume"
+    );
+
+    // A newer snapshot someone else made is never picked, nor deleted by retention.
+    let run2 = unique("conf-run2");
+    let snap2 = snapshot(fx, fx.snapshot(&[&source]), &run2).await["SnapshotId"].clone();
+    let foreign = fx.foreign_snapshot(&source).await;
+    let (out, _) = drive(
+        |s| restore_step(fx.backend(), s),
+        fx.restore(None, Some(&source)),
+        &unique("conf-newest"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out["SnapshotId"], snap2,
+        "{name}: newest snapstage snapshot, not {foreign}"
+    );
+
+    // Retention: keep 2 → run1's snapshot goes; run2's, run3's and the foreign one stay.
+    let mut keep = fx.snapshot(&[&source]);
+    keep.retain = Some(2);
+    let run3 = unique("conf-run3");
+    let out = snapshot(fx, keep, &run3).await;
+    let snap3 = out["SnapshotId"].clone();
+    assert_eq!(out["SnapshotsDeleted"], "1", "{name}");
+    let mut left = fx.snapshots(&source).await;
+    left.sort();
+    let mut want = vec![snap2.clone(), snap3.clone(), foreign.clone()];
+    want.sort();
+    assert_eq!(left, want, "{name}: retention deleted only {snap1}");
+
+    // A foreign snapshot is refused by delete, whatever asks.
+    let e = fx.backend().delete_snapshot(&foreign).await.unwrap_err();
+    assert!(matches!(e, Error::Refused(_)), "{name}: {e:?}");
+
+    // A snapshot that does not exist is a configuration error naming the field.
+    let missing = match kind {
+        BackendKind::Ebs => "snap-0123456789abcdef0".to_string(),
+        _ => format!("{source}.snapstage-0000000000000000"),
+    };
+    let e = drive(
+        |s| restore_step(fx.backend(), s),
+        fx.restore(Some(&missing), None),
+        &unique("conf-missing"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e.failure_kind(),
+        FailureKind::ConfigurationError,
+        "{name}: {e}"
+    );
+    assert!(e.to_string().starts_with("snapshotId:"), "{name}: {e}");
+
+    // An id of another backend's shape is refused before any call, naming the field.
+    let wrong = match kind {
+        BackendKind::Ebs => "db.snapstage-1",
+        _ => "snap-0123",
+    };
+    let e = drive(
+        |s| restore_step(fx.backend(), s),
+        fx.restore(Some(wrong), None),
+        &unique("conf-shape"),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().starts_with("snapshotId:"), "{name}: {e}");
+}
+
+// ---- EBS on moto ----
+
+struct EbsFixture {
+    ec2: aws_sdk_ec2::Client,
+    backend: Ebs,
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+impl Fixture for EbsFixture {
+    type B = Ebs;
+    fn backend(&self) -> &Ebs {
+        &self.backend
+    }
+    fn kind(&self) -> BackendKind {
+        BackendKind::Ebs
+    }
+    async fn new_source(&self) -> String {
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Volume)
+            .tags(Tag::builder().key("env").value("production").build())
+            .build();
+        let v = self
+            .ec2
+            .create_volume()
+            .availability_zone("us-east-1a")
+            .size(8)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .unwrap();
+        v.volume_id().unwrap().to_string()
+    }
+    async fn foreign_snapshot(&self, source: &str) -> String {
+        // moto's start times have one-second resolution: make it clearly the newest.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let s = self
+            .ec2
+            .create_snapshot()
+            .volume_id(source)
+            .description("made by hand")
+            .send()
+            .await
+            .unwrap();
+        s.snapshot_id().unwrap().to_string()
+    }
+    async fn snapshots(&self, source: &str) -> Vec<String> {
+        let out = self
+            .ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter("volume-id", source))
+            .send()
+            .await
+            .unwrap();
+        out.snapshots()
+            .iter()
+            .filter_map(|s| s.snapshot_id().map(String::from))
+            .collect()
+    }
+    async fn staging_volumes(&self, ex: &Execution) -> Vec<String> {
+        let out = self
+            .ec2
+            .describe_volumes()
+            .filters(filter("tag:snapstage:execution", &execution_tag(ex)))
+            .send()
+            .await
+            .unwrap();
+        out.volumes()
+            .iter()
+            .filter_map(|v| v.volume_id().map(String::from))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn ebs_passes_the_suite() {
+    let Some(m) = testkit::moto("conformance (ebs)") else {
+        return;
+    };
+    let sdk = testkit::sdk_config(&m.cloud).await;
+    let fx = EbsFixture {
+        ec2: aws_sdk_ec2::Client::new(&sdk),
+        backend: Ebs::new(aws_sdk_ec2::Client::new(&sdk)),
+    };
+    suite(&fx).await;
+}
+
+// ---- FlashArray on the double ----
+
+struct FlashArrayFixture {
+    double: Double,
+    backend: FlashArray,
+}
+
+const GIB: u64 = 1 << 30;
+
+impl Fixture for FlashArrayFixture {
+    type B = FlashArray;
+    fn backend(&self) -> &FlashArray {
+        &self.backend
+    }
+    fn kind(&self) -> BackendKind {
+        BackendKind::FlashArray
+    }
+    fn section(&self) -> Option<FlashArrayParams> {
+        Some(FlashArrayParams {
+            endpoint: self.double.url("fa"),
+            api_token_secret: "given-directly-in-this-suite".into(),
+            ca_bundle: None,
+            protection_group: None,
+        })
+    }
+    async fn new_source(&self) -> String {
+        let name = format!("db-{}", &unique("v").replace(['.', ':'], "-"));
+        let name: String = name.chars().take(40).collect();
+        let name = name.trim_end_matches('-').to_string();
+        self.double
+            .seed(
+                "fa",
+                json!({"volumes": [{"name": name, "provisioned": 8 * GIB}]}),
+            )
+            .await;
+        name
+    }
+    async fn foreign_snapshot(&self, source: &str) -> String {
+        self.double
+            .seed(
+                "fa",
+                json!({"snapshots": [{"source": source, "suffix": "nightly-by-hand"}]}),
+            )
+            .await;
+        format!("{source}.nightly-by-hand")
+    }
+    async fn snapshots(&self, source: &str) -> Vec<String> {
+        let st = self.double.state("fa").await;
+        let destroyed: Vec<&str> = st["destroyed_volume_snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        st["volume_snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|n| n.starts_with(&format!("{source}.")) && !destroyed.contains(n))
+            .map(String::from)
+            .collect()
+    }
+    async fn staging_volumes(&self, ex: &Execution) -> Vec<String> {
+        let want = snapstage::storage::flasharray::staging_volume_name("x", ex);
+        let tail = &want[1..];
+        let st = self.double.state("fa").await;
+        st["volumes"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|n| n.ends_with(tail))
+            .cloned()
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn flasharray_passes_the_suite() {
+    let Some(double) = Double::start(&["fa"]) else {
+        return;
+    };
+    let backend = double.backend("fa");
+    let fx = FlashArrayFixture { double, backend };
+    suite(&fx).await;
+    fx.double.assert_no_violations().await;
+}

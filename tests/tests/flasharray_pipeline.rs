@@ -1,0 +1,149 @@
+//! A FlashArray / Cloud Block Store pipeline as users configure it: snapshot-production and
+//! restore-to-staging, the real binaries, run by the pipeline driver against the job-service
+//! double, with `backend: "flasharray"`, the API token in (moto's) Secrets Manager, and the
+//! spec-validating FlashArray double as the array.
+//!
+//! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`), `.venv` for the double, and the function
+//! binaries (`make build`); prints SKIP otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
+
+mod common;
+
+use common::bin_dir;
+use serde_json::json;
+use snapstage_localenv::flasharray_double::{Double, TOKEN};
+use snapstage_localenv::invoker::{CliInvoker, Functions};
+use snapstage_localenv::jobservice::JobService;
+use snapstage_localenv::pipeline::{self, Action, Options, Pipeline, RunStatus};
+use snapstage_localenv::testkit::{self, unique};
+
+const GIB: u64 = 1 << 30;
+
+async fn token_secret(cloud: &str) -> String {
+    let sm = aws_sdk_secretsmanager::Client::new(&testkit::sdk_config(cloud).await);
+    let name = unique("fa-token");
+    sm.create_secret()
+        .name(&name)
+        .secret_string(json!({"apiToken": TOKEN}).to_string())
+        .send()
+        .await
+        .unwrap();
+    name
+}
+
+fn flasharray(d: &Double, secret: &str) -> serde_json::Value {
+    json!({"endpoint": d.url("fa"), "apiTokenSecret": secret})
+}
+
+#[tokio::test]
+async fn snapshot_then_restore_on_a_flasharray_through_the_pipeline() {
+    let Some(m) = testkit::moto("flasharray pipeline") else {
+        return;
+    };
+    let Some(d) = Double::start(&["fa"]) else {
+        return;
+    };
+    d.seed(
+        "fa",
+        json!({"volumes": [{"name": "orders-db", "provisioned": 32 * GIB}]}),
+    )
+    .await;
+    let secret = token_secret(&m.cloud).await;
+    let fa = flasharray(&d, &secret);
+    let snapshot = json!({"backend": "flasharray", "volumeIds": ["orders-db"], "flasharray": fa});
+    let restore =
+        json!({"backend": "flasharray", "snapshotId": "#{Snapshot.SnapshotId}", "flasharray": fa});
+    let p = Pipeline {
+        name: "orders".into(),
+        actions: vec![
+            Action::new(
+                "Snapshot",
+                "Snapshot",
+                "snapshot-production",
+                &snapshot.to_string(),
+            ),
+            Action::new(
+                "Restore",
+                "Restore",
+                "restore-to-staging",
+                &restore.to_string(),
+            ),
+        ],
+    };
+    let jobs = JobService::start().await.unwrap();
+    let functions = Functions::new(bin_dir(), &jobs.url)
+        .moto(&m.cloud)
+        .env("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS", "1");
+    let invoker = CliInvoker::new(functions);
+    let run = pipeline::run(&p, &jobs, &invoker, &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{}", run.timeline);
+
+    let snap = run.variable("Snapshot", "SnapshotId").unwrap().to_string();
+    assert!(snap.starts_with("orders-db.snapstage-"), "{snap}");
+    assert_eq!(run.variable("Snapshot", "Backend"), Some("flasharray"));
+    let vol = run.variable("Restore", "VolumeId").unwrap().to_string();
+    assert!(vol.starts_with("orders-db-staging-"), "{vol}");
+    assert_eq!(run.variable("Restore", "SnapshotId"), Some(snap.as_str()));
+    assert_eq!(run.variable("Restore", "SizeGiB"), Some("32"));
+
+    // On the array: one snapshot, one staging copy, production untouched; every session
+    // that logged in logged out.
+    let st = d.state("fa").await;
+    assert_eq!(st["volume_snapshots"], json!([snap]));
+    assert!(st["volumes"][&vol].is_object(), "{st}");
+    assert_eq!(st["volumes"]["orders-db"]["overwritten"], 0);
+    assert!(st["logins"].as_u64().unwrap() >= 2, "{st}");
+    assert_eq!(st["logins"], st["logouts"], "{st}");
+    assert_eq!(st["sessions"], 0);
+
+    // The token never shows: not in the results, the variables or the function logs.
+    let everything = format!("{:?} {}", jobs.calls(), run.timeline.render());
+    assert!(!everything.contains(TOKEN));
+    d.assert_no_violations().await;
+}
+
+#[tokio::test]
+async fn a_missing_token_secret_fails_the_action_saying_which_field() {
+    let Some(m) = testkit::moto("flasharray pipeline") else {
+        return;
+    };
+    let Some(d) = Double::start(&["fa"]) else {
+        return;
+    };
+    let missing = unique("no-such-secret");
+    let snapshot = json!({"backend": "flasharray", "volumeIds": ["orders-db"],
+        "flasharray": flasharray(&d, &missing)});
+    let p = Pipeline {
+        name: "orders".into(),
+        actions: vec![Action::new(
+            "Snapshot",
+            "Snapshot",
+            "snapshot-production",
+            &snapshot.to_string(),
+        )],
+    };
+    let jobs = JobService::start().await.unwrap();
+    let invoker = CliInvoker::new(
+        Functions::new(bin_dir(), &jobs.url)
+            .moto(&m.cloud)
+            .env("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS", "1"),
+    );
+    let run = pipeline::run(&p, &jobs, &invoker, &Options::default())
+        .await
+        .unwrap();
+    match &run.status {
+        RunStatus::Failed { action, reason } => {
+            assert_eq!(action, "Snapshot");
+            assert!(reason.contains("ConfigurationError"), "{reason}");
+            assert!(
+                reason.contains("flasharray.apiTokenSecret") && reason.contains(&missing),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a failure, got {other}"),
+    }
+    let st = d.state("fa").await;
+    assert_eq!(st["logins"], 0, "no login without a token");
+}
