@@ -344,6 +344,7 @@ impl Fixture for FlashArrayFixture {
             api_token_secret: "given-directly-in-this-suite".into(),
             ca_bundle: None,
             protection_group: None,
+            replicated_from: None,
         })
     }
     async fn new_source(&self) -> String {

@@ -147,3 +147,78 @@ async fn a_missing_token_secret_fails_the_action_saying_which_field() {
     let st = d.state("fa").await;
     assert_eq!(st["logins"], 0, "no login without a token");
 }
+
+/// The hybrid path: a protection group snapshot on the on-prem FlashArray, replicated now to
+/// Cloud Block Store (the action waits through continuations while the transfer runs), then
+/// the newest replicated snapshot of one volume restored on Cloud Block Store.
+#[tokio::test]
+async fn a_protection_group_replicates_to_cloud_block_store_and_restores_there() {
+    let Some(m) = testkit::moto("flasharray pipeline") else {
+        return;
+    };
+    let Some(d) = Double::start(&["fa-onprem", "cbs-cloud"]) else {
+        return;
+    };
+    d.seed(
+        "fa-onprem",
+        json!({
+            "volumes": [{"name": "db-data", "provisioned": 4 * GIB}, {"name": "db-log", "provisioned": GIB}],
+            "pgroups": [{"name": "pg-db", "volumes": ["db-data", "db-log"], "targets": ["cbs-cloud"]}]
+        }),
+    )
+    .await;
+    d.configure("fa-onprem", json!({"transfer_step": 0.25}))
+        .await;
+    let secret = token_secret(&m.cloud).await;
+    let snapshot = json!({"backend": "flasharray",
+        "flasharray": {"endpoint": d.url("fa-onprem"), "apiTokenSecret": secret, "protectionGroup": "pg-db"}});
+    let restore = json!({"backend": "flasharray", "sourceVolumeId": "db-data",
+        "flasharray": {"endpoint": d.url("cbs-cloud"), "apiTokenSecret": secret,
+                       "replicatedFrom": {"array": "fa-onprem", "protectionGroup": "pg-db"}}});
+    let p = Pipeline {
+        name: "orders".into(),
+        actions: vec![
+            Action::new(
+                "Snapshot",
+                "Snapshot",
+                "snapshot-production",
+                &snapshot.to_string(),
+            ),
+            Action::new(
+                "Restore",
+                "Restore",
+                "restore-to-staging",
+                &restore.to_string(),
+            ),
+        ],
+    };
+    let jobs = JobService::start().await.unwrap();
+    let invoker = CliInvoker::new(
+        Functions::new(bin_dir(), &jobs.url)
+            .moto(&m.cloud)
+            .env("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS", "1"),
+    );
+    let run = pipeline::run(&p, &jobs, &invoker, &Options::default())
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{}", run.timeline);
+
+    let snap = run.variable("Snapshot", "SnapshotId").unwrap().to_string();
+    assert!(snap.starts_with("pg-db.snapstage-"), "{snap}");
+    assert_eq!(run.variable("Snapshot", "SourceVolumeIds"), Some("pg-db"));
+    // The action waited for the transfer through continuations, not by sleeping.
+    let snapshot_steps = run.jobs["Snapshot"].len();
+    assert!(snapshot_steps >= 3, "{}", run.timeline);
+
+    let restored = run.variable("Restore", "SnapshotId").unwrap();
+    assert_eq!(restored, format!("fa-onprem:{snap}.db-data"));
+    let vol = run.variable("Restore", "VolumeId").unwrap().to_string();
+    assert!(vol.starts_with("db-data-staging-"), "{vol}");
+
+    let onprem = d.state("fa-onprem").await;
+    assert_eq!(onprem["protection_group_snapshots"], json!([snap]));
+    let cbs = d.state("cbs-cloud").await;
+    assert!(cbs["volumes"][&vol].is_object(), "{cbs}");
+    assert_eq!(cbs["logins"], cbs["logouts"]);
+    d.assert_no_violations().await;
+}

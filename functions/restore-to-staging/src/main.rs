@@ -18,7 +18,9 @@ Only ever creates new volumes; refuses any volume tagged as production.",
   backend           \"ebs\" (default) | \"flasharray\"
   availabilityZone  ebs: zone of the staging nodes, e.g. \"us-east-1a\" (required for ebs)
   volumeType        ebs: gp3 (default), gp2, io1, io2, st1, sc1
-  flasharray        {\"endpoint\", \"apiTokenSecret\", \"caBundle\"?} (required for flasharray)
+  flasharray        {\"endpoint\", \"apiTokenSecret\", \"caBundle\"?, \"replicatedFrom\"?} (required for flasharray);
+                    replicatedFrom {\"array\", \"protectionGroup\"}: on a replication target,
+                    sourceVolumeId restores the newest snapshot replicated from that group
   dryRun            true: report what would be done, change nothing",
     outputs: "  VolumeId  SnapshotId  AvailabilityZone (ebs)  SizeGiB  Backend  (DryRun when dryRun)",
 };

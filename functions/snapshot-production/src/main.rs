@@ -17,7 +17,9 @@ every snapshot completes; optionally keeps only the newest N snapshots it made."
                    \"vol-…\" (ebs), array volume names (flasharray)
   backend        \"ebs\" (default) | \"flasharray\" (FlashArray / Cloud Block Store, REST 2.x)
   flasharray     {\"endpoint\": \"https://array\", \"apiTokenSecret\": \"<Secrets Manager name or ARN>\",
-                  \"caBundle\": \"<PEM>\"?}  (required for backend flasharray; the token is never a parameter)
+                  \"caBundle\": \"<PEM>\"?, \"protectionGroup\": \"pg\"?}  (required for backend flasharray;
+                 the token is never a parameter; protectionGroup instead of volumeIds snapshots the
+                 group as one, replicated now to its targets, e.g. on-prem FlashArray → Cloud Block Store)
   description    snapshot description (default: \"snapstage <execution>\")
   retain         keep the newest N snapstage snapshots per volume, delete older ones snapstage made
   dryRun         true: report what would be done, change nothing",

@@ -5,12 +5,14 @@
 //! | `backend` | section | credentials |
 //! | --- | --- | --- |
 //! | `ebs` (default) | none | the function's role |
-//! | `flasharray` | `flasharray: {endpoint, apiTokenSecret, caBundle?}` | API token from Secrets Manager |
+//! | `flasharray` | `flasharray: {endpoint, apiTokenSecret, caBundle?, protectionGroup?, replicatedFrom?}` | API token from Secrets Manager |
 
 use serde::{Deserialize, Serialize};
 
 use super::ebs::Ebs;
-use super::flasharray::{ApiToken, Client as FaClient, Config as FaConfig, FlashArray};
+use super::flasharray::{
+    ApiToken, Client as FaClient, Config as FaConfig, FlashArray, ReplicaSource,
+};
 use super::{Backend, BackendKind, SnapshotInfo, VolumeInfo, VolumeSpec};
 use crate::contract::Execution;
 use crate::error::{Error, Result, aws_error};
@@ -28,10 +30,22 @@ pub struct FlashArrayParams {
     /// verified.
     #[serde(default)]
     pub ca_bundle: Option<String>,
-    /// Protection group to snapshot as one consistent group (with `replicate_now` to its
-    /// targets) instead of one snapshot per volume.
+    /// snapshot-production: snapshot this protection group as one consistent group, replicated
+    /// now to its targets (on-prem FlashArray ↔ Cloud Block Store), instead of single volumes.
     #[serde(default)]
     pub protection_group: Option<String>,
+    /// restore-to-staging on a replication target: `sourceVolumeId` restores the newest
+    /// snapshot replicated from this array's protection group.
+    #[serde(default)]
+    pub replicated_from: Option<ReplicatedFrom>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReplicatedFrom {
+    /// The source array's name (as replicated snapshot names show it: `ARRAY:PGROUP.SUFFIX.VOLUME`).
+    pub array: String,
+    pub protection_group: String,
 }
 
 /// The backend a step runs against, opened from its parameters.
@@ -69,6 +83,16 @@ impl BackendChoice<'_> {
                 if let Some(pg) = &fa.protection_group {
                     super::flasharray::check_volume_name("flasharray.protectionGroup", pg)?;
                 }
+                if let Some(r) = &fa.replicated_from {
+                    super::flasharray::check_volume_name(
+                        "flasharray.replicatedFrom.array",
+                        &r.array,
+                    )?;
+                    super::flasharray::check_volume_name(
+                        "flasharray.replicatedFrom.protectionGroup",
+                        &r.protection_group,
+                    )?;
+                }
                 Ok(())
             }
             _ => Ok(()),
@@ -87,9 +111,17 @@ pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Res
             cfg.ca_bundle = fa.ca_bundle.as_ref().map(|p| p.as_bytes().to_vec());
             cfg.allow_insecure_http_for_tests =
                 std::env::var_os("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS").is_some();
-            Ok(AnyBackend::FlashArray(Box::new(FlashArray::new(
-                FaClient::new(cfg)?,
-            ))))
+            let mut array = FlashArray::new(FaClient::new(cfg)?);
+            if let Some(pg) = &fa.protection_group {
+                array = array.with_protection_group(pg);
+            }
+            if let Some(r) = &fa.replicated_from {
+                array = array.replicated_from(ReplicaSource {
+                    array: r.array.clone(),
+                    pgroup: r.protection_group.clone(),
+                });
+            }
+            Ok(AnyBackend::FlashArray(Box::new(array)))
         }
         (BackendKind::FlashArray, None) => Err(Error::parameter("flasharray", "missing")),
     }

@@ -64,6 +64,20 @@ impl SnapshotParams {
                     ));
                 }
             }
+            (None, true) if self.protection_group().is_some() => {
+                if self.retain.is_some() {
+                    return Err(Error::parameter(
+                        "retain",
+                        "a protection group keeps snapshots by its own retention policy; remove retain or snapshot volumes",
+                    ));
+                }
+            }
+            (None, false) if self.protection_group().is_some() => {
+                return Err(Error::parameter(
+                    "volumeIds",
+                    "give either volumeIds or flasharray.protectionGroup (which snapshots all of its volumes as one group), not both",
+                ));
+            }
             (None, _) => check_count(self.volume_ids.len())?,
         }
         for (i, v) in self.volume_ids.iter().enumerate() {
@@ -95,6 +109,10 @@ impl SnapshotParams {
             kind: self.backend,
             flasharray: self.flasharray.as_ref(),
         }
+    }
+
+    fn protection_group(&self) -> Option<&str> {
+        self.flasharray.as_ref()?.protection_group.as_deref()
     }
 }
 
@@ -131,7 +149,10 @@ async fn sources<B: Backend>(backend: &B, p: &SnapshotParams) -> Result<Vec<Stri
             })?;
             found
         }
-        None => p.volume_ids.clone(),
+        None => match p.protection_group() {
+            Some(pg) if p.volume_ids.is_empty() => vec![pg.to_string()],
+            _ => p.volume_ids.clone(),
+        },
     };
     for (i, v) in sources.iter().enumerate() {
         backend.check_source(&format!("volumeIds[{i}]"), v)?;

@@ -180,6 +180,17 @@ fn made_by_snapstage(s: &VolumeSnapshot) -> bool {
 pub struct FlashArray {
     client: Client,
     session: OnceCell<Session>,
+    /// Snapshot this protection group (the source named like it) instead of single volumes.
+    pgroup: Option<String>,
+    /// On a replication target: restore from snapshots replicated from this array's group.
+    replica_of: Option<ReplicaSource>,
+}
+
+/// Where replicated snapshots come from, as seen on a replication target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSource {
+    pub array: String,
+    pub pgroup: String,
 }
 
 impl FlashArray {
@@ -187,7 +198,26 @@ impl FlashArray {
         Self {
             client,
             session: OnceCell::new(),
+            pgroup: None,
+            replica_of: None,
         }
+    }
+
+    /// Snapshots of the source named `pgroup` are protection group snapshots, replicated to
+    /// the group's targets at once.
+    pub fn with_protection_group(mut self, pgroup: impl Into<String>) -> Self {
+        self.pgroup = Some(pgroup.into());
+        self
+    }
+
+    /// The newest snapshot of a volume is the newest one replicated from `source`.
+    pub fn replicated_from(mut self, source: ReplicaSource) -> Self {
+        self.replica_of = Some(source);
+        self
+    }
+
+    fn is_pgroup(&self, source: &str) -> bool {
+        self.pgroup.as_deref() == Some(source)
     }
 
     /// The session, logging in on first use.
@@ -354,6 +384,9 @@ impl Backend for FlashArray {
     }
 
     async fn describe_source(&self, source: &str) -> Result<Option<i64>> {
+        if self.is_pgroup(source) {
+            return Ok(None);
+        }
         let v = self
             .session()
             .await?
@@ -380,6 +413,15 @@ impl Backend for FlashArray {
         execution: &Execution,
     ) -> Result<Option<SnapshotInfo>> {
         let name = format!("{source}.{}", snapshot_suffix(execution));
+        if self.is_pgroup(source) {
+            return match self.pgroup_snapshot(&name).await? {
+                Some(p) => {
+                    let state = self.pgroup_state(&p.name).await?;
+                    Ok(Some(self.pgroup_snapshot_info(&p, state)))
+                }
+                None => Ok(None),
+            };
+        }
         Ok(self
             .volume_snapshot(&name)
             .await?
@@ -393,6 +435,9 @@ impl Backend for FlashArray {
         execution: &Execution,
         description: &str,
     ) -> Result<SnapshotInfo> {
+        if self.is_pgroup(source) {
+            return self.snapshot_pgroup(source, execution).await;
+        }
         let suffix = snapshot_suffix(execution);
         let s = self.session().await?;
         match s.create_volume_snapshot(source, &suffix).await {
@@ -441,6 +486,11 @@ impl Backend for FlashArray {
     }
 
     async fn newest_snapshot(&self, source: &str) -> Result<Option<SnapshotInfo>> {
+        if let Some(r) = &self.replica_of {
+            return self
+                .newest_replicated_snapshot(&r.array, &r.pgroup, source)
+                .await;
+        }
         Ok(self.managed_snapshots(source).await?.into_iter().next())
     }
 
@@ -501,6 +551,14 @@ impl Backend for FlashArray {
     }
 
     async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
+        if self.is_pgroup(source) {
+            return Err(Error::parameter(
+                "retain",
+                format!(
+                    "protection group {source} keeps snapshots by its own retention policy (snapstage snapshots it with apply_retention); remove retain"
+                ),
+            ));
+        }
         let filter = format!("suffix='{SUFFIX_PREFIX}*'");
         let snaps = self
             .session()

@@ -13,5 +13,7 @@ pub mod backend;
 pub mod client;
 pub mod model;
 
-pub use backend::{FlashArray, check_volume_name, snapshot_suffix, staging_volume_name};
+pub use backend::{
+    FlashArray, ReplicaSource, check_volume_name, snapshot_suffix, staging_volume_name,
+};
 pub use client::{ApiToken, ApiVersion, Client, Config, Retry, Session};
