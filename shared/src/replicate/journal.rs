@@ -385,7 +385,7 @@ pub fn zip_one(name: &str, data: &[u8]) -> Vec<u8> {
     z.extend_from_slice(&size.to_le_bytes());
     z.extend_from_slice(&size.to_le_bytes());
     z.extend_from_slice(&name_len.to_le_bytes());
-    z.extend_from_slice(&[0u8; 12]); // extra, comment, disk, internal attrs
+    z.extend_from_slice(&[0u8; 8]); // extra, comment lengths, disk start, internal attrs
     z.extend_from_slice(&0u32.to_le_bytes()); // external attrs
     z.extend_from_slice(&local.to_le_bytes());
     z.extend_from_slice(name);
@@ -434,6 +434,10 @@ mod tests {
         assert_eq!(&z[eocd..eocd + 4], b"PK\x05\x06");
         let cd = u32::from_le_bytes([z[eocd + 16], z[eocd + 17], z[eocd + 18], z[eocd + 19]]);
         assert_eq!(&z[cd as usize..cd as usize + 4], b"PK\x01\x02");
+        // The central directory is one 46-byte header and the name, ending where the EOCD starts.
+        let cd_len = u32::from_le_bytes([z[eocd + 12], z[eocd + 13], z[eocd + 14], z[eocd + 15]]);
+        assert_eq!(cd_len as usize, 46 + "manifest.jsonl".len());
+        assert_eq!(cd as usize + cd_len as usize, eocd);
         assert!(z.windows(14).any(|w| w == b"manifest.jsonl"));
     }
 
