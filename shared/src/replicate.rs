@@ -180,7 +180,7 @@ async fn plan(ctx: &Ctx, target: &Target, index: Option<&Index>) -> Result<Plan>
             (destination.prefix.clone(), listed)
         }
         Sink::Directory { root, .. } => {
-            let found = local::list(root.clone()).await?;
+            let found = local::list(root.clone(), !target.dry_run).await?;
             let listed = found
                 .into_iter()
                 .map(|f| {

@@ -66,8 +66,9 @@ pub struct Found {
     pub mtime_ns: u128,
 }
 
-/// Lists the regular files under `root` (keys use `/`), and removes partial files of killed runs.
-pub async fn list(root: PathBuf) -> Result<Vec<Found>> {
+/// Lists the regular files under `root` (keys use `/`); with `clean`, removes partial files of
+/// killed runs (a dry run leaves them).
+pub async fn list(root: PathBuf, clean: bool) -> Result<Vec<Found>> {
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         if !root.exists() {
@@ -88,6 +89,9 @@ pub async fn list(root: PathBuf) -> Result<Vec<Found>> {
                     stack.push((path, format!("{prefix}{name}/")));
                 } else if ft.is_file() {
                     if name.ends_with(PARTIAL_SUFFIX) {
+                        if !clean {
+                            continue;
+                        }
                         tracing::info!(file = %path.display(), "removing a partial file of an earlier run");
                         std::fs::remove_file(&path).map_err(|e| io("removing", &path, e))?;
                         continue;
@@ -411,7 +415,7 @@ mod tests {
         // Half written: nothing under the final name, the partial file is listed away.
         assert!(!path.exists());
         drop(p);
-        let listed = list(dir.clone()).await.unwrap();
+        let listed = list(dir.clone(), true).await.unwrap();
         assert!(listed.is_empty(), "{listed:?}");
         // A whole write lands; a wrong checksum does not.
         let sha = hex::encode(sha2::Sha256::digest(&body));
@@ -428,7 +432,7 @@ mod tests {
         p.write(&body).await.unwrap();
         p.commit(body.len() as u64, &sha).await.unwrap().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), body);
-        let listed = list(dir.clone()).await.unwrap();
+        let listed = list(dir.clone(), true).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].key, "content/a.bytes");
         assert_eq!(
