@@ -1,5 +1,6 @@
 //! `replicate-artifacts-back`: copies the build artifacts created in the cloud (e.g. a Sonatype
-//! Nexus blob store in S3) back to on-premises S3-compatible storage, verified and resumable.
+//! Nexus blob store in S3) back to on-premises S3-compatible storage or a local directory,
+//! verified, parallel, streaming and resumable.
 //! The logic is in [`snapstage::replicate`]; this file wires the clients.
 
 use std::process::ExitCode;
@@ -10,20 +11,29 @@ use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
     summary: "Copies the objects under a prefix of a cloud S3 bucket (e.g. a Sonatype Nexus blob store)
-to an on-premises S3-compatible endpoint (MinIO, FlashBlade, ...) or another bucket.
-- Incremental: an object is skipped when the destination has the same size and ETag, or the
-  source ETag / SHA-256 recorded when it was copied.
-- Verified: the content's MD5 is checked against the source ETag, sent as Content-MD5 (the server
-  verifies it) with the SHA-256 in the metadata (snapstage-sha256), and the destination's ETag is
-  checked after the write.
-- Blob-store order: .bytes before .properties, metadata.properties last.
-- Never deletes at the destination.
-- Resumable: near the deadline it checkpoints and continues; a re-run skips what is copied.
-- Objects over 64 MiB fail the run before anything is copied (multipart streaming is not yet
-  supported).",
+to an on-premises S3-compatible endpoint (MinIO, FlashBlade, ...), another bucket, or - pull mode,
+for the CLI on-prem - a local directory.
+- Incremental: an object is skipped when the destination has the same size and ETag (a plain MD5,
+  or the multipart md5-of-part-md5s-N of the same parts), or records the source ETag / SHA-256 it
+  was copied from; in a directory, an index of size/mtime/ETag or a hash of the file decides.
+- Streaming and parallel: objects larger than one part are copied in parts (ranged GETs, parts
+  uploaded while the next ones are read; a multipart source keeps its own parts), up to
+  `concurrency` objects at once; memory stays under concurrency x part size.
+- Verified before it counts: MD5 against the source ETag, Content-MD5 on every write, each part's
+  ETag, and a HeadObject of the result (size, ETag, source ETag); a mismatch is retried once, then
+  the run fails naming the key. Files are written under a partial name, fsync'ed, read back and
+  renamed.
+- Blob-store order: every .bytes is verified before any .properties starts, metadata.properties
+  last (deletions in the reverse order).
+- Resumable: near the deadline, or after a kill, the run continues from its checkpoint (counters,
+  manifest, open multipart uploads) without copying anything twice.
+- Never deletes unless \"mirror\": true, and then only what the complete source listing and a
+  HeadObject prove gone, at most maxDeleteFraction of the destination.
+- Writes a manifest (JSON lines: key, size, checksum, action) as the job's output artifact, or to
+  the manifest location.",
     parameters: "  sourceBucket                  (required) the cloud bucket to copy from
   sourcePrefix                  key prefix to copy (default \"\": the whole bucket), e.g. \"nexus/blobs/\"
-  destinationBucket             (required) the bucket to copy to
+  destinationBucket             the bucket to copy to (this or destinationDirectory is required)
   destinationPrefix             key prefix at the destination (default: the sourcePrefix)
   destinationEndpoint           http(s) URL of the on-prem S3-compatible endpoint
                                 (default: the normal S3 endpoint)
@@ -32,15 +42,34 @@ to an on-premises S3-compatible endpoint (MinIO, FlashBlade, ...) or another buc
                                 {\"accessKeyId\": \"...\", \"secretAccessKey\": \"...\"}; read with the
                                 function's own credentials (default: the function's own credentials)
   forcePathStyle                path-style bucket addressing (default: true with destinationEndpoint)
-  dryRun                        list and report what would be copied; copy nothing (default false)",
-    outputs: "  ObjectsCopied      objects written to the destination
-  ObjectsSkipped     objects already at the destination, unchanged
-  ObjectsVerified    copied objects whose destination was checked after the write (ETag = MD5)
-  BytesCopied        bytes written
-  ObjectsToCopy      objects that were new or changed (in a dry run: what would be copied)
-  BytesToCopy        their size in bytes
-  DestinationBucket  the destination bucket
-  DryRun             \"true\" or \"false\"",
+  destinationDirectory          pull mode: an absolute local directory to copy into, e.g.
+                                \"/var/nexus/blobs\" (the CLI on-prem; keys map to paths under it)
+  concurrency                   objects copied at once, 1-64 (default 8)
+  partSizeMiB                   part size of streamed copies, 5-512 (default 16); memory stays
+                                under concurrency x partSizeMiB
+  mirror                        delete at the destination what is gone at the source (default false)
+  maxDeleteFraction             mirror mode refuses to delete more than this share of the
+                                destination, 0-1 (default 0.1)
+  checkpoint                    where progress is checkpointed: s3://bucket/prefix/ or an absolute
+                                directory (default s3://<sourceBucket>/.snapstage/checkpoints/, or
+                                <destinationDirectory>/.snapstage/checkpoints/ in pull mode)
+  manifest                      s3://bucket/key for the manifest when the job has no output
+                                artifact (default: none)
+  dryRun                        list and report what would be copied and deleted; change nothing
+                                (default false)",
+    outputs: "  ObjectsCopied        objects written to the destination (and verified)
+  ObjectsSkipped       objects already at the destination, unchanged
+  ObjectsVerified      copied objects checked at the destination after the write
+  ObjectsDeleted       objects deleted because they are gone at the source (mirror mode)
+  BytesCopied          bytes written
+  ThroughputMBps       BytesCopied / the steps' wall time, in MB/s
+  ObjectsToCopy        objects that were new or changed (in a dry run: what would be copied)
+  BytesToCopy          their size in bytes
+  ObjectsToDelete      mirror mode: objects gone at the source (in a dry run: what would be deleted)
+  DestinationBucket    the destination bucket (S3)
+  DestinationDirectory the destination directory (pull mode)
+  Manifest             where the manifest was written, when it was
+  DryRun               \"true\" or \"false\"",
 };
 
 struct ReplicateArtifactsBack {
