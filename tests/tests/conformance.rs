@@ -61,6 +61,7 @@ trait Fixture {
             backend: self.kind(),
             flasharray: self.section(),
             description: None,
+            copy_to: None,
             retain: None,
             dry_run: false,
         }

@@ -21,9 +21,12 @@ every snapshot completes; optionally keeps only the newest N snapshots it made."
                  the token is never a parameter; protectionGroup instead of volumeIds snapshots the
                  group as one, replicated now to its targets, e.g. on-prem FlashArray → Cloud Block Store)
   description    snapshot description (default: \"snapstage <execution>\")
+  copyTo         ebs: {\"region\": \"us-west-2\", \"kmsKeyId\": \"…\"?}: copy each snapshot to another region
+                 once complete (waited for the same way; a retry reuses the run's copy)
   retain         keep the newest N snapstage snapshots per volume, delete older ones snapstage made
   dryRun         true: report what would be done, change nothing",
-    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend  (SnapshotsDeleted with retain,
+    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend  (CopiedSnapshotIds CopyRegion with
+  copyTo, SnapshotsDeleted with retain,
   DryRun when dryRun)",
 };
 

@@ -212,3 +212,70 @@ async fn a_job_result_that_cannot_be_delivered_exits_3() {
     assert_eq!(code, 3, "{out}");
     assert_eq!(out["reportedToCodePipeline"], false);
 }
+
+#[tokio::test]
+async fn copy_to_another_region_makes_one_copy_per_run() {
+    let Some(url) = moto() else { return };
+    let ec2 = ec2(&url).await;
+    let vol = production_volume(&ec2).await;
+    let run_id = unique("run-copy");
+    let req = json!({"volumeIds": [vol], "executionId": run_id, "copyTo": {"region": "us-west-2"}});
+
+    let (code, first) = run(&url, &req, &[]);
+    assert_eq!(code, 0, "{first}");
+    assert_eq!(first["status"], "Succeeded", "{first}");
+    let out = &first["outputVariables"];
+    assert_eq!(out["CopyRegion"], "us-west-2");
+    let snap = out["SnapshotId"].as_str().unwrap().to_string();
+    let copy = out["CopiedSnapshotIds"].as_str().unwrap().to_string();
+    assert!(copy.starts_with("snap-") && copy != snap, "{out}");
+
+    // The copy lives in the other region, tied to the run and to the snapshot it copies.
+    let west = aws_sdk_ec2::Client::from_conf(
+        ec2.config()
+            .to_builder()
+            .region(aws_config::Region::new("us-west-2"))
+            .build(),
+    );
+    let copies = |client: aws_sdk_ec2::Client, snap: String| async move {
+        client
+            .describe_snapshots()
+            .filters(
+                Filter::builder()
+                    .name("tag:snapstage:copy-of")
+                    .values(snap)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .snapshots()
+            .iter()
+            .filter_map(|s| s.snapshot_id().map(String::from))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(copies(west.clone(), snap.clone()).await, vec![copy.clone()]);
+    assert!(
+        copies(ec2.clone(), snap.clone()).await.is_empty(),
+        "not in the source region"
+    );
+
+    // A retry of the same run reuses both the snapshot and the copy.
+    let (code, again) = run(&url, &req, &[]);
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["outputVariables"]["CopiedSnapshotIds"], copy.as_str());
+    assert_eq!(copies(west, snap).await.len(), 1);
+
+    // The snapshot's own region is refused, naming the field.
+    let same = json!({"volumeIds": [vol], "executionId": unique("run-copy"), "copyTo": {"region": "us-east-1"}});
+    let (code, refused) = run(&url, &same, &[]);
+    assert_eq!(code, 1, "{refused}");
+    assert_eq!(refused["failureType"], "ConfigurationError", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("copyTo.region: us-east-1 is the snapshot's own region"),
+        "{refused}"
+    );
+}

@@ -6,8 +6,8 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_smithy_types::date_time::Format;
 
 use super::{
-    Backend, MANAGED_BY, SnapshotInfo, SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE,
-    TAG_SOURCE, VolumeInfo, VolumeSpec, VolumeState, check_id, execution_tag,
+    Backend, CopyTarget, MANAGED_BY, SnapshotInfo, SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY,
+    TAG_ROLE, TAG_SOURCE, VolumeInfo, VolumeSpec, VolumeState, check_id, execution_tag,
 };
 use crate::contract::Execution;
 use crate::error::{Error, Result, aws_error};
@@ -23,7 +23,21 @@ impl Ebs {
     pub fn new(ec2: Client) -> Self {
         Self { ec2 }
     }
+
+    /// The same client for another region.
+    fn in_region(&self, region: &str) -> Client {
+        Client::from_conf(
+            self.ec2
+                .config()
+                .to_builder()
+                .region(aws_config::Region::new(region.to_string()))
+                .build(),
+        )
+    }
 }
+
+/// The tag that ties a copy to the snapshot it was copied from.
+const TAG_COPY_OF: &str = "snapstage:copy-of";
 
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
@@ -39,6 +53,16 @@ fn run_tags(
     role: &str,
     source: Option<&str>,
 ) -> TagSpecification {
+    run_tags_with(kind, execution, role, source, &[])
+}
+
+fn run_tags_with(
+    kind: ResourceType,
+    execution: &Execution,
+    role: &str,
+    source: Option<&str>,
+    extra: &[(&str, &str)],
+) -> TagSpecification {
     let mut spec = TagSpecification::builder()
         .resource_type(kind)
         .tags(tag(TAG_MANAGED_BY, MANAGED_BY))
@@ -52,6 +76,9 @@ fn run_tags(
     }
     if let Some(c) = &execution.commit {
         spec = spec.tags(tag("snapstage:commit", c));
+    }
+    for (k, v) in extra {
+        spec = spec.tags(tag(k, v));
     }
     spec.build()
 }
@@ -332,6 +359,94 @@ impl Backend for Ebs {
         }
         found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.id.cmp(&a.1.id)));
         Ok(found.into_iter().map(|(_, s)| s).collect())
+    }
+
+    async fn copy_to_region(
+        &self,
+        snapshot: &SnapshotInfo,
+        to: &CopyTarget,
+        execution: &Execution,
+    ) -> Result<SnapshotInfo> {
+        let dst = self.in_region(&to.region);
+        let found = dst
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter(
+                &format!("tag:{TAG_EXECUTION}"),
+                &execution_tag(execution),
+            ))
+            .filters(filter(&format!("tag:{TAG_COPY_OF}"), &snapshot.id))
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeSnapshots (copy region)", e))?;
+        let existing = found
+            .snapshots()
+            .iter()
+            .map(snapshot_info)
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .find(|s| !matches!(s.state, SnapshotState::Failed(_)));
+        if let Some(copy) = existing {
+            tracing::info!(copy = %copy.id, region = %to.region, "reusing this run's snapshot copy");
+            return Ok(copy);
+        }
+        let source_region = self
+            .ec2
+            .config()
+            .region()
+            .map(|r| r.to_string())
+            .ok_or_else(|| {
+                Error::Configuration(
+                    "copyTo: the function has no region of its own (AWS_REGION)".into(),
+                )
+            })?;
+        if source_region == to.region {
+            return Err(Error::parameter(
+                "copyTo.region",
+                format!("{source_region} is the snapshot's own region; name another region"),
+            ));
+        }
+        let out = dst
+            .copy_snapshot()
+            .source_region(&source_region)
+            .source_snapshot_id(&snapshot.id)
+            .description(format!(
+                "snapstage copy of {} from {source_region}",
+                snapshot.id
+            ))
+            .set_encrypted(to.kms_key_id.as_ref().map(|_| true))
+            .set_kms_key_id(to.kms_key_id.clone())
+            .tag_specifications(run_tags_with(
+                ResourceType::Snapshot,
+                execution,
+                "snapshot-copy",
+                Some(&snapshot.source),
+                &[(TAG_COPY_OF, &snapshot.id)],
+            ))
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "CopySnapshot", e))?;
+        let id = out.snapshot_id().ok_or_else(|| Error::Backend {
+            backend: B,
+            message: "CopySnapshot returned no id".into(),
+        })?;
+        tracing::info!(copy = id, snapshot = %snapshot.id, region = %to.region, "copying EBS snapshot");
+        self.snapshot_in_region(id, to).await
+    }
+
+    async fn snapshot_in_region(&self, id: &str, to: &CopyTarget) -> Result<SnapshotInfo> {
+        let out = self
+            .in_region(&to.region)
+            .describe_snapshots()
+            .snapshot_ids(id)
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeSnapshots (copy region)", e))?;
+        let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
+            backend: B,
+            message: format!("snapshot {id} in {}", to.region),
+        })?;
+        snapshot_info(s)
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<()> {

@@ -90,6 +90,45 @@ pub struct VolumeInfo {
     pub tags: Vec<(String, String)>,
 }
 
+/// Where a snapshot is copied to (`copyTo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CopyTarget {
+    /// The destination region, e.g. `us-west-2`.
+    pub region: String,
+    /// KMS key in the destination region for the copy (the copy is then encrypted with it).
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+}
+
+impl CopyTarget {
+    pub fn validate(&self) -> Result<()> {
+        let r = &self.region;
+        let parts: Vec<&str> = r.split('-').collect();
+        let ok = parts.len() >= 3
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+            && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
+            && !parts[parts.len() - 1].is_empty();
+        if !ok {
+            return Err(Error::parameter(
+                "copyTo.region",
+                format!("expected a region like \"us-west-2\", got {r:?}"),
+            ));
+        }
+        if let Some(k) = &self.kms_key_id
+            && (k.is_empty() || k.len() > 2048 || k.chars().any(char::is_whitespace))
+        {
+            return Err(Error::parameter(
+                "copyTo.kmsKeyId",
+                "expected a KMS key id, alias or ARN in the destination region",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where and how a staging volume is made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeSpec {
@@ -169,6 +208,41 @@ pub trait Backend: Send + Sync {
         &self,
         source: &str,
     ) -> impl Future<Output = Result<Vec<SnapshotInfo>>> + Send;
+
+    /// Copies a completed snapshot to another region (disaster recovery, a second site), tagged
+    /// with the run; a retry finds the run's copy instead of making a second one. The default
+    /// refuses: only backends with regions copy.
+    fn copy_to_region(
+        &self,
+        snapshot: &SnapshotInfo,
+        to: &CopyTarget,
+        execution: &Execution,
+    ) -> impl Future<Output = Result<SnapshotInfo>> + Send {
+        let _ = (snapshot, execution);
+        let (name, region) = (self.name(), to.region.clone());
+        async move {
+            Err(Error::parameter(
+                "copyTo",
+                format!("backend {name:?} cannot copy snapshots to region {region}; remove copyTo"),
+            ))
+        }
+    }
+
+    /// A snapshot in the region of `to` (a copy made by [`Backend::copy_to_region`]).
+    fn snapshot_in_region(
+        &self,
+        id: &str,
+        to: &CopyTarget,
+    ) -> impl Future<Output = Result<SnapshotInfo>> + Send {
+        let _ = id;
+        let (name, region) = (self.name(), to.region.clone());
+        async move {
+            Err(Error::parameter(
+                "copyTo",
+                format!("backend {name:?} has no snapshots in region {region}"),
+            ))
+        }
+    }
 
     /// Deletes a snapshot snapstage made. Implementations check the tags/labels again right
     /// before deleting and refuse ([`Error::Refused`]) a snapshot snapstage did not make.

@@ -13,7 +13,7 @@ use super::ebs::Ebs;
 use super::flasharray::{
     ApiToken, Client as FaClient, Config as FaConfig, FlashArray, ReplicaSource,
 };
-use super::{Backend, BackendKind, SnapshotInfo, VolumeInfo, VolumeSpec};
+use super::{Backend, BackendKind, CopyTarget, SnapshotInfo, VolumeInfo, VolumeSpec};
 use crate::contract::Execution;
 use crate::error::{Error, Result, aws_error};
 
@@ -244,5 +244,16 @@ impl Backend for AnyBackend {
     }
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
         each!(self, b => b.delete_snapshot(id).await)
+    }
+    async fn copy_to_region(
+        &self,
+        snapshot: &SnapshotInfo,
+        to: &CopyTarget,
+        ex: &Execution,
+    ) -> Result<SnapshotInfo> {
+        each!(self, b => b.copy_to_region(snapshot, to, ex).await)
+    }
+    async fn snapshot_in_region(&self, id: &str, to: &CopyTarget) -> Result<SnapshotInfo> {
+        each!(self, b => b.snapshot_in_region(id, to).await)
     }
 }

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::open::{BackendChoice, FlashArrayParams};
 use super::{
-    Backend, BackendKind, SnapshotInfo, SnapshotState, VolumeSpec, VolumeState, is_production,
+    Backend, BackendKind, CopyTarget, SnapshotInfo, SnapshotState, VolumeSpec, VolumeState,
+    is_production,
 };
 use crate::contract::{Outcome, Step};
 use crate::error::{Error, Result};
@@ -33,6 +34,9 @@ pub struct SnapshotParams {
     /// Snapshot description; defaults to one naming the run.
     #[serde(default)]
     pub description: Option<String>,
+    /// Copy each completed snapshot to another region (EBS), e.g. for a second site.
+    #[serde(default)]
+    pub copy_to: Option<CopyTarget>,
     /// Keep the newest N snapshots snapstage made of each volume (this run's included) and
     /// delete older ones that carry snapstage's tags. Unset: delete nothing.
     #[serde(default)]
@@ -92,6 +96,9 @@ impl SnapshotParams {
             && d.len() > 255
         {
             return Err(Error::parameter("description", "at most 255 characters"));
+        }
+        if let Some(c) = &self.copy_to {
+            c.validate()?;
         }
         if let Some(n) = self.retain
             && !(1..=MAX_RETAIN).contains(&n)
@@ -167,6 +174,9 @@ struct SnapshotState_ {
     /// The sources snapshotted (what a selector picked stays fixed for the run).
     #[serde(default)]
     sources: Vec<String>,
+    /// Copies in the `copyTo` region, in the order of `ids`, once started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    copies: Vec<String>,
 }
 
 fn resume<T: for<'de> Deserialize<'de>>(state: Option<Value>) -> Result<Option<T>> {
@@ -222,7 +232,7 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
         });
     }
 
-    let (sources, ids) = match state {
+    let (sources, ids, copies) = match state {
         Some(s) => {
             let sources = if s.sources.is_empty() {
                 p.volume_ids.clone()
@@ -234,7 +244,7 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                     "continuationToken: volume list changed since the run started".into(),
                 ));
             }
-            (sources, s.ids)
+            (sources, s.ids, s.copies)
         }
         None => {
             let sources = sources(backend, p).await?;
@@ -253,7 +263,7 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                 };
                 ids.push(snap.id);
             }
-            (sources, ids)
+            (sources, ids, Vec::new())
         }
     };
 
@@ -293,9 +303,70 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                 ids.join(", ")
             ),
             percent,
-            state: serde_json::to_value(SnapshotState_ { ids, sources })
-                .map_err(|e| Error::Internal(e.to_string()))?,
+            state: serde_json::to_value(SnapshotState_ {
+                ids,
+                sources,
+                copies,
+            })
+            .map_err(|e| Error::Internal(e.to_string()))?,
         });
+    }
+
+    // Copies to another region start once every snapshot is complete (a pending snapshot
+    // cannot be copied), and are waited for the same way.
+    let mut copied = Vec::new();
+    if let Some(to) = &p.copy_to {
+        let mut copies = copies;
+        if copies.len() != snaps.len() {
+            copies.clear();
+            for s in &snaps {
+                copies.push(backend.copy_to_region(s, to, ex).await?.id);
+            }
+        }
+        for id in &copies {
+            copied.push(backend.snapshot_in_region(id, to).await?);
+        }
+        if let Some((c, why)) = copied.iter().find_map(|c| match &c.state {
+            SnapshotState::Failed(why) => Some((c, why)),
+            _ => None,
+        }) {
+            return Err(Error::Backend {
+                backend: backend.name(),
+                message: format!(
+                    "copy {} in {} failed ({why}); a re-run of the pipeline makes a new one",
+                    c.id, to.region
+                ),
+            });
+        }
+        let waiting = copied
+            .iter()
+            .filter(|c| matches!(c.state, SnapshotState::Pending { .. }))
+            .count();
+        if waiting > 0 {
+            let total: u32 = copied
+                .iter()
+                .map(|c| match c.state {
+                    SnapshotState::Pending { percent } => u32::from(percent),
+                    _ => 100,
+                })
+                .sum();
+            let percent = u8::try_from(50 + total / copied.len().max(1) as u32 / 2).unwrap_or(99);
+            return Ok(Outcome::Continue {
+                summary: format!(
+                    "snapshots ready; {waiting} of {} copies to {} pending: {}",
+                    copied.len(),
+                    to.region,
+                    copies.join(", ")
+                ),
+                percent: percent.min(99),
+                state: serde_json::to_value(SnapshotState_ {
+                    ids,
+                    sources,
+                    copies,
+                })
+                .map_err(|e| Error::Internal(e.to_string()))?,
+            });
+        }
     }
 
     let mut summary = format!("{} snapshot(s) ready: {}", snaps.len(), ids.join(", "));
@@ -335,6 +406,12 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
     ]);
     if p.retain.is_some() {
         outputs.insert("SnapshotsDeleted".into(), deleted.len().to_string());
+    }
+    if let Some(to) = &p.copy_to {
+        let ids: Vec<&str> = copied.iter().map(|c| c.id.as_str()).collect();
+        outputs.insert("CopiedSnapshotIds".into(), ids.join(","));
+        outputs.insert("CopyRegion".into(), to.region.clone());
+        summary.push_str(&format!("; copied to {}: {}", to.region, ids.join(", ")));
     }
     let outputs = outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     Ok(Outcome::Done { summary, outputs })
@@ -889,6 +966,7 @@ mod step_tests {
             backend: BackendKind::Ebs,
             flasharray: None,
             description: None,
+            copy_to: None,
             retain: None,
             dry_run: false,
         }
