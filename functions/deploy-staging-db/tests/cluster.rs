@@ -275,6 +275,58 @@ async fn existing_secret_is_never_regenerated() {
     );
 }
 
+/// The namespace, Secret read and the other applies of a deploy into an existing namespace
+/// whose `snapstage.io/execution` is `execution` and whose expiry is `expires`; the namespace's
+/// apply must carry `want_expiry`.
+fn redeploy_exchanges(execution: &str, expires: &str, want_expiry: &'static str) -> Vec<X> {
+    let ns = ns();
+    let mut exchanges = vec![
+        X::get(&p_ns()).ok(o::staging_namespace(&ns, execution, expires)),
+        X::get(&p_pv()).ok(o::persistent_volume(&format!("{ns}-data"), &ns, execution)),
+        X::apply(&p_ns()).body(move |b| {
+            assert_eq!(
+                b["metadata"]["annotations"]["snapstage.io/expires-at"],
+                want_expiry
+            );
+            assert_eq!(b["metadata"]["labels"]["snapstage.io/execution"], label());
+        }),
+        X::get(&p_in("secrets", "staging-db-credentials")).ok(o::secret(&ns)),
+    ];
+    exchanges.extend(apply_rest());
+    exchanges
+}
+
+#[tokio::test]
+async fn a_retry_of_the_same_run_keeps_the_namespace_expiry() {
+    // The first invocation applied at 10:00 and expires at 10:00 tomorrow; Lambda retries at 12:00.
+    let first = "2025-06-02T10:00:00Z";
+    let (r, _) = play(
+        request(json!({})),
+        None,
+        redeploy_exchanges(&label(), first, "2025-06-02T10:00:00Z"),
+    )
+    .await;
+    let (_, _, state) = continued(r.unwrap());
+    let first_ts: Timestamp = first.parse().unwrap();
+    assert_eq!(state["x"], first_ts.as_second(), "ExpiresAt stays {first}");
+}
+
+#[tokio::test]
+async fn a_new_run_into_a_reused_namespace_gets_a_new_expiry() {
+    let (r, _) = play(
+        request(json!({})),
+        None,
+        redeploy_exchanges("0ldexecution0", "2025-06-01T13:00:00Z", EXPIRES),
+    )
+    .await;
+    let (_, _, state) = continued(r.unwrap());
+    assert_eq!(
+        state["x"],
+        EXPIRES.parse::<Timestamp>().unwrap().as_second()
+    );
+    assert_eq!(state["c"], false, "an earlier run made the namespace");
+}
+
 #[tokio::test]
 async fn rollout_progressing_continues_with_what_is_missing() {
     let ns = ns();

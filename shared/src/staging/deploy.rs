@@ -121,6 +121,17 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
             ownership::execution_of(&ns.metadata) == Some(spec.execution_label.as_str())
         }
     };
+    // The same run again (a retry, a duplicate delivery): its namespace keeps the expiry the
+    // first invocation set. A new run re-deploying into a reused namespace gets a new one.
+    let kept_expiry = existing
+        .as_ref()
+        .filter(|_| created)
+        .and_then(teardown::expires_at);
+    let adjusted = match kept_expiry {
+        Some(t) if t.to_string() != plan.expires_at => Some(plan.with_expiry(t)?),
+        _ => None,
+    };
+    let plan = adjusted.as_ref().unwrap_or(plan);
     if let Some(pv) = &plan.rendered.persistent_volume {
         let api: Api<PersistentVolume> = Api::all(client.clone());
         let name = pv.metadata.name.as_deref().unwrap_or_default();

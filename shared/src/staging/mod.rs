@@ -80,18 +80,7 @@ pub fn plan(params: Params, execution: &Execution, now: Timestamp) -> Result<Pla
         .map_err(|e| {
             Error::parameter("ttlHours", format!("now + ttlHours is out of range: {e}"))
         })?;
-    let expires_at = Timestamp::from_second(expires.as_second())
-        .map_err(|e| Error::Internal(format!("expiry time: {e}")))?
-        .to_string();
-    let rendered = render::render(&spec, &expires_at);
-    validate::check(&rendered)?;
-    let requests = apply::apply_requests(&rendered, &spec.field_manager)?;
-    Ok(Plan {
-        spec,
-        rendered,
-        requests,
-        expires_at,
-    })
+    Plan::build(spec, expires.as_second())
 }
 
 /// The whole step of `deploy-staging-db`: plan mode without a cluster (any action) or with
@@ -166,6 +155,27 @@ pub fn plan_step(step: Step<Params>, why: &str) -> Result<Outcome> {
 }
 
 impl Plan {
+    /// Renders, checks and plans `spec` with the namespace expiring at `expires` (Unix seconds).
+    pub fn build(spec: Spec, expires: i64) -> Result<Plan> {
+        let expires_at = Timestamp::from_second(expires)
+            .map_err(|e| Error::Internal(format!("expiry time: {e}")))?
+            .to_string();
+        let rendered = render::render(&spec, &expires_at);
+        validate::check(&rendered)?;
+        let requests = apply::apply_requests(&rendered, &spec.field_manager)?;
+        Ok(Plan {
+            spec,
+            rendered,
+            requests,
+            expires_at,
+        })
+    }
+
+    /// The same plan with another expiry (an earlier invocation of the same run set it).
+    pub fn with_expiry(&self, expires: Timestamp) -> Result<Plan> {
+        Plan::build(self.spec.clone(), expires.as_second())
+    }
+
     pub fn manifest_count(&self) -> usize {
         self.requests.len()
     }
