@@ -327,6 +327,164 @@ async fn a_new_run_into_a_reused_namespace_gets_a_new_expiry() {
     assert_eq!(state["c"], false, "an earlier run made the namespace");
 }
 
+fn existing_pvc_request() -> Value {
+    json!({"backend": "csi", "pvcName": "restored-db", "namespace": "team-a-staging"})
+}
+
+#[tokio::test]
+async fn an_existing_pvc_from_restore_is_mounted_not_created() {
+    let ns = "team-a-staging";
+    let restore = "4e570e0000000000000a";
+    let exchanges = vec![
+        // restore-to-staging made the namespace and the PVC (its own execution label).
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(o::staging_namespace(ns, restore, EXPIRES)),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "snapstage", "snapstage.io/execution": restore}),
+        )),
+        X::apply(&format!("/api/v1/namespaces/{ns}")).body(|b| {
+            let ann = &b["metadata"]["annotations"];
+            assert_eq!(ann["snapstage.io/existing-claim"], "restored-db");
+            assert_eq!(ann["snapstage.io/source"], "csi-pvc:restored-db");
+        }),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/secrets/staging-db-credentials"
+        ))
+        .not_found(),
+        X::apply(&format!(
+            "/api/v1/namespaces/{ns}/secrets/staging-db-credentials"
+        )),
+        // No PersistentVolume, no PersistentVolumeClaim: straight to the Service.
+        X::apply(&format!("/api/v1/namespaces/{ns}/services/staging-db")),
+        X::apply(&format!(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets/staging-db"
+        ))
+        .body(|b| {
+            let vol = &b["spec"]["template"]["spec"]["volumes"][0];
+            assert_eq!(vol["persistentVolumeClaim"]["claimName"], "restored-db");
+        }),
+    ];
+    let (r, seen) = play(existing_pvc_request(), None, exchanges).await;
+    let (summary, _, state) = continued(r.unwrap());
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.starts_with("PATCH") && s.contains("persistentvolume")),
+        "{seen:#?}"
+    );
+    assert!(
+        summary.contains("mounting the existing PVC restored-db (snapstage's)"),
+        "{summary}"
+    );
+    assert_eq!(state["c"], false, "restore-to-staging made the namespace");
+
+    // Readiness reads that PVC.
+    let exchanges = vec![
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "snapstage"}),
+        )),
+        X::get(&format!(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets/staging-db"
+        ))
+        .ok(o::stateful_set(ns, 1, 1, 1)),
+        X::get(&format!("/api/v1/namespaces/{ns}/pods/staging-db-0"))
+            .ok(o::pod(ns, o::running_pod_status(true))),
+    ];
+    let (r, _) = play(existing_pvc_request(), Some(state), exchanges).await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Namespace"], ns);
+    assert!(summary.contains("from csi restored-db"), "{summary}");
+}
+
+#[tokio::test]
+async fn a_missing_existing_pvc_fails_before_anything_is_applied() {
+    let ns = "team-a-staging";
+    let exchanges = vec![
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(o::staging_namespace(ns, "4e570e", EXPIRES)),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .not_found(),
+    ];
+    let (r, seen) = play(existing_pvc_request(), None, exchanges).await;
+    let (_, msg) = failure(r);
+    assert!(
+        msg.contains("PVC team-a-staging/restored-db (pvcName) does not exist"),
+        "{msg}"
+    );
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+}
+
+#[tokio::test]
+async fn teardown_leaves_a_namespace_whose_existing_pvc_snapstage_did_not_make() {
+    let ns = "team-a-staging";
+    let mut namespace = o::staging_namespace(ns, "4e570e", EXPIRES);
+    namespace["metadata"]["annotations"]["snapstage.io/existing-claim"] = json!("restored-db");
+    let exchanges = vec![
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(namespace.clone()),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "velero"}),
+        )),
+    ];
+    let (r, seen) = play(
+        json!({"action": "teardown", "namespace": ns}),
+        None,
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError);
+    assert!(
+        msg.contains("holds PVC restored-db") && msg.contains("snapstage did not make"),
+        "{msg}"
+    );
+    assert!(!seen.iter().any(|s| s.starts_with("DELETE")), "{seen:#?}");
+
+    // The same PVC with snapstage's label: the namespace (and so the PVC) is deleted.
+    let exchanges = vec![
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(namespace),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "snapstage"}),
+        )),
+        X::list(
+            "/api/v1/persistentvolumes",
+            &[(
+                "labelSelector",
+                "app.kubernetes.io/managed-by=snapstage,snapstage.io/execution=4e570e",
+            )],
+        )
+        .ok(o::list("PersistentVolume", "v1", vec![])),
+        X::delete(&format!("/api/v1/namespaces/{ns}")),
+    ];
+    let (r, _) = play(
+        json!({"action": "teardown", "namespace": ns}),
+        None,
+        exchanges,
+    )
+    .await;
+    let (_, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Deleted"], "true");
+}
+
 #[tokio::test]
 async fn rollout_progressing_continues_with_what_is_missing() {
     let ns = ns();

@@ -91,7 +91,9 @@ pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequ
     if let Some(pv) = &r.persistent_volume {
         out.push(apply_request(pv, field_manager)?);
     }
-    out.push(apply_request(&r.claim, field_manager)?);
+    if let Some(claim) = &r.claim {
+        out.push(apply_request(claim, field_manager)?);
+    }
     out.push(apply_request(&r.service, field_manager)?);
     out.push(apply_request(&r.stateful_set, field_manager)?);
     Ok(out)

@@ -29,8 +29,9 @@ use super::jobs::{self, JobKind};
 use super::kubeapi;
 use super::ownership;
 use super::params::OnFailure;
+use super::params::VolumeSource;
 use super::readiness::{self, Health, JobHealth};
-use super::render::{PVC_NAME, SECRET_NAME, STATEFULSET_NAME};
+use super::render::{SECRET_NAME, STATEFULSET_NAME};
 use super::teardown;
 use crate::cluster::BACKEND;
 use crate::contract::Outcome;
@@ -132,6 +133,7 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
         _ => None,
     };
     let plan = adjusted.as_ref().unwrap_or(plan);
+    let claim_note = existing_claim(client, plan, existing.is_some()).await?;
     if let Some(pv) = &plan.rendered.persistent_volume {
         let api: Api<PersistentVolume> = Api::all(client.clone());
         let name = pv.metadata.name.as_deref().unwrap_or_default();
@@ -140,7 +142,7 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
         }
     }
     let applied = match apply_objects(client, plan, existing.is_some()).await {
-        Ok(a) => a,
+        Ok(a) => format!("{a}{claim_note}"),
         Err(e) => return Err(on_failure(client, plan, created, e).await),
     };
     let state = DeployState {
@@ -159,6 +161,45 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
         ),
         percent: 10,
         state: state.to_value()?,
+    })
+}
+
+/// With `pvcName`: the PVC must already be in the namespace (restore-to-staging made it) and
+/// not be production's. Says how it will be treated; empty for the other sources.
+async fn existing_claim(
+    client: &kube::Client,
+    plan: &Plan,
+    namespace_exists: bool,
+) -> Result<String> {
+    let spec = &plan.spec;
+    let VolumeSource::ExistingClaim { claim } = &spec.volume else {
+        return Ok(String::new());
+    };
+    let ns = spec.namespace.as_str();
+    let missing = || Error::NotFound {
+        backend: BACKEND,
+        message: format!(
+            "PVC {ns}/{claim} (pvcName) does not exist: deploy mounts a PVC that restore-to-staging made in the staging namespace; pass its Namespace and PvcName outputs"
+        ),
+    };
+    if !namespace_exists {
+        return Err(missing());
+    }
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let found = kubeapi::get_opt(&api, claim).await?.ok_or_else(missing)?;
+    if ownership::is_production(&found.metadata) {
+        return Err(Error::Refused(format!(
+            "PVC {ns}/{claim} is labelled production; snapstage never mounts production objects"
+        )));
+    }
+    Ok(if ownership::is_managed(&found.metadata) {
+        format!("; mounting the existing PVC {claim} (snapstage's)")
+    } else {
+        format!(
+            "; mounting the existing PVC {claim} (not labelled {}={}: teardown will not delete this namespace)",
+            super::render::LABEL_MANAGED_BY,
+            super::render::MANAGED_BY
+        )
     })
 }
 
@@ -201,12 +242,15 @@ async fn apply_objects(
         kubeapi::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
         kinds.push("PersistentVolume");
     }
-    kubeapi::apply(
-        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-        &r.claim,
-        manager,
-    )
-    .await?;
+    if let Some(claim) = &r.claim {
+        kubeapi::apply(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+            claim,
+            manager,
+        )
+        .await?;
+        kinds.push("PersistentVolumeClaim");
+    }
     kubeapi::apply(
         &Api::<Service>::namespaced(client.clone(), ns),
         &r.service,
@@ -219,7 +263,7 @@ async fn apply_objects(
         manager,
     )
     .await?;
-    kinds.extend(["PersistentVolumeClaim", "Service", "StatefulSet"]);
+    kinds.extend(["Service", "StatefulSet"]);
     Ok(format!("{} ({secret_note})", kinds.join(", ")))
 }
 
@@ -299,14 +343,15 @@ async fn advance(
 /// PVC, StatefulSet and pod, with the PVC's warning events while it is Pending.
 async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
     let ns = plan.spec.namespace.as_str();
+    let claim_name = plan.rendered.claim_name.as_str();
     let pvc = kubeapi::get_opt(
         &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-        PVC_NAME,
+        claim_name,
     )
     .await?
     .ok_or_else(|| {
         failed(format!(
-            "PVC {ns}/{PVC_NAME} is gone (deleted while waiting)"
+            "PVC {ns}/{claim_name} is gone (deleted while waiting)"
         ))
     })?;
     let sts = kubeapi::get_opt(
@@ -336,7 +381,7 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
         let events = kubeapi::list(
             &Api::<Event>::namespaced(client.clone(), ns),
             &ListParams::default().fields(&format!(
-                "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={PVC_NAME}"
+                "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim_name}"
             )),
         )
         .await?;

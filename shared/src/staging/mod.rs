@@ -253,7 +253,9 @@ impl Plan {
         if let Some(pv) = &r.persistent_volume {
             doc(&mut out, pv)?;
         }
-        doc(&mut out, &r.claim)?;
+        if let Some(claim) = &r.claim {
+            doc(&mut out, claim)?;
+        }
         doc(&mut out, &r.service)?;
         doc(&mut out, &r.stateful_set)?;
         Ok(out)

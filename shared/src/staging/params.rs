@@ -34,6 +34,10 @@ pub struct Params {
     /// `csi` only: the VolumeSnapshot (in the staging namespace) the PVC restores from.
     #[serde(default)]
     pub snapshot_name: Option<String>,
+    /// `csi` only, instead of `snapshotName`: a PVC that already exists in the staging namespace
+    /// (made by `restore-to-staging`); mounted as it is, no second PVC.
+    #[serde(default)]
+    pub pvc_name: Option<String>,
     #[serde(default)]
     pub engine: Engine,
     #[serde(default)]
@@ -137,7 +141,8 @@ pub enum Backend {
     /// A restored EBS volume, bound through a static PV of the EBS CSI driver.
     #[default]
     Ebs,
-    /// A CSI VolumeSnapshot restored by a PVC `dataSource` (any CSI driver).
+    /// A CSI VolumeSnapshot restored by a PVC `dataSource` (any CSI driver), or a PVC that
+    /// already exists in the staging namespace (`pvcName`).
     Csi,
     /// A FlashArray / Cloud Block Store volume, bound through a static PV of Pure's `pure-csi` (PSO ≥ 5.2).
     PureCsi,
@@ -166,6 +171,10 @@ pub enum VolumeSource {
     CsiSnapshot {
         snapshot: String,
     },
+    /// A PVC already in the staging namespace: mounted, never created by deploy.
+    ExistingClaim {
+        claim: String,
+    },
     PureCsi {
         volume: String,
     },
@@ -178,7 +187,7 @@ impl VolumeSource {
     pub fn backend(&self) -> Backend {
         match self {
             Self::Ebs { .. } => Backend::Ebs,
-            Self::CsiSnapshot { .. } => Backend::Csi,
+            Self::CsiSnapshot { .. } | Self::ExistingClaim { .. } => Backend::Csi,
             Self::PureCsi { .. } => Backend::PureCsi,
             Self::PxCsi { .. } => Backend::PxCsi,
         }
@@ -189,6 +198,7 @@ impl VolumeSource {
         match self {
             Self::Ebs { volume_id, .. } => volume_id,
             Self::CsiSnapshot { snapshot } => snapshot,
+            Self::ExistingClaim { claim } => claim,
             Self::PureCsi { volume } | Self::PxCsi { volume } => volume,
         }
     }
@@ -196,6 +206,23 @@ impl VolumeSource {
     /// True when a static PersistentVolume is rendered (the others are provisioned by the driver).
     pub fn has_static_pv(&self) -> bool {
         matches!(self, Self::Ebs { .. } | Self::PureCsi { .. })
+    }
+
+    /// The PVC the database mounts: snapstage's, or the existing one.
+    pub fn claim_name(&self) -> &str {
+        match self {
+            Self::ExistingClaim { claim } => claim,
+            _ => super::render::PVC_NAME,
+        }
+    }
+
+    /// What the namespace's `snapstage.io/source` annotation says: `csi:<snapshot>`,
+    /// `csi-pvc:<claim>`, `ebs:<volume>`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Self::ExistingClaim { claim } => format!("csi-pvc:{claim}"),
+            other => format!("{}:{}", other.backend().as_str(), other.source_name()),
+        }
     }
 }
 
@@ -282,6 +309,11 @@ impl Params {
         {
             return Err(only_for("snapshotName", "csi", s));
         }
+        if backend != Backend::Csi
+            && let Some(c) = &self.pvc_name
+        {
+            return Err(only_for("pvcName", "csi", c));
+        }
         if backend != Backend::Ebs
             && let Some(z) = &self.availability_zone
         {
@@ -317,11 +349,35 @@ impl Params {
                         ),
                     ));
                 }
-                let Some(snapshot) = self.snapshot_name.as_deref() else {
-                    return Err(Error::parameter(
-                        "snapshotName",
-                        "expected the name of a VolumeSnapshot in the staging namespace (required for backend \"csi\"), got nothing",
-                    ));
+                let snapshot = match (self.snapshot_name.as_deref(), self.pvc_name.as_deref()) {
+                    (Some(s), Some(c)) => {
+                        return Err(Error::parameter(
+                            "pvcName",
+                            format!(
+                                "give exactly one of snapshotName (restore a VolumeSnapshot into a new PVC) and pvcName (mount an existing PVC), got both: snapshotName {s:?}, pvcName {c:?}"
+                            ),
+                        ));
+                    }
+                    (None, Some(claim)) => {
+                        if !names::is_dns1123_subdomain(claim) {
+                            return Err(Error::parameter(
+                                "pvcName",
+                                format!(
+                                    "expected a PVC name (a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253), got {claim:?}"
+                                ),
+                            ));
+                        }
+                        return Ok(VolumeSource::ExistingClaim {
+                            claim: claim.to_string(),
+                        });
+                    }
+                    (Some(s), None) => s,
+                    (None, None) => {
+                        return Err(Error::parameter(
+                            "snapshotName",
+                            "expected the name of a VolumeSnapshot in the staging namespace, or pvcName for a PVC restore-to-staging made there (one is required for backend \"csi\"), got nothing",
+                        ));
+                    }
                 };
                 if !names::is_dns1123_subdomain(snapshot) {
                     return Err(Error::parameter(
@@ -828,6 +884,36 @@ mod tests {
             e.starts_with("availabilityZone: only used with backend \"ebs\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn csi_takes_exactly_one_of_snapshot_name_and_pvc_name() {
+        let s = spec(json!({"backend": "csi", "pvcName": "staging-db-restored"})).unwrap();
+        assert_eq!(
+            s.volume,
+            VolumeSource::ExistingClaim {
+                claim: "staging-db-restored".into()
+            }
+        );
+        assert_eq!(s.volume.claim_name(), "staging-db-restored");
+        let e = err(json!({"backend": "csi", "snapshotName": "s", "pvcName": "p"}));
+        assert!(
+            e.starts_with("pvcName: give exactly one of snapshotName") && e.contains("got both"),
+            "{e}"
+        );
+        let e = err(json!({"backend": "csi", "pvcName": "Restored_PVC"}));
+        assert!(
+            e.starts_with("pvcName: expected a PVC name (a DNS-1123 subdomain")
+                && e.contains("\"Restored_PVC\""),
+            "{e}"
+        );
+        let e = err(json!({"volumeId": "vol-0123abcd", "pvcName": "p"}));
+        assert!(
+            e.starts_with("pvcName: only used with backend \"csi\""),
+            "{e}"
+        );
+        let e = err(json!({"backend": "csi"}));
+        assert!(e.contains("or pvcName"), "{e}");
     }
 
     #[test]

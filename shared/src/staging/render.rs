@@ -5,7 +5,7 @@
 //! | Namespace | `snapstage-<hash>` or `namespace` | one per run; labelled for cleanup, `expires-at` annotation |
 //! | Secret | `staging-db-credentials` | credentials, generated at apply time; rendered without data |
 //! | PersistentVolume | `<namespace>-data` | `ebs` / `pure-csi`: binds the restored volume statically |
-//! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`) |
+//! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`); none with `pvcName` (the existing PVC is mounted) |
 //! | Service | `staging-db` | ClusterIP on the engine's port |
 //! | StatefulSet | `staging-db` | one replica mounting the PVC |
 
@@ -48,6 +48,8 @@ pub const ANNOTATION_EXPIRES_AT: &str = "snapstage.io/expires-at";
 pub const ANNOTATION_TTL_HOURS: &str = "snapstage.io/ttl-hours";
 pub const ANNOTATION_EXECUTION_KEY: &str = "snapstage.io/execution-key";
 pub const ANNOTATION_SOURCE: &str = "snapstage.io/source";
+/// On the namespace when the database mounts an existing PVC (`pvcName`): teardown checks it.
+pub const ANNOTATION_EXISTING_CLAIM: &str = "snapstage.io/existing-claim";
 pub const ANNOTATION_CREDENTIALS: &str = "snapstage.io/credentials";
 pub const ANNOTATION_PX_PURE_VOLUME: &str = "portworx.io/pure-volume-name";
 pub const MANAGED_BY: &str = "snapstage";
@@ -63,7 +65,10 @@ pub struct Rendered {
     pub namespace: Namespace,
     pub secret: Secret,
     pub persistent_volume: Option<PersistentVolume>,
-    pub claim: PersistentVolumeClaim,
+    /// `None` when the database mounts an existing PVC (`pvcName`).
+    pub claim: Option<PersistentVolumeClaim>,
+    /// The PVC the database mounts.
+    pub claim_name: String,
     pub service: Service,
     pub stateful_set: StatefulSet,
 }
@@ -80,6 +85,7 @@ pub fn render(spec: &Spec, expires_at: &str) -> Rendered {
         secret: secret(spec),
         persistent_volume: persistent_volume(spec),
         claim: claim(spec),
+        claim_name: spec.volume.claim_name().to_string(),
         service: service(spec),
         stateful_set: stateful_set(spec),
     }
@@ -129,26 +135,23 @@ fn namespace(spec: &Spec, expires_at: &str) -> Namespace {
         "pod-security.kubernetes.io/enforce".into(),
         "restricted".into(),
     );
+    let mut annotations = BTreeMap::from([
+        (ANNOTATION_EXPIRES_AT.to_string(), expires_at.to_string()),
+        (ANNOTATION_TTL_HOURS.to_string(), spec.ttl_hours.to_string()),
+        (
+            ANNOTATION_EXECUTION_KEY.to_string(),
+            spec.execution_key.clone(),
+        ),
+        (ANNOTATION_SOURCE.to_string(), spec.volume.describe()),
+    ]);
+    if let VolumeSource::ExistingClaim { claim } = &spec.volume {
+        annotations.insert(ANNOTATION_EXISTING_CLAIM.to_string(), claim.clone());
+    }
     Namespace {
         metadata: ObjectMeta {
             name: Some(spec.namespace.clone()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([
-                (ANNOTATION_EXPIRES_AT.to_string(), expires_at.to_string()),
-                (ANNOTATION_TTL_HOURS.to_string(), spec.ttl_hours.to_string()),
-                (
-                    ANNOTATION_EXECUTION_KEY.to_string(),
-                    spec.execution_key.clone(),
-                ),
-                (
-                    ANNOTATION_SOURCE.to_string(),
-                    format!(
-                        "{}:{}",
-                        spec.volume.backend().as_str(),
-                        spec.volume.source_name()
-                    ),
-                ),
-            ])),
+            annotations: Some(annotations),
             ..Default::default()
         },
         ..Default::default()
@@ -178,7 +181,9 @@ fn persistent_volume(spec: &Spec) -> Option<PersistentVolume> {
     let (driver, handle, zone) = match &spec.volume {
         VolumeSource::Ebs { volume_id, zone } => (EBS_CSI_DRIVER, volume_id, zone.as_ref()),
         VolumeSource::PureCsi { volume } => (PURE_CSI_DRIVER, volume, None),
-        VolumeSource::CsiSnapshot { .. } | VolumeSource::PxCsi { .. } => return None,
+        VolumeSource::CsiSnapshot { .. }
+        | VolumeSource::ExistingClaim { .. }
+        | VolumeSource::PxCsi { .. } => return None,
     };
     let node_affinity = zone.map(|z| VolumeNodeAffinity {
         required: Some(NodeSelector {
@@ -221,7 +226,7 @@ fn persistent_volume(spec: &Spec) -> Option<PersistentVolume> {
     })
 }
 
-fn claim(spec: &Spec) -> PersistentVolumeClaim {
+fn claim(spec: &Spec) -> Option<PersistentVolumeClaim> {
     let mut metadata = meta(spec, PVC_NAME, true);
     let mut claim = PersistentVolumeClaimSpec {
         access_modes: Some(vec!["ReadWriteOnce".into()]),
@@ -252,12 +257,13 @@ fn claim(spec: &Spec) -> PersistentVolumeClaim {
                 volume.clone(),
             )]));
         }
+        VolumeSource::ExistingClaim { .. } => return None,
     }
-    PersistentVolumeClaim {
+    Some(PersistentVolumeClaim {
         metadata,
         spec: Some(claim),
         ..Default::default()
-    }
+    })
 }
 
 fn port_name(engine: Engine) -> String {
@@ -394,7 +400,7 @@ fn stateful_set(spec: &Spec) -> StatefulSet {
                     volumes: Some(vec![Volume {
                         name: DATA_VOLUME.into(),
                         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: PVC_NAME.into(),
+                            claim_name: spec.volume.claim_name().into(),
                             read_only: Some(false),
                         }),
                         ..Default::default()
@@ -451,8 +457,14 @@ mod tests {
         let ns = r.namespace.metadata.name.clone().unwrap();
         assert_eq!(claim_ref.namespace.as_deref(), Some(ns.as_str()));
         assert_eq!(claim_ref.name.as_deref(), Some(PVC_NAME));
-        assert_eq!(r.claim.metadata.name.as_deref(), Some(PVC_NAME));
-        assert_eq!(r.claim.spec.clone().unwrap().volume_name, pv.metadata.name);
+        assert_eq!(
+            r.claim.clone().unwrap().metadata.name.as_deref(),
+            Some(PVC_NAME)
+        );
+        assert_eq!(
+            r.claim.clone().unwrap().spec.unwrap().volume_name,
+            pv.metadata.name
+        );
         // The StatefulSet mounts that PVC at the engine's data directory.
         let pod = r.stateful_set.spec.clone().unwrap().template.spec.unwrap();
         let vol = pod
@@ -470,7 +482,7 @@ mod tests {
         // Static binding: both sides say "no class", so no default class is injected.
         assert_eq!(spec.storage_class_name.as_deref(), Some(""));
         assert_eq!(
-            r.claim.spec.unwrap().storage_class_name.as_deref(),
+            r.claim.unwrap().spec.unwrap().storage_class_name.as_deref(),
             Some("")
         );
     }
@@ -507,7 +519,7 @@ mod tests {
         )
         .rendered;
         assert!(csi.persistent_volume.is_none());
-        let spec = csi.claim.spec.unwrap();
+        let spec = csi.claim.unwrap().spec.unwrap();
         let ds = spec.data_source.unwrap();
         assert_eq!(
             (ds.api_group.as_deref(), ds.kind.as_str(), ds.name.as_str()),
@@ -529,12 +541,38 @@ mod tests {
 
         let px = plan_for(json!({"backend": "px-csi", "volumeId": "realm::pod::vol"})).rendered;
         assert!(px.persistent_volume.is_none());
-        let ann = px.claim.metadata.annotations.unwrap();
+        let ann = px.claim.clone().unwrap().metadata.annotations.unwrap();
         assert_eq!(ann["portworx.io/pure-volume-name"], "realm::pod::vol");
         assert_eq!(
-            px.claim.spec.unwrap().storage_class_name,
+            px.claim.unwrap().spec.unwrap().storage_class_name,
             None,
             "the cluster's default class"
+        );
+    }
+
+    #[test]
+    fn an_existing_pvc_is_mounted_and_never_rendered() {
+        let p = plan_for(json!({"backend": "csi", "pvcName": "restored-db"}));
+        let r = &p.rendered;
+        assert!(r.claim.is_none() && r.persistent_volume.is_none());
+        assert_eq!(
+            p.manifest_count(),
+            4,
+            "Namespace, Secret, Service, StatefulSet"
+        );
+        let pod = r.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+        let claim = pod.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(claim.claim_name, "restored-db");
+        let ann = r.namespace.metadata.annotations.clone().unwrap();
+        assert_eq!(ann["snapstage.io/existing-claim"], "restored-db");
+        assert_eq!(ann["snapstage.io/source"], "csi-pvc:restored-db");
+        assert!(
+            p.summary("x").contains("from csi restored-db"),
+            "{}",
+            p.summary("x")
         );
     }
 
@@ -560,7 +598,7 @@ mod tests {
         let r = &p.rendered;
         for m in [
             &r.secret.metadata,
-            &r.claim.metadata,
+            &r.claim.as_ref().unwrap().metadata,
             &r.service.metadata,
             &r.stateful_set.metadata,
         ] {

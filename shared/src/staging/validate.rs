@@ -123,7 +123,9 @@ pub fn check(rendered: &Rendered) -> Result<()> {
     if let Some(pv) = &r.persistent_volume {
         check_object(pv, NameRule::Dns1123Subdomain)?;
     }
-    check_object(&r.claim, NameRule::Dns1123Subdomain)?;
+    if let Some(claim) = &r.claim {
+        check_object(claim, NameRule::Dns1123Subdomain)?;
+    }
     check_object(&r.service, NameRule::Dns1035Label)?;
     // Pod names are `<statefulset>-0`, and the revision label holds the name: keep it a label.
     check_object(&r.stateful_set, NameRule::Dns1123Label)?;
@@ -137,17 +139,32 @@ fn broken(what: String) -> Error {
 fn check_references(r: &Rendered) -> Result<()> {
     let ns = r.namespace.metadata.name.clone().unwrap_or_default();
     for (kind, meta) in [
-        ("Secret", &r.secret.metadata),
-        ("PersistentVolumeClaim", &r.claim.metadata),
-        ("Service", &r.service.metadata),
-        ("StatefulSet", &r.stateful_set.metadata),
-    ] {
+        ("Secret", Some(&r.secret.metadata)),
+        (
+            "PersistentVolumeClaim",
+            r.claim.as_ref().map(|c| &c.metadata),
+        ),
+        ("Service", Some(&r.service.metadata)),
+        ("StatefulSet", Some(&r.stateful_set.metadata)),
+    ]
+    .into_iter()
+    .filter_map(|(k, m)| Some((k, m?)))
+    {
         if meta.namespace.as_deref() != Some(ns.as_str()) {
             return Err(broken(format!("{kind} is not in namespace {ns:?}")));
         }
     }
-    let claim_name = r.claim.metadata.name.clone().unwrap_or_default();
-    let claim_spec = r.claim.spec.clone().unwrap_or_default();
+    let claim_name = r.claim_name.clone();
+    if let Some(claim) = &r.claim
+        && claim.metadata.name.as_deref() != Some(claim_name.as_str())
+    {
+        return Err(broken(format!("the PVC is not named {claim_name}")));
+    }
+    let claim_spec = r
+        .claim
+        .as_ref()
+        .and_then(|c| c.spec.clone())
+        .unwrap_or_default();
     if let Some(pv) = &r.persistent_volume {
         let pv_name = pv.metadata.name.clone().unwrap_or_default();
         let spec = pv.spec.clone().unwrap_or_default();
@@ -312,6 +329,8 @@ mod tests {
 
         let mut r = rendered();
         r.claim
+            .as_mut()
+            .unwrap()
             .metadata
             .labels
             .as_mut()
@@ -324,7 +343,8 @@ mod tests {
     #[test]
     fn broken_references_are_caught() {
         let mut r = rendered();
-        r.claim.spec.as_mut().unwrap().volume_name = Some("someone-elses-pv".into());
+        r.claim.as_mut().unwrap().spec.as_mut().unwrap().volume_name =
+            Some("someone-elses-pv".into());
         assert!(
             check(&r)
                 .unwrap_err()
