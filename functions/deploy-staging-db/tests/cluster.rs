@@ -485,6 +485,180 @@ async fn teardown_leaves_a_namespace_whose_existing_pvc_snapstage_did_not_make()
     assert_eq!(outputs["Deleted"], "true");
 }
 
+/// A user template: a ConfigMap, a Service and a Deployment mounting the restored PVC.
+const TEMPLATE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db}
+spec:
+  replicas: 1
+  strategy: {type: Recreate}
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+        - name: db
+          image: ${IMAGE}
+          envFrom: [{configMapRef: {name: db-settings}}]
+          env:
+            - name: POSTGRES_PASSWORD
+              valueFrom: {secretKeyRef: {name: "${SECRET_NAME}", key: "${SECRET_PASSWORD_KEY}"}}
+          volumeMounts: [{name: data, mountPath: "${MOUNT_PATH}"}]
+      volumes:
+        - name: data
+          persistentVolumeClaim: {claimName: "${PVC_NAME}"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: 5432}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: db-settings}
+data: {PGDATA: "${MOUNT_PATH}/pgdata"}
+"#;
+
+fn template_request() -> Value {
+    request(json!({"template": {"inline": TEMPLATE}}))
+}
+
+#[tokio::test]
+async fn a_user_template_is_applied_after_snapstage_s_objects() {
+    let ns = ns();
+    let (ns1, ns2) = (ns.clone(), ns.clone());
+    let mut exchanges = vec![
+        X::get(&p_ns()).not_found(),
+        X::get(&p_pv()).not_found(),
+        X::apply(&p_ns()),
+        X::apply(&p_in("secrets", "staging-db-credentials")),
+    ];
+    exchanges.extend(apply_rest().into_iter().take(2)); // PV, PVC
+    exchanges.extend([
+        X::apply(&p_in("configmaps", "db-settings")).body(move |b| {
+            assert_eq!(b["metadata"]["namespace"], ns1.as_str());
+            assert_eq!(
+                b["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "snapstage"
+            );
+            assert_eq!(b["data"]["PGDATA"], "/var/lib/postgresql/data/pgdata");
+        }),
+        X::apply(&p_in("services", "db")).body(|b| {
+            assert_eq!(b["spec"]["selector"], json!({"app": "db"}));
+            assert_eq!(b["metadata"]["labels"]["snapstage.io/execution"], label());
+        }),
+        X::apply(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db")).body(move |b| {
+            assert_eq!(b["metadata"]["namespace"], ns2.as_str());
+            let pod = &b["spec"]["template"];
+            assert_eq!(pod["metadata"]["labels"]["app"], "db");
+            assert_eq!(
+                pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "snapstage"
+            );
+            let spec = &pod["spec"];
+            assert_eq!(spec["containers"][0]["image"], "postgres:17");
+            assert_eq!(
+                spec["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+                "staging-db-credentials"
+            );
+            assert_eq!(
+                spec["volumes"][0]["persistentVolumeClaim"]["claimName"],
+                "staging-db-data"
+            );
+        }),
+    ]);
+    let (r, _) = play(template_request(), None, exchanges).await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert!(
+        summary.contains("PersistentVolumeClaim, ConfigMap db-settings, Service db, Deployment db"),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_template_is_ready_when_its_workload_and_pods_are() {
+    let ns = ns();
+    let pods_of_db = || {
+        X::list(
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            &[("labelSelector", "app=db")],
+        )
+    };
+    let waiting = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db"))
+            .ok(o::deployment(&ns, "db", 0)),
+        pods_of_db().ok(o::list(
+            "Pod",
+            "v1",
+            vec![o::pod(&ns, o::running_pod_status(false))],
+        )),
+    ];
+    let (r, _) = play(
+        template_request(),
+        Some(state("ready", minutes_ago(2), true)),
+        waiting,
+    )
+    .await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert!(
+        summary.contains("Deployment db: 0/1 replicas available"),
+        "{summary}"
+    );
+
+    let ready = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db"))
+            .ok(o::deployment(&ns, "db", 1)),
+        pods_of_db().ok(o::list(
+            "Pod",
+            "v1",
+            vec![o::pod(&ns, o::running_pod_status(true))],
+        )),
+    ];
+    let (r, _) = play(
+        template_request(),
+        Some(state("ready", minutes_ago(3), true)),
+        ready,
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Service"], "db");
+    assert_eq!(
+        outputs["Endpoint"],
+        format!("db.{ns}.svc.cluster.local:5432")
+    );
+    assert_eq!(outputs["ManifestCount"], "7");
+    assert!(
+        summary.starts_with(&format!("staging postgresql ready: db.{ns}")),
+        "{summary}"
+    );
+
+    let crashing = then(
+        vec![
+            X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+            X::get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db"))
+                .ok(o::deployment(&ns, "db", 0)),
+            pods_of_db().ok(o::list("Pod", "v1", vec![crash_looping_pod(&ns)])),
+        ],
+        teardown_exchanges(),
+    );
+    let (r, _) = play(
+        template_request(),
+        Some(state("ready", minutes_ago(3), true)),
+        crashing,
+    )
+    .await;
+    let (_, msg) = failure(r);
+    assert!(
+        msg.contains("is crash-looping (CrashLoopBackOff, 4 restarts)"),
+        "{msg}"
+    );
+}
+
 #[tokio::test]
 async fn rollout_progressing_continues_with_what_is_missing() {
     let ns = ns();

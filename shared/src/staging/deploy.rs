@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Event, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
@@ -31,8 +31,9 @@ use super::ownership;
 use super::params::OnFailure;
 use super::params::VolumeSource;
 use super::readiness::{self, Health, JobHealth};
-use super::render::{SECRET_NAME, STATEFULSET_NAME};
+use super::render::{SECRET_NAME, STATEFULSET_NAME, Workload};
 use super::teardown;
+use super::template::TemplateObject;
 use crate::cluster::BACKEND;
 use crate::contract::Outcome;
 use crate::error::{Error, Result};
@@ -213,7 +214,7 @@ async fn apply_objects(
     let r = &plan.rendered;
     let manager = spec.field_manager.as_str();
     let ns = spec.namespace.as_str();
-    let mut kinds = vec!["Namespace"];
+    let mut kinds: Vec<String> = vec!["Namespace".into()];
     kubeapi::apply(
         &Api::<Namespace>::all(client.clone()),
         &r.namespace,
@@ -234,13 +235,13 @@ async fn apply_objects(
         None => {
             let secret = Credentials::generate(spec.engine)?.into_secret(&r.secret);
             kubeapi::apply(&secrets, &secret, manager).await?;
-            kinds.push("Secret");
+            kinds.push("Secret".into());
             "new credentials in the Secret"
         }
     };
     if let Some(pv) = &r.persistent_volume {
         kubeapi::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
-        kinds.push("PersistentVolume");
+        kinds.push("PersistentVolume".into());
     }
     if let Some(claim) = &r.claim {
         kubeapi::apply(
@@ -249,21 +250,31 @@ async fn apply_objects(
             manager,
         )
         .await?;
-        kinds.push("PersistentVolumeClaim");
+        kinds.push("PersistentVolumeClaim".into());
     }
-    kubeapi::apply(
-        &Api::<Service>::namespaced(client.clone(), ns),
-        &r.service,
-        manager,
-    )
-    .await?;
-    kubeapi::apply(
-        &Api::<StatefulSet>::namespaced(client.clone(), ns),
-        &r.stateful_set,
-        manager,
-    )
-    .await?;
-    kinds.extend(["Service", "StatefulSet"]);
+    match &r.workload {
+        Workload::Builtin(b) => {
+            kubeapi::apply(
+                &Api::<Service>::namespaced(client.clone(), ns),
+                &b.service,
+                manager,
+            )
+            .await?;
+            kubeapi::apply(
+                &Api::<StatefulSet>::namespaced(client.clone(), ns),
+                &b.stateful_set,
+                manager,
+            )
+            .await?;
+            kinds.extend(["Service".into(), "StatefulSet".into()]);
+        }
+        Workload::Template(objects) => {
+            for o in objects {
+                o.apply(client, manager).await?;
+                kinds.push(format!("{} {}", o.kind(), o.name()));
+            }
+        }
+    }
     Ok(format!("{} ({secret_note})", kinds.join(", ")))
 }
 
@@ -354,25 +365,13 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
             "PVC {ns}/{claim_name} is gone (deleted while waiting)"
         ))
     })?;
-    let sts = kubeapi::get_opt(
-        &Api::<StatefulSet>::namespaced(client.clone(), ns),
-        STATEFULSET_NAME,
-    )
-    .await?
-    .ok_or_else(|| {
-        failed(format!(
-            "StatefulSet {ns}/{STATEFULSET_NAME} is gone (deleted while waiting)"
-        ))
-    })?;
-    let pod_name = format!("{STATEFULSET_NAME}-0");
-    let pod = kubeapi::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
-
-    let pod_health = match &pod {
-        Some(p) => readiness::pod_health(p),
-        None => Health::Waiting(format!("pod {pod_name} is not created yet")),
+    // Each workload's own health, and its pods' (failed at once on a pull/crash failure).
+    let (workloads, pods) = match &plan.rendered.workload {
+        Workload::Builtin(_) => builtin_health(client, ns).await?,
+        Workload::Template(objects) => template_health(client, ns, objects).await?,
     };
     let mut claim = readiness::claim_health(&pvc);
-    for h in [&claim, &pod_health] {
+    for h in std::iter::once(&claim).chain(&pods) {
         if let Health::Failed(_) = h {
             return Ok(h.clone());
         }
@@ -389,8 +388,9 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
             claim = Health::Waiting(format!("{why} ({w})"));
         }
     }
-    let waiting: Vec<String> = [claim, readiness::stateful_set_health(&sts), pod_health]
-        .into_iter()
+    let waiting: Vec<String> = std::iter::once(claim)
+        .chain(workloads)
+        .chain(pods)
         .filter_map(|h| match h {
             Health::Waiting(w) | Health::Failed(w) => Some(w),
             Health::Ready => None,
@@ -401,6 +401,79 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
     } else {
         Health::Waiting(waiting.join("; "))
     })
+}
+
+/// snapstage's StatefulSet and its pod `staging-db-0`.
+async fn builtin_health(client: &kube::Client, ns: &str) -> Result<(Vec<Health>, Vec<Health>)> {
+    let sts = kubeapi::get_opt(
+        &Api::<StatefulSet>::namespaced(client.clone(), ns),
+        STATEFULSET_NAME,
+    )
+    .await?
+    .ok_or_else(|| {
+        failed(format!(
+            "StatefulSet {ns}/{STATEFULSET_NAME} is gone (deleted while waiting)"
+        ))
+    })?;
+    let pod_name = format!("{STATEFULSET_NAME}-0");
+    let pod = kubeapi::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
+    let pod_health = match &pod {
+        Some(p) => readiness::pod_health(p),
+        None => Health::Waiting(format!("pod {pod_name} is not created yet")),
+    };
+    Ok((vec![readiness::stateful_set_health(&sts)], vec![pod_health]))
+}
+
+/// Every StatefulSet and Deployment of a template, and the pods their selectors match.
+async fn template_health(
+    client: &kube::Client,
+    ns: &str,
+    objects: &[TemplateObject],
+) -> Result<(Vec<Health>, Vec<Health>)> {
+    let (mut workloads, mut pods) = (Vec::new(), Vec::new());
+    for o in objects {
+        let Some((_, selector)) = o.workload() else {
+            continue;
+        };
+        let name = o.name();
+        let gone = || {
+            failed(format!(
+                "{} {ns}/{name} is gone (deleted while waiting)",
+                o.kind()
+            ))
+        };
+        workloads.push(match o {
+            TemplateObject::StatefulSet(_) => readiness::stateful_set_health(
+                &kubeapi::get_opt(&Api::<StatefulSet>::namespaced(client.clone(), ns), name)
+                    .await?
+                    .ok_or_else(gone)?,
+            ),
+            _ => readiness::deployment_health(
+                &kubeapi::get_opt(&Api::<Deployment>::namespaced(client.clone(), ns), name)
+                    .await?
+                    .ok_or_else(gone)?,
+            ),
+        });
+        let labels: Vec<String> = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let found = kubeapi::list(
+            &Api::<Pod>::namespaced(client.clone(), ns),
+            &ListParams::default().labels(&labels.join(",")),
+        )
+        .await?;
+        if found.is_empty() {
+            pods.push(Health::Waiting(format!(
+                "{} {name} has no pods yet",
+                o.kind()
+            )));
+        }
+        pods.extend(found.iter().map(readiness::pod_health));
+    }
+    Ok((workloads, pods))
 }
 
 /// The Job to run after `from`, if any.

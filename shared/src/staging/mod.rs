@@ -46,6 +46,7 @@ pub mod params;
 pub mod readiness;
 pub mod render;
 pub mod teardown;
+pub mod template;
 pub mod validate;
 
 pub use apply::ApplyRequest;
@@ -160,7 +161,7 @@ impl Plan {
         let expires_at = Timestamp::from_second(expires)
             .map_err(|e| Error::Internal(format!("expiry time: {e}")))?
             .to_string();
-        let rendered = render::render(&spec, &expires_at);
+        let rendered = render::render(&spec, &expires_at)?;
         validate::check(&rendered)?;
         let requests = apply::apply_requests(&rendered, &spec.field_manager)?;
         Ok(Plan {
@@ -181,14 +182,19 @@ impl Plan {
     }
 
     pub fn port(&self) -> i32 {
-        self.spec.engine.port()
+        self.rendered.endpoint(self.spec.engine).1
+    }
+
+    /// The published Service: snapstage's, or the template's first.
+    pub fn service_name(&self) -> String {
+        self.rendered.endpoint(self.spec.engine).0
     }
 
     /// `<service>.<namespace>.svc.cluster.local:<port>`.
     pub fn endpoint(&self) -> String {
         format!(
             "{}.{}.svc.cluster.local:{}",
-            render::SERVICE_NAME,
+            self.service_name(),
             self.spec.namespace,
             self.port()
         )
@@ -198,7 +204,7 @@ impl Plan {
     pub fn outputs(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("Namespace".into(), self.spec.namespace.clone()),
-            ("Service".into(), render::SERVICE_NAME.into()),
+            ("Service".into(), self.service_name()),
             ("Endpoint".into(), self.endpoint()),
             ("Port".into(), self.port().to_string()),
             ("SecretName".into(), render::SECRET_NAME.into()),
@@ -213,12 +219,17 @@ impl Plan {
     pub fn summary(&self, why: &str) -> String {
         format!(
             "PLAN ONLY — no cluster changed: {} manifests rendered and validated ({why}). \
-{} from {} {} → {} (namespace expires {}).",
+{} from {} {} → {}{} (namespace expires {}).",
             self.manifest_count(),
             self.spec.engine,
             self.spec.volume.backend().as_str(),
             self.spec.volume.source_name(),
             self.endpoint(),
+            self.spec
+                .template
+                .as_ref()
+                .map(|t| format!(", workload from {}", t.source))
+                .unwrap_or_default(),
             self.expires_at,
         )
     }
@@ -256,8 +267,18 @@ impl Plan {
         if let Some(claim) = &r.claim {
             doc(&mut out, claim)?;
         }
-        doc(&mut out, &r.service)?;
-        doc(&mut out, &r.stateful_set)?;
+        match &r.workload {
+            render::Workload::Builtin(b) => {
+                doc(&mut out, &b.service)?;
+                doc(&mut out, &b.stateful_set)?;
+            }
+            render::Workload::Template(objects) => {
+                for o in objects {
+                    out.push_str("---\n");
+                    out.push_str(&o.to_yaml()?);
+                }
+            }
+        }
         Ok(out)
     }
 }
@@ -396,7 +417,7 @@ mod tests {
         );
         let sts: k8s_openapi::api::apps::v1::StatefulSet =
             serde_json::from_value(docs[5].clone()).unwrap();
-        assert_eq!(sts, p.rendered.stateful_set);
+        assert_eq!(sts, p.rendered.b().stateful_set);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::engine::Engine;
 use super::names;
+use super::template::{TemplateParam, TemplateText};
 use crate::cluster::ClusterConfig;
 use crate::contract::Execution;
 use crate::error::{Error, Result};
@@ -76,6 +77,12 @@ pub struct Params {
     /// A Job that checks the migrations against the staging data.
     #[serde(default)]
     pub migration: Option<JobParams>,
+    /// The database workload as the user's own YAML (see [`super::template`]).
+    #[serde(default)]
+    pub template: Option<TemplateParam>,
+    /// The text of an artifact template, fetched by the step before validation.
+    #[serde(skip)]
+    pub fetched_template: Option<TemplateText>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -249,12 +256,32 @@ pub struct Spec {
     pub on_failure: OnFailure,
     pub masking: Option<JobParams>,
     pub migration: Option<JobParams>,
+    /// The user's template, read; `None` for snapstage's own Service and StatefulSet.
+    pub template: Option<TemplateText>,
 }
 
 impl Params {
+    /// The template's text: inline, from a file, or fetched from an artifact by the step.
+    fn template_text(&self) -> Result<Option<TemplateText>> {
+        if let Some(t) = &self.fetched_template {
+            return Ok(Some(t.clone()));
+        }
+        let Some(param) = &self.template else {
+            return Ok(None);
+        };
+        match param.read_local()? {
+            Some(t) => Ok(Some(t)),
+            None => Err(Error::parameter(
+                "template.artifact",
+                "a file inside an input artifact can only be read in a CodePipeline job (it has the artifacts and the credentials to read them); use template.inline or template.file here",
+            )),
+        }
+    }
+
     /// Checks the rules that tie fields together and resolves defaults for this execution.
     pub fn validate(self, execution: &Execution) -> Result<Spec> {
         let volume = self.volume_source()?;
+        let template = self.template_text()?;
         if self.masking.as_ref().is_some_and(|m| m.allow_failure) {
             return Err(Error::parameter(
                 "masking.allowFailure",
@@ -290,6 +317,7 @@ impl Params {
             on_failure: self.on_failure,
             masking: self.masking,
             migration: self.migration,
+            template,
         })
     }
 

@@ -8,6 +8,9 @@
 //! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`); none with `pvcName` (the existing PVC is mounted) |
 //! | Service | `staging-db` | ClusterIP on the engine's port |
 //! | StatefulSet | `staging-db` | one replica mounting the PVC |
+//!
+//! With a user template ([`super::template`]) the template's objects replace the Service and
+//! the StatefulSet.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +30,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::engine::{Engine, EnvSource};
 use super::params::{Spec, VolumeSource};
+use super::template::{self, TemplateObject};
+use crate::error::Result;
 
 pub const INSTANCE: &str = "staging-db";
 pub const SERVICE_NAME: &str = INSTANCE;
@@ -69,8 +74,41 @@ pub struct Rendered {
     pub claim: Option<PersistentVolumeClaim>,
     /// The PVC the database mounts.
     pub claim_name: String,
+    pub workload: Workload,
+}
+
+/// What runs the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    /// snapstage's Service and StatefulSet for the engine.
+    Builtin(Box<Builtin>),
+    /// The objects of the user's template, in apply order.
+    Template(Vec<TemplateObject>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Builtin {
     pub service: Service,
     pub stateful_set: StatefulSet,
+}
+
+impl Rendered {
+    /// snapstage's own Service and StatefulSet, unless a template replaces them.
+    pub fn builtin(&self) -> Option<&Builtin> {
+        match &self.workload {
+            Workload::Builtin(b) => Some(b),
+            Workload::Template(_) => None,
+        }
+    }
+
+    /// The published Service name and port.
+    pub fn endpoint(&self, engine: Engine) -> (String, i32) {
+        match &self.workload {
+            Workload::Builtin(_) => (SERVICE_NAME.to_string(), engine.port()),
+            Workload::Template(objects) => template::endpoint(objects)
+                .unwrap_or_else(|| (SERVICE_NAME.to_string(), engine.port())),
+        }
+    }
 }
 
 /// The PersistentVolume's name: cluster-scoped, so it carries the namespace.
@@ -78,17 +116,23 @@ pub fn persistent_volume_name(namespace: &str) -> String {
     format!("{namespace}-data")
 }
 
-/// Renders every object. `expires_at` is RFC 3339 (now + ttl).
-pub fn render(spec: &Spec, expires_at: &str) -> Rendered {
-    Rendered {
+/// Renders every object (and the user's template, checked). `expires_at` is RFC 3339 (now + ttl).
+pub fn render(spec: &Spec, expires_at: &str) -> Result<Rendered> {
+    let workload = match &spec.template {
+        Some(t) => Workload::Template(template::render(t, spec)?),
+        None => Workload::Builtin(Box::new(Builtin {
+            service: service(spec),
+            stateful_set: stateful_set(spec),
+        })),
+    };
+    Ok(Rendered {
         namespace: namespace(spec, expires_at),
         secret: secret(spec),
         persistent_volume: persistent_volume(spec),
         claim: claim(spec),
         claim_name: spec.volume.claim_name().to_string(),
-        service: service(spec),
-        stateful_set: stateful_set(spec),
-    }
+        workload,
+    })
 }
 
 fn common_labels(spec: &Spec) -> BTreeMap<String, String> {
@@ -431,6 +475,21 @@ fn stateful_set(spec: &Spec) -> StatefulSet {
 }
 
 #[cfg(test)]
+impl Rendered {
+    /// snapstage's Service and StatefulSet; a test failure for a template.
+    pub(crate) fn b(&self) -> &Builtin {
+        self.builtin().expect("snapstage's own workload")
+    }
+
+    pub(crate) fn b_mut(&mut self) -> &mut Builtin {
+        match &mut self.workload {
+            Workload::Builtin(b) => b,
+            Workload::Template(_) => panic!("a template, not snapstage's own workload"),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::staging::fixtures::plan_for;
@@ -466,7 +525,15 @@ mod tests {
             pv.metadata.name
         );
         // The StatefulSet mounts that PVC at the engine's data directory.
-        let pod = r.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+        let pod = r
+            .b()
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         let vol = pod
             .volumes
             .unwrap()
@@ -560,7 +627,15 @@ mod tests {
             4,
             "Namespace, Secret, Service, StatefulSet"
         );
-        let pod = r.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+        let pod = r
+            .b()
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         let claim = pod.volumes.unwrap()[0]
             .persistent_volume_claim
             .clone()
@@ -599,8 +674,8 @@ mod tests {
         for m in [
             &r.secret.metadata,
             &r.claim.as_ref().unwrap().metadata,
-            &r.service.metadata,
-            &r.stateful_set.metadata,
+            &r.b().service.metadata,
+            &r.b().stateful_set.metadata,
         ] {
             let l = m.labels.clone().unwrap();
             assert_eq!(
@@ -616,7 +691,7 @@ mod tests {
     fn commit_is_labelled_when_known() {
         let mut spec = plan_for(json!({"volumeId": "vol-0123456789abcdef0"})).spec;
         spec.commit = Some("0123456789abcdef0123456789abcdef01234567".into());
-        let r = render(&spec, "2025-06-02T12:00:00Z");
+        let r = render(&spec, "2025-06-02T12:00:00Z").unwrap();
         assert_eq!(
             r.namespace.metadata.labels.clone().unwrap()["snapstage.io/commit"],
             "0123456789abcdef0123456789abcdef01234567"
@@ -633,11 +708,11 @@ mod tests {
         ] {
             let r =
                 plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": engine})).rendered;
-            let svc = r.service.spec.unwrap();
+            let svc = r.b().service.spec.clone().unwrap();
             assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
             let sp = &svc.ports.unwrap()[0];
             assert_eq!(sp.port, port, "{engine}");
-            let sts = r.stateful_set.spec.unwrap();
+            let sts = r.b().stateful_set.spec.clone().unwrap();
             assert_eq!(sts.replicas, Some(1));
             let c = &sts.template.spec.unwrap().containers[0];
             assert_eq!(c.ports.clone().unwrap()[0].container_port, port);
@@ -658,7 +733,15 @@ mod tests {
     #[test]
     fn database_pod_is_non_root_with_limits_and_secret_credentials() {
         let r = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": "mysql", "image": "registry.example.com/mysql:8.0.36"})).rendered;
-        let pod = r.stateful_set.spec.unwrap().template.spec.unwrap();
+        let pod = r
+            .b()
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         let psc = pod.security_context.unwrap();
         assert_eq!(
             (psc.run_as_non_root, psc.run_as_user, psc.fs_group),
