@@ -22,6 +22,8 @@
 //! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
 //! | [`jobs`] | the masking and migration Jobs |
 //! | [`teardown`] | deleting one staging namespace, sweeping expired ones |
+//! | [`template`] | the user's own workload YAML: placeholders, checks, labels |
+//! | [`artifact`] | a template file inside a CodePipeline input artifact (zip in S3) |
 //!
 //! Credentials: the planned Secret has no data; its values are generated at apply time and
 //! never appear in outputs or logs.
@@ -35,6 +37,7 @@ use crate::contract::{Execution, Outcome, Step};
 use crate::error::{Error, Result};
 
 pub mod apply;
+pub mod artifact;
 pub mod credentials;
 pub mod deploy;
 pub mod engine;
@@ -87,7 +90,13 @@ pub fn plan(params: Params, execution: &Execution, now: Timestamp) -> Result<Pla
 /// The whole step of `deploy-staging-db`: plan mode without a cluster (any action) or with
 /// `dryRun` (deploy); otherwise connect to the configured cluster (fresh credentials every
 /// invocation) and [`run`].
-pub async fn step(sdk: &aws_config::SdkConfig, step: Step<Params>) -> Result<Outcome> {
+pub async fn step(sdk: &aws_config::SdkConfig, mut step: Step<Params>) -> Result<Outcome> {
+    if step.params.action == Action::Deploy
+        && let Some(template::TemplateParam::Artifact(file)) = &step.params.template
+    {
+        let text = artifact::fetch(sdk, file, step.artifacts.as_ref()).await?;
+        step.params.fetched_template = Some(text);
+    }
     let Some(cluster) = step.params.cluster.clone() else {
         return match step.params.action {
             Action::Deploy => plan_step(step, NO_CLUSTER),
