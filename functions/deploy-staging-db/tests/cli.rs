@@ -234,6 +234,7 @@ users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster
     .unwrap();
     let (out, r) = run(&json!({
         "volumeId": "vol-0123456789abcdef0",
+        "resetCredentials": false,
         "cluster": {"kubeconfigFile": kubeconfig.to_string_lossy()}
     })
     .to_string());

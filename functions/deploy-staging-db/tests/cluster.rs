@@ -40,8 +40,11 @@ fn minutes_ago(m: i64) -> i64 {
     now().as_second() - m * 60
 }
 
+/// A deploy request; the credentials reset (on by default, it needs `adminSecret`) is off except
+/// in the scenarios about it.
 fn request(extra: Value) -> Value {
-    let mut r = json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a"});
+    let mut r = json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a",
+                       "resetCredentials": false});
     for (k, v) in extra.as_object().unwrap() {
         r[k] = v.clone();
     }
@@ -328,7 +331,8 @@ async fn a_new_run_into_a_reused_namespace_gets_a_new_expiry() {
 }
 
 fn existing_pvc_request() -> Value {
-    json!({"backend": "csi", "pvcName": "restored-db", "namespace": "team-a-staging"})
+    json!({"backend": "csi", "pvcName": "restored-db", "namespace": "team-a-staging",
+           "resetCredentials": false})
 }
 
 #[tokio::test]
@@ -657,6 +661,231 @@ async fn a_user_template_is_ready_when_its_workload_and_pods_are() {
         msg.contains("is crash-looping (CrashLoopBackOff, 4 restarts)"),
         "{msg}"
     );
+}
+
+/// Secrets Manager as the step sees it: one admin secret of the restored database.
+struct ProductionAdmin;
+
+const ADMIN_SECRET: &str =
+    "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/db/admin-AbCdEf";
+const ADMIN_JSON: &str = r#"{"username": "postgres", "password": "Pr0duct10nAdm1n"}"#;
+
+impl staging::credentials::AdminSecrets for ProductionAdmin {
+    fn secret_string<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + 'a>> {
+        Box::pin(async move {
+            assert_eq!(id, ADMIN_SECRET);
+            Ok(ADMIN_JSON.to_string())
+        })
+    }
+}
+
+fn reset_request(extra: Value) -> Value {
+    let mut r = request(
+        json!({"resetCredentials": true, "adminSecret": ADMIN_SECRET, "databaseUser": "app"}),
+    );
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+async fn play_with_admin(
+    request: Value,
+    state: Option<Value>,
+    exchanges: Vec<X>,
+) -> (Result<Outcome>, Vec<String>) {
+    let (client, server) = serve(exchanges);
+    let outcome = staging::run_with(&client, step(request, state), now(), &ProductionAdmin).await;
+    drop(client);
+    (outcome, server.finish().await)
+}
+
+#[tokio::test]
+async fn the_reset_needs_the_admin_secret_and_copies_it_into_the_namespace() {
+    // Without adminSecret nothing is sent: the published password would not work.
+    let (r, seen) = play(request(json!({"resetCredentials": true})), None, vec![]).await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError);
+    assert!(
+        msg.starts_with("adminSecret: resetCredentials is true"),
+        "{msg}"
+    );
+    assert!(seen.is_empty(), "{seen:#?}");
+
+    let mut exchanges = vec![
+        X::get(&p_ns()).not_found(),
+        X::get(&p_pv()).not_found(),
+        X::apply(&p_ns()),
+        X::apply(&p_in("secrets", "staging-db-credentials")).body(|b| {
+            assert_eq!(
+                b["data"]["username"], "YXBw",
+                "base64 of the databaseUser app"
+            );
+        }),
+        X::apply(&p_in("secrets", "staging-db-admin")).body(|b| {
+            assert_eq!(
+                b["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "snapstage"
+            );
+            let ann = b["metadata"]["annotations"]["snapstage.io/credentials"]
+                .as_str()
+                .unwrap();
+            assert!(ann.contains(ADMIN_SECRET), "{ann}");
+            // base64 of postgres / Pr0duct10nAdm1n
+            assert_eq!(b["data"]["username"], "cG9zdGdyZXM=");
+            assert_eq!(b["data"]["password"], "UHIwZHVjdDEwbkFkbTFu");
+        }),
+    ];
+    exchanges.extend(apply_rest());
+    let (r, _) = play_with_admin(reset_request(json!({})), None, exchanges).await;
+    let (summary, _, state) = continued(r.unwrap());
+    assert!(summary.contains("Secret staging-db-admin"), "{summary}");
+    assert!(!summary.contains("Pr0duct10nAdm1n") && !state.to_string().contains("Pr0duct10nAdm1n"));
+}
+
+#[tokio::test]
+async fn ready_resets_the_password_before_masking_and_publishing() {
+    let ns = ns();
+    let exchanges = then(
+        ready_exchanges(),
+        vec![X::apply(&p_job("staging-db-credentials-reset")).body(|b| {
+            let pod = &b["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"],
+                "RuntimeDefault"
+            );
+            let c = &pod["containers"][0];
+            assert_eq!(
+                c["image"], "postgres:17",
+                "the database image has the client"
+            );
+            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+            let script = c["command"][2].as_str().unwrap();
+            assert!(
+                script.contains("ALTER USER :\"new_user\" WITH PASSWORD :'new_password';"),
+                "{script}"
+            );
+            assert!(script.contains("`printenv DB_PASSWORD`"), "{script}");
+            let env = c["env"].as_array().unwrap();
+            let var = |n: &str| env.iter().find(|e| e["name"] == n).unwrap().clone();
+            for (name, secret, key) in [
+                ("DB_USERNAME", "staging-db-credentials", "username"),
+                ("DB_PASSWORD", "staging-db-credentials", "password"),
+                ("PGUSER", "staging-db-admin", "username"),
+                ("PGPASSWORD", "staging-db-admin", "password"),
+            ] {
+                let v = var(name);
+                assert!(v.get("value").is_none(), "{name} is never literal");
+                assert_eq!(
+                    v["valueFrom"]["secretKeyRef"],
+                    json!({"name": secret, "key": key, "optional": false})
+                );
+            }
+            assert!(!b.to_string().contains("Pr0duct10nAdm1n"));
+        })],
+    );
+    let (r, _) = play_with_admin(
+        reset_request(masking()),
+        Some(state("ready", minutes_ago(3), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, _, next) = continued(r.unwrap());
+    assert_eq!(next, state("reset", now().as_second(), true));
+    assert!(
+        summary.starts_with(&format!("resetting the database user's password in {ns}"))
+            && summary.contains("started Job staging-db-credentials-reset"),
+        "{summary}"
+    );
+
+    // The reset succeeded: masking starts (still nothing published).
+    let exchanges = vec![
+        X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
+            &ns,
+            "staging-db-credentials-reset",
+            vec![o::condition("Complete", "True", None, None)],
+            1,
+            0,
+        )),
+        X::apply(&p_job("staging-db-masking")),
+    ];
+    let (r, _) = play_with_admin(
+        reset_request(masking()),
+        Some(state("reset", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, _, next) = continued(r.unwrap());
+    assert_eq!(next["p"], "masking");
+    assert!(
+        summary.contains("the password is reset; started Job staging-db-masking"),
+        "{summary}"
+    );
+
+    // Without masking, the reset's success publishes, and says so.
+    let exchanges = vec![X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
+        &ns,
+        "staging-db-credentials-reset",
+        vec![o::condition("Complete", "True", None, None)],
+        1,
+        0,
+    ))];
+    let (r, _) = play_with_admin(
+        reset_request(json!({})),
+        Some(state("reset", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["CredentialsReset"], "true");
+    assert!(
+        summary.contains("password of database user app reset to the generated one in Secret staging-db-credentials"),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_reset_fails_the_step_and_publishes_nothing() {
+    let ns = ns();
+    let exchanges = then(
+        vec![
+            X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
+                &ns,
+                "staging-db-credentials-reset",
+                vec![o::condition("Failed", "True", Some("BackoffLimitExceeded"), Some("Job has reached the specified backoff limit"))],
+                0,
+                2,
+            )),
+            X::list(
+                &format!("/api/v1/namespaces/{ns}/pods"),
+                &[("labelSelector", "batch.kubernetes.io/job-name=staging-db-credentials-reset")],
+            )
+            .ok(o::list("Pod", "v1", vec![o::job_pod(
+                &ns,
+                "staging-db-credentials-reset",
+                2,
+                "Error",
+                "psql: error: connection to server failed: FATAL:  password authentication failed for user \"postgres\"",
+            )])),
+        ],
+        teardown_exchanges(),
+    );
+    let (r, _) = play_with_admin(
+        reset_request(json!({})),
+        Some(state("reset", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(msg.contains("the credentials reset Job"), "{msg}");
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(msg.contains("check adminSecret"), "{msg}");
+    assert!(msg.contains("deleted namespace"), "{msg}");
 }
 
 #[tokio::test]

@@ -73,7 +73,9 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
     let key = format!("it/{stamp}");
     let request = json!({
         "backend": "px-csi", "volumeId": "it-volume", "namespace": namespace,
-        "storageSize": "1Gi", "ttlHours": 1, "onFailure": "keep"
+        "storageSize": "1Gi", "ttlHours": 1, "onFailure": "keep",
+        // A new, empty volume: the image sets the generated credentials itself.
+        "resetCredentials": false
     });
 
     // Plan: nothing is sent.

@@ -108,7 +108,8 @@ pub async fn step(sdk: &aws_config::SdkConfig, mut step: Step<Params>) -> Result
     }
     let client = crate::cluster::connect(&cluster, sdk).await?;
     tracing::info!(cluster = %cluster.describe(), action = step.params.action.as_str(), "connected");
-    run(&client, step, Timestamp::now()).await
+    let secrets = credentials::SecretsManager(aws_sdk_secretsmanager::Client::new(sdk));
+    run_with(&client, step, Timestamp::now(), &secrets).await
 }
 
 /// Checks a request as the step does before contacting anything (samples, tests): a deploy
@@ -121,7 +122,18 @@ pub fn check_request(params: Params, execution: &Execution, now: Timestamp) -> R
 }
 
 /// One step against a cluster: deploy (or resume one), teardown, or sweep. `now` is the clock.
+/// No admin secrets can be read (see [`run_with`]).
 pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> Result<Outcome> {
+    run_with(client, step, now, &credentials::NoAdminSecrets).await
+}
+
+/// [`run`], reading `adminSecret` from `secrets`.
+pub async fn run_with(
+    client: &kube::Client,
+    step: Step<Params>,
+    now: Timestamp,
+    secrets: &dyn credentials::AdminSecrets,
+) -> Result<Outcome> {
     match step.params.action {
         Action::Deploy if step.params.dry_run => plan_step(step, DRY_RUN),
         Action::Deploy => {
@@ -134,7 +146,7 @@ pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> R
             if state.is_none() {
                 plan.log_requests();
             }
-            deploy::deploy(client, &plan, state, now).await
+            deploy::deploy(client, &plan, state, now, secrets).await
         }
         Action::Teardown => teardown::teardown(client, &step.params).await,
         Action::Sweep => {

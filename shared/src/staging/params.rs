@@ -77,6 +77,18 @@ pub struct Params {
     /// A Job that checks the migrations against the staging data.
     #[serde(default)]
     pub migration: Option<JobParams>,
+    /// Reset the database user's password to the generated one once the database is ready
+    /// (default true: a restored volume keeps production's passwords). Needs `adminSecret`.
+    #[serde(default)]
+    pub reset_credentials: Option<bool>,
+    /// Secrets Manager secret (name or ARN) holding `{"username", "password"}` of the restored
+    /// database's admin (production's): the reset Job connects as it.
+    #[serde(default)]
+    pub admin_secret: Option<SecretId>,
+    /// The database user the Secret names and whose password is reset (default: the image's
+    /// superuser: postgres, root, admin).
+    #[serde(default)]
+    pub database_user: Option<DatabaseUser>,
     /// The database workload as the user's own YAML (see [`super::template`]).
     #[serde(default)]
     pub template: Option<TemplateParam>,
@@ -258,6 +270,17 @@ pub struct Spec {
     pub migration: Option<JobParams>,
     /// The user's template, read; `None` for snapstage's own Service and StatefulSet.
     pub template: Option<TemplateText>,
+    /// The credentials reset after readiness; `None` when `resetCredentials` is false.
+    pub reset: Option<Reset>,
+    /// The user the Secret names.
+    pub database_user: String,
+}
+
+/// The credentials reset: run unless `resetCredentials` is false.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    /// Where the admin's credentials are; required when a deploy applies.
+    pub admin_secret: Option<String>,
 }
 
 impl Params {
@@ -318,6 +341,13 @@ impl Params {
             masking: self.masking,
             migration: self.migration,
             template,
+            reset: self.reset_credentials.unwrap_or(true).then(|| Reset {
+                admin_secret: self.admin_secret.map(|s| s.0),
+            }),
+            database_user: self
+                .database_user
+                .map(|u| u.0)
+                .unwrap_or_else(|| super::credentials::username(self.engine).to_string()),
         })
     }
 
@@ -596,6 +626,29 @@ impl Default for FieldManager {
         Self(DEFAULT_FIELD_MANAGER.to_string())
     }
 }
+
+checked_string!(
+    /// A Secrets Manager secret id: a name or an ARN.
+    SecretId,
+    |s| {
+        if !s.is_empty() && s.len() <= 2048 && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Ok(())
+        } else {
+            Err(format!("expected a Secrets Manager secret name or ARN, got {s:?}"))
+        }
+    }
+);
+
+checked_string!(
+    /// A database user name, safe to write into SQL and shell: letters, digits and `_`.
+    DatabaseUser,
+    |s| {
+        let ok = s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok { Ok(()) } else { Err(format!("expected a database user name of letters, digits and _ (at most 63, not starting with a digit), got {s:?}")) }
+    }
+);
 
 checked_string!(
     /// A ConfigMap name (DNS-1123 subdomain).
