@@ -32,6 +32,7 @@ use super::params::OnFailure;
 use super::params::{Reset, VolumeSource};
 use super::readiness::{self, Health, JobHealth};
 use super::render::{SECRET_NAME, STATEFULSET_NAME, Workload};
+use super::rollback;
 use super::teardown;
 use super::template::TemplateObject;
 use crate::cluster::BACKEND;
@@ -66,6 +67,10 @@ pub struct DeployState {
     /// True when this run created the namespace: only then does a failure delete it.
     #[serde(rename = "c")]
     pub created: bool,
+    /// The `snapstage.io/pipeline` label: marks the namespace healthy at the end, finds the
+    /// previous healthy one on failure (continuations do not know the pipeline's name).
+    #[serde(rename = "pl", default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
 }
 
 impl DeployState {
@@ -98,7 +103,7 @@ pub async fn deploy(
                 tracing::warn!(error = %e, "Kubernetes API unavailable; checking again next invocation");
                 continue_with(plan, s.clone(), now, format!("{e}; checking again"))
             }
-            Err(e) => Err(on_failure(client, plan, s.created, e).await),
+            Err(e) => Err(on_failure(client, plan, s.created, e, s.pipeline.as_deref(), now).await),
             Ok(o) => Ok(o),
         },
     }
@@ -163,7 +168,10 @@ async fn start(
     }
     let applied = match apply_objects(client, plan, existing.is_some(), admin).await {
         Ok(a) => format!("{a}{claim_note}"),
-        Err(e) => return Err(on_failure(client, plan, created, e).await),
+        Err(e) => {
+            let pipeline = spec.pipeline_label.as_deref();
+            return Err(on_failure(client, plan, created, e, pipeline, now).await);
+        }
     };
     let state = DeployState {
         phase: Phase::Ready,
@@ -173,6 +181,7 @@ async fn start(
             .parse::<Timestamp>()
             .map_or(0, |t| t.as_second()),
         created,
+        pipeline: spec.pipeline_label.clone(),
     };
     Ok(Outcome::Continue {
         summary: format!(
@@ -528,7 +537,7 @@ async fn next(
     migration: Option<MigrationResult>,
 ) -> Result<Outcome> {
     let Some(kind) = job_after(plan, s.phase) else {
-        return Ok(done(plan, s, migration));
+        return finish(client, plan, s, now, migration).await;
     };
     let job = jobs::render(&plan.spec, kind)
         .ok_or_else(|| Error::Internal(format!("the {} Job is not configured", kind.as_str())))?;
@@ -609,14 +618,13 @@ async fn check_job(
     };
     let allow = kind.params(&plan.spec).is_some_and(|p| p.allow_failure);
     match kind {
-        JobKind::Migration if allow => Ok(done(
-            plan,
-            s,
-            Some(MigrationResult {
+        JobKind::Migration if allow => {
+            let result = MigrationResult {
                 succeeded: false,
                 detail: format!("Job {name} failed: {failure}"),
-            }),
-        )),
+            };
+            finish(client, plan, s, now, Some(result)).await
+        }
         JobKind::Migration => Err(failed(format!(
             "the migration check Job {ns}/{name} failed: {failure} (set migration.allowFailure to report it without failing)"
         ))),
@@ -627,6 +635,25 @@ async fn check_job(
             "the masking Job {ns}/{name} failed: {failure}; the staging database is not published"
         ))),
     }
+}
+
+/// Publishes: marks the namespace healthy for its pipeline (when known), then the outputs.
+async fn finish(
+    client: &kube::Client,
+    plan: &Plan,
+    s: &DeployState,
+    now: Timestamp,
+    migration: Option<MigrationResult>,
+) -> Result<Outcome> {
+    let outcome = done(plan, s, migration);
+    if let (Some(_), Outcome::Done { outputs, .. }) = (&s.pipeline, &outcome) {
+        // The database is healthy whatever happens to the mark: a failed mark only means a
+        // later rollback cannot find this one.
+        if let Err(e) = rollback::mark_healthy(client, plan, outputs, now).await {
+            tracing::warn!(error = %e, namespace = %plan.spec.namespace, "could not mark the namespace healthy");
+        }
+    }
+    Ok(outcome)
 }
 
 /// The outputs once everything succeeded.
@@ -668,10 +695,40 @@ fn done(plan: &Plan, s: &DeployState, migration: Option<MigrationResult>) -> Out
     }
 }
 
-/// Applies `onFailure` and says what happened to the namespace in the error.
-async fn on_failure(client: &kube::Client, plan: &Plan, created: bool, err: Error) -> Error {
+/// Applies `onFailure` and says what happened to the namespace in the error. `pipeline` is
+/// the `snapstage.io/pipeline` label, for a rollback.
+async fn on_failure(
+    client: &kube::Client,
+    plan: &Plan,
+    created: bool,
+    err: Error,
+    pipeline: Option<&str>,
+    now: Timestamp,
+) -> Error {
     let ns = &plan.spec.namespace;
+    if plan.spec.on_failure == OnFailure::Rollback {
+        let removed = match created {
+            false => format!("namespace {ns} existed before this run and is left as it is"),
+            true => match teardown::remove_by_name(client, ns).await {
+                Ok(Some(r)) => format!("{} (onFailure: rollback)", r.describe(false)),
+                Ok(None) => format!("namespace {ns} was not created"),
+                Err(e) => {
+                    format!("deleting namespace {ns} failed too ({e}); the TTL sweep removes it")
+                }
+            },
+        };
+        let previous = match pipeline {
+            None => "no pipeline is known (run it in CodePipeline or set pipeline), so there is no previous staging database to roll back to".to_string(),
+            Some(p) => match rollback::previous_healthy(client, p, ns, now).await {
+                Ok(Some(prev)) => prev.describe(),
+                Ok(None) => "no previous healthy staging database of this pipeline stands: nothing to roll back to".to_string(),
+                Err(e) => format!("looking for the previous healthy staging database failed ({e})"),
+            },
+        };
+        return with_note(err, &format!("{removed}. {previous}"));
+    }
     let note = match (plan.spec.on_failure, created) {
+        (OnFailure::Rollback, _) => String::new(),
         (OnFailure::Keep, _) => format!(
             "namespace {ns} is kept for debugging (onFailure: keep); it expires at {}",
             plan.expires_at

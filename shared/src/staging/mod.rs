@@ -22,6 +22,7 @@
 //! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
 //! | [`jobs`] | the masking and migration Jobs |
 //! | [`teardown`] | deleting one staging namespace, sweeping expired ones |
+//! | [`rollback`] | healthy marks, and the previous healthy environment of a pipeline |
 //! | [`template`] | the user's own workload YAML: placeholders, checks, labels |
 //! | [`artifact`] | a template file inside a CodePipeline input artifact (zip in S3) |
 //!
@@ -48,6 +49,7 @@ pub mod ownership;
 pub mod params;
 pub mod readiness;
 pub mod render;
+pub mod rollback;
 pub mod teardown;
 pub mod template;
 pub mod validate;

@@ -89,6 +89,10 @@ pub struct Params {
     /// superuser: postgres, root, admin).
     #[serde(default)]
     pub database_user: Option<DatabaseUser>,
+    /// The pipeline staging environments belong to, for `onFailure: "rollback"` (default: the
+    /// CodePipeline pipeline's name; give it for direct requests and the CLI).
+    #[serde(default)]
+    pub pipeline: Option<PipelineName>,
     /// The database workload as the user's own YAML (see [`super::template`]).
     #[serde(default)]
     pub template: Option<TemplateParam>,
@@ -126,6 +130,9 @@ pub enum OnFailure {
     Teardown,
     /// Leave everything for debugging (it still expires with its TTL).
     Keep,
+    /// Delete it as `teardown` does, and name the previous healthy staging database of the same
+    /// pipeline, which still stands (the action still fails).
+    Rollback,
 }
 
 /// A Job run against the staging database (`masking`, `migration`).
@@ -274,6 +281,8 @@ pub struct Spec {
     pub reset: Option<Reset>,
     /// The user the Secret names.
     pub database_user: String,
+    /// The `snapstage.io/pipeline` label (a hash of the pipeline's name), when known.
+    pub pipeline_label: Option<String>,
 }
 
 /// The credentials reset: run unless `resetCredentials` is false.
@@ -344,6 +353,12 @@ impl Params {
             reset: self.reset_credentials.unwrap_or(true).then(|| Reset {
                 admin_secret: self.admin_secret.map(|s| s.0),
             }),
+            pipeline_label: self
+                .pipeline
+                .map(|p| p.0)
+                .or_else(|| execution.pipeline.clone())
+                .filter(|p| !p.is_empty())
+                .map(|p| names::execution_label(&p)),
             database_user: self
                 .database_user
                 .map(|u| u.0)
@@ -626,6 +641,18 @@ impl Default for FieldManager {
         Self(DEFAULT_FIELD_MANAGER.to_string())
     }
 }
+
+checked_string!(
+    /// A pipeline name: 1 to 100 printable characters.
+    PipelineName,
+    |s| {
+        if !s.is_empty() && s.len() <= 100 && !s.chars().any(char::is_control) {
+            Ok(())
+        } else {
+            Err(format!("expected a pipeline name of 1 to 100 printable characters, got {s:?}"))
+        }
+    }
+);
 
 checked_string!(
     /// A Secrets Manager secret id: a name or an ARN.

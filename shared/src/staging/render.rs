@@ -49,6 +49,14 @@ pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const LABEL_EXECUTION: &str = "snapstage.io/execution";
 pub const LABEL_COMMIT: &str = "snapstage.io/commit";
 pub const LABEL_ROLE: &str = "snapstage.io/role";
+/// On the namespace: a hash of the pipeline it belongs to (rollback finds its siblings).
+pub const LABEL_PIPELINE: &str = "snapstage.io/pipeline";
+/// On the namespace: `"true"` once the deploy succeeded; `"false"` from each apply until then.
+pub const LABEL_HEALTHY: &str = "snapstage.io/healthy";
+/// When the namespace's database was published (RFC 3339).
+pub const ANNOTATION_HEALTHY_AT: &str = "snapstage.io/healthy-at";
+/// What was published: `{"Namespace", "Service", "Endpoint", "Port", "SecretName"}` as JSON.
+pub const ANNOTATION_OUTPUTS: &str = "snapstage.io/outputs";
 pub const ANNOTATION_EXPIRES_AT: &str = "snapstage.io/expires-at";
 pub const ANNOTATION_TTL_HOURS: &str = "snapstage.io/ttl-hours";
 pub const ANNOTATION_EXECUTION_KEY: &str = "snapstage.io/execution-key";
@@ -179,6 +187,11 @@ fn namespace(spec: &Spec, expires_at: &str) -> Namespace {
         "pod-security.kubernetes.io/enforce".into(),
         "restricted".into(),
     );
+    if let Some(p) = &spec.pipeline_label {
+        labels.insert(LABEL_PIPELINE.into(), p.clone());
+        // Not healthy until this run says so (a reused namespace loses an older run's mark).
+        labels.insert(LABEL_HEALTHY.into(), "false".into());
+    }
     let mut annotations = BTreeMap::from([
         (ANNOTATION_EXPIRES_AT.to_string(), expires_at.to_string()),
         (ANNOTATION_TTL_HOURS.to_string(), spec.ttl_hours.to_string()),
