@@ -1,7 +1,8 @@
 //! `deploy-staging-db`: the staging database on Kubernetes. Applies the manifests to the
 //! configured cluster, waits (through continuations) until the database is ready, runs the
-//! optional masking and migration Jobs, and publishes the endpoint; or deletes staging
-//! namespaces (teardown, TTL sweep). Without a cluster, or with dryRun, it only plans.
+//! credentials reset and the optional masking and migration Jobs, and publishes the endpoint; or
+//! deletes staging namespaces (teardown, TTL sweep). Without a cluster, or with dryRun, it only
+//! plans.
 
 use std::process::ExitCode;
 
@@ -27,11 +28,14 @@ const ABOUT: About = About {
     summary: concat!(
         "Deploys a staging database on Kubernetes that mounts the restored volume: a Namespace\n",
         "(labelled, with an expiry), a Secret with generated credentials (made once, never output), a\n",
-        "PersistentVolume + PVC bound to the volume, a Service and a one-replica StatefulSet, applied\n",
-        "with server-side apply. Waits until the PVC is Bound and the pod Ready (failing early on image\n",
-        "pull errors and crash loops), runs the optional masking and migration-check Jobs, then\n",
-        "publishes the endpoint. A failure deletes the namespace it created (onFailure). action\n",
-        "teardown / sweep delete one staging namespace / every expired one, only if snapstage made it.\n",
+        "PersistentVolume + PVC bound to the volume (or the PVC restore-to-staging made: pvcName), and a\n",
+        "Service + one-replica StatefulSet or the user's own template, applied with server-side apply.\n",
+        "Waits until the PVC is Bound and the pods Ready (failing early on image pull errors and crash\n",
+        "loops), resets the restored database user's password to the generated one (a Job connecting\n",
+        "as adminSecret's admin), runs the optional masking and migration-check Jobs, then publishes\n",
+        "the endpoint. A failure deletes the namespace it created, or keeps it, or rolls back to the\n",
+        "previous healthy database of the pipeline (onFailure). action teardown / sweep delete one\n",
+        "staging namespace / every expired one, only if snapstage made it.\n",
         "PLAN MODE when no cluster is configured or dryRun is true: the manifests are rendered and\n",
         "validated and the apply requests are logged; no cluster is contacted.",
     ),
@@ -42,9 +46,12 @@ const ABOUT: About = About {
         "  volumeId                the restored volume: an EBS volume id (vol-...) for backend ebs; an array\n",
         "                          volume name ([realm::][pod::]volume) for pure-csi / px-csi; not with csi\n",
         "  backend                 ebs (default; static PV of ebs.csi.aws.com) | csi (the PVC restores\n",
-        "                          snapshotName) | pure-csi (static PV of pure-csi) | px-csi (PVC annotation\n",
-        "                          portworx.io/pure-volume-name)\n",
+        "                          snapshotName, or pvcName is mounted) | pure-csi (static PV of pure-csi)\n",
+        "                          | px-csi (PVC annotation portworx.io/pure-volume-name)\n",
         "  snapshotName            csi only: the VolumeSnapshot, in the staging namespace, to restore\n",
+        "  pvcName                 csi only, instead of snapshotName: a PVC restore-to-staging made in the\n",
+        "                          staging namespace (its PvcName / Namespace outputs); no second PVC;\n",
+        "                          teardown deletes it only if it is labelled managed-by=snapstage\n",
         "  engine                  postgresql (default) | mysql | mongodb\n",
         "  namespace               default snapstage-<hash of the execution>; never default or kube-*; an\n",
         "                          existing one must be labelled app.kubernetes.io/managed-by=snapstage\n",
@@ -55,7 +62,25 @@ const ABOUT: About = About {
         "  image                   the database image (default postgres:17, mysql:8.4, mongo:7.0); use\n",
         "                          production's major version\n",
         "  readyTimeoutMinutes     1..1440 (default 15): how long the database may take to be ready\n",
-        "  onFailure               teardown (default: delete the namespace this run created) | keep\n",
+        "  onFailure               teardown (default: delete the namespace this run created) | keep |\n",
+        "                          rollback (teardown, and name the previous healthy database of the same\n",
+        "                          pipeline, which still stands, in the failure: Namespace, Endpoint, ...)\n",
+        "  pipeline                the pipeline environments belong to, for rollback (default: the\n",
+        "                          CodePipeline pipeline's name; set it for direct requests and the CLI)\n",
+        "  resetCredentials        true (default): after readiness a Job (the database image's client)\n",
+        "                          sets databaseUser's password to the generated one: ALTER USER / updateUser\n",
+        "  adminSecret             Secrets Manager secret {\"username\", \"password\"} of the restored\n",
+        "                          (production) database's admin; required for the reset when applying\n",
+        "  databaseUser            the user the Secret names and the reset changes (default postgres | root\n",
+        "                          | admin)\n",
+        "  template                the workload as your own YAML instead of snapstage's Service +\n",
+        "                          StatefulSet: {\"inline\": \"...\"} | {\"file\": \"/path\"} | {\"artifact\": {\"path\":\n",
+        "                          \"deploy/db.yaml\", \"name\"?: \"SourceOutput\"}} (a file in an input artifact)\n",
+        "                          Placeholders: ${NAMESPACE} ${PVC_NAME} (required) ${SECRET_NAME}\n",
+        "                          ${SECRET_USERNAME_KEY} ${SECRET_PASSWORD_KEY} ${IMAGE} ${ENGINE} ${PORT}\n",
+        "                          ${MOUNT_PATH} ${RUN_AS_USER} ${EXECUTION}; $${ is a literal ${. Kinds:\n",
+        "                          StatefulSet, Deployment, Service, ConfigMap, Secret, in the staging\n",
+        "                          namespace; its first Service is published\n",
         "  masking                 {\"image\", \"command\": [...], \"scriptsConfigMap\"?, \"timeoutMinutes\"?}: a\n",
         "                          Job run after readiness, before anything is published; env DB_HOST,\n",
         "                          DB_PORT, DB_USERNAME, DB_PASSWORD (+ PG* / MYSQL_*); scripts at /scripts\n",
@@ -66,7 +91,7 @@ const ABOUT: About = About {
     ),
     outputs: concat!(
         "  Namespace               the staging namespace\n",
-        "  Service                 the database Service\n",
+        "  Service                 the database Service (a template's first Service)\n",
         "  Endpoint                <service>.<namespace>.svc.cluster.local:<port>\n",
         "  Port                    5432 | 3306 | 27017\n",
         "  SecretName              the Secret with the credentials (generated at apply time; never output)\n",
@@ -74,6 +99,7 @@ const ABOUT: About = About {
         "  Mode                    applied | plan (teardown / sweep: applied | dry-run | plan)\n",
         "  ManifestCount           how many objects were rendered and validated\n",
         "  ExpiresAt               RFC 3339 time after which the namespace may be deleted\n",
+        "  CredentialsReset        true | false: the password of databaseUser was reset\n",
         "  MigrationResult         succeeded | failed (with migration)\n",
         "  Action, Deleted, ...    teardown / sweep: what was deleted",
     ),

@@ -234,6 +234,7 @@ users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster
     .unwrap();
     let (out, r) = run(&json!({
         "volumeId": "vol-0123456789abcdef0",
+        "resetCredentials": false,
         "cluster": {"kubeconfigFile": kubeconfig.to_string_lossy()}
     })
     .to_string());
@@ -274,4 +275,39 @@ fn teardown_without_a_cluster_only_plans() {
         "{summary}"
     );
     assert_eq!(r["outputVariables"]["Action"], "teardown");
+}
+
+#[test]
+fn a_template_sample_plans_the_template_s_objects_on_the_existing_pvc() {
+    let (out, r) = run(&sample("deploy-staging-db-template.json"));
+    assert!(out.status.success(), "{r}");
+    let o = &r["outputVariables"];
+    assert_eq!(o["Mode"], "plan");
+    assert_eq!(o["Service"], "postgres");
+    assert_eq!(o["Namespace"], "snapstage-demo-template");
+    assert_eq!(
+        o["Endpoint"],
+        "postgres.snapstage-demo-template.svc.cluster.local:5432"
+    );
+    assert_eq!(
+        o["ManifestCount"], "4",
+        "Namespace, Secret, Service, StatefulSet"
+    );
+    let summary = r["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("from csi restored-db")
+            && summary.contains("workload from template.inline"),
+        "{summary}"
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(
+            "PATCH /apis/apps/v1/namespaces/snapstage-demo-template/statefulsets/postgres"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains("persistentvolumeclaims/"),
+        "no second PVC: {log}"
+    );
 }

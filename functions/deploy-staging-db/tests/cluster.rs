@@ -40,8 +40,11 @@ fn minutes_ago(m: i64) -> i64 {
     now().as_second() - m * 60
 }
 
+/// A deploy request; the credentials reset (on by default, it needs `adminSecret`) is off except
+/// in the scenarios about it.
 fn request(extra: Value) -> Value {
-    let mut r = json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a"});
+    let mut r = json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a",
+                       "resetCredentials": false});
     for (k, v) in extra.as_object().unwrap() {
         r[k] = v.clone();
     }
@@ -273,6 +276,789 @@ async fn existing_secret_is_never_regenerated() {
         state["c"], true,
         "the namespace carries this run's execution: it is ours to tear down"
     );
+}
+
+/// The namespace, Secret read and the other applies of a deploy into an existing namespace
+/// whose `snapstage.io/execution` is `execution` and whose expiry is `expires`; the namespace's
+/// apply must carry `want_expiry`.
+fn redeploy_exchanges(execution: &str, expires: &str, want_expiry: &'static str) -> Vec<X> {
+    let ns = ns();
+    let mut exchanges = vec![
+        X::get(&p_ns()).ok(o::staging_namespace(&ns, execution, expires)),
+        X::get(&p_pv()).ok(o::persistent_volume(&format!("{ns}-data"), &ns, execution)),
+        X::apply(&p_ns()).body(move |b| {
+            assert_eq!(
+                b["metadata"]["annotations"]["snapstage.io/expires-at"],
+                want_expiry
+            );
+            assert_eq!(b["metadata"]["labels"]["snapstage.io/execution"], label());
+        }),
+        X::get(&p_in("secrets", "staging-db-credentials")).ok(o::secret(&ns)),
+    ];
+    exchanges.extend(apply_rest());
+    exchanges
+}
+
+#[tokio::test]
+async fn a_retry_of_the_same_run_keeps_the_namespace_expiry() {
+    // The first invocation applied at 10:00 and expires at 10:00 tomorrow; Lambda retries at 12:00.
+    let first = "2025-06-02T10:00:00Z";
+    let (r, _) = play(
+        request(json!({})),
+        None,
+        redeploy_exchanges(&label(), first, "2025-06-02T10:00:00Z"),
+    )
+    .await;
+    let (_, _, state) = continued(r.unwrap());
+    let first_ts: Timestamp = first.parse().unwrap();
+    assert_eq!(state["x"], first_ts.as_second(), "ExpiresAt stays {first}");
+}
+
+#[tokio::test]
+async fn a_new_run_into_a_reused_namespace_gets_a_new_expiry() {
+    let (r, _) = play(
+        request(json!({})),
+        None,
+        redeploy_exchanges("0ldexecution0", "2025-06-01T13:00:00Z", EXPIRES),
+    )
+    .await;
+    let (_, _, state) = continued(r.unwrap());
+    assert_eq!(
+        state["x"],
+        EXPIRES.parse::<Timestamp>().unwrap().as_second()
+    );
+    assert_eq!(state["c"], false, "an earlier run made the namespace");
+}
+
+fn existing_pvc_request() -> Value {
+    json!({"backend": "csi", "pvcName": "restored-db", "namespace": "team-a-staging",
+           "resetCredentials": false})
+}
+
+#[tokio::test]
+async fn an_existing_pvc_from_restore_is_mounted_not_created() {
+    let ns = "team-a-staging";
+    let restore = "4e570e0000000000000a";
+    let exchanges = vec![
+        // restore-to-staging made the namespace and the PVC (its own execution label).
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(o::staging_namespace(ns, restore, EXPIRES)),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "snapstage", "snapstage.io/execution": restore}),
+        )),
+        X::apply(&format!("/api/v1/namespaces/{ns}")).body(|b| {
+            let ann = &b["metadata"]["annotations"];
+            assert_eq!(ann["snapstage.io/existing-claim"], "restored-db");
+            assert_eq!(ann["snapstage.io/source"], "csi-pvc:restored-db");
+        }),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/secrets/staging-db-credentials"
+        ))
+        .not_found(),
+        X::apply(&format!(
+            "/api/v1/namespaces/{ns}/secrets/staging-db-credentials"
+        )),
+        // No PersistentVolume, no PersistentVolumeClaim: straight to the Service.
+        X::apply(&format!("/api/v1/namespaces/{ns}/services/staging-db")),
+        X::apply(&format!(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets/staging-db"
+        ))
+        .body(|b| {
+            let vol = &b["spec"]["template"]["spec"]["volumes"][0];
+            assert_eq!(vol["persistentVolumeClaim"]["claimName"], "restored-db");
+        }),
+    ];
+    let (r, seen) = play(existing_pvc_request(), None, exchanges).await;
+    let (summary, _, state) = continued(r.unwrap());
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.starts_with("PATCH") && s.contains("persistentvolume")),
+        "{seen:#?}"
+    );
+    assert!(
+        summary.contains("mounting the existing PVC restored-db (snapstage's)"),
+        "{summary}"
+    );
+    assert_eq!(state["c"], false, "restore-to-staging made the namespace");
+
+    // Readiness reads that PVC.
+    let exchanges = vec![
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "snapstage"}),
+        )),
+        X::get(&format!(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets/staging-db"
+        ))
+        .ok(o::stateful_set(ns, 1, 1, 1)),
+        X::get(&format!("/api/v1/namespaces/{ns}/pods/staging-db-0"))
+            .ok(o::pod(ns, o::running_pod_status(true))),
+    ];
+    let (r, _) = play(existing_pvc_request(), Some(state), exchanges).await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Namespace"], ns);
+    assert!(summary.contains("from csi restored-db"), "{summary}");
+}
+
+#[tokio::test]
+async fn a_missing_existing_pvc_fails_before_anything_is_applied() {
+    let ns = "team-a-staging";
+    let exchanges = vec![
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(o::staging_namespace(ns, "4e570e", EXPIRES)),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .not_found(),
+    ];
+    let (r, seen) = play(existing_pvc_request(), None, exchanges).await;
+    let (_, msg) = failure(r);
+    assert!(
+        msg.contains("PVC team-a-staging/restored-db (pvcName) does not exist"),
+        "{msg}"
+    );
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+}
+
+#[tokio::test]
+async fn teardown_leaves_a_namespace_whose_existing_pvc_snapstage_did_not_make() {
+    let ns = "team-a-staging";
+    let mut namespace = o::staging_namespace(ns, "4e570e", EXPIRES);
+    namespace["metadata"]["annotations"]["snapstage.io/existing-claim"] = json!("restored-db");
+    let exchanges = vec![
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(namespace.clone()),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "velero"}),
+        )),
+    ];
+    let (r, seen) = play(
+        json!({"action": "teardown", "namespace": ns}),
+        None,
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError);
+    assert!(
+        msg.contains("holds PVC restored-db") && msg.contains("snapstage did not make"),
+        "{msg}"
+    );
+    assert!(!seen.iter().any(|s| s.starts_with("DELETE")), "{seen:#?}");
+
+    // The same PVC with snapstage's label: the namespace (and so the PVC) is deleted.
+    let exchanges = vec![
+        X::get(&format!("/api/v1/namespaces/{ns}")).ok(namespace),
+        X::get(&format!(
+            "/api/v1/namespaces/{ns}/persistentvolumeclaims/restored-db"
+        ))
+        .ok(o::labelled_claim(
+            ns,
+            "restored-db",
+            json!({"app.kubernetes.io/managed-by": "snapstage"}),
+        )),
+        X::list(
+            "/api/v1/persistentvolumes",
+            &[(
+                "labelSelector",
+                "app.kubernetes.io/managed-by=snapstage,snapstage.io/execution=4e570e",
+            )],
+        )
+        .ok(o::list("PersistentVolume", "v1", vec![])),
+        X::delete(&format!("/api/v1/namespaces/{ns}")),
+    ];
+    let (r, _) = play(
+        json!({"action": "teardown", "namespace": ns}),
+        None,
+        exchanges,
+    )
+    .await;
+    let (_, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Deleted"], "true");
+}
+
+/// A user template: a ConfigMap, a Service and a Deployment mounting the restored PVC.
+const TEMPLATE: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db}
+spec:
+  replicas: 1
+  strategy: {type: Recreate}
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+        - name: db
+          image: ${IMAGE}
+          envFrom: [{configMapRef: {name: db-settings}}]
+          env:
+            - name: POSTGRES_PASSWORD
+              valueFrom: {secretKeyRef: {name: "${SECRET_NAME}", key: "${SECRET_PASSWORD_KEY}"}}
+          volumeMounts: [{name: data, mountPath: "${MOUNT_PATH}"}]
+      volumes:
+        - name: data
+          persistentVolumeClaim: {claimName: "${PVC_NAME}"}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  selector: {app: db}
+  ports: [{name: pg, port: 5432, targetPort: 5432}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: db-settings}
+data: {PGDATA: "${MOUNT_PATH}/pgdata"}
+"#;
+
+fn template_request() -> Value {
+    request(json!({"template": {"inline": TEMPLATE}}))
+}
+
+#[tokio::test]
+async fn a_user_template_is_applied_after_snapstage_s_objects() {
+    let ns = ns();
+    let (ns1, ns2) = (ns.clone(), ns.clone());
+    let mut exchanges = vec![
+        X::get(&p_ns()).not_found(),
+        X::get(&p_pv()).not_found(),
+        X::apply(&p_ns()),
+        X::apply(&p_in("secrets", "staging-db-credentials")),
+    ];
+    exchanges.extend(apply_rest().into_iter().take(2)); // PV, PVC
+    exchanges.extend([
+        X::apply(&p_in("configmaps", "db-settings")).body(move |b| {
+            assert_eq!(b["metadata"]["namespace"], ns1.as_str());
+            assert_eq!(
+                b["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "snapstage"
+            );
+            assert_eq!(b["data"]["PGDATA"], "/var/lib/postgresql/data/pgdata");
+        }),
+        X::apply(&p_in("services", "db")).body(|b| {
+            assert_eq!(b["spec"]["selector"], json!({"app": "db"}));
+            assert_eq!(b["metadata"]["labels"]["snapstage.io/execution"], label());
+        }),
+        X::apply(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db")).body(move |b| {
+            assert_eq!(b["metadata"]["namespace"], ns2.as_str());
+            let pod = &b["spec"]["template"];
+            assert_eq!(pod["metadata"]["labels"]["app"], "db");
+            assert_eq!(
+                pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "snapstage"
+            );
+            let spec = &pod["spec"];
+            assert_eq!(spec["containers"][0]["image"], "postgres:17");
+            assert_eq!(
+                spec["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+                "staging-db-credentials"
+            );
+            assert_eq!(
+                spec["volumes"][0]["persistentVolumeClaim"]["claimName"],
+                "staging-db-data"
+            );
+        }),
+    ]);
+    let (r, _) = play(template_request(), None, exchanges).await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert!(
+        summary.contains("PersistentVolumeClaim, ConfigMap db-settings, Service db, Deployment db"),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn a_user_template_is_ready_when_its_workload_and_pods_are() {
+    let ns = ns();
+    let pods_of_db = || {
+        X::list(
+            &format!("/api/v1/namespaces/{ns}/pods"),
+            &[("labelSelector", "app=db")],
+        )
+    };
+    let waiting = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db"))
+            .ok(o::deployment(&ns, "db", 0)),
+        pods_of_db().ok(o::list(
+            "Pod",
+            "v1",
+            vec![o::pod(&ns, o::running_pod_status(false))],
+        )),
+    ];
+    let (r, _) = play(
+        template_request(),
+        Some(state("ready", minutes_ago(2), true)),
+        waiting,
+    )
+    .await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert!(
+        summary.contains("Deployment db: 0/1 replicas available"),
+        "{summary}"
+    );
+
+    let ready = vec![
+        X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+        X::get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db"))
+            .ok(o::deployment(&ns, "db", 1)),
+        pods_of_db().ok(o::list(
+            "Pod",
+            "v1",
+            vec![o::pod(&ns, o::running_pod_status(true))],
+        )),
+    ];
+    let (r, _) = play(
+        template_request(),
+        Some(state("ready", minutes_ago(3), true)),
+        ready,
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Service"], "db");
+    assert_eq!(
+        outputs["Endpoint"],
+        format!("db.{ns}.svc.cluster.local:5432")
+    );
+    assert_eq!(outputs["ManifestCount"], "7");
+    assert!(
+        summary.starts_with(&format!("staging postgresql ready: db.{ns}")),
+        "{summary}"
+    );
+
+    let crashing = then(
+        vec![
+            X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+            X::get(&format!("/apis/apps/v1/namespaces/{ns}/deployments/db"))
+                .ok(o::deployment(&ns, "db", 0)),
+            pods_of_db().ok(o::list("Pod", "v1", vec![crash_looping_pod(&ns)])),
+        ],
+        teardown_exchanges(),
+    );
+    let (r, _) = play(
+        template_request(),
+        Some(state("ready", minutes_ago(3), true)),
+        crashing,
+    )
+    .await;
+    let (_, msg) = failure(r);
+    assert!(
+        msg.contains("is crash-looping (CrashLoopBackOff, 4 restarts)"),
+        "{msg}"
+    );
+}
+
+/// Secrets Manager as the step sees it: one admin secret of the restored database.
+struct ProductionAdmin;
+
+const ADMIN_SECRET: &str =
+    "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/db/admin-AbCdEf";
+const ADMIN_JSON: &str = r#"{"username": "postgres", "password": "Pr0duct10nAdm1n"}"#;
+
+impl staging::credentials::AdminSecrets for ProductionAdmin {
+    fn secret_string<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + 'a>> {
+        Box::pin(async move {
+            assert_eq!(id, ADMIN_SECRET);
+            Ok(ADMIN_JSON.to_string())
+        })
+    }
+}
+
+fn reset_request(extra: Value) -> Value {
+    let mut r = request(
+        json!({"resetCredentials": true, "adminSecret": ADMIN_SECRET, "databaseUser": "app"}),
+    );
+    for (k, v) in extra.as_object().unwrap() {
+        r[k] = v.clone();
+    }
+    r
+}
+
+async fn play_with_admin(
+    request: Value,
+    state: Option<Value>,
+    exchanges: Vec<X>,
+) -> (Result<Outcome>, Vec<String>) {
+    let (client, server) = serve(exchanges);
+    let outcome = staging::run_with(&client, step(request, state), now(), &ProductionAdmin).await;
+    drop(client);
+    (outcome, server.finish().await)
+}
+
+#[tokio::test]
+async fn the_reset_needs_the_admin_secret_and_copies_it_into_the_namespace() {
+    // Without adminSecret nothing is sent: the published password would not work.
+    let (r, seen) = play(request(json!({"resetCredentials": true})), None, vec![]).await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError);
+    assert!(
+        msg.starts_with("adminSecret: resetCredentials is true"),
+        "{msg}"
+    );
+    assert!(seen.is_empty(), "{seen:#?}");
+
+    let mut exchanges = vec![
+        X::get(&p_ns()).not_found(),
+        X::get(&p_pv()).not_found(),
+        X::apply(&p_ns()),
+        X::apply(&p_in("secrets", "staging-db-credentials")).body(|b| {
+            assert_eq!(
+                b["data"]["username"], "YXBw",
+                "base64 of the databaseUser app"
+            );
+        }),
+        X::apply(&p_in("secrets", "staging-db-admin")).body(|b| {
+            assert_eq!(
+                b["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "snapstage"
+            );
+            let ann = b["metadata"]["annotations"]["snapstage.io/credentials"]
+                .as_str()
+                .unwrap();
+            assert!(ann.contains(ADMIN_SECRET), "{ann}");
+            // base64 of postgres / Pr0duct10nAdm1n
+            assert_eq!(b["data"]["username"], "cG9zdGdyZXM=");
+            assert_eq!(b["data"]["password"], "UHIwZHVjdDEwbkFkbTFu");
+        }),
+    ];
+    exchanges.extend(apply_rest());
+    let (r, _) = play_with_admin(reset_request(json!({})), None, exchanges).await;
+    let (summary, _, state) = continued(r.unwrap());
+    assert!(summary.contains("Secret staging-db-admin"), "{summary}");
+    assert!(!summary.contains("Pr0duct10nAdm1n") && !state.to_string().contains("Pr0duct10nAdm1n"));
+}
+
+#[tokio::test]
+async fn ready_resets_the_password_before_masking_and_publishing() {
+    let ns = ns();
+    let exchanges = then(
+        ready_exchanges(),
+        vec![X::apply(&p_job("staging-db-credentials-reset")).body(|b| {
+            let pod = &b["spec"]["template"]["spec"];
+            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+            assert_eq!(
+                pod["securityContext"]["seccompProfile"]["type"],
+                "RuntimeDefault"
+            );
+            let c = &pod["containers"][0];
+            assert_eq!(
+                c["image"], "postgres:17",
+                "the database image has the client"
+            );
+            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+            let script = c["command"][2].as_str().unwrap();
+            assert!(
+                script.contains("ALTER USER :\"new_user\" WITH PASSWORD :'new_password';"),
+                "{script}"
+            );
+            assert!(script.contains("`printenv DB_PASSWORD`"), "{script}");
+            let env = c["env"].as_array().unwrap();
+            let var = |n: &str| env.iter().find(|e| e["name"] == n).unwrap().clone();
+            for (name, secret, key) in [
+                ("DB_USERNAME", "staging-db-credentials", "username"),
+                ("DB_PASSWORD", "staging-db-credentials", "password"),
+                ("PGUSER", "staging-db-admin", "username"),
+                ("PGPASSWORD", "staging-db-admin", "password"),
+            ] {
+                let v = var(name);
+                assert!(v.get("value").is_none(), "{name} is never literal");
+                assert_eq!(
+                    v["valueFrom"]["secretKeyRef"],
+                    json!({"name": secret, "key": key, "optional": false})
+                );
+            }
+            assert!(!b.to_string().contains("Pr0duct10nAdm1n"));
+        })],
+    );
+    let (r, _) = play_with_admin(
+        reset_request(masking()),
+        Some(state("ready", minutes_ago(3), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, _, next) = continued(r.unwrap());
+    assert_eq!(next, state("reset", now().as_second(), true));
+    assert!(
+        summary.starts_with(&format!("resetting the database user's password in {ns}"))
+            && summary.contains("started Job staging-db-credentials-reset"),
+        "{summary}"
+    );
+
+    // The reset succeeded: masking starts (still nothing published).
+    let exchanges = vec![
+        X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
+            &ns,
+            "staging-db-credentials-reset",
+            vec![o::condition("Complete", "True", None, None)],
+            1,
+            0,
+        )),
+        X::apply(&p_job("staging-db-masking")),
+    ];
+    let (r, _) = play_with_admin(
+        reset_request(masking()),
+        Some(state("reset", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, _, next) = continued(r.unwrap());
+    assert_eq!(next["p"], "masking");
+    assert!(
+        summary.contains("the password is reset; started Job staging-db-masking"),
+        "{summary}"
+    );
+
+    // Without masking, the reset's success publishes, and says so.
+    let exchanges = vec![X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
+        &ns,
+        "staging-db-credentials-reset",
+        vec![o::condition("Complete", "True", None, None)],
+        1,
+        0,
+    ))];
+    let (r, _) = play_with_admin(
+        reset_request(json!({})),
+        Some(state("reset", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["CredentialsReset"], "true");
+    assert!(
+        summary.contains("password of database user app reset to the generated one in Secret staging-db-credentials"),
+        "{summary}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_reset_fails_the_step_and_publishes_nothing() {
+    let ns = ns();
+    let exchanges = then(
+        vec![
+            X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
+                &ns,
+                "staging-db-credentials-reset",
+                vec![o::condition("Failed", "True", Some("BackoffLimitExceeded"), Some("Job has reached the specified backoff limit"))],
+                0,
+                2,
+            )),
+            X::list(
+                &format!("/api/v1/namespaces/{ns}/pods"),
+                &[("labelSelector", "batch.kubernetes.io/job-name=staging-db-credentials-reset")],
+            )
+            .ok(o::list("Pod", "v1", vec![o::job_pod(
+                &ns,
+                "staging-db-credentials-reset",
+                2,
+                "Error",
+                "psql: error: connection to server failed: FATAL:  password authentication failed for user \"postgres\"",
+            )])),
+        ],
+        teardown_exchanges(),
+    );
+    let (r, _) = play_with_admin(
+        reset_request(json!({})),
+        Some(state("reset", minutes_ago(1), true)),
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::JobFailed);
+    assert!(msg.contains("the credentials reset Job"), "{msg}");
+    assert!(msg.contains("password authentication failed"), "{msg}");
+    assert!(msg.contains("check adminSecret"), "{msg}");
+    assert!(msg.contains("deleted namespace"), "{msg}");
+}
+
+const PIPELINE: &str = "shop-api-staging";
+
+fn pipeline_label() -> String {
+    names::execution_label(PIPELINE)
+}
+
+/// A continuation state of a run whose pipeline is known.
+fn pipeline_state(phase: &str, since: i64) -> Value {
+    let mut s = state(phase, since, true);
+    s["pl"] = json!(pipeline_label());
+    s
+}
+
+#[tokio::test]
+async fn a_known_pipeline_labels_the_namespace_not_healthy_until_published() {
+    let mut exchanges = vec![
+        X::get(&p_ns()).not_found(),
+        X::get(&p_pv()).not_found(),
+        X::apply(&p_ns()).body(|b| {
+            let labels = &b["metadata"]["labels"];
+            assert_eq!(labels["snapstage.io/pipeline"], pipeline_label());
+            assert_eq!(labels["snapstage.io/healthy"], "false");
+        }),
+        X::apply(&p_in("secrets", "staging-db-credentials")),
+    ];
+    exchanges.extend(apply_rest());
+    let (r, _) = play(request(json!({"pipeline": PIPELINE})), None, exchanges).await;
+    let (_, _, state) = continued(r.unwrap());
+    assert_eq!(
+        state["pl"],
+        pipeline_label(),
+        "carried to the continuations"
+    );
+
+    // Published: the namespace is marked healthy with what it published.
+    let ns = ns();
+    let exchanges = then(
+        ready_exchanges(),
+        vec![X::merge(&p_ns()).body(move |b| {
+            assert_eq!(
+                b["metadata"]["labels"],
+                json!({"snapstage.io/healthy": "true"})
+            );
+            let ann = &b["metadata"]["annotations"];
+            assert_eq!(ann["snapstage.io/healthy-at"], NOW);
+            let published: Value =
+                serde_json::from_str(ann["snapstage.io/outputs"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                published,
+                json!({"Namespace": ns, "Service": "staging-db", "Port": "5432",
+                       "Endpoint": format!("staging-db.{ns}.svc.cluster.local:5432"),
+                       "SecretName": "staging-db-credentials"})
+            );
+        })],
+    );
+    let (r, _) = play(
+        request(json!({})),
+        Some(pipeline_state("ready", minutes_ago(3))),
+        exchanges,
+    )
+    .await;
+    let (_, outputs) = done(r.unwrap());
+    assert_eq!(outputs["Mode"], "applied");
+}
+
+fn healthy_namespace(name: &str, healthy_at: &str, expires: &str) -> Value {
+    let mut n = o::staging_namespace(name, "0123456789abcdef0123", expires);
+    n["metadata"]["labels"]["snapstage.io/pipeline"] = json!(pipeline_label());
+    n["metadata"]["labels"]["snapstage.io/healthy"] = json!("true");
+    n["metadata"]["annotations"]["snapstage.io/healthy-at"] = json!(healthy_at);
+    n["metadata"]["annotations"]["snapstage.io/outputs"] = json!(
+        json!({
+        "Namespace": name, "Service": "staging-db", "Port": "5432",
+        "Endpoint": format!("staging-db.{name}.svc.cluster.local:5432"),
+        "SecretName": "staging-db-credentials"})
+        .to_string()
+    );
+    n
+}
+
+#[tokio::test]
+async fn rollback_deletes_the_failed_database_and_names_the_previous_healthy_one() {
+    let ns = ns();
+    let previous = "snapstage-aaaaaaaaaa";
+    let older = "snapstage-bbbbbbbbbb";
+    let expired = "snapstage-cccccccccc";
+    let prod = "snapstage-dddddddddd";
+    let mut production = healthy_namespace(prod, "2025-06-01T11:00:00Z", "2025-06-02T00:00:00Z");
+    production["metadata"]["labels"]["env"] = json!("production");
+    let mut failed_itself = healthy_namespace(&ns, "2025-06-01T11:30:00Z", EXPIRES);
+    failed_itself["metadata"]["labels"]["snapstage.io/healthy"] = json!("true");
+    let selector = format!(
+        "app.kubernetes.io/managed-by=snapstage,snapstage.io/pipeline={},snapstage.io/healthy=true",
+        pipeline_label()
+    );
+    let exchanges = then(
+        vec![
+            X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+            X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+            X::get(&p_in("pods", "staging-db-0")).ok(crash_looping_pod(&ns)),
+        ],
+        then(
+            teardown_exchanges(),
+            vec![
+                X::list(
+                    "/api/v1/namespaces",
+                    &[("labelSelector", selector.as_str())],
+                )
+                .ok(o::list(
+                    "Namespace",
+                    "v1",
+                    vec![
+                        healthy_namespace(older, "2025-05-31T09:00:00Z", "2025-06-01T20:00:00Z"),
+                        healthy_namespace(previous, "2025-06-01T08:00:00Z", "2025-06-02T08:00:00Z"),
+                        healthy_namespace(expired, "2025-06-01T09:00:00Z", "2025-06-01T11:59:00Z"),
+                        production,
+                        failed_itself,
+                    ],
+                )),
+            ],
+        ),
+    );
+    let (r, seen) = play(
+        request(json!({"onFailure": "rollback"})),
+        Some(pipeline_state("ready", minutes_ago(4))),
+        exchanges,
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(
+        kind,
+        FailureKind::JobFailed,
+        "the new database is not healthy"
+    );
+    assert!(msg.contains("CrashLoopBackOff"), "{msg}");
+    assert!(
+        msg.contains(&format!("deleted namespace {ns} and deleted PersistentVolume object(s) {ns}-data (Retain: the volumes stay) (onFailure: rollback)")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!(
+            "rolled back to the previous healthy staging database of this pipeline (healthy since 2025-06-01T08:00:00Z, expires 2025-06-02T08:00:00Z), which still stands: Namespace={previous}, Service=staging-db, Endpoint=staging-db.{previous}.svc.cluster.local:5432, Port=5432, SecretName=staging-db-credentials"
+        )),
+        "{msg}"
+    );
+    assert_eq!(
+        seen.iter().filter(|s| s.starts_with("DELETE")).count(),
+        2,
+        "only the failed namespace and its PV: {seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_without_a_known_pipeline_says_there_is_nothing_to_roll_back_to() {
+    let ns = ns();
+    let exchanges = then(
+        vec![
+            X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+            X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+            X::get(&p_in("pods", "staging-db-0")).ok(crash_looping_pod(&ns)),
+        ],
+        teardown_exchanges(),
+    );
+    let (r, _) = play(
+        request(json!({"onFailure": "rollback"})),
+        Some(state("ready", minutes_ago(4), true)),
+        exchanges,
+    )
+    .await;
+    let (_, msg) = failure(r);
+    assert!(msg.contains("no pipeline is known"), "{msg}");
 }
 
 #[tokio::test]

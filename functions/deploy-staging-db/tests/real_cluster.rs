@@ -1,5 +1,6 @@
 //! Opt-in: deploy-staging-db against a real cluster named by `KUBECONFIG` (kind, minikube, a
-//! test EKS): plan → apply into a throwaway namespace → one readiness check → teardown.
+//! test EKS): plan → apply into a throwaway namespace → one readiness check → teardown; then the
+//! same with the user template in `infra/k8s/templates/postgresql.yaml`.
 //! Without `KUBECONFIG` it prints `SKIP: KUBECONFIG not set` and passes.
 //!
 //! The throwaway database uses backend `px-csi` with the cluster's default StorageClass, so on a
@@ -73,7 +74,9 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
     let key = format!("it/{stamp}");
     let request = json!({
         "backend": "px-csi", "volumeId": "it-volume", "namespace": namespace,
-        "storageSize": "1Gi", "ttlHours": 1, "onFailure": "keep"
+        "storageSize": "1Gi", "ttlHours": 1, "onFailure": "keep",
+        // A new, empty volume: the image sets the generated credentials itself.
+        "resetCredentials": false
     });
 
     // Plan: nothing is sent.
@@ -150,4 +153,52 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
         gone.is_none_or(|n| n.status.and_then(|s| s.phase).as_deref() == Some("Terminating")),
         "namespace {namespace} is deleted"
     );
+
+    // A user template: the API server accepts every rendered object (server-side apply
+    // validates them against the cluster's own schema), labelled and in the namespace.
+    let namespace = format!("snapstage-it-{stamp}-tpl");
+    let key = format!("it/{stamp}/template");
+    let template = include_str!("../../../infra/k8s/templates/postgresql.yaml");
+    let request = json!({
+        "backend": "px-csi", "volumeId": "it-volume", "namespace": namespace,
+        "storageSize": "1Gi", "ttlHours": 1, "onFailure": "keep", "resetCredentials": false,
+        "template": {"inline": template}
+    });
+    let outcome = staging::run(&client, step(request.clone(), &key, None), Timestamp::now())
+        .await
+        .unwrap();
+    let Outcome::Continue { state, summary, .. } = outcome else {
+        panic!("apply waits for readiness: {outcome:?}")
+    };
+    assert!(
+        summary.contains("Service postgres, StatefulSet postgres"),
+        "{summary}"
+    );
+    let sts: StatefulSet = Api::namespaced(client.clone(), &namespace)
+        .get("postgres")
+        .await
+        .unwrap();
+    assert_eq!(
+        sts.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
+        "snapstage"
+    );
+    match staging::run(&client, step(request, &key, Some(state)), Timestamp::now()).await {
+        Ok(o) => eprintln!("template readiness check: {o:?}"),
+        Err(e) => panic!("template readiness check failed: {e}"),
+    }
+    let outcome = staging::run(
+        &client,
+        step(
+            json!({"action": "teardown", "namespace": namespace}),
+            &key,
+            None,
+        ),
+        Timestamp::now(),
+    )
+    .await
+    .unwrap();
+    let Outcome::Done { outputs, .. } = outcome else {
+        panic!("teardown is one step")
+    };
+    assert_eq!(outputs["Deleted"], "true");
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use kube::core::Request;
 use kube::core::params::{Patch, PatchParams};
 
-use super::render::Rendered;
+use super::render::{Rendered, Workload};
 use super::validate::Object;
 use crate::error::{Error, Result};
 
@@ -82,7 +82,8 @@ pub fn apply_request<K: Object>(obj: &K, field_manager: &str) -> Result<ApplyReq
     })
 }
 
-/// The requests for every object, in apply order: Namespace, Secret, PV, PVC, Service, StatefulSet.
+/// The requests for every object, in apply order: Namespace, Secret, PV, PVC, then Service and
+/// StatefulSet (or the template's objects).
 pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequest>> {
     let mut out = vec![
         apply_request(&r.namespace, field_manager)?,
@@ -91,9 +92,20 @@ pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequ
     if let Some(pv) = &r.persistent_volume {
         out.push(apply_request(pv, field_manager)?);
     }
-    out.push(apply_request(&r.claim, field_manager)?);
-    out.push(apply_request(&r.service, field_manager)?);
-    out.push(apply_request(&r.stateful_set, field_manager)?);
+    if let Some(claim) = &r.claim {
+        out.push(apply_request(claim, field_manager)?);
+    }
+    match &r.workload {
+        Workload::Builtin(b) => {
+            out.push(apply_request(&b.service, field_manager)?);
+            out.push(apply_request(&b.stateful_set, field_manager)?);
+        }
+        Workload::Template(objects) => {
+            for o in objects {
+                out.push(o.apply_request(field_manager)?);
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -171,9 +183,48 @@ mod tests {
         };
         let cluster = &roles["snapstage-deploy-staging-db-cluster"];
         let namespaced = &roles["snapstage-deploy-staging-db-namespaced"];
+        // A user template with every kind a template may hold.
+        let template = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: extra}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec: {selector: {app: db}, ports: [{port: 5432}]}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: db, image: x, volumeMounts: [{name: d, mountPath: /d}]}]
+      volumes: [{name: d, persistentVolumeClaim: {claimName: "${PVC_NAME}"}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: tools}
+spec:
+  selector: {matchLabels: {app: tools}}
+  template:
+    metadata: {labels: {app: tools}}
+    spec: {containers: [{name: t, image: x}]}
+"#;
+        for (_, kind) in crate::staging::template::ALLOWED_KINDS {
+            assert!(template.contains(&format!("kind: {kind}\n")), "{kind}");
+        }
         for request in [
             json!({"volumeId": "vol-0123456789abcdef0"}),
             json!({"backend": "csi", "snapshotName": "s"}),
+            json!({"backend": "csi", "pvcName": "p", "template": {"inline": template}}),
         ] {
             for r in plan_for(request).requests {
                 let rules = if r.namespaced { namespaced } else { cluster };

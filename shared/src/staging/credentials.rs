@@ -31,8 +31,8 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// New random credentials (the OS's random source through ring).
-    pub fn generate(engine: Engine) -> Result<Self> {
+    /// New random credentials for `user` (the OS's random source through ring).
+    pub fn generate(user: &str) -> Result<Self> {
         let provider = rustls::crypto::ring::default_provider();
         let mut password = String::with_capacity(PASSWORD_LEN);
         let mut buf = [0u8; 64];
@@ -49,7 +49,7 @@ impl Credentials {
             }
         }
         Ok(Self {
-            username: username(engine).to_string(),
+            username: user.to_string(),
             password,
         })
     }
@@ -105,14 +105,139 @@ pub fn check_existing(secret: &Secret, namespace: &str) -> Result<()> {
     )))
 }
 
+/// The Kubernetes Secret with the restored database's admin credentials, for the reset Job.
+pub const ADMIN_SECRET_NAME: &str = "staging-db-admin";
+
+/// The restored database's admin (production's): what the credentials reset connects as.
+/// `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminCredentials {
+    pub username: String,
+    password: String,
+}
+
+impl fmt::Debug for AdminCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl AdminCredentials {
+    /// Parses a secret's `{"username", "password"}`. Errors never quote the secret.
+    pub fn parse(secret_id: &str, text: &str) -> Result<Self> {
+        let fail = |what: &str| {
+            Error::Configuration(format!(
+                "adminSecret {secret_id:?}: {what}; its SecretString must be a JSON object {{\"username\": \"...\", \"password\": \"...\"}} with the restored database's admin credentials"
+            ))
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|_| fail("the secret is not JSON"))?;
+        let field = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .ok_or_else(|| fail(&format!("{k} is missing or not a non-empty string")))
+        };
+        Ok(Self {
+            username: field("username")?,
+            password: field("password")?,
+        })
+    }
+
+    /// The Secret `staging-db-admin` with these credentials, labelled like `rendered` (the
+    /// staging Secret).
+    pub fn into_secret(self, rendered: &Secret, secret_id: &str) -> Secret {
+        let mut s = rendered.clone();
+        s.metadata.name = Some(ADMIN_SECRET_NAME.into());
+        s.metadata.annotations = Some(BTreeMap::from([(
+            super::render::ANNOTATION_CREDENTIALS.to_string(),
+            format!(
+                "the restored database's admin, from Secrets Manager {secret_id}; read by the credentials reset Job; never in outputs or logs"
+            ),
+        )]));
+        s.data = Some(BTreeMap::from([
+            (
+                SECRET_KEY_USERNAME.to_string(),
+                ByteString(self.username.into_bytes()),
+            ),
+            (
+                SECRET_KEY_PASSWORD.to_string(),
+                ByteString(self.password.into_bytes()),
+            ),
+        ]));
+        s.string_data = None;
+        s
+    }
+}
+
+/// Where admin credentials are read from (Secrets Manager; a stand-in in tests).
+pub trait AdminSecrets: Send + Sync {
+    /// The `SecretString` of `id`.
+    fn secret_string<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + 'a>>;
+}
+
+/// Admin credentials from AWS Secrets Manager (`secretsmanager:GetSecretValue`).
+pub struct SecretsManager(pub aws_sdk_secretsmanager::Client);
+
+impl AdminSecrets for SecretsManager {
+    fn secret_string<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + 'a>> {
+        Box::pin(async move {
+            let out = self
+                .0
+                .get_secret_value()
+                .secret_id(id)
+                .send()
+                .await
+                .map_err(|e| crate::error::aws_error("secretsmanager", "GetSecretValue", e))?;
+            out.secret_string().map(str::to_string).ok_or_else(|| {
+                Error::Configuration(format!(
+                    "adminSecret {id:?}: the secret has no SecretString (store {{\"username\", \"password\"}} as text)"
+                ))
+            })
+        })
+    }
+}
+
+/// No admin secrets available (no AWS configuration).
+pub struct NoAdminSecrets;
+
+impl AdminSecrets for NoAdminSecrets {
+    fn secret_string<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + 'a>> {
+        Box::pin(async move {
+            Err(Error::Configuration(format!(
+                "adminSecret {id:?}: no Secrets Manager client is configured here"
+            )))
+        })
+    }
+}
+
+/// Reads and parses the admin credentials.
+pub async fn read_admin(source: &dyn AdminSecrets, id: &str) -> Result<AdminCredentials> {
+    let text = source.secret_string(id).await?;
+    AdminCredentials::parse(id, &text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn generated_passwords_are_long_random_and_hidden() {
-        let a = Credentials::generate(Engine::Postgresql).unwrap();
-        let b = Credentials::generate(Engine::Postgresql).unwrap();
+        let a = Credentials::generate(username(Engine::Postgresql)).unwrap();
+        let b = Credentials::generate(username(Engine::Postgresql)).unwrap();
         assert_eq!(a.password.len(), PASSWORD_LEN);
         assert!(a.password.bytes().all(|c| ALPHABET.contains(&c)));
         assert_ne!(a.password, b.password);
@@ -126,7 +251,7 @@ mod tests {
 
     #[test]
     fn the_secret_gets_both_keys() {
-        let c = Credentials::generate(Engine::Mysql).unwrap();
+        let c = Credentials::generate(username(Engine::Mysql)).unwrap();
         let password = c.password.clone();
         let s = c.into_secret(&Secret::default());
         let data = s.data.clone().unwrap();
@@ -135,5 +260,35 @@ mod tests {
         check_existing(&s, "ns").unwrap();
         let e = check_existing(&Secret::default(), "ns").unwrap_err();
         assert!(e.to_string().contains("username, password"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use super::*;
+
+    #[test]
+    fn admin_credentials_parse_without_quoting_the_secret() {
+        let a = AdminCredentials::parse(
+            "prod/db/admin",
+            r#"{"username": "postgres", "password": "pr0d-S3cret"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.username, "postgres");
+        assert!(!format!("{a:?}").contains("pr0d-S3cret"));
+        let s = a.into_secret(&Secret::default(), "prod/db/admin");
+        assert_eq!(s.metadata.name.as_deref(), Some(ADMIN_SECRET_NAME));
+        assert_eq!(s.data.unwrap()["password"].0, b"pr0d-S3cret");
+        for bad in [
+            r#"pr0d-S3cret"#,
+            r#"{"username": "postgres"}"#,
+            r#"{"username": "", "password": "pr0d-S3cret"}"#,
+        ] {
+            let e = AdminCredentials::parse("prod/db/admin", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("adminSecret \"prod/db/admin\": "), "{e}");
+            assert!(!e.contains("pr0d-S3cret"), "{e}");
+        }
     }
 }

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Event, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
@@ -24,14 +24,17 @@ use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
 use super::Plan;
-use super::credentials::{self, Credentials};
+use super::credentials::{self, AdminCredentials, AdminSecrets, Credentials};
 use super::jobs::{self, JobKind};
 use super::kubeapi;
 use super::ownership;
 use super::params::OnFailure;
+use super::params::{Reset, VolumeSource};
 use super::readiness::{self, Health, JobHealth};
-use super::render::{PVC_NAME, SECRET_NAME, STATEFULSET_NAME};
+use super::render::{SECRET_NAME, STATEFULSET_NAME, Workload};
+use super::rollback;
 use super::teardown;
+use super::template::TemplateObject;
 use crate::cluster::BACKEND;
 use crate::contract::Outcome;
 use crate::error::{Error, Result};
@@ -46,6 +49,7 @@ const JOB_GRACE_SECONDS: i64 = 120;
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Ready,
+    Reset,
     Masking,
     Migration,
 }
@@ -63,6 +67,10 @@ pub struct DeployState {
     /// True when this run created the namespace: only then does a failure delete it.
     #[serde(rename = "c")]
     pub created: bool,
+    /// The `snapstage.io/pipeline` label: marks the namespace healthy at the end, finds the
+    /// previous healthy one on failure (continuations do not know the pipeline's name).
+    #[serde(rename = "pl", default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
 }
 
 impl DeployState {
@@ -85,24 +93,42 @@ pub async fn deploy(
     plan: &Plan,
     state: Option<DeployState>,
     now: Timestamp,
+    secrets: &dyn AdminSecrets,
 ) -> Result<Outcome> {
     match state {
-        None => start(client, plan, now).await,
+        None => start(client, plan, now, secrets).await,
         Some(s) => match advance(client, plan, &s, now).await {
             // The API server blinked: look again next time, until the phase's timeout.
             Err(e @ Error::Unavailable { .. }) if !timed_out(plan, &s, now) => {
                 tracing::warn!(error = %e, "Kubernetes API unavailable; checking again next invocation");
                 continue_with(plan, s.clone(), now, format!("{e}; checking again"))
             }
-            Err(e) => Err(on_failure(client, plan, s.created, e).await),
+            Err(e) => Err(on_failure(client, plan, s.created, e, s.pipeline.as_deref(), now).await),
             Ok(o) => Ok(o),
         },
     }
 }
 
 /// Checks ownership, applies every object, and starts waiting.
-async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Outcome> {
+async fn start(
+    client: &kube::Client,
+    plan: &Plan,
+    now: Timestamp,
+    secrets: &dyn AdminSecrets,
+) -> Result<Outcome> {
     let spec = &plan.spec;
+    let admin = match &spec.reset {
+        Some(Reset {
+            admin_secret: Some(id),
+        }) => Some((id.as_str(), credentials::read_admin(secrets, id).await?)),
+        Some(Reset { admin_secret: None }) => {
+            return Err(Error::parameter(
+                "adminSecret",
+                "resetCredentials is true (the default: a restored database keeps production's passwords, so the generated ones would not work): name the Secrets Manager secret with the restored database's admin credentials {\"username\", \"password\"}, or set resetCredentials to false",
+            ));
+        }
+        None => None,
+    };
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let existing = kubeapi::get_opt(&ns_api, &spec.namespace).await?;
     let created = match &existing {
@@ -121,6 +147,18 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
             ownership::execution_of(&ns.metadata) == Some(spec.execution_label.as_str())
         }
     };
+    // The same run again (a retry, a duplicate delivery): its namespace keeps the expiry the
+    // first invocation set. A new run re-deploying into a reused namespace gets a new one.
+    let kept_expiry = existing
+        .as_ref()
+        .filter(|_| created)
+        .and_then(teardown::expires_at);
+    let adjusted = match kept_expiry {
+        Some(t) if t.to_string() != plan.expires_at => Some(plan.with_expiry(t)?),
+        _ => None,
+    };
+    let plan = adjusted.as_ref().unwrap_or(plan);
+    let claim_note = existing_claim(client, plan, existing.is_some()).await?;
     if let Some(pv) = &plan.rendered.persistent_volume {
         let api: Api<PersistentVolume> = Api::all(client.clone());
         let name = pv.metadata.name.as_deref().unwrap_or_default();
@@ -128,9 +166,12 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
             ownership::check("PersistentVolume", &found.metadata, "apply")?;
         }
     }
-    let applied = match apply_objects(client, plan, existing.is_some()).await {
-        Ok(a) => a,
-        Err(e) => return Err(on_failure(client, plan, created, e).await),
+    let applied = match apply_objects(client, plan, existing.is_some(), admin).await {
+        Ok(a) => format!("{a}{claim_note}"),
+        Err(e) => {
+            let pipeline = spec.pipeline_label.as_deref();
+            return Err(on_failure(client, plan, created, e, pipeline, now).await);
+        }
     };
     let state = DeployState {
         phase: Phase::Ready,
@@ -140,6 +181,7 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
             .parse::<Timestamp>()
             .map_or(0, |t| t.as_second()),
         created,
+        pipeline: spec.pipeline_label.clone(),
     };
     Ok(Outcome::Continue {
         summary: format!(
@@ -151,17 +193,57 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
     })
 }
 
+/// With `pvcName`: the PVC must already be in the namespace (restore-to-staging made it) and
+/// not be production's. Says how it will be treated; empty for the other sources.
+async fn existing_claim(
+    client: &kube::Client,
+    plan: &Plan,
+    namespace_exists: bool,
+) -> Result<String> {
+    let spec = &plan.spec;
+    let VolumeSource::ExistingClaim { claim } = &spec.volume else {
+        return Ok(String::new());
+    };
+    let ns = spec.namespace.as_str();
+    let missing = || Error::NotFound {
+        backend: BACKEND,
+        message: format!(
+            "PVC {ns}/{claim} (pvcName) does not exist: deploy mounts a PVC that restore-to-staging made in the staging namespace; pass its Namespace and PvcName outputs"
+        ),
+    };
+    if !namespace_exists {
+        return Err(missing());
+    }
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+    let found = kubeapi::get_opt(&api, claim).await?.ok_or_else(missing)?;
+    if ownership::is_production(&found.metadata) {
+        return Err(Error::Refused(format!(
+            "PVC {ns}/{claim} is labelled production; snapstage never mounts production objects"
+        )));
+    }
+    Ok(if ownership::is_managed(&found.metadata) {
+        format!("; mounting the existing PVC {claim} (snapstage's)")
+    } else {
+        format!(
+            "; mounting the existing PVC {claim} (not labelled {}={}: teardown will not delete this namespace)",
+            super::render::LABEL_MANAGED_BY,
+            super::render::MANAGED_BY
+        )
+    })
+}
+
 /// Applies Namespace, Secret (only when new), PV, PVC, Service, StatefulSet; says what it did.
 async fn apply_objects(
     client: &kube::Client,
     plan: &Plan,
     namespace_existed: bool,
+    admin: Option<(&str, AdminCredentials)>,
 ) -> Result<String> {
     let spec = &plan.spec;
     let r = &plan.rendered;
     let manager = spec.field_manager.as_str();
     let ns = spec.namespace.as_str();
-    let mut kinds = vec!["Namespace"];
+    let mut kinds: Vec<String> = vec!["Namespace".into()];
     kubeapi::apply(
         &Api::<Namespace>::all(client.clone()),
         &r.namespace,
@@ -180,44 +262,64 @@ async fn apply_objects(
             "the existing Secret kept as it is"
         }
         None => {
-            let secret = Credentials::generate(spec.engine)?.into_secret(&r.secret);
+            let secret = Credentials::generate(&spec.database_user)?.into_secret(&r.secret);
             kubeapi::apply(&secrets, &secret, manager).await?;
-            kinds.push("Secret");
+            kinds.push("Secret".into());
             "new credentials in the Secret"
         }
     };
+    if let Some((id, creds)) = admin {
+        let secret = creds.into_secret(&r.secret, id);
+        super::validate::check_object(&secret, super::validate::NameRule::Dns1123Subdomain)?;
+        kubeapi::apply(&secrets, &secret, manager).await?;
+        kinds.push(format!("Secret {}", credentials::ADMIN_SECRET_NAME));
+    }
     if let Some(pv) = &r.persistent_volume {
         kubeapi::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
-        kinds.push("PersistentVolume");
+        kinds.push("PersistentVolume".into());
     }
-    kubeapi::apply(
-        &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-        &r.claim,
-        manager,
-    )
-    .await?;
-    kubeapi::apply(
-        &Api::<Service>::namespaced(client.clone(), ns),
-        &r.service,
-        manager,
-    )
-    .await?;
-    kubeapi::apply(
-        &Api::<StatefulSet>::namespaced(client.clone(), ns),
-        &r.stateful_set,
-        manager,
-    )
-    .await?;
-    kinds.extend(["PersistentVolumeClaim", "Service", "StatefulSet"]);
+    if let Some(claim) = &r.claim {
+        kubeapi::apply(
+            &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
+            claim,
+            manager,
+        )
+        .await?;
+        kinds.push("PersistentVolumeClaim".into());
+    }
+    match &r.workload {
+        Workload::Builtin(b) => {
+            kubeapi::apply(
+                &Api::<Service>::namespaced(client.clone(), ns),
+                &b.service,
+                manager,
+            )
+            .await?;
+            kubeapi::apply(
+                &Api::<StatefulSet>::namespaced(client.clone(), ns),
+                &b.stateful_set,
+                manager,
+            )
+            .await?;
+            kinds.extend(["Service".into(), "StatefulSet".into()]);
+        }
+        Workload::Template(objects) => {
+            for o in objects {
+                o.apply(client, manager).await?;
+                kinds.push(format!("{} {}", o.kind(), o.name()));
+            }
+        }
+    }
     Ok(format!("{} ({secret_note})", kinds.join(", ")))
 }
 
 /// Seconds the current phase may last.
 fn phase_limit(plan: &Plan, s: &DeployState) -> i64 {
     let spec = &plan.spec;
-    let job_minutes = |kind: JobKind| kind.params(spec).map_or(0, |p| p.timeout_minutes());
+    let job_minutes = |kind: JobKind| kind.timeout_minutes(spec);
     match s.phase {
         Phase::Ready => i64::from(spec.ready_timeout_minutes) * 60,
+        Phase::Reset => i64::from(job_minutes(JobKind::Reset)) * 60 + JOB_GRACE_SECONDS,
         Phase::Masking => i64::from(job_minutes(JobKind::Masking)) * 60 + JOB_GRACE_SECONDS,
         Phase::Migration => i64::from(job_minutes(JobKind::Migration)) * 60 + JOB_GRACE_SECONDS,
     }
@@ -239,6 +341,7 @@ fn continue_with(plan: &Plan, s: DeployState, now: Timestamp, why: String) -> Re
             10 + u8::try_from((elapsed.clamp(0, limit) * 50) / limit).unwrap_or(50),
             "waiting for the staging database",
         ),
+        Phase::Reset => (62, "resetting the database user's password"),
         Phase::Masking => (65, "masking the staging data"),
         Phase::Migration => (80, "checking the migrations"),
     };
@@ -280,6 +383,7 @@ async fn advance(
             ))),
             Health::Waiting(why) => continue_with(plan, s.clone(), now, why),
         },
+        Phase::Reset => check_job(client, plan, s, now, JobKind::Reset).await,
         Phase::Masking => check_job(client, plan, s, now, JobKind::Masking).await,
         Phase::Migration => check_job(client, plan, s, now, JobKind::Migration).await,
     }
@@ -288,35 +392,24 @@ async fn advance(
 /// PVC, StatefulSet and pod, with the PVC's warning events while it is Pending.
 async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
     let ns = plan.spec.namespace.as_str();
+    let claim_name = plan.rendered.claim_name.as_str();
     let pvc = kubeapi::get_opt(
         &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
-        PVC_NAME,
+        claim_name,
     )
     .await?
     .ok_or_else(|| {
         failed(format!(
-            "PVC {ns}/{PVC_NAME} is gone (deleted while waiting)"
+            "PVC {ns}/{claim_name} is gone (deleted while waiting)"
         ))
     })?;
-    let sts = kubeapi::get_opt(
-        &Api::<StatefulSet>::namespaced(client.clone(), ns),
-        STATEFULSET_NAME,
-    )
-    .await?
-    .ok_or_else(|| {
-        failed(format!(
-            "StatefulSet {ns}/{STATEFULSET_NAME} is gone (deleted while waiting)"
-        ))
-    })?;
-    let pod_name = format!("{STATEFULSET_NAME}-0");
-    let pod = kubeapi::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
-
-    let pod_health = match &pod {
-        Some(p) => readiness::pod_health(p),
-        None => Health::Waiting(format!("pod {pod_name} is not created yet")),
+    // Each workload's own health, and its pods' (failed at once on a pull/crash failure).
+    let (workloads, pods) = match &plan.rendered.workload {
+        Workload::Builtin(_) => builtin_health(client, ns).await?,
+        Workload::Template(objects) => template_health(client, ns, objects).await?,
     };
     let mut claim = readiness::claim_health(&pvc);
-    for h in [&claim, &pod_health] {
+    for h in std::iter::once(&claim).chain(&pods) {
         if let Health::Failed(_) = h {
             return Ok(h.clone());
         }
@@ -325,7 +418,7 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
         let events = kubeapi::list(
             &Api::<Event>::namespaced(client.clone(), ns),
             &ListParams::default().fields(&format!(
-                "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={PVC_NAME}"
+                "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim_name}"
             )),
         )
         .await?;
@@ -333,8 +426,9 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
             claim = Health::Waiting(format!("{why} ({w})"));
         }
     }
-    let waiting: Vec<String> = [claim, readiness::stateful_set_health(&sts), pod_health]
-        .into_iter()
+    let waiting: Vec<String> = std::iter::once(claim)
+        .chain(workloads)
+        .chain(pods)
         .filter_map(|h| match h {
             Health::Waiting(w) | Health::Failed(w) => Some(w),
             Health::Ready => None,
@@ -347,13 +441,88 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
     })
 }
 
+/// snapstage's StatefulSet and its pod `staging-db-0`.
+async fn builtin_health(client: &kube::Client, ns: &str) -> Result<(Vec<Health>, Vec<Health>)> {
+    let sts = kubeapi::get_opt(
+        &Api::<StatefulSet>::namespaced(client.clone(), ns),
+        STATEFULSET_NAME,
+    )
+    .await?
+    .ok_or_else(|| {
+        failed(format!(
+            "StatefulSet {ns}/{STATEFULSET_NAME} is gone (deleted while waiting)"
+        ))
+    })?;
+    let pod_name = format!("{STATEFULSET_NAME}-0");
+    let pod = kubeapi::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
+    let pod_health = match &pod {
+        Some(p) => readiness::pod_health(p),
+        None => Health::Waiting(format!("pod {pod_name} is not created yet")),
+    };
+    Ok((vec![readiness::stateful_set_health(&sts)], vec![pod_health]))
+}
+
+/// Every StatefulSet and Deployment of a template, and the pods their selectors match.
+async fn template_health(
+    client: &kube::Client,
+    ns: &str,
+    objects: &[TemplateObject],
+) -> Result<(Vec<Health>, Vec<Health>)> {
+    let (mut workloads, mut pods) = (Vec::new(), Vec::new());
+    for o in objects {
+        let Some((_, selector)) = o.workload() else {
+            continue;
+        };
+        let name = o.name();
+        let gone = || {
+            failed(format!(
+                "{} {ns}/{name} is gone (deleted while waiting)",
+                o.kind()
+            ))
+        };
+        workloads.push(match o {
+            TemplateObject::StatefulSet(_) => readiness::stateful_set_health(
+                &kubeapi::get_opt(&Api::<StatefulSet>::namespaced(client.clone(), ns), name)
+                    .await?
+                    .ok_or_else(gone)?,
+            ),
+            _ => readiness::deployment_health(
+                &kubeapi::get_opt(&Api::<Deployment>::namespaced(client.clone(), ns), name)
+                    .await?
+                    .ok_or_else(gone)?,
+            ),
+        });
+        let labels: Vec<String> = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let found = kubeapi::list(
+            &Api::<Pod>::namespaced(client.clone(), ns),
+            &ListParams::default().labels(&labels.join(",")),
+        )
+        .await?;
+        if found.is_empty() {
+            pods.push(Health::Waiting(format!(
+                "{} {name} has no pods yet",
+                o.kind()
+            )));
+        }
+        pods.extend(found.iter().map(readiness::pod_health));
+    }
+    Ok((workloads, pods))
+}
+
 /// The Job to run after `from`, if any.
 fn job_after(plan: &Plan, from: Phase) -> Option<JobKind> {
     let spec = &plan.spec;
+    let reset = spec.reset.is_some().then_some(JobKind::Reset);
     let masking = spec.masking.is_some().then_some(JobKind::Masking);
     let migration = spec.migration.is_some().then_some(JobKind::Migration);
     match from {
-        Phase::Ready => masking.or(migration),
+        Phase::Ready => reset.or(masking).or(migration),
+        Phase::Reset => masking.or(migration),
         Phase::Masking => migration,
         Phase::Migration => None,
     }
@@ -368,7 +537,7 @@ async fn next(
     migration: Option<MigrationResult>,
 ) -> Result<Outcome> {
     let Some(kind) = job_after(plan, s.phase) else {
-        return Ok(done(plan, s, migration));
+        return finish(client, plan, s, now, migration).await;
     };
     let job = jobs::render(&plan.spec, kind)
         .ok_or_else(|| Error::Internal(format!("the {} Job is not configured", kind.as_str())))?;
@@ -376,6 +545,7 @@ async fn next(
     kubeapi::apply(&api, &job, &plan.spec.field_manager).await?;
     let state = DeployState {
         phase: match kind {
+            JobKind::Reset => Phase::Reset,
             JobKind::Masking => Phase::Masking,
             JobKind::Migration => Phase::Migration,
         },
@@ -384,6 +554,7 @@ async fn next(
     };
     let why = match s.phase {
         Phase::Ready => "the database is ready",
+        Phase::Reset => "the password is reset",
         _ => "masking succeeded",
     };
     continue_with(
@@ -438,7 +609,7 @@ async fn check_job(
             Some(f) => f,
             None if timed_out(plan, s, now) => format!(
                 "did not finish in {} minutes",
-                kind.params(&plan.spec).map_or(0, |p| p.timeout_minutes())
+                kind.timeout_minutes(&plan.spec)
             ),
             None => {
                 return continue_with(plan, s.clone(), now, format!("Job {name} is running"));
@@ -447,21 +618,42 @@ async fn check_job(
     };
     let allow = kind.params(&plan.spec).is_some_and(|p| p.allow_failure);
     match kind {
-        JobKind::Migration if allow => Ok(done(
-            plan,
-            s,
-            Some(MigrationResult {
+        JobKind::Migration if allow => {
+            let result = MigrationResult {
                 succeeded: false,
                 detail: format!("Job {name} failed: {failure}"),
-            }),
-        )),
+            };
+            finish(client, plan, s, now, Some(result)).await
+        }
         JobKind::Migration => Err(failed(format!(
             "the migration check Job {ns}/{name} failed: {failure} (set migration.allowFailure to report it without failing)"
+        ))),
+        JobKind::Reset => Err(failed(format!(
+            "the credentials reset Job {ns}/{name} failed: {failure}; the staging database is not published (check adminSecret: the restored database's admin user and password; or set resetCredentials to false)"
         ))),
         JobKind::Masking => Err(failed(format!(
             "the masking Job {ns}/{name} failed: {failure}; the staging database is not published"
         ))),
     }
+}
+
+/// Publishes: marks the namespace healthy for its pipeline (when known), then the outputs.
+async fn finish(
+    client: &kube::Client,
+    plan: &Plan,
+    s: &DeployState,
+    now: Timestamp,
+    migration: Option<MigrationResult>,
+) -> Result<Outcome> {
+    let outcome = done(plan, s, migration);
+    if let (Some(_), Outcome::Done { outputs, .. }) = (&s.pipeline, &outcome) {
+        // The database is healthy whatever happens to the mark: a failed mark only means a
+        // later rollback cannot find this one.
+        if let Err(e) = rollback::mark_healthy(client, plan, outputs, now).await {
+            tracing::warn!(error = %e, namespace = %plan.spec.namespace, "could not mark the namespace healthy");
+        }
+    }
+    Ok(outcome)
 }
 
 /// The outputs once everything succeeded.
@@ -480,6 +672,15 @@ fn done(plan: &Plan, s: &DeployState, migration: Option<MigrationResult>) -> Out
         spec.volume.backend().as_str(),
         spec.volume.source_name(),
     );
+    if spec.reset.is_some() {
+        summary.push_str(&format!(
+            "; password of database user {} reset to the generated one in Secret {SECRET_NAME}",
+            spec.database_user
+        ));
+        outputs.insert("CredentialsReset".into(), "true".into());
+    } else {
+        outputs.insert("CredentialsReset".into(), "false".into());
+    }
     if spec.masking.is_some() {
         summary.push_str("; data masked");
     }
@@ -494,10 +695,40 @@ fn done(plan: &Plan, s: &DeployState, migration: Option<MigrationResult>) -> Out
     }
 }
 
-/// Applies `onFailure` and says what happened to the namespace in the error.
-async fn on_failure(client: &kube::Client, plan: &Plan, created: bool, err: Error) -> Error {
+/// Applies `onFailure` and says what happened to the namespace in the error. `pipeline` is
+/// the `snapstage.io/pipeline` label, for a rollback.
+async fn on_failure(
+    client: &kube::Client,
+    plan: &Plan,
+    created: bool,
+    err: Error,
+    pipeline: Option<&str>,
+    now: Timestamp,
+) -> Error {
     let ns = &plan.spec.namespace;
+    if plan.spec.on_failure == OnFailure::Rollback {
+        let removed = match created {
+            false => format!("namespace {ns} existed before this run and is left as it is"),
+            true => match teardown::remove_by_name(client, ns).await {
+                Ok(Some(r)) => format!("{} (onFailure: rollback)", r.describe(false)),
+                Ok(None) => format!("namespace {ns} was not created"),
+                Err(e) => {
+                    format!("deleting namespace {ns} failed too ({e}); the TTL sweep removes it")
+                }
+            },
+        };
+        let previous = match pipeline {
+            None => "no pipeline is known (run it in CodePipeline or set pipeline), so there is no previous staging database to roll back to".to_string(),
+            Some(p) => match rollback::previous_healthy(client, p, ns, now).await {
+                Ok(Some(prev)) => prev.describe(),
+                Ok(None) => "no previous healthy staging database of this pipeline stands: nothing to roll back to".to_string(),
+                Err(e) => format!("looking for the previous healthy staging database failed ({e})"),
+            },
+        };
+        return with_note(err, &format!("{removed}. {previous}"));
+    }
     let note = match (plan.spec.on_failure, created) {
+        (OnFailure::Rollback, _) => String::new(),
         (OnFailure::Keep, _) => format!(
             "namespace {ns} is kept for debugging (onFailure: keep); it expires at {}",
             plan.expires_at

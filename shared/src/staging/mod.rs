@@ -22,6 +22,9 @@
 //! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
 //! | [`jobs`] | the masking and migration Jobs |
 //! | [`teardown`] | deleting one staging namespace, sweeping expired ones |
+//! | [`rollback`] | healthy marks, and the previous healthy environment of a pipeline |
+//! | [`template`] | the user's own workload YAML: placeholders, checks, labels |
+//! | [`artifact`] | a template file inside a CodePipeline input artifact (zip in S3) |
 //!
 //! Credentials: the planned Secret has no data; its values are generated at apply time and
 //! never appear in outputs or logs.
@@ -35,6 +38,7 @@ use crate::contract::{Execution, Outcome, Step};
 use crate::error::{Error, Result};
 
 pub mod apply;
+pub mod artifact;
 pub mod credentials;
 pub mod deploy;
 pub mod engine;
@@ -45,7 +49,9 @@ pub mod ownership;
 pub mod params;
 pub mod readiness;
 pub mod render;
+pub mod rollback;
 pub mod teardown;
+pub mod template;
 pub mod validate;
 
 pub use apply::ApplyRequest;
@@ -80,24 +86,19 @@ pub fn plan(params: Params, execution: &Execution, now: Timestamp) -> Result<Pla
         .map_err(|e| {
             Error::parameter("ttlHours", format!("now + ttlHours is out of range: {e}"))
         })?;
-    let expires_at = Timestamp::from_second(expires.as_second())
-        .map_err(|e| Error::Internal(format!("expiry time: {e}")))?
-        .to_string();
-    let rendered = render::render(&spec, &expires_at);
-    validate::check(&rendered)?;
-    let requests = apply::apply_requests(&rendered, &spec.field_manager)?;
-    Ok(Plan {
-        spec,
-        rendered,
-        requests,
-        expires_at,
-    })
+    Plan::build(spec, expires.as_second())
 }
 
 /// The whole step of `deploy-staging-db`: plan mode without a cluster (any action) or with
 /// `dryRun` (deploy); otherwise connect to the configured cluster (fresh credentials every
 /// invocation) and [`run`].
-pub async fn step(sdk: &aws_config::SdkConfig, step: Step<Params>) -> Result<Outcome> {
+pub async fn step(sdk: &aws_config::SdkConfig, mut step: Step<Params>) -> Result<Outcome> {
+    if step.params.action == Action::Deploy
+        && let Some(template::TemplateParam::Artifact(file)) = &step.params.template
+    {
+        let text = artifact::fetch(sdk, file, step.artifacts.as_ref()).await?;
+        step.params.fetched_template = Some(text);
+    }
     let Some(cluster) = step.params.cluster.clone() else {
         return match step.params.action {
             Action::Deploy => plan_step(step, NO_CLUSTER),
@@ -109,7 +110,8 @@ pub async fn step(sdk: &aws_config::SdkConfig, step: Step<Params>) -> Result<Out
     }
     let client = crate::cluster::connect(&cluster, sdk).await?;
     tracing::info!(cluster = %cluster.describe(), action = step.params.action.as_str(), "connected");
-    run(&client, step, Timestamp::now()).await
+    let secrets = credentials::SecretsManager(aws_sdk_secretsmanager::Client::new(sdk));
+    run_with(&client, step, Timestamp::now(), &secrets).await
 }
 
 /// Checks a request as the step does before contacting anything (samples, tests): a deploy
@@ -122,7 +124,18 @@ pub fn check_request(params: Params, execution: &Execution, now: Timestamp) -> R
 }
 
 /// One step against a cluster: deploy (or resume one), teardown, or sweep. `now` is the clock.
+/// No admin secrets can be read (see [`run_with`]).
 pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> Result<Outcome> {
+    run_with(client, step, now, &credentials::NoAdminSecrets).await
+}
+
+/// [`run`], reading `adminSecret` from `secrets`.
+pub async fn run_with(
+    client: &kube::Client,
+    step: Step<Params>,
+    now: Timestamp,
+    secrets: &dyn credentials::AdminSecrets,
+) -> Result<Outcome> {
     match step.params.action {
         Action::Deploy if step.params.dry_run => plan_step(step, DRY_RUN),
         Action::Deploy => {
@@ -135,7 +148,7 @@ pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> R
             if state.is_none() {
                 plan.log_requests();
             }
-            deploy::deploy(client, &plan, state, now).await
+            deploy::deploy(client, &plan, state, now, secrets).await
         }
         Action::Teardown => teardown::teardown(client, &step.params).await,
         Action::Sweep => {
@@ -166,19 +179,45 @@ pub fn plan_step(step: Step<Params>, why: &str) -> Result<Outcome> {
 }
 
 impl Plan {
+    /// Renders, checks and plans `spec` with the namespace expiring at `expires` (Unix seconds).
+    pub fn build(spec: Spec, expires: i64) -> Result<Plan> {
+        let expires_at = Timestamp::from_second(expires)
+            .map_err(|e| Error::Internal(format!("expiry time: {e}")))?
+            .to_string();
+        let rendered = render::render(&spec, &expires_at)?;
+        validate::check(&rendered)?;
+        let requests = apply::apply_requests(&rendered, &spec.field_manager)?;
+        Ok(Plan {
+            spec,
+            rendered,
+            requests,
+            expires_at,
+        })
+    }
+
+    /// The same plan with another expiry (an earlier invocation of the same run set it).
+    pub fn with_expiry(&self, expires: Timestamp) -> Result<Plan> {
+        Plan::build(self.spec.clone(), expires.as_second())
+    }
+
     pub fn manifest_count(&self) -> usize {
         self.requests.len()
     }
 
     pub fn port(&self) -> i32 {
-        self.spec.engine.port()
+        self.rendered.endpoint(self.spec.engine).1
+    }
+
+    /// The published Service: snapstage's, or the template's first.
+    pub fn service_name(&self) -> String {
+        self.rendered.endpoint(self.spec.engine).0
     }
 
     /// `<service>.<namespace>.svc.cluster.local:<port>`.
     pub fn endpoint(&self) -> String {
         format!(
             "{}.{}.svc.cluster.local:{}",
-            render::SERVICE_NAME,
+            self.service_name(),
             self.spec.namespace,
             self.port()
         )
@@ -188,7 +227,7 @@ impl Plan {
     pub fn outputs(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
             ("Namespace".into(), self.spec.namespace.clone()),
-            ("Service".into(), render::SERVICE_NAME.into()),
+            ("Service".into(), self.service_name()),
             ("Endpoint".into(), self.endpoint()),
             ("Port".into(), self.port().to_string()),
             ("SecretName".into(), render::SECRET_NAME.into()),
@@ -203,12 +242,17 @@ impl Plan {
     pub fn summary(&self, why: &str) -> String {
         format!(
             "PLAN ONLY — no cluster changed: {} manifests rendered and validated ({why}). \
-{} from {} {} → {} (namespace expires {}).",
+{} from {} {} → {}{} (namespace expires {}).",
             self.manifest_count(),
             self.spec.engine,
             self.spec.volume.backend().as_str(),
             self.spec.volume.source_name(),
             self.endpoint(),
+            self.spec
+                .template
+                .as_ref()
+                .map(|t| format!(", workload from {}", t.source))
+                .unwrap_or_default(),
             self.expires_at,
         )
     }
@@ -243,9 +287,21 @@ impl Plan {
         if let Some(pv) = &r.persistent_volume {
             doc(&mut out, pv)?;
         }
-        doc(&mut out, &r.claim)?;
-        doc(&mut out, &r.service)?;
-        doc(&mut out, &r.stateful_set)?;
+        if let Some(claim) = &r.claim {
+            doc(&mut out, claim)?;
+        }
+        match &r.workload {
+            render::Workload::Builtin(b) => {
+                doc(&mut out, &b.service)?;
+                doc(&mut out, &b.stateful_set)?;
+            }
+            render::Workload::Template(objects) => {
+                for o in objects {
+                    out.push_str("---\n");
+                    out.push_str(&o.to_yaml()?);
+                }
+            }
+        }
         Ok(out)
     }
 }
@@ -384,7 +440,7 @@ mod tests {
         );
         let sts: k8s_openapi::api::apps::v1::StatefulSet =
             serde_json::from_value(docs[5].clone()).unwrap();
-        assert_eq!(sts, p.rendered.stateful_set);
+        assert_eq!(sts, p.rendered.b().stateful_set);
     }
 
     #[test]

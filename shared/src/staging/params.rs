@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::engine::Engine;
 use super::names;
+use super::template::{TemplateParam, TemplateText};
 use crate::cluster::ClusterConfig;
 use crate::contract::Execution;
 use crate::error::{Error, Result};
@@ -34,6 +35,10 @@ pub struct Params {
     /// `csi` only: the VolumeSnapshot (in the staging namespace) the PVC restores from.
     #[serde(default)]
     pub snapshot_name: Option<String>,
+    /// `csi` only, instead of `snapshotName`: a PVC that already exists in the staging namespace
+    /// (made by `restore-to-staging`); mounted as it is, no second PVC.
+    #[serde(default)]
+    pub pvc_name: Option<String>,
     #[serde(default)]
     pub engine: Engine,
     #[serde(default)]
@@ -72,6 +77,28 @@ pub struct Params {
     /// A Job that checks the migrations against the staging data.
     #[serde(default)]
     pub migration: Option<JobParams>,
+    /// Reset the database user's password to the generated one once the database is ready
+    /// (default true: a restored volume keeps production's passwords). Needs `adminSecret`.
+    #[serde(default)]
+    pub reset_credentials: Option<bool>,
+    /// Secrets Manager secret (name or ARN) holding `{"username", "password"}` of the restored
+    /// database's admin (production's): the reset Job connects as it.
+    #[serde(default)]
+    pub admin_secret: Option<SecretId>,
+    /// The database user the Secret names and whose password is reset (default: the image's
+    /// superuser: postgres, root, admin).
+    #[serde(default)]
+    pub database_user: Option<DatabaseUser>,
+    /// The pipeline staging environments belong to, for `onFailure: "rollback"` (default: the
+    /// CodePipeline pipeline's name; give it for direct requests and the CLI).
+    #[serde(default)]
+    pub pipeline: Option<PipelineName>,
+    /// The database workload as the user's own YAML (see [`super::template`]).
+    #[serde(default)]
+    pub template: Option<TemplateParam>,
+    /// The text of an artifact template, fetched by the step before validation.
+    #[serde(skip)]
+    pub fetched_template: Option<TemplateText>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -103,6 +130,9 @@ pub enum OnFailure {
     Teardown,
     /// Leave everything for debugging (it still expires with its TTL).
     Keep,
+    /// Delete it as `teardown` does, and name the previous healthy staging database of the same
+    /// pipeline, which still stands (the action still fails).
+    Rollback,
 }
 
 /// A Job run against the staging database (`masking`, `migration`).
@@ -137,7 +167,8 @@ pub enum Backend {
     /// A restored EBS volume, bound through a static PV of the EBS CSI driver.
     #[default]
     Ebs,
-    /// A CSI VolumeSnapshot restored by a PVC `dataSource` (any CSI driver).
+    /// A CSI VolumeSnapshot restored by a PVC `dataSource` (any CSI driver), or a PVC that
+    /// already exists in the staging namespace (`pvcName`).
     Csi,
     /// A FlashArray / Cloud Block Store volume, bound through a static PV of Pure's `pure-csi` (PSO ≥ 5.2).
     PureCsi,
@@ -166,6 +197,10 @@ pub enum VolumeSource {
     CsiSnapshot {
         snapshot: String,
     },
+    /// A PVC already in the staging namespace: mounted, never created by deploy.
+    ExistingClaim {
+        claim: String,
+    },
     PureCsi {
         volume: String,
     },
@@ -178,7 +213,7 @@ impl VolumeSource {
     pub fn backend(&self) -> Backend {
         match self {
             Self::Ebs { .. } => Backend::Ebs,
-            Self::CsiSnapshot { .. } => Backend::Csi,
+            Self::CsiSnapshot { .. } | Self::ExistingClaim { .. } => Backend::Csi,
             Self::PureCsi { .. } => Backend::PureCsi,
             Self::PxCsi { .. } => Backend::PxCsi,
         }
@@ -189,6 +224,7 @@ impl VolumeSource {
         match self {
             Self::Ebs { volume_id, .. } => volume_id,
             Self::CsiSnapshot { snapshot } => snapshot,
+            Self::ExistingClaim { claim } => claim,
             Self::PureCsi { volume } | Self::PxCsi { volume } => volume,
         }
     }
@@ -196,6 +232,23 @@ impl VolumeSource {
     /// True when a static PersistentVolume is rendered (the others are provisioned by the driver).
     pub fn has_static_pv(&self) -> bool {
         matches!(self, Self::Ebs { .. } | Self::PureCsi { .. })
+    }
+
+    /// The PVC the database mounts: snapstage's, or the existing one.
+    pub fn claim_name(&self) -> &str {
+        match self {
+            Self::ExistingClaim { claim } => claim,
+            _ => super::render::PVC_NAME,
+        }
+    }
+
+    /// What the namespace's `snapstage.io/source` annotation says: `csi:<snapshot>`,
+    /// `csi-pvc:<claim>`, `ebs:<volume>`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Self::ExistingClaim { claim } => format!("csi-pvc:{claim}"),
+            other => format!("{}:{}", other.backend().as_str(), other.source_name()),
+        }
     }
 }
 
@@ -222,12 +275,45 @@ pub struct Spec {
     pub on_failure: OnFailure,
     pub masking: Option<JobParams>,
     pub migration: Option<JobParams>,
+    /// The user's template, read; `None` for snapstage's own Service and StatefulSet.
+    pub template: Option<TemplateText>,
+    /// The credentials reset after readiness; `None` when `resetCredentials` is false.
+    pub reset: Option<Reset>,
+    /// The user the Secret names.
+    pub database_user: String,
+    /// The `snapstage.io/pipeline` label (a hash of the pipeline's name), when known.
+    pub pipeline_label: Option<String>,
+}
+
+/// The credentials reset: run unless `resetCredentials` is false.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reset {
+    /// Where the admin's credentials are; required when a deploy applies.
+    pub admin_secret: Option<String>,
 }
 
 impl Params {
+    /// The template's text: inline, from a file, or fetched from an artifact by the step.
+    fn template_text(&self) -> Result<Option<TemplateText>> {
+        if let Some(t) = &self.fetched_template {
+            return Ok(Some(t.clone()));
+        }
+        let Some(param) = &self.template else {
+            return Ok(None);
+        };
+        match param.read_local()? {
+            Some(t) => Ok(Some(t)),
+            None => Err(Error::parameter(
+                "template.artifact",
+                "a file inside an input artifact can only be read in a CodePipeline job (it has the artifacts and the credentials to read them); use template.inline or template.file here",
+            )),
+        }
+    }
+
     /// Checks the rules that tie fields together and resolves defaults for this execution.
     pub fn validate(self, execution: &Execution) -> Result<Spec> {
         let volume = self.volume_source()?;
+        let template = self.template_text()?;
         if self.masking.as_ref().is_some_and(|m| m.allow_failure) {
             return Err(Error::parameter(
                 "masking.allowFailure",
@@ -263,6 +349,20 @@ impl Params {
             on_failure: self.on_failure,
             masking: self.masking,
             migration: self.migration,
+            template,
+            reset: self.reset_credentials.unwrap_or(true).then(|| Reset {
+                admin_secret: self.admin_secret.map(|s| s.0),
+            }),
+            pipeline_label: self
+                .pipeline
+                .map(|p| p.0)
+                .or_else(|| execution.pipeline.clone())
+                .filter(|p| !p.is_empty())
+                .map(|p| names::execution_label(&p)),
+            database_user: self
+                .database_user
+                .map(|u| u.0)
+                .unwrap_or_else(|| super::credentials::username(self.engine).to_string()),
         })
     }
 
@@ -281,6 +381,11 @@ impl Params {
             && let Some(s) = &self.snapshot_name
         {
             return Err(only_for("snapshotName", "csi", s));
+        }
+        if backend != Backend::Csi
+            && let Some(c) = &self.pvc_name
+        {
+            return Err(only_for("pvcName", "csi", c));
         }
         if backend != Backend::Ebs
             && let Some(z) = &self.availability_zone
@@ -317,11 +422,35 @@ impl Params {
                         ),
                     ));
                 }
-                let Some(snapshot) = self.snapshot_name.as_deref() else {
-                    return Err(Error::parameter(
-                        "snapshotName",
-                        "expected the name of a VolumeSnapshot in the staging namespace (required for backend \"csi\"), got nothing",
-                    ));
+                let snapshot = match (self.snapshot_name.as_deref(), self.pvc_name.as_deref()) {
+                    (Some(s), Some(c)) => {
+                        return Err(Error::parameter(
+                            "pvcName",
+                            format!(
+                                "give exactly one of snapshotName (restore a VolumeSnapshot into a new PVC) and pvcName (mount an existing PVC), got both: snapshotName {s:?}, pvcName {c:?}"
+                            ),
+                        ));
+                    }
+                    (None, Some(claim)) => {
+                        if !names::is_dns1123_subdomain(claim) {
+                            return Err(Error::parameter(
+                                "pvcName",
+                                format!(
+                                    "expected a PVC name (a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', at most 253), got {claim:?}"
+                                ),
+                            ));
+                        }
+                        return Ok(VolumeSource::ExistingClaim {
+                            claim: claim.to_string(),
+                        });
+                    }
+                    (Some(s), None) => s,
+                    (None, None) => {
+                        return Err(Error::parameter(
+                            "snapshotName",
+                            "expected the name of a VolumeSnapshot in the staging namespace, or pvcName for a PVC restore-to-staging made there (one is required for backend \"csi\"), got nothing",
+                        ));
+                    }
                 };
                 if !names::is_dns1123_subdomain(snapshot) {
                     return Err(Error::parameter(
@@ -512,6 +641,41 @@ impl Default for FieldManager {
         Self(DEFAULT_FIELD_MANAGER.to_string())
     }
 }
+
+checked_string!(
+    /// A pipeline name: 1 to 100 printable characters.
+    PipelineName,
+    |s| {
+        if !s.is_empty() && s.len() <= 100 && !s.chars().any(char::is_control) {
+            Ok(())
+        } else {
+            Err(format!("expected a pipeline name of 1 to 100 printable characters, got {s:?}"))
+        }
+    }
+);
+
+checked_string!(
+    /// A Secrets Manager secret id: a name or an ARN.
+    SecretId,
+    |s| {
+        if !s.is_empty() && s.len() <= 2048 && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            Ok(())
+        } else {
+            Err(format!("expected a Secrets Manager secret name or ARN, got {s:?}"))
+        }
+    }
+);
+
+checked_string!(
+    /// A database user name, safe to write into SQL and shell: letters, digits and `_`.
+    DatabaseUser,
+    |s| {
+        let ok = s.len() <= 63
+            && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok { Ok(()) } else { Err(format!("expected a database user name of letters, digits and _ (at most 63, not starting with a digit), got {s:?}")) }
+    }
+);
 
 checked_string!(
     /// A ConfigMap name (DNS-1123 subdomain).
@@ -828,6 +992,36 @@ mod tests {
             e.starts_with("availabilityZone: only used with backend \"ebs\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn csi_takes_exactly_one_of_snapshot_name_and_pvc_name() {
+        let s = spec(json!({"backend": "csi", "pvcName": "staging-db-restored"})).unwrap();
+        assert_eq!(
+            s.volume,
+            VolumeSource::ExistingClaim {
+                claim: "staging-db-restored".into()
+            }
+        );
+        assert_eq!(s.volume.claim_name(), "staging-db-restored");
+        let e = err(json!({"backend": "csi", "snapshotName": "s", "pvcName": "p"}));
+        assert!(
+            e.starts_with("pvcName: give exactly one of snapshotName") && e.contains("got both"),
+            "{e}"
+        );
+        let e = err(json!({"backend": "csi", "pvcName": "Restored_PVC"}));
+        assert!(
+            e.starts_with("pvcName: expected a PVC name (a DNS-1123 subdomain")
+                && e.contains("\"Restored_PVC\""),
+            "{e}"
+        );
+        let e = err(json!({"volumeId": "vol-0123abcd", "pvcName": "p"}));
+        assert!(
+            e.starts_with("pvcName: only used with backend \"csi\""),
+            "{e}"
+        );
+        let e = err(json!({"backend": "csi"}));
+        assert!(e.contains("or pvcName"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! the pod with `WaitForFirstConsumer`), probes not passing yet (a restored database replays its
 //! log first).
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, PersistentVolumeClaim, Pod};
 
@@ -77,6 +77,51 @@ pub fn stateful_set_health(sts: &StatefulSet) -> Health {
     if updated < want || rolling {
         return Health::Waiting(format!(
             "StatefulSet {name}: rolling out ({updated}/{want} replicas updated)"
+        ));
+    }
+    Health::Ready
+}
+
+/// A Deployment (user templates): current generation, every replica updated and available, old
+/// ones gone; failed when its progress deadline passed.
+pub fn deployment_health(d: &Deployment) -> Health {
+    let name = d.metadata.name.as_deref().unwrap_or_default();
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.clone().unwrap_or_default();
+    let observed = status.observed_generation.unwrap_or(0);
+    if observed < generation {
+        return Health::Waiting(format!(
+            "Deployment {name}: generation {generation} not observed yet (observed {observed})"
+        ));
+    }
+    if let Some(c) = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    }) {
+        return Health::Failed(format!(
+            "Deployment {name} exceeded its progress deadline (ProgressDeadlineExceeded){}",
+            detail(c.message.as_deref())
+        ));
+    }
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    if updated < want {
+        return Health::Waiting(format!(
+            "Deployment {name}: rolling out ({updated}/{want} replicas updated)"
+        ));
+    }
+    if total > updated {
+        return Health::Waiting(format!(
+            "Deployment {name}: {} old replica(s) still terminating",
+            total - updated
+        ));
+    }
+    if available < want {
+        return Health::Waiting(format!(
+            "Deployment {name}: {available}/{want} replicas available"
         ));
     }
     Health::Ready

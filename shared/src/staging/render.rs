@@ -5,9 +5,12 @@
 //! | Namespace | `snapstage-<hash>` or `namespace` | one per run; labelled for cleanup, `expires-at` annotation |
 //! | Secret | `staging-db-credentials` | credentials, generated at apply time; rendered without data |
 //! | PersistentVolume | `<namespace>-data` | `ebs` / `pure-csi`: binds the restored volume statically |
-//! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`) |
+//! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`); none with `pvcName` (the existing PVC is mounted) |
 //! | Service | `staging-db` | ClusterIP on the engine's port |
 //! | StatefulSet | `staging-db` | one replica mounting the PVC |
+//!
+//! With a user template ([`super::template`]) the template's objects replace the Service and
+//! the StatefulSet.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +30,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::engine::{Engine, EnvSource};
 use super::params::{Spec, VolumeSource};
+use super::template::{self, TemplateObject};
+use crate::error::Result;
 
 pub const INSTANCE: &str = "staging-db";
 pub const SERVICE_NAME: &str = INSTANCE;
@@ -44,10 +49,20 @@ pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
 pub const LABEL_EXECUTION: &str = "snapstage.io/execution";
 pub const LABEL_COMMIT: &str = "snapstage.io/commit";
 pub const LABEL_ROLE: &str = "snapstage.io/role";
+/// On the namespace: a hash of the pipeline it belongs to (rollback finds its siblings).
+pub const LABEL_PIPELINE: &str = "snapstage.io/pipeline";
+/// On the namespace: `"true"` once the deploy succeeded; `"false"` from each apply until then.
+pub const LABEL_HEALTHY: &str = "snapstage.io/healthy";
+/// When the namespace's database was published (RFC 3339).
+pub const ANNOTATION_HEALTHY_AT: &str = "snapstage.io/healthy-at";
+/// What was published: `{"Namespace", "Service", "Endpoint", "Port", "SecretName"}` as JSON.
+pub const ANNOTATION_OUTPUTS: &str = "snapstage.io/outputs";
 pub const ANNOTATION_EXPIRES_AT: &str = "snapstage.io/expires-at";
 pub const ANNOTATION_TTL_HOURS: &str = "snapstage.io/ttl-hours";
 pub const ANNOTATION_EXECUTION_KEY: &str = "snapstage.io/execution-key";
 pub const ANNOTATION_SOURCE: &str = "snapstage.io/source";
+/// On the namespace when the database mounts an existing PVC (`pvcName`): teardown checks it.
+pub const ANNOTATION_EXISTING_CLAIM: &str = "snapstage.io/existing-claim";
 pub const ANNOTATION_CREDENTIALS: &str = "snapstage.io/credentials";
 pub const ANNOTATION_PX_PURE_VOLUME: &str = "portworx.io/pure-volume-name";
 pub const MANAGED_BY: &str = "snapstage";
@@ -63,9 +78,45 @@ pub struct Rendered {
     pub namespace: Namespace,
     pub secret: Secret,
     pub persistent_volume: Option<PersistentVolume>,
-    pub claim: PersistentVolumeClaim,
+    /// `None` when the database mounts an existing PVC (`pvcName`).
+    pub claim: Option<PersistentVolumeClaim>,
+    /// The PVC the database mounts.
+    pub claim_name: String,
+    pub workload: Workload,
+}
+
+/// What runs the database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Workload {
+    /// snapstage's Service and StatefulSet for the engine.
+    Builtin(Box<Builtin>),
+    /// The objects of the user's template, in apply order.
+    Template(Vec<TemplateObject>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Builtin {
     pub service: Service,
     pub stateful_set: StatefulSet,
+}
+
+impl Rendered {
+    /// snapstage's own Service and StatefulSet, unless a template replaces them.
+    pub fn builtin(&self) -> Option<&Builtin> {
+        match &self.workload {
+            Workload::Builtin(b) => Some(b),
+            Workload::Template(_) => None,
+        }
+    }
+
+    /// The published Service name and port.
+    pub fn endpoint(&self, engine: Engine) -> (String, i32) {
+        match &self.workload {
+            Workload::Builtin(_) => (SERVICE_NAME.to_string(), engine.port()),
+            Workload::Template(objects) => template::endpoint(objects)
+                .unwrap_or_else(|| (SERVICE_NAME.to_string(), engine.port())),
+        }
+    }
 }
 
 /// The PersistentVolume's name: cluster-scoped, so it carries the namespace.
@@ -73,16 +124,23 @@ pub fn persistent_volume_name(namespace: &str) -> String {
     format!("{namespace}-data")
 }
 
-/// Renders every object. `expires_at` is RFC 3339 (now + ttl).
-pub fn render(spec: &Spec, expires_at: &str) -> Rendered {
-    Rendered {
+/// Renders every object (and the user's template, checked). `expires_at` is RFC 3339 (now + ttl).
+pub fn render(spec: &Spec, expires_at: &str) -> Result<Rendered> {
+    let workload = match &spec.template {
+        Some(t) => Workload::Template(template::render(t, spec)?),
+        None => Workload::Builtin(Box::new(Builtin {
+            service: service(spec),
+            stateful_set: stateful_set(spec),
+        })),
+    };
+    Ok(Rendered {
         namespace: namespace(spec, expires_at),
         secret: secret(spec),
         persistent_volume: persistent_volume(spec),
         claim: claim(spec),
-        service: service(spec),
-        stateful_set: stateful_set(spec),
-    }
+        claim_name: spec.volume.claim_name().to_string(),
+        workload,
+    })
 }
 
 fn common_labels(spec: &Spec) -> BTreeMap<String, String> {
@@ -129,26 +187,28 @@ fn namespace(spec: &Spec, expires_at: &str) -> Namespace {
         "pod-security.kubernetes.io/enforce".into(),
         "restricted".into(),
     );
+    if let Some(p) = &spec.pipeline_label {
+        labels.insert(LABEL_PIPELINE.into(), p.clone());
+        // Not healthy until this run says so (a reused namespace loses an older run's mark).
+        labels.insert(LABEL_HEALTHY.into(), "false".into());
+    }
+    let mut annotations = BTreeMap::from([
+        (ANNOTATION_EXPIRES_AT.to_string(), expires_at.to_string()),
+        (ANNOTATION_TTL_HOURS.to_string(), spec.ttl_hours.to_string()),
+        (
+            ANNOTATION_EXECUTION_KEY.to_string(),
+            spec.execution_key.clone(),
+        ),
+        (ANNOTATION_SOURCE.to_string(), spec.volume.describe()),
+    ]);
+    if let VolumeSource::ExistingClaim { claim } = &spec.volume {
+        annotations.insert(ANNOTATION_EXISTING_CLAIM.to_string(), claim.clone());
+    }
     Namespace {
         metadata: ObjectMeta {
             name: Some(spec.namespace.clone()),
             labels: Some(labels),
-            annotations: Some(BTreeMap::from([
-                (ANNOTATION_EXPIRES_AT.to_string(), expires_at.to_string()),
-                (ANNOTATION_TTL_HOURS.to_string(), spec.ttl_hours.to_string()),
-                (
-                    ANNOTATION_EXECUTION_KEY.to_string(),
-                    spec.execution_key.clone(),
-                ),
-                (
-                    ANNOTATION_SOURCE.to_string(),
-                    format!(
-                        "{}:{}",
-                        spec.volume.backend().as_str(),
-                        spec.volume.source_name()
-                    ),
-                ),
-            ])),
+            annotations: Some(annotations),
             ..Default::default()
         },
         ..Default::default()
@@ -178,7 +238,9 @@ fn persistent_volume(spec: &Spec) -> Option<PersistentVolume> {
     let (driver, handle, zone) = match &spec.volume {
         VolumeSource::Ebs { volume_id, zone } => (EBS_CSI_DRIVER, volume_id, zone.as_ref()),
         VolumeSource::PureCsi { volume } => (PURE_CSI_DRIVER, volume, None),
-        VolumeSource::CsiSnapshot { .. } | VolumeSource::PxCsi { .. } => return None,
+        VolumeSource::CsiSnapshot { .. }
+        | VolumeSource::ExistingClaim { .. }
+        | VolumeSource::PxCsi { .. } => return None,
     };
     let node_affinity = zone.map(|z| VolumeNodeAffinity {
         required: Some(NodeSelector {
@@ -221,7 +283,7 @@ fn persistent_volume(spec: &Spec) -> Option<PersistentVolume> {
     })
 }
 
-fn claim(spec: &Spec) -> PersistentVolumeClaim {
+fn claim(spec: &Spec) -> Option<PersistentVolumeClaim> {
     let mut metadata = meta(spec, PVC_NAME, true);
     let mut claim = PersistentVolumeClaimSpec {
         access_modes: Some(vec!["ReadWriteOnce".into()]),
@@ -252,12 +314,13 @@ fn claim(spec: &Spec) -> PersistentVolumeClaim {
                 volume.clone(),
             )]));
         }
+        VolumeSource::ExistingClaim { .. } => return None,
     }
-    PersistentVolumeClaim {
+    Some(PersistentVolumeClaim {
         metadata,
         spec: Some(claim),
         ..Default::default()
-    }
+    })
 }
 
 fn port_name(engine: Engine) -> String {
@@ -394,7 +457,7 @@ fn stateful_set(spec: &Spec) -> StatefulSet {
                     volumes: Some(vec![Volume {
                         name: DATA_VOLUME.into(),
                         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                            claim_name: PVC_NAME.into(),
+                            claim_name: spec.volume.claim_name().into(),
                             read_only: Some(false),
                         }),
                         ..Default::default()
@@ -425,6 +488,21 @@ fn stateful_set(spec: &Spec) -> StatefulSet {
 }
 
 #[cfg(test)]
+impl Rendered {
+    /// snapstage's Service and StatefulSet; a test failure for a template.
+    pub(crate) fn b(&self) -> &Builtin {
+        self.builtin().expect("snapstage's own workload")
+    }
+
+    pub(crate) fn b_mut(&mut self) -> &mut Builtin {
+        match &mut self.workload {
+            Workload::Builtin(b) => b,
+            Workload::Template(_) => panic!("a template, not snapstage's own workload"),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::staging::fixtures::plan_for;
@@ -451,10 +529,24 @@ mod tests {
         let ns = r.namespace.metadata.name.clone().unwrap();
         assert_eq!(claim_ref.namespace.as_deref(), Some(ns.as_str()));
         assert_eq!(claim_ref.name.as_deref(), Some(PVC_NAME));
-        assert_eq!(r.claim.metadata.name.as_deref(), Some(PVC_NAME));
-        assert_eq!(r.claim.spec.clone().unwrap().volume_name, pv.metadata.name);
+        assert_eq!(
+            r.claim.clone().unwrap().metadata.name.as_deref(),
+            Some(PVC_NAME)
+        );
+        assert_eq!(
+            r.claim.clone().unwrap().spec.unwrap().volume_name,
+            pv.metadata.name
+        );
         // The StatefulSet mounts that PVC at the engine's data directory.
-        let pod = r.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+        let pod = r
+            .b()
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         let vol = pod
             .volumes
             .unwrap()
@@ -470,7 +562,7 @@ mod tests {
         // Static binding: both sides say "no class", so no default class is injected.
         assert_eq!(spec.storage_class_name.as_deref(), Some(""));
         assert_eq!(
-            r.claim.spec.unwrap().storage_class_name.as_deref(),
+            r.claim.unwrap().spec.unwrap().storage_class_name.as_deref(),
             Some("")
         );
     }
@@ -507,7 +599,7 @@ mod tests {
         )
         .rendered;
         assert!(csi.persistent_volume.is_none());
-        let spec = csi.claim.spec.unwrap();
+        let spec = csi.claim.unwrap().spec.unwrap();
         let ds = spec.data_source.unwrap();
         assert_eq!(
             (ds.api_group.as_deref(), ds.kind.as_str(), ds.name.as_str()),
@@ -529,12 +621,46 @@ mod tests {
 
         let px = plan_for(json!({"backend": "px-csi", "volumeId": "realm::pod::vol"})).rendered;
         assert!(px.persistent_volume.is_none());
-        let ann = px.claim.metadata.annotations.unwrap();
+        let ann = px.claim.clone().unwrap().metadata.annotations.unwrap();
         assert_eq!(ann["portworx.io/pure-volume-name"], "realm::pod::vol");
         assert_eq!(
-            px.claim.spec.unwrap().storage_class_name,
+            px.claim.unwrap().spec.unwrap().storage_class_name,
             None,
             "the cluster's default class"
+        );
+    }
+
+    #[test]
+    fn an_existing_pvc_is_mounted_and_never_rendered() {
+        let p = plan_for(json!({"backend": "csi", "pvcName": "restored-db"}));
+        let r = &p.rendered;
+        assert!(r.claim.is_none() && r.persistent_volume.is_none());
+        assert_eq!(
+            p.manifest_count(),
+            4,
+            "Namespace, Secret, Service, StatefulSet"
+        );
+        let pod = r
+            .b()
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let claim = pod.volumes.unwrap()[0]
+            .persistent_volume_claim
+            .clone()
+            .unwrap();
+        assert_eq!(claim.claim_name, "restored-db");
+        let ann = r.namespace.metadata.annotations.clone().unwrap();
+        assert_eq!(ann["snapstage.io/existing-claim"], "restored-db");
+        assert_eq!(ann["snapstage.io/source"], "csi-pvc:restored-db");
+        assert!(
+            p.summary("x").contains("from csi restored-db"),
+            "{}",
+            p.summary("x")
         );
     }
 
@@ -560,9 +686,9 @@ mod tests {
         let r = &p.rendered;
         for m in [
             &r.secret.metadata,
-            &r.claim.metadata,
-            &r.service.metadata,
-            &r.stateful_set.metadata,
+            &r.claim.as_ref().unwrap().metadata,
+            &r.b().service.metadata,
+            &r.b().stateful_set.metadata,
         ] {
             let l = m.labels.clone().unwrap();
             assert_eq!(
@@ -578,7 +704,7 @@ mod tests {
     fn commit_is_labelled_when_known() {
         let mut spec = plan_for(json!({"volumeId": "vol-0123456789abcdef0"})).spec;
         spec.commit = Some("0123456789abcdef0123456789abcdef01234567".into());
-        let r = render(&spec, "2025-06-02T12:00:00Z");
+        let r = render(&spec, "2025-06-02T12:00:00Z").unwrap();
         assert_eq!(
             r.namespace.metadata.labels.clone().unwrap()["snapstage.io/commit"],
             "0123456789abcdef0123456789abcdef01234567"
@@ -595,11 +721,11 @@ mod tests {
         ] {
             let r =
                 plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": engine})).rendered;
-            let svc = r.service.spec.unwrap();
+            let svc = r.b().service.spec.clone().unwrap();
             assert_eq!(svc.type_.as_deref(), Some("ClusterIP"));
             let sp = &svc.ports.unwrap()[0];
             assert_eq!(sp.port, port, "{engine}");
-            let sts = r.stateful_set.spec.unwrap();
+            let sts = r.b().stateful_set.spec.clone().unwrap();
             assert_eq!(sts.replicas, Some(1));
             let c = &sts.template.spec.unwrap().containers[0];
             assert_eq!(c.ports.clone().unwrap()[0].container_port, port);
@@ -620,7 +746,15 @@ mod tests {
     #[test]
     fn database_pod_is_non_root_with_limits_and_secret_credentials() {
         let r = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": "mysql", "image": "registry.example.com/mysql:8.0.36"})).rendered;
-        let pod = r.stateful_set.spec.unwrap().template.spec.unwrap();
+        let pod = r
+            .b()
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
         let psc = pod.security_context.unwrap();
         assert_eq!(
             (psc.run_as_non_root, psc.run_as_user, psc.fs_group),

@@ -7,10 +7,14 @@
 //! PersistentVolumes of a run are cluster-scoped and `Retain`: their objects are deleted too
 //! (selected by the run's `snapstage.io/execution` label and reserved for a claim in that
 //! namespace); the volumes behind them are left to their owner.
+//!
+//! A namespace whose database mounted an existing PVC (`pvcName`, annotation
+//! `snapstage.io/existing-claim`) is deleted only when that PVC carries snapstage's label too:
+//! deleting a namespace deletes its PVCs, and snapstage deletes nothing it did not make.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolume};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde_json::json;
@@ -18,7 +22,9 @@ use serde_json::json;
 use super::kubeapi;
 use super::ownership;
 use super::params::{Action, Params};
-use super::render::{ANNOTATION_EXPIRES_AT, LABEL_EXECUTION, LABEL_MANAGED_BY, MANAGED_BY};
+use super::render::{
+    ANNOTATION_EXISTING_CLAIM, ANNOTATION_EXPIRES_AT, LABEL_EXECUTION, LABEL_MANAGED_BY, MANAGED_BY,
+};
 use crate::contract::{Deadline, Outcome};
 use crate::error::{Error, Result};
 
@@ -80,9 +86,34 @@ async fn volumes_of(client: &kube::Client, ns: &Namespace) -> Result<Vec<Persist
         .collect())
 }
 
+/// Refuses to delete a namespace that holds an existing PVC (`pvcName`) snapstage did not make.
+async fn check_existing_claim(client: &kube::Client, ns: &Namespace) -> Result<()> {
+    let name = ns.metadata.name.as_deref().unwrap_or_default();
+    let Some(claim) = ns
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_EXISTING_CLAIM))
+    else {
+        return Ok(());
+    };
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), name);
+    match kubeapi::get_opt(&api, claim).await? {
+        Some(pvc)
+            if !ownership::is_managed(&pvc.metadata) || ownership::is_production(&pvc.metadata) =>
+        {
+            Err(Error::Refused(format!(
+                "namespace {name} holds PVC {claim}, which the staging database mounted (pvcName) but snapstage did not make (it is not labelled {LABEL_MANAGED_BY}={MANAGED_BY}, or it is production): deleting the namespace would delete it, so snapstage leaves both; delete them yourself"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Deletes a staging namespace snapstage made, and its PV objects. Refuses anything else.
 pub async fn remove(client: &kube::Client, ns: &Namespace, dry_run: bool) -> Result<Removal> {
     ownership::check("Namespace", &ns.metadata, "delete")?;
+    check_existing_claim(client, ns).await?;
     let name = ns.metadata.name.clone().unwrap_or_default();
     let volumes = volumes_of(client, ns).await?;
     let terminating = ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
@@ -209,7 +240,14 @@ pub async fn sweep(
                         state: json!({ "swept": swept }),
                     });
                 }
-                let r = remove(client, ns, dry_run).await?;
+                let r = match remove(client, ns, dry_run).await {
+                    Ok(r) => r,
+                    Err(Error::Refused(why)) => {
+                        skipped.push(format!("{name} ({why})"));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if r.namespace_deleted && !dry_run {
                     swept += 1;
                 }

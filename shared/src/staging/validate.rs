@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::names;
-use super::render::{Rendered, persistent_volume_name};
+use super::render::{Builtin, Rendered, Workload, persistent_volume_name};
 use crate::error::{Error, Result};
 
 /// A Kubernetes object type snapstage renders.
@@ -123,11 +123,30 @@ pub fn check(rendered: &Rendered) -> Result<()> {
     if let Some(pv) = &r.persistent_volume {
         check_object(pv, NameRule::Dns1123Subdomain)?;
     }
-    check_object(&r.claim, NameRule::Dns1123Subdomain)?;
-    check_object(&r.service, NameRule::Dns1035Label)?;
-    // Pod names are `<statefulset>-0`, and the revision label holds the name: keep it a label.
-    check_object(&r.stateful_set, NameRule::Dns1123Label)?;
-    check_references(r)
+    if let Some(claim) = &r.claim {
+        check_object(claim, NameRule::Dns1123Subdomain)?;
+    }
+    check_references(r)?;
+    match &r.workload {
+        Workload::Builtin(b) => {
+            check_object(&b.service, NameRule::Dns1035Label)?;
+            // Pod names are `<statefulset>-0`, and the revision label holds the name: keep it a label.
+            check_object(&b.stateful_set, NameRule::Dns1123Label)?;
+            check_builtin(r, b)
+        }
+        // Checked object by object, and across objects, as they were rendered.
+        Workload::Template(objects) => {
+            let ns = r.namespace.metadata.name.as_deref();
+            match objects.iter().find(|o| o.meta().namespace.as_deref() != ns) {
+                Some(o) => Err(broken(format!(
+                    "template {} {} is not in the staging namespace",
+                    o.kind(),
+                    o.name()
+                ))),
+                None => Ok(()),
+            }
+        }
+    }
 }
 
 fn broken(what: String) -> Error {
@@ -137,17 +156,30 @@ fn broken(what: String) -> Error {
 fn check_references(r: &Rendered) -> Result<()> {
     let ns = r.namespace.metadata.name.clone().unwrap_or_default();
     for (kind, meta) in [
-        ("Secret", &r.secret.metadata),
-        ("PersistentVolumeClaim", &r.claim.metadata),
-        ("Service", &r.service.metadata),
-        ("StatefulSet", &r.stateful_set.metadata),
-    ] {
+        ("Secret", Some(&r.secret.metadata)),
+        (
+            "PersistentVolumeClaim",
+            r.claim.as_ref().map(|c| &c.metadata),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, m)| Some((k, m?)))
+    {
         if meta.namespace.as_deref() != Some(ns.as_str()) {
             return Err(broken(format!("{kind} is not in namespace {ns:?}")));
         }
     }
-    let claim_name = r.claim.metadata.name.clone().unwrap_or_default();
-    let claim_spec = r.claim.spec.clone().unwrap_or_default();
+    let claim_name = r.claim_name.clone();
+    if let Some(claim) = &r.claim
+        && claim.metadata.name.as_deref() != Some(claim_name.as_str())
+    {
+        return Err(broken(format!("the PVC is not named {claim_name}")));
+    }
+    let claim_spec = r
+        .claim
+        .as_ref()
+        .and_then(|c| c.spec.clone())
+        .unwrap_or_default();
     if let Some(pv) = &r.persistent_volume {
         let pv_name = pv.metadata.name.clone().unwrap_or_default();
         let spec = pv.spec.clone().unwrap_or_default();
@@ -173,7 +205,22 @@ fn check_references(r: &Rendered) -> Result<()> {
             ));
         }
     }
-    let sts = r.stateful_set.spec.clone().unwrap_or_default();
+    Ok(())
+}
+
+/// How snapstage's own Service and StatefulSet refer to the PVC, the pod and the Secret.
+fn check_builtin(r: &Rendered, b: &Builtin) -> Result<()> {
+    let ns = r.namespace.metadata.name.clone().unwrap_or_default();
+    let claim_name = r.claim_name.clone();
+    for (kind, meta) in [
+        ("Service", &b.service.metadata),
+        ("StatefulSet", &b.stateful_set.metadata),
+    ] {
+        if meta.namespace.as_deref() != Some(ns.as_str()) {
+            return Err(broken(format!("{kind} is not in namespace {ns:?}")));
+        }
+    }
+    let sts = b.stateful_set.spec.clone().unwrap_or_default();
     let pod = sts.template.spec.clone().unwrap_or_default();
     let pod_labels = sts
         .template
@@ -190,13 +237,13 @@ fn check_references(r: &Rendered) -> Result<()> {
             "the StatefulSet selector does not match its pod template".into(),
         ));
     }
-    let service = r.service.spec.clone().unwrap_or_default();
+    let service = b.service.spec.clone().unwrap_or_default();
     if !subset(&service.selector.clone().unwrap_or_default()) {
         return Err(broken(
             "the Service selector does not match the database pod".into(),
         ));
     }
-    if sts.service_name.as_deref() != r.service.metadata.name.as_deref() {
+    if sts.service_name.as_deref() != b.service.metadata.name.as_deref() {
         return Err(broken(
             "the StatefulSet's serviceName is not the Service".into(),
         ));
@@ -291,7 +338,7 @@ mod tests {
     #[test]
     fn round_trip_returns_the_wire_json() {
         let r = rendered();
-        let v = round_trip(&r.stateful_set).unwrap();
+        let v = round_trip(&r.b().stateful_set).unwrap();
         assert_eq!(v["apiVersion"], "apps/v1");
         assert_eq!(v["kind"], "StatefulSet");
         assert_eq!(v["spec"]["replicas"], 1);
@@ -302,7 +349,7 @@ mod tests {
     #[test]
     fn bad_names_and_labels_are_caught() {
         let mut r = rendered();
-        r.service.metadata.name = Some("0db".into());
+        r.b_mut().service.metadata.name = Some("0db".into());
         let e = check(&r).unwrap_err().to_string();
         assert!(e.contains("Service") && e.contains("Dns1035Label"), "{e}");
 
@@ -312,6 +359,8 @@ mod tests {
 
         let mut r = rendered();
         r.claim
+            .as_mut()
+            .unwrap()
             .metadata
             .labels
             .as_mut()
@@ -324,7 +373,8 @@ mod tests {
     #[test]
     fn broken_references_are_caught() {
         let mut r = rendered();
-        r.claim.spec.as_mut().unwrap().volume_name = Some("someone-elses-pv".into());
+        r.claim.as_mut().unwrap().spec.as_mut().unwrap().volume_name =
+            Some("someone-elses-pv".into());
         assert!(
             check(&r)
                 .unwrap_err()
@@ -351,7 +401,8 @@ mod tests {
         );
 
         let mut r = rendered();
-        r.service
+        r.b_mut()
+            .service
             .spec
             .as_mut()
             .unwrap()
@@ -367,8 +418,15 @@ mod tests {
         );
 
         let mut r = rendered();
-        r.service.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].target_port =
-            Some(IntOrString::Int(1));
+        r.b_mut()
+            .service
+            .spec
+            .as_mut()
+            .unwrap()
+            .ports
+            .as_mut()
+            .unwrap()[0]
+            .target_port = Some(IntOrString::Int(1));
         assert!(
             check(&r)
                 .unwrap_err()

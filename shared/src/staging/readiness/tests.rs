@@ -207,3 +207,48 @@ fn warnings_are_newest_first_distinct_and_bounded() {
     );
     assert_eq!(warnings(&events[1..2], 2), None);
 }
+
+#[test]
+fn deployments_are_ready_when_every_replica_is_updated_and_available() {
+    let d = |generation: i64, status: Value| -> Deployment {
+        from(
+            json!({"metadata": {"name": "db", "generation": generation}, "spec": {"replicas": 1,
+            "selector": {"matchLabels": {"app": "db"}}, "template": {}}, "status": status}),
+        )
+    };
+    assert_eq!(
+        wait(deployment_health(&d(2, json!({"observedGeneration": 1})))),
+        "Deployment db: generation 2 not observed yet (observed 1)"
+    );
+    assert_eq!(
+        wait(deployment_health(&d(
+            1,
+            json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 1, "availableReplicas": 1})
+        ))),
+        "Deployment db: 1 old replica(s) still terminating"
+    );
+    assert_eq!(
+        wait(deployment_health(&d(
+            1,
+            json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1})
+        ))),
+        "Deployment db: 0/1 replicas available"
+    );
+    assert_eq!(
+        deployment_health(&d(
+            1,
+            json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "availableReplicas": 1})
+        )),
+        Health::Ready
+    );
+    let stuck = d(
+        1,
+        json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "conditions": [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+         "message": "ReplicaSet \"db-5d8f\" has timed out progressing."}]}),
+    );
+    assert_eq!(
+        failed(deployment_health(&stuck)),
+        "Deployment db exceeded its progress deadline (ProgressDeadlineExceeded): ReplicaSet \"db-5d8f\" has timed out progressing."
+    );
+}
