@@ -1,22 +1,36 @@
-//! snapshot-production: a crash-consistent, block-level snapshot of the production volume(s),
-//! production never interrupted. Waits through continuation tokens, never sleeps.
+//! snapshot-production: a crash-consistent (or, with hooks, app-consistent), block-level snapshot
+//! of the production volume(s), production never interrupted. Waits through continuation tokens,
+//! never sleeps.
 
 use std::process::ExitCode;
 
 use snapstage::entry::About;
+use snapstage::storage::hooks::Hooks;
 use snapstage::storage::open::open;
-use snapstage::storage::steps::{SnapshotParams, snapshot_step};
+use snapstage::storage::steps::{SnapshotParams, needs_hooks, snapshot_step_with_hooks};
 use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
-    summary: "Takes a block-level snapshot of the production database volume(s) as one group, tagged with the
-pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused (EBS snapshots
-are online and crash-consistent). Answers InProgress with a continuation token until every snapshot completes.",
-    parameters: "  volumeIds      [\"vol-…\"], 1–16 production volumes, snapshotted as one group (required)
-  backend        \"ebs\" (default)
+    summary: "Takes a block-level snapshot of the production database volume(s), tagged/labelled with the
+pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused: EBS and CSI
+snapshots are online and crash-consistent (per volume, unless a FlashArray protection group or a CSI
+VolumeGroupSnapshot cuts them together); optional hooks make them app-consistent by running a command in
+the database's pod before creation (fsfreeze -f, fsyncLock) and always its undo after. Answers InProgress
+with a continuation token until every snapshot completes.",
+    parameters: "  volumeIds      1-16 production volumes: [\"vol-…\"] (ebs), array volume names (flasharray),
+                 PVC names in csi.namespace (csi)
+  selector       csi: a label selector picking the PVCs instead of volumeIds, e.g. \"app=orders-db\"
+  backend        \"ebs\" (default), \"flasharray\", \"csi\"
+  flasharray     {endpoint, apiTokenSecret, caBundle?, protectionGroup?}
+  csi            {cluster: {\"eks\": {\"name\": …}} | {\"kubeconfigSecret\": …} | \"inCluster\",
+                  namespace, snapshotClass?, groupSnapshotClass? (with selector: one VolumeGroupSnapshot)}
+  hooks          {pod | podSelector, namespace?, container?, pre: [\"fsfreeze\",\"-f\",\"/data\"],
+                  post: [\"fsfreeze\",\"-u\",\"/data\"], timeoutSeconds? (30), cluster? (default csi.cluster)}
+  retain         keep the newest N snapstage snapshots per volume, delete older ones snapstage made
   description    snapshot description (default: \"snapstage <execution>\")
   dryRun         true: report what would be done, change nothing",
-    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend  (DryRun when dryRun)",
+    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend
+  (SnapshotsDeleted with retain; AppConsistent when hooks ran; DryRun when dryRun)",
 };
 
 struct SnapshotProduction {
@@ -28,8 +42,13 @@ impl Function for SnapshotProduction {
     type Params = SnapshotParams;
 
     async fn step(&self, step: Step<SnapshotParams>) -> Result<Outcome> {
+        // Hooks run around creation only: no cluster connection on the "still pending" re-invocations.
+        let hooks = match (&step.params.hooks, needs_hooks(&step)) {
+            (Some(h), true) => Some(Hooks::open(h, step.params.csi.as_ref(), &self.sdk).await?),
+            _ => None,
+        };
         let backend = open(step.params.choice(), &self.sdk).await?;
-        let result = snapshot_step(&backend, step).await;
+        let result = snapshot_step_with_hooks(&backend, hooks.as_ref(), step).await;
         backend.close().await;
         result
     }
