@@ -1074,6 +1074,6 @@ impl Backend for Csi {
 }
 
 #[cfg(test)]
-mod fixture;
+pub(crate) mod fixture;
 #[cfg(test)]
 mod tests;

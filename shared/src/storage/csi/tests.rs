@@ -471,6 +471,96 @@ async fn an_expired_token_is_a_permission_error() {
     assert!(msg.contains("401 Unauthorized"), "{msg}");
 }
 
+#[tokio::test]
+async fn a_group_snapshot_cuts_the_selected_pvcs_together() {
+    let (a, b) = ("orders-db-data", "orders-db-wal");
+    let group = format!("snapstage-{}", h());
+    let groups = "/apis/groupsnapshot.storage.k8s.io/v1beta1/namespaces/prod/volumegroupsnapshots";
+    let g_path = format!("{groups}/{group}");
+    let group_obj = |status: Value| {
+        json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshot",
+            "metadata": {"name": group.clone(), "namespace": PROD, "uid": "uid-g",
+                "labels": managed_labels("snapshot", None)},
+            "spec": {"volumeGroupSnapshotClassName": "csi-group", "source": {"selector": {"matchLabels": {"app": "orders-db"}}}},
+            "status": status})
+    };
+    let request = || {
+        let mut r = snap_request(json!({"selector": "app=orders-db"}));
+        r["csi"]["groupSnapshotClass"] = json!("csi-group");
+        r
+    };
+    let extra = json!({"groupSnapshotClass": "csi-group"});
+    let (r, seen) = snap(
+        request(),
+        None,
+        extra.clone(),
+        vec![
+            X::list(PVCS, &[("labelSelector", "app=orders-db")]).ok(list(
+                "PersistentVolumeClaim",
+                "v1",
+                vec![pvc(PROD, a, json!({})), pvc(PROD, b, json!({}))],
+            )),
+            X::get(&g_path).not_found(),
+            X::get(&g_path).not_found(),
+            X::create(groups).body({
+                let group = group.clone();
+                move |body| {
+                    assert_eq!(body["apiVersion"], "groupsnapshot.storage.k8s.io/v1beta1");
+                    assert_eq!(body["metadata"]["name"], group);
+                    assert_eq!(body["metadata"]["labels"], managed_labels("snapshot", None));
+                    assert_eq!(
+                        body["spec"],
+                        json!({"volumeGroupSnapshotClassName": "csi-group",
+                            "source": {"selector": {"matchLabels": {"app": "orders-db"}}}})
+                    );
+                }
+            }),
+            X::get(&g_path).ok(group_obj(json!({"readyToUse": false}))),
+            // The second PVC: the group exists already (one group for all of them).
+            X::create(groups).already_exists(),
+            X::get(&g_path).ok(group_obj(json!({"readyToUse": false}))),
+            X::get(&g_path).ok(group_obj(json!({"readyToUse": false}))),
+            X::get(&g_path).ok(group_obj(json!({"readyToUse": false}))),
+            X::get(&g_path).ok(group_obj(json!({"readyToUse": false}))),
+        ],
+    )
+    .await;
+    assert_eq!(seen.iter().filter(|s| s.starts_with("POST")).count(), 2);
+    let (_, state) = continued(r.unwrap());
+    let ids = json!([format!("{group}/{a}"), format!("{group}/{b}")]);
+    assert_eq!(state["ids"], ids);
+
+    // Ready: each id resolves to the member VolumeSnapshot the controller made for its PVC.
+    let member = |pvc: &str, name: &str| {
+        let mut m = prod_snapshot(name, pvc, json!({}), ready("c"), "2025-06-01T12:00:01Z");
+        m["metadata"]["ownerReferences"] = json!([{"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1",
+            "kind": "VolumeGroupSnapshot", "name": group.clone(), "uid": "uid-g"}]);
+        m
+    };
+    let members = list(
+        "VolumeSnapshot",
+        "snapshot.storage.k8s.io/v1",
+        vec![member(b, "snapshot-2b2b"), member(a, "snapshot-1a1a")],
+    );
+    let ready_group =
+        group_obj(json!({"readyToUse": true, "creationTime": "2025-06-01T12:00:01Z"}));
+    let (r, _) = snap(
+        request(),
+        Some(state),
+        extra,
+        vec![
+            X::get(&g_path).ok(ready_group.clone()),
+            X::list(VS, &[]).ok(members.clone()),
+            X::get(&g_path).ok(ready_group),
+            X::list(VS, &[]).ok(members),
+        ],
+    )
+    .await;
+    let (_, outputs) = done(r.unwrap());
+    assert_eq!(outputs["SnapshotIds"], format!("{group}/{a},{group}/{b}"));
+    assert_eq!(outputs["SnapshotTime"], "2025-06-01T12:00:03Z");
+}
+
 // ---- restore ----
 
 fn restore_request() -> Value {

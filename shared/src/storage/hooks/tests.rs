@@ -135,6 +135,38 @@ async fn a_hook_that_hangs_is_stopped_by_the_timeout_and_post_still_runs() {
     assert!(e.to_string().contains("no snapshot was taken"), "{e}");
 }
 
+#[tokio::test]
+async fn a_pod_selector_picks_the_running_pods_in_name_order() {
+    use crate::storage::csi::fixture::{Exchange as X, serve};
+    let pod = |name: &str, phase: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "prod"},
+            "status": {"phase": phase}})
+    };
+    let (client, server) = serve(vec![
+        X::list("/api/v1/namespaces/prod/pods", &[("labelSelector", "app=orders-db")]).ok(json!({
+            "kind": "PodList", "apiVersion": "v1", "metadata": {},
+            "items": [pod("orders-db-1", "Running"), pod("orders-db-2", "Pending"), pod("orders-db-0", "Running")]})),
+        X::list("/api/v1/namespaces/prod/pods", &[("labelSelector", "app=none")])
+            .ok(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []})),
+    ]);
+    let mut p = freeze();
+    p.pod = None;
+    p.pod_selector = Some("app=orders-db".into());
+    let h = Hooks::new(client.clone(), "prod".into(), p.clone());
+    assert_eq!(h.pods().await.unwrap(), ["orders-db-0", "orders-db-1"]);
+    p.pod_selector = Some("app=none".into());
+    let h2 = Hooks::new(client, "prod".into(), p);
+    let e = h2.pods().await.unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "hooks.podSelector: \"app=none\" selects no running pod in namespace prod"
+        ),
+        "{e}"
+    );
+    drop((h, h2));
+    server.finish().await;
+}
+
 #[test]
 fn parameters_are_checked_with_field_names() {
     let err = |v| params(v).validate(None).unwrap_err().to_string();
