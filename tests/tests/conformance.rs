@@ -51,6 +51,7 @@ trait Fixture {
             volume_type: None,
             backend: self.kind(),
             flasharray: self.section(),
+            csi: None,
             dry_run: false,
         }
     }
@@ -60,6 +61,8 @@ trait Fixture {
             selector: None,
             backend: self.kind(),
             flasharray: self.section(),
+            csi: None,
+            hooks: None,
             description: None,
             copy_to: None,
             retain: None,

@@ -10,19 +10,25 @@ use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
     summary: "Creates a new staging volume from a snapshot (a named one, or the newest completed snapshot
-snapstage made of a production volume), tied to the pipeline run so a retry reuses it: an EBS volume
-tagged snapstage:role=staging in the given zone, or a copy on the array named <volume>-staging-<run>.
-Only ever creates new volumes; refuses any volume tagged as production.",
-    parameters: "  snapshotId        snapshot to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)
-  sourceVolumeId    restore the newest completed snapstage snapshot of this production volume
-  backend           \"ebs\" (default) | \"flasharray\"
+snapstage made of a production volume), tagged/labelled snapstage role staging and with the pipeline run.
+EBS: a volume in the given availability zone. FlashArray: a copy of the snapshot into a staging volume.
+CSI: in csi.stagingNamespace a VolumeSnapshotContent pre-bound to the production snapshot's handle
+(deletionPolicy Retain), a VolumeSnapshot bound to it and a PVC restoring it (it may stay Pending until a
+pod uses it under WaitForFirstConsumer). Only ever creates new volumes; refuses anything production: a
+volume tagged production, the production namespace or one labelled production as staging, a PVC snapstage
+did not make or one mounted by a pod that is not a snapstage staging pod.",
+    parameters: "  snapshotId        the snapshot to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)
+  sourceVolumeId    restore the newest completed snapstage snapshot of this volume / PVC
   availabilityZone  ebs: zone of the staging nodes, e.g. \"us-east-1a\" (required for ebs)
   volumeType        ebs: gp3 (default), gp2, io1, io2, st1, sc1
-  flasharray        {\"endpoint\", \"apiTokenSecret\", \"caBundle\"?, \"replicatedFrom\"?} (required for flasharray);
-                    replicatedFrom {\"array\", \"protectionGroup\"}: on a replication target,
-                    sourceVolumeId restores the newest snapshot replicated from that group
+  backend           \"ebs\" (default), \"flasharray\", \"csi\"
+  flasharray        {endpoint, apiTokenSecret, caBundle?, replicatedFrom?}: the token is read from
+                    Secrets Manager; replicatedFrom {\"array\", \"protectionGroup\"}: on a replication
+                    target, sourceVolumeId restores the newest snapshot replicated from that group
+  csi               {cluster, namespace (production), stagingNamespace (required), storageClass?}
   dryRun            true: report what would be done, change nothing",
-    outputs: "  VolumeId  SnapshotId  AvailabilityZone (ebs)  SizeGiB  Backend  (DryRun when dryRun)",
+    outputs: "  VolumeId  SnapshotId  AvailabilityZone (ebs)  SizeGiB  Backend
+  csi also: PvcName  SnapshotName (the staging VolumeSnapshot)  Namespace  (DryRun when dryRun)",
 };
 
 struct RestoreToStaging {

@@ -1,32 +1,40 @@
-//! snapshot-production: a crash-consistent, block-level snapshot of the production volume(s),
-//! production never interrupted. Waits through continuation tokens, never sleeps.
+//! snapshot-production: a crash-consistent (or, with hooks, app-consistent), block-level snapshot
+//! of the production volume(s), production never interrupted. Waits through continuation tokens,
+//! never sleeps.
 
 use std::process::ExitCode;
 
 use snapstage::entry::About;
+use snapstage::storage::hooks::Hooks;
 use snapstage::storage::open::open;
-use snapstage::storage::steps::{SnapshotParams, snapshot_step};
+use snapstage::storage::steps::{SnapshotParams, needs_hooks, snapshot_step_with_hooks};
 use snapstage::{Function, Outcome, Result, Step};
 
 const ABOUT: About = About {
-    summary: "Takes a block-level snapshot of the production database volume(s) as one group, tagged with the
-pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused (EBS and
-FlashArray snapshots are online and crash-consistent). Answers InProgress with a continuation token until
-every snapshot completes; optionally keeps only the newest N snapshots it made.",
-    parameters: "  volumeIds      1–16 production volumes, snapshotted as one group (required):
-                   \"vol-…\" (ebs), array volume names (flasharray)
-  backend        \"ebs\" (default) | \"flasharray\" (FlashArray / Cloud Block Store, REST 2.x)
-  flasharray     {\"endpoint\": \"https://array\", \"apiTokenSecret\": \"<Secrets Manager name or ARN>\",
-                  \"caBundle\": \"<PEM>\"?, \"protectionGroup\": \"pg\"?}  (required for backend flasharray;
-                 the token is never a parameter; protectionGroup instead of volumeIds snapshots the
-                 group as one, replicated now to its targets, e.g. on-prem FlashArray → Cloud Block Store)
+    summary: "Takes a block-level snapshot of the production database volume(s), tagged/labelled with the
+pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused: EBS and CSI
+snapshots are online and crash-consistent (per volume, unless a FlashArray protection group or a CSI
+VolumeGroupSnapshot cuts them together); optional hooks make them app-consistent by running a command in
+the database's pod before creation (fsfreeze -f, fsyncLock) and always its undo after. Answers InProgress
+with a continuation token until every snapshot completes.",
+    parameters: "  volumeIds      1-16 production volumes: [\"vol-…\"] (ebs), array volume names (flasharray),
+                 PVC names in csi.namespace (csi)
+  selector       csi: a label selector picking the PVCs instead of volumeIds, e.g. \"app=orders-db\"
+  backend        \"ebs\" (default), \"flasharray\", \"csi\"
+  flasharray     {endpoint, apiTokenSecret (Secrets Manager), caBundle?, protectionGroup?}: protectionGroup
+                 instead of volumeIds snapshots the group as one, replicated now to its targets
+                 (e.g. on-prem FlashArray → Cloud Block Store)
+  csi            {cluster: {\"eks\": {\"name\": …}} | {\"kubeconfigSecret\": …} | \"inCluster\",
+                  namespace, snapshotClass?, groupSnapshotClass? (with selector: one VolumeGroupSnapshot)}
+  hooks          {pod | podSelector, namespace?, container?, pre: [\"fsfreeze\",\"-f\",\"/data\"],
+                  post: [\"fsfreeze\",\"-u\",\"/data\"], timeoutSeconds? (30), cluster? (default csi.cluster)}
   description    snapshot description (default: \"snapstage <execution>\")
   copyTo         ebs: {\"region\": \"us-west-2\", \"kmsKeyId\": \"…\"?}: copy each snapshot to another region
                  once complete (waited for the same way; a retry reuses the run's copy)
   retain         keep the newest N snapstage snapshots per volume, delete older ones snapstage made
   dryRun         true: report what would be done, change nothing",
-    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend  (CopiedSnapshotIds CopyRegion with
-  copyTo, SnapshotsDeleted with retain,
+    outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend
+  (CopiedSnapshotIds CopyRegion with copyTo; SnapshotsDeleted with retain; AppConsistent when hooks ran;
   DryRun when dryRun)",
 };
 
@@ -39,8 +47,13 @@ impl Function for SnapshotProduction {
     type Params = SnapshotParams;
 
     async fn step(&self, step: Step<SnapshotParams>) -> Result<Outcome> {
+        // Hooks run around creation only: no cluster connection on the "still pending" re-invocations.
+        let hooks = match (&step.params.hooks, needs_hooks(&step)) {
+            (Some(h), true) => Some(Hooks::open(h, step.params.csi.as_ref(), &self.sdk).await?),
+            _ => None,
+        };
         let backend = open(step.params.choice(), &self.sdk).await?;
-        let result = snapshot_step(&backend, step).await;
+        let result = snapshot_step_with_hooks(&backend, hooks.as_ref(), step).await;
         backend.close().await;
         result
     }

@@ -4,8 +4,10 @@
 //! Every resource snapstage makes carries tags/labels that tie it to the run ([`TAG_EXECUTION`]),
 //! so a retried or duplicated invocation finds its own work instead of making a second one.
 //!
-//! Backends: [`ebs`] (EC2 API), [`flasharray`] (FlashArray / Cloud Block Store REST 2.x), chosen
-//! by [`open`] from the step's parameters.
+//! Backends: [`ebs`] (EC2 API), [`flasharray`] (FlashArray / Cloud Block Store REST 2.x),
+//! [`csi`] (Kubernetes VolumeSnapshots, any CSI driver), chosen by [`open`] from the step's
+//! parameters. [`hooks`] makes a snapshot app-consistent by running commands in the database's
+//! pod around its creation, whatever the backend.
 
 use std::future::Future;
 
@@ -14,8 +16,10 @@ use serde::{Deserialize, Serialize};
 use crate::contract::Execution;
 use crate::error::{Error, Result};
 
+pub mod csi;
 pub mod ebs;
 pub mod flasharray;
+pub mod hooks;
 pub mod open;
 pub mod steps;
 
@@ -247,6 +251,13 @@ pub trait Backend: Send + Sync {
     /// Deletes a snapshot snapstage made. Implementations check the tags/labels again right
     /// before deleting and refuse ([`Error::Refused`]) a snapshot snapstage did not make.
     fn delete_snapshot(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Output variables a finished restore reports besides `VolumeId` (CSI: `PvcName`,
+    /// `SnapshotName`, `Namespace`, for `#{Restore.PvcName}` downstream). Default: none.
+    fn restore_outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)> {
+        let _ = volume;
+        Vec::new()
+    }
 }
 
 /// The backends a user can name in `backend`.
@@ -257,6 +268,7 @@ pub enum BackendKind {
     Ebs,
     #[serde(rename = "flasharray")]
     FlashArray,
+    Csi,
 }
 
 /// Checks an EBS-style id (`vol-…`, `snap-…`) and names the field when it is wrong.

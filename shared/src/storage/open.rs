@@ -6,9 +6,11 @@
 //! | --- | --- | --- |
 //! | `ebs` (default) | none | the function's role |
 //! | `flasharray` | `flasharray: {endpoint, apiTokenSecret, caBundle?, protectionGroup?, replicatedFrom?}` | API token from Secrets Manager |
+//! | `csi` | `csi: {cluster, namespace, snapshotClass?, groupSnapshotClass?, stagingNamespace?, storageClass?}` | the cluster's (EKS token, kubeconfig, service account) |
 
 use serde::{Deserialize, Serialize};
 
+use super::csi::{Csi, CsiParams};
 use super::ebs::Ebs;
 use super::flasharray::{
     ApiToken, Client as FaClient, Config as FaConfig, FlashArray, ReplicaSource,
@@ -52,6 +54,7 @@ pub struct ReplicatedFrom {
 pub enum AnyBackend {
     Ebs(Ebs),
     FlashArray(Box<FlashArray>),
+    Csi(Box<Csi>),
 }
 
 /// The backend part of a storage step's parameters.
@@ -59,21 +62,39 @@ pub enum AnyBackend {
 pub struct BackendChoice<'a> {
     pub kind: BackendKind,
     pub flasharray: Option<&'a FlashArrayParams>,
+    pub csi: Option<&'a CsiParams>,
 }
 
 impl BackendChoice<'_> {
     /// Checks that exactly the section of the chosen backend is given.
     pub fn validate(&self) -> Result<()> {
-        match (self.kind, self.flasharray) {
-            (BackendKind::FlashArray, None) => Err(Error::parameter(
-                "flasharray",
-                "missing: backend \"flasharray\" needs {\"endpoint\": \"https://array\", \"apiTokenSecret\": \"<secret name or ARN>\"}",
-            )),
-            (BackendKind::Ebs, Some(_)) => Err(Error::parameter(
-                "flasharray",
-                "given, but backend is \"ebs\"; set \"backend\": \"flasharray\" or remove the section",
-            )),
-            (_, Some(fa)) => {
+        let chosen = match self.kind {
+            BackendKind::Ebs => "ebs",
+            BackendKind::FlashArray => "flasharray",
+            BackendKind::Csi => "csi",
+        };
+        for (section, given) in [
+            ("flasharray", self.flasharray.is_some()),
+            ("csi", self.csi.is_some()),
+        ] {
+            if given && section != chosen {
+                return Err(Error::parameter(
+                    section,
+                    format!(
+                        "given, but backend is {chosen:?}; set \"backend\": \"{section}\" or remove the section"
+                    ),
+                ));
+            }
+        }
+        match self.kind {
+            BackendKind::Ebs => Ok(()),
+            BackendKind::FlashArray => {
+                let Some(fa) = self.flasharray else {
+                    return Err(Error::parameter(
+                        "flasharray",
+                        "missing: backend \"flasharray\" needs {\"endpoint\": \"https://array\", \"apiTokenSecret\": \"<secret name or ARN>\"}",
+                    ));
+                };
                 if fa.api_token_secret.trim().is_empty() {
                     return Err(Error::parameter(
                         "flasharray.apiTokenSecret",
@@ -95,7 +116,13 @@ impl BackendChoice<'_> {
                 }
                 Ok(())
             }
-            _ => Ok(()),
+            BackendKind::Csi => match self.csi {
+                None => Err(Error::parameter(
+                    "csi",
+                    "missing: backend \"csi\" needs {\"cluster\": {\"eks\": {\"name\": \"prod\"}}, \"namespace\": \"<production namespace>\"}",
+                )),
+                Some(csi) => csi.validate(),
+            },
         }
     }
 }
@@ -103,6 +130,10 @@ impl BackendChoice<'_> {
 /// Opens the chosen backend: reads the secrets it needs, builds its client.
 pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Result<AnyBackend> {
     choice.validate()?;
+    if let (BackendKind::Csi, Some(csi)) = (choice.kind, choice.csi) {
+        let client = crate::cluster::connect(&csi.cluster, sdk).await?;
+        return Ok(AnyBackend::Csi(Box::new(Csi::new(client, csi.clone()))));
+    }
     match (choice.kind, choice.flasharray) {
         (BackendKind::Ebs, _) => Ok(AnyBackend::Ebs(Ebs::new(aws_sdk_ec2::Client::new(sdk)))),
         (BackendKind::FlashArray, Some(fa)) => {
@@ -124,6 +155,7 @@ pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Res
             Ok(AnyBackend::FlashArray(Box::new(array)))
         }
         (BackendKind::FlashArray, None) => Err(Error::parameter("flasharray", "missing")),
+        (BackendKind::Csi, _) => Err(Error::parameter("csi", "missing")),
     }
 }
 
@@ -188,6 +220,7 @@ macro_rules! each {
         match $self {
             AnyBackend::Ebs($b) => $e,
             AnyBackend::FlashArray($b) => $e,
+            AnyBackend::Csi($b) => $e,
         }
     };
 }
@@ -255,5 +288,8 @@ impl Backend for AnyBackend {
     }
     async fn snapshot_in_region(&self, id: &str, to: &CopyTarget) -> Result<SnapshotInfo> {
         each!(self, b => b.snapshot_in_region(id, to).await)
+    }
+    fn restore_outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)> {
+        each!(self, b => b.restore_outputs(volume))
     }
 }

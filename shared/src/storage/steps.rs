@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::csi::CsiParams;
+use super::hooks::{HookParams, Hooks};
 use super::open::{BackendChoice, FlashArrayParams};
 use super::{
     Backend, BackendKind, CopyTarget, SnapshotInfo, SnapshotState, VolumeSpec, VolumeState,
@@ -31,6 +33,12 @@ pub struct SnapshotParams {
     /// How to reach a FlashArray / Cloud Block Store (`backend: "flasharray"`).
     #[serde(default)]
     pub flasharray: Option<FlashArrayParams>,
+    /// The cluster and production namespace (`backend: "csi"`).
+    #[serde(default)]
+    pub csi: Option<CsiParams>,
+    /// Commands run in the database's pod around snapshot creation (app-consistent snapshots).
+    #[serde(default)]
+    pub hooks: Option<HookParams>,
     /// Snapshot description; defaults to one naming the run.
     #[serde(default)]
     pub description: Option<String>,
@@ -108,6 +116,18 @@ impl SnapshotParams {
                 format!("expected 1 to {MAX_RETAIN} snapshots to keep per volume, got {n}"),
             ));
         }
+        if let Some(csi) = &self.csi
+            && csi.group_snapshot_class.is_some()
+            && self.selector.is_none()
+        {
+            return Err(Error::parameter(
+                "selector",
+                "missing: csi.groupSnapshotClass snapshots the PVCs a label selector picks as one group; give selector (e.g. \"app=orders-db\") instead of volumeIds",
+            ));
+        }
+        if let Some(h) = &self.hooks {
+            h.validate(self.csi.as_ref())?;
+        }
         Ok(())
     }
 
@@ -115,6 +135,7 @@ impl SnapshotParams {
         BackendChoice {
             kind: self.backend,
             flasharray: self.flasharray.as_ref(),
+            csi: self.csi.as_ref(),
         }
     }
 
@@ -177,6 +198,9 @@ struct SnapshotState_ {
     /// Copies in the `copyTo` region, in the order of `ids`, once started.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     copies: Vec<String>,
+    /// The app-consistency hooks ran around creation (they never run again for the run).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    hooks: bool,
 }
 
 fn resume<T: for<'de> Deserialize<'de>>(state: Option<Value>) -> Result<Option<T>> {
@@ -190,10 +214,33 @@ fn resume<T: for<'de> Deserialize<'de>>(state: Option<Value>) -> Result<Option<T
         .transpose()
 }
 
-/// One step of `snapshot-production`.
+/// One step of `snapshot-production` without hooks.
 pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) -> Result<Outcome> {
+    snapshot_step_with_hooks(backend, None, step).await
+}
+
+/// Whether a step needs the hooks opened: they run only around creation, on the first
+/// invocation of a run, never in a dry run.
+pub fn needs_hooks(step: &Step<SnapshotParams>) -> bool {
+    step.params.hooks.is_some()
+        && !step.params.dry_run
+        && step.state.as_ref().is_none_or(Value::is_null)
+}
+
+/// One step of `snapshot-production`; `hooks` (from `hooks` parameters, opened when
+/// [`needs_hooks`]) run around the creation of the snapshots.
+pub async fn snapshot_step_with_hooks<B: Backend>(
+    backend: &B,
+    hooks: Option<&Hooks>,
+    step: Step<SnapshotParams>,
+) -> Result<Outcome> {
     let p = &step.params;
     p.validate()?;
+    if needs_hooks(&step) && hooks.is_none() {
+        return Err(Error::Internal(
+            "hooks are configured but were not opened for the first invocation".into(),
+        ));
+    }
     let ex = &step.execution;
     let state = resume::<SnapshotState_>(step.state)?;
 
@@ -226,13 +273,16 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
             ("Backend".to_string(), backend.name().to_string()),
             ("SourceVolumeIds".to_string(), sources.join(",")),
         ]);
+        if let Some(h) = &p.hooks {
+            lines.push(h.describe(p.csi.as_ref()));
+        }
         return Ok(Outcome::Done {
             summary: format!("dry run, nothing changed: {}", lines.join("; ")),
             outputs,
         });
     }
 
-    let (sources, ids, copies) = match state {
+    let (sources, ids, copies, hooks_ran) = match state {
         Some(s) => {
             let sources = if s.sources.is_empty() {
                 p.volume_ids.clone()
@@ -244,7 +294,7 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                     "continuationToken: volume list changed since the run started".into(),
                 ));
             }
-            (sources, s.ids, s.copies)
+            (sources, s.ids, s.copies, s.hooks)
         }
         None => {
             let sources = sources(backend, p).await?;
@@ -252,18 +302,32 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                 .description
                 .clone()
                 .unwrap_or_else(|| format!("snapstage {}", ex.key));
-            let mut ids = Vec::with_capacity(sources.len());
+            // What this run made already (a retry): reused, and no hooks for it.
+            let mut found = Vec::with_capacity(sources.len());
             for v in &sources {
-                let snap = match backend.find_snapshot(v, ex).await? {
-                    Some(s) => {
-                        tracing::info!(snapshot = %s.id, volume = %v, "reusing this run's snapshot");
-                        s
-                    }
-                    None => backend.create_snapshot(v, ex, &description).await?,
-                };
-                ids.push(snap.id);
+                let existing = backend.find_snapshot(v, ex).await?;
+                if let Some(s) = &existing {
+                    tracing::info!(snapshot = %s.id, volume = %v, "reusing this run's snapshot");
+                }
+                found.push(existing);
             }
-            (sources, ids, Vec::new())
+            let missing = found.iter().any(Option::is_none);
+            let create = async {
+                let mut ids = Vec::with_capacity(sources.len());
+                for (v, existing) in sources.iter().zip(found) {
+                    let snap = match existing {
+                        Some(s) => s,
+                        None => backend.create_snapshot(v, ex, &description).await?,
+                    };
+                    ids.push(snap.id);
+                }
+                Ok::<_, Error>(ids)
+            };
+            let (ids, ran) = match hooks {
+                Some(h) if missing => (h.around(create).await?, true),
+                _ => (create.await?, false),
+            };
+            (sources, ids, Vec::new(), ran)
         }
     };
 
@@ -307,6 +371,7 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                 ids,
                 sources,
                 copies,
+                hooks: hooks_ran,
             })
             .map_err(|e| Error::Internal(e.to_string()))?,
         });
@@ -363,6 +428,7 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
                     ids,
                     sources,
                     copies,
+                    hooks: hooks_ran,
                 })
                 .map_err(|e| Error::Internal(e.to_string()))?,
             });
@@ -413,6 +479,10 @@ pub async fn snapshot_step<B: Backend>(backend: &B, step: Step<SnapshotParams>) 
         outputs.insert("CopyRegion".into(), to.region.clone());
         summary.push_str(&format!("; copied to {}: {}", to.region, ids.join(", ")));
     }
+    if hooks_ran {
+        outputs.insert("AppConsistent".into(), "true".into());
+        summary.push_str("; app-consistent (pre/post hooks ran around creation)");
+    }
     let outputs = outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     Ok(Outcome::Done { summary, outputs })
 }
@@ -456,6 +526,9 @@ pub struct RestoreParams {
     pub backend: BackendKind,
     #[serde(default)]
     pub flasharray: Option<FlashArrayParams>,
+    /// The cluster, production namespace and staging namespace (`backend: "csi"`).
+    #[serde(default)]
+    pub csi: Option<CsiParams>,
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -470,6 +543,15 @@ impl RestoreParams {
             return Err(Error::parameter(
                 "snapshotId",
                 "missing: give snapshotId (e.g. \"#{Snapshot.SnapshotId}\") or sourceVolumeId to restore its newest snapshot",
+            ));
+        }
+        if let Some(csi) = &self.csi
+            && self.backend == BackendKind::Csi
+            && csi.staging_namespace.is_none()
+        {
+            return Err(Error::parameter(
+                "csi.stagingNamespace",
+                "missing: the namespace restore-to-staging makes the staging PVC in, e.g. \"snapstage-staging\" (never the production namespace)",
             ));
         }
         if self.backend != BackendKind::Ebs {
@@ -523,6 +605,7 @@ impl RestoreParams {
         BackendChoice {
             kind: self.backend,
             flasharray: self.flasharray.as_ref(),
+            csi: self.csi.as_ref(),
         }
     }
 }
@@ -644,7 +727,7 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
             state: serde_json::json!({"snapshot": snapshot.id, "volume": volume.id}),
         }),
         VolumeState::Available | VolumeState::InUse => {
-            let outputs = BTreeMap::from([
+            let mut outputs = BTreeMap::from([
                 ("VolumeId".to_string(), volume.id.clone()),
                 ("SnapshotId".to_string(), snapshot.id.clone()),
                 (
@@ -661,6 +744,7 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
                 ),
                 ("Backend".to_string(), backend.name().to_string()),
             ]);
+            outputs.extend(backend.restore_outputs(&volume));
             Ok(Outcome::Done {
                 summary: format!(
                     "staging volume {} ready from {}{}",
@@ -965,6 +1049,8 @@ mod step_tests {
             selector: None,
             backend: BackendKind::Ebs,
             flasharray: None,
+            csi: None,
+            hooks: None,
             description: None,
             copy_to: None,
             retain: None,
@@ -1128,6 +1214,83 @@ mod step_tests {
         assert!(b.snapshots.lock().unwrap().is_empty());
     }
 
+    fn hooked(vols: &[&str]) -> SnapshotParams {
+        let mut p = snap_params(vols);
+        p.hooks = Some(
+            serde_json::from_value(serde_json::json!({"pod": "db-0", "namespace": "prod",
+                "cluster": "inCluster", "pre": ["fsfreeze", "-f", "/data"],
+                "post": ["fsfreeze", "-u", "/data"]}))
+            .unwrap(),
+        );
+        p
+    }
+
+    #[tokio::test]
+    async fn hooks_run_once_around_creation_never_while_pending() {
+        use crate::storage::hooks::exec_server::{ExecServer, Script};
+        let server =
+            ExecServer::start("v5.channel.k8s.io", vec![Script::Exit(0), Script::Exit(0)]).await;
+        let b = Slow {
+            polls_to_ready: 3,
+            ..Default::default()
+        };
+        let p = hooked(&["vol-01", "vol-02"]);
+        let h = Hooks::new(server.client(), "prod".into(), p.hooks.clone().unwrap());
+        let seen = drive(
+            |s| snapshot_step_with_hooks(&b, needs_hooks(&s).then_some(&h), s),
+            p,
+            "run-1",
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.len(), 3, "two pending invocations, then done");
+        let execs = server.seen();
+        assert_eq!(execs.len(), 2, "pre and post once: {execs:#?}");
+        assert!(execs[0].ends_with("command=fsfreeze&command=-f&command=%2Fdata"));
+        assert!(execs[1].ends_with("command=fsfreeze&command=-u&command=%2Fdata"));
+        let Outcome::Continue { state, .. } = &seen[0] else {
+            panic!()
+        };
+        assert_eq!(state["hooks"], true);
+        let Outcome::Done { outputs, summary } = &seen[2] else {
+            panic!()
+        };
+        assert_eq!(outputs["AppConsistent"], "true");
+        assert!(summary.contains("app-consistent"), "{summary}");
+        assert_eq!(b.snapshots.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failing_pre_hook_creates_no_snapshot_and_still_runs_post() {
+        use crate::storage::hooks::exec_server::{ExecServer, Script};
+        let server =
+            ExecServer::start("v4.channel.k8s.io", vec![Script::Exit(1), Script::Exit(0)]).await;
+        let b = Slow::default();
+        let p = hooked(&["vol-01"]);
+        let h = Hooks::new(server.client(), "prod".into(), p.hooks.clone().unwrap());
+        let e = drive(
+            |s| snapshot_step_with_hooks(&b, needs_hooks(&s).then_some(&h), s),
+            p,
+            "run-1",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.failure_kind(), crate::error::FailureKind::JobFailed);
+        assert!(e.to_string().contains("no snapshot was taken"), "{e}");
+        assert!(b.snapshots.lock().unwrap().is_empty());
+        assert_eq!(server.seen().len(), 2, "post ran after the failed pre");
+    }
+
+    #[tokio::test]
+    async fn hooks_configured_but_not_opened_is_an_error_not_a_silent_crash_consistent_snapshot() {
+        let b = Slow::default();
+        let e = drive(|s| snapshot_step(&b, s), hooked(&["vol-01"]), "run-1")
+            .await
+            .unwrap_err();
+        assert_eq!(e.failure_kind(), crate::error::FailureKind::JobFailed);
+        assert!(b.snapshots.lock().unwrap().is_empty());
+    }
+
     fn restore_params(snapshot: Option<&str>, source: Option<&str>) -> RestoreParams {
         RestoreParams {
             snapshot_id: snapshot.map(String::from),
@@ -1136,6 +1299,7 @@ mod step_tests {
             volume_type: None,
             backend: BackendKind::Ebs,
             flasharray: None,
+            csi: None,
             dry_run: false,
         }
     }

@@ -1,0 +1,199 @@
+//! The hooks against a real local server speaking the Kubernetes exec websocket protocol.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+
+use super::exec_server::{ExecServer, Script};
+use super::*;
+use crate::error::FailureKind;
+
+fn params(v: serde_json::Value) -> HookParams {
+    serde_json::from_value(v).unwrap()
+}
+
+fn freeze() -> HookParams {
+    params(json!({"pod": "orders-db-0", "container": "postgres",
+        "pre": ["fsfreeze", "-f", "/data"], "post": ["fsfreeze", "-u", "/data"],
+        "timeoutSeconds": 5, "namespace": "prod", "cluster": "inCluster"}))
+}
+
+fn hooks(server: &ExecServer, p: HookParams) -> Hooks {
+    p.validate(None).unwrap();
+    Hooks::new(server.client(), "prod".into(), p)
+}
+
+const PRE: &str = "/api/v1/namespaces/prod/pods/orders-db-0/exec?&stdout=true&stderr=true&container=postgres&command=fsfreeze&command=-f&command=%2Fdata";
+const POST: &str = "/api/v1/namespaces/prod/pods/orders-db-0/exec?&stdout=true&stderr=true&container=postgres&command=fsfreeze&command=-u&command=%2Fdata";
+
+#[tokio::test]
+async fn pre_then_work_then_post_with_the_exact_commands() {
+    for protocol in ["v5.channel.k8s.io", "v4.channel.k8s.io"] {
+        let server = ExecServer::start(protocol, vec![Script::Exit(0), Script::Exit(0)]).await;
+        let h = hooks(&server, freeze());
+        let ran = AtomicUsize::new(0);
+        let out = h
+            .around(async {
+                // The pre hook has been run by now, the post hook not yet.
+                assert_eq!(server.seen(), [PRE]);
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok("snap-1")
+            })
+            .await
+            .unwrap();
+        assert_eq!(out, "snap-1");
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert_eq!(server.seen(), [PRE, POST], "{protocol}");
+    }
+}
+
+#[tokio::test]
+async fn post_runs_when_creating_the_snapshot_fails() {
+    let server =
+        ExecServer::start("v5.channel.k8s.io", vec![Script::Exit(0), Script::Exit(0)]).await;
+    let h = hooks(&server, freeze());
+    let e = h
+        .around(async {
+            Err::<(), _>(Error::Permission {
+                backend: "ebs",
+                message: "CreateSnapshot: UnauthorizedOperation".into(),
+            })
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(server.seen(), [PRE, POST]);
+    assert_eq!(e.failure_kind(), FailureKind::PermissionError, "{e}");
+    assert!(e.to_string().contains("the post hook ran"), "{e}");
+}
+
+#[tokio::test]
+async fn a_failing_pre_hook_takes_no_snapshot_and_still_runs_post() {
+    let server =
+        ExecServer::start("v5.channel.k8s.io", vec![Script::Exit(1), Script::Exit(0)]).await;
+    let h = hooks(&server, freeze());
+    let ran = AtomicUsize::new(0);
+    let e = h
+        .around(async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "no snapshot after a failed pre"
+    );
+    assert_eq!(server.seen(), [PRE, POST]);
+    assert_eq!(e.failure_kind(), FailureKind::JobFailed);
+    let e = e.to_string();
+    assert!(
+        e.starts_with(
+            "hooks: pre hook [\"fsfreeze\", \"-f\", \"/data\"] in pod prod/orders-db-0 failed: exit code 1; stderr: fsfreeze: /data: Device or resource busy"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("no snapshot was taken") && e.contains("the post hook ran"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_post_hook_fails_the_step_and_says_the_app_may_be_paused() {
+    let server =
+        ExecServer::start("v4.channel.k8s.io", vec![Script::Exit(0), Script::Exit(3)]).await;
+    let h = hooks(&server, freeze());
+    let e = h.around(async { Ok(()) }).await.unwrap_err();
+    assert_eq!(e.failure_kind(), FailureKind::JobFailed);
+    let e = e.to_string();
+    assert!(
+        e.contains("snapshot(s) created, but the post hook failed"),
+        "{e}"
+    );
+    assert!(
+        e.contains("exit code 3") && e.contains("may still be paused"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_hook_that_hangs_is_stopped_by_the_timeout_and_post_still_runs() {
+    let server = ExecServer::start("v5.channel.k8s.io", vec![Script::Hang, Script::Exit(0)]).await;
+    let mut p = freeze();
+    p.timeout_seconds = Some(1);
+    let h = hooks(&server, p);
+    let e = h.around(async { Ok(()) }).await.unwrap_err();
+    assert_eq!(server.seen(), [PRE, POST]);
+    assert!(
+        e.to_string()
+            .contains("did not finish within 1 s (hooks.timeoutSeconds)"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("no snapshot was taken"), "{e}");
+}
+
+#[tokio::test]
+async fn a_pod_selector_picks_the_running_pods_in_name_order() {
+    use crate::storage::csi::fixture::{Exchange as X, serve};
+    let pod = |name: &str, phase: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "prod"},
+            "status": {"phase": phase}})
+    };
+    let (client, server) = serve(vec![
+        X::list("/api/v1/namespaces/prod/pods", &[("labelSelector", "app=orders-db")]).ok(json!({
+            "kind": "PodList", "apiVersion": "v1", "metadata": {},
+            "items": [pod("orders-db-1", "Running"), pod("orders-db-2", "Pending"), pod("orders-db-0", "Running")]})),
+        X::list("/api/v1/namespaces/prod/pods", &[("labelSelector", "app=none")])
+            .ok(json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": []})),
+    ]);
+    let mut p = freeze();
+    p.pod = None;
+    p.pod_selector = Some("app=orders-db".into());
+    let h = Hooks::new(client.clone(), "prod".into(), p.clone());
+    assert_eq!(h.pods().await.unwrap(), ["orders-db-0", "orders-db-1"]);
+    p.pod_selector = Some("app=none".into());
+    let h2 = Hooks::new(client, "prod".into(), p);
+    let e = h2.pods().await.unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "hooks.podSelector: \"app=none\" selects no running pod in namespace prod"
+        ),
+        "{e}"
+    );
+    drop((h, h2));
+    server.finish().await;
+}
+
+#[test]
+fn parameters_are_checked_with_field_names() {
+    let err = |v| params(v).validate(None).unwrap_err().to_string();
+    assert!(
+        err(json!({"pre": ["sync"], "post": ["true"], "namespace": "p", "cluster": "inCluster"}))
+            .starts_with("hooks.pod: missing")
+    );
+    assert!(
+        err(json!({"pod": "db-0", "pre": ["fsfreeze", "-f", "/data"], "namespace": "p", "cluster": "inCluster"}))
+            .starts_with("hooks.post: missing: a pre hook")
+    );
+    assert!(
+        err(json!({"pod": "db-0", "pre": ["a"], "post": ["b"], "timeoutSeconds": 0, "namespace": "p", "cluster": "inCluster"}))
+            .starts_with("hooks.timeoutSeconds")
+    );
+    assert!(
+        err(json!({"pod": "db-0", "pre": ["a"], "post": ["b"]}))
+            .starts_with("hooks.namespace: missing")
+    );
+    assert!(
+        err(json!({"pod": "db-0", "pre": ["a"], "post": ["b"], "namespace": "p"}))
+            .starts_with("hooks.cluster: missing")
+    );
+    assert!(
+        serde_json::from_value::<HookParams>(json!({"pod": "db-0", "pre": "fsfreeze -f /data"}))
+            .is_err(),
+        "a command is a list, never a shell string"
+    );
+    assert_eq!(freeze().timeout(), Duration::from_secs(5));
+}
