@@ -147,6 +147,12 @@ mod tests {
         use k8s_openapi::api::rbac::v1::{
             ClusterRole, ClusterRoleBinding, PolicyRule, RoleBinding,
         };
+        let binds_deploy = |subjects: Option<&[k8s_openapi::api::rbac::v1::Subject]>| {
+            subjects
+                .unwrap_or_default()
+                .iter()
+                .any(|s| s.name == "snapstage:deploy-staging-db")
+        };
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/k8s/rbac.yaml");
         let text = std::fs::read_to_string(path).unwrap();
         let mut roles = std::collections::BTreeMap::new();
@@ -160,17 +166,26 @@ mod tests {
                         role.rules.unwrap_or_default(),
                     );
                 }
+                // Bindings of deploy-staging-db's group; the storage functions' groups (CSI
+                // backend, hooks) have their own roles further down the file.
                 "ClusterRoleBinding" => {
                     let b: ClusterRoleBinding = serde_json::from_value(v).unwrap();
-                    assert_eq!(
-                        b.role_ref.name, "snapstage-deploy-staging-db-cluster",
-                        "only the cluster-scoped role is bound cluster-wide"
-                    );
+                    if binds_deploy(b.subjects.as_deref()) {
+                        assert_eq!(
+                            b.role_ref.name, "snapstage-deploy-staging-db-cluster",
+                            "only the cluster-scoped role is bound cluster-wide"
+                        );
+                    } else {
+                        assert!(!b.role_ref.name.starts_with("snapstage-deploy"));
+                    }
                 }
                 "RoleBinding" => {
                     let b: RoleBinding = serde_json::from_value(v).unwrap();
-                    assert_eq!(b.role_ref.name, "snapstage-deploy-staging-db-namespaced");
+                    if binds_deploy(b.subjects.as_deref()) {
+                        assert_eq!(b.role_ref.name, "snapstage-deploy-staging-db-namespaced");
+                    }
                 }
+                "Role" => {}
                 other => panic!("unexpected kind {other} in rbac.yaml"),
             }
         }
@@ -244,9 +259,15 @@ spec:
             "volumesnapshots",
             "get"
         ));
-        // Least privilege: no wildcard verbs; deleting (teardown, sweep) only whole staging
-        // namespaces and their PersistentVolume objects.
-        for rules in roles.values() {
+        // Least privilege: no wildcard verbs; deploy-staging-db deletes (teardown, sweep) only
+        // whole staging namespaces and their PersistentVolume objects; the storage functions
+        // delete only VolumeSnapshots (retention of the ones snapstage made).
+        for (name, rules) in &roles {
+            let allowed: &[&str] = if name.starts_with("snapstage-deploy-staging-db") {
+                &["namespaces", "persistentvolumes"]
+            } else {
+                &["volumesnapshots"]
+            };
             for r in rules {
                 assert!(!r.verbs.iter().any(|v| v == "*"), "wildcard verb: {r:?}");
                 if r.verbs.iter().any(|v| v == "delete") {
@@ -254,8 +275,8 @@ spec:
                         r.resources
                             .iter()
                             .flatten()
-                            .all(|x| x == "namespaces" || x == "persistentvolumes"),
-                        "delete granted beyond namespaces and PVs: {r:?}"
+                            .all(|x| allowed.contains(&x.as_str())),
+                        "{name}: delete granted beyond {allowed:?}: {r:?}"
                     );
                 }
             }
