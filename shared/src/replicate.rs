@@ -21,6 +21,7 @@
 //! the same execution after a kill) re-lists, skips what is at the destination, and continues
 //! unfinished multipart uploads from the checkpoint.
 
+pub mod array;
 pub mod compare;
 pub mod copy;
 pub mod journal;
@@ -498,6 +499,9 @@ pub async fn step(
     config: &SdkConfig,
     step: Step<Params>,
 ) -> Result<Outcome> {
+    if let Some(a) = &step.params.array {
+        return array::step(a, step.params.dry_run, config, &step).await;
+    }
     let started = Instant::now();
     let target = step.params.validate()?;
     let from_token: Option<State> = match step.state {

@@ -222,3 +222,114 @@ async fn a_protection_group_replicates_to_cloud_block_store_and_restores_there()
     assert_eq!(cbs["logins"], cbs["logouts"]);
     d.assert_no_violations().await;
 }
+
+/// replicate-artifacts-back in array mode: the Nexus volume on Cloud Block Store comes back
+/// on-prem by the arrays' own replication, waited for through continuations, then copied into
+/// the on-prem volume (only with `overwrite: true`) and verified.
+#[tokio::test]
+async fn array_mode_brings_the_nexus_volume_back_on_prem() {
+    let Some(m) = testkit::moto("flasharray pipeline") else {
+        return;
+    };
+    let Some(d) = Double::start(&["cbs-cloud", "fa-onprem"]) else {
+        return;
+    };
+    d.seed(
+        "cbs-cloud",
+        json!({
+            "volumes": [{"name": "nexus-blobs", "provisioned": 8 * GIB}],
+            "pgroups": [{"name": "pg-nexus", "volumes": ["nexus-blobs"], "targets": ["fa-onprem"]}]
+        }),
+    )
+    .await;
+    d.seed(
+        "fa-onprem",
+        json!({"volumes": [{"name": "nexus-onprem", "provisioned": 8 * GIB}]}),
+    )
+    .await;
+    d.configure("cbs-cloud", json!({"transfer_step": 0.5}))
+        .await;
+    let secret = token_secret(&m.cloud).await;
+    let params = |overwrite: bool| {
+        json!({"array": {
+            "source": {"endpoint": d.url("cbs-cloud"), "apiTokenSecret": secret, "protectionGroup": "pg-nexus"},
+            "target": {"endpoint": d.url("fa-onprem"), "apiTokenSecret": secret},
+            "sourceArray": "cbs-cloud", "volume": "nexus-blobs", "targetVolume": "nexus-onprem",
+            "overwrite": overwrite}})
+        .to_string()
+    };
+    let jobs = JobService::start().await.unwrap();
+    let invoker = CliInvoker::new(
+        Functions::new(bin_dir(), &jobs.url)
+            .moto(&m.cloud)
+            .env("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS", "1"),
+    );
+    let pipeline_with = |params: String| Pipeline {
+        name: "nexus".into(),
+        actions: vec![Action::new(
+            "Replicate",
+            "Replicate",
+            "replicate-artifacts-back",
+            &params,
+        )],
+    };
+
+    // Without overwrite the existing on-prem volume is left alone, and the action says why.
+    let run = pipeline::run(
+        &pipeline_with(params(false)),
+        &jobs,
+        &invoker,
+        &Options::default(),
+    )
+    .await
+    .unwrap();
+    match &run.status {
+        RunStatus::Failed { reason, .. } => {
+            assert!(reason.contains("array.overwrite"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    assert_eq!(
+        d.state("cbs-cloud").await["protection_group_snapshots"],
+        json!([])
+    );
+
+    let run = pipeline::run(
+        &pipeline_with(params(true)),
+        &jobs,
+        &invoker,
+        &Options::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{}", run.timeline);
+    assert!(
+        run.jobs["Replicate"].len() >= 2,
+        "waited for the transfer: {}",
+        run.timeline
+    );
+    let snap = run.variable("Replicate", "SnapshotId").unwrap().to_string();
+    assert!(snap.starts_with("pg-nexus.snapstage-"), "{snap}");
+    assert_eq!(
+        run.variable("Replicate", "ReplicaSnapshotId"),
+        Some(format!("cbs-cloud:{snap}.nexus-blobs").as_str())
+    );
+    assert_eq!(
+        run.variable("Replicate", "TargetVolume"),
+        Some("nexus-onprem")
+    );
+
+    let onprem = d.state("fa-onprem").await;
+    assert_eq!(
+        onprem["volumes"]["nexus-onprem"]["overwritten"], 1,
+        "{onprem}"
+    );
+    let cloud = d.state("cbs-cloud").await;
+    assert_eq!(
+        cloud["volumes"]["nexus-blobs"]["overwritten"], 0,
+        "the cloud volume is never written"
+    );
+    assert_eq!(cloud["logins"], cloud["logouts"]);
+    assert_eq!(onprem["logins"], onprem["logouts"]);
+    d.assert_no_violations().await;
+}

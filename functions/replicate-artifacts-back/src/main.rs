@@ -56,7 +56,14 @@ for the CLI on-prem - a local directory.
   manifest                      s3://bucket/key for the manifest when the job has no output
                                 artifact (default: none)
   dryRun                        list and report what would be copied and deleted; change nothing
-                                (default false)",
+                                (default false)
+  array                         array mode instead of object copies (the S3 settings are not used):
+                                {\"source\": {endpoint, apiTokenSecret, protectionGroup} (Cloud Block Store),
+                                 \"target\": {endpoint, apiTokenSecret} (on-prem FlashArray),
+                                 \"sourceArray\": \"<cloud array name>\", \"volume\": \"nexus-blobs\",
+                                 \"targetVolume\": \"nexus-onprem\", \"overwrite\": true}: a protection group
+                                snapshot replicated now, waited for, then copied into targetVolume
+                                (overwrite must be true when it exists) and verified",
     outputs: "  ObjectsCopied        objects written to the destination (and verified)
   ObjectsSkipped       objects already at the destination, unchanged
   ObjectsVerified      copied objects checked at the destination after the write
@@ -69,7 +76,8 @@ for the CLI on-prem - a local directory.
   DestinationBucket    the destination bucket (S3)
   DestinationDirectory the destination directory (pull mode)
   Manifest             where the manifest was written, when it was
-  DryRun               \"true\" or \"false\"",
+  DryRun               \"true\" or \"false\"
+  array mode: Mode=array  SnapshotId  ReplicaSnapshotId  TargetVolume  SizeGiB",
 };
 
 struct ReplicateArtifactsBack {

@@ -27,6 +27,8 @@ pub const CHECKPOINT_PREFIX: &str = ".snapstage/checkpoints/";
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Params {
+    /// The cloud bucket (S3 and pull modes; not used in array mode).
+    #[serde(default)]
     pub source_bucket: String,
     #[serde(default)]
     pub source_prefix: String,
@@ -71,6 +73,10 @@ pub struct Params {
     /// Where the manifest goes when the job has no output artifact: `s3://bucket/key`.
     #[serde(default)]
     pub manifest: Option<String>,
+    /// Array mode: the volume comes back by FlashArray / Cloud Block Store replication instead
+    /// of object copies; the S3 settings are not used.
+    #[serde(default)]
+    pub array: Option<super::array::ArrayParams>,
 }
 
 /// Where objects are copied to.
