@@ -7,7 +7,7 @@ SERVICES := scripts/services.sh
 SAM := .venv-infra/sam/bin/sam
 SAMCONFIG := $(CURDIR)/infra/samconfig.toml
 
-.PHONY: help setup build test unit lint lint-infra demo bench package deploy invoke services-start services-stop clean
+.PHONY: help setup build test unit lint lint-infra demo bench package deploy invoke services-start services-stop clean fuzz
 
 help:
 	@echo "make demo     run the whole pipeline locally (moto + Lambda Runtime API emulator)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lint-infra  cfn-lint, sam validate --lint, checkov on infra/"
 	@echo "make bench    release build, then cold start / size / wait cost / throughput vs peers -> bench/results.md"
 	@echo "make package  arm64 bootstrap zips; make deploy (sam); make invoke FN=... EVENT=..."
+	@echo "make fuzz     cargo-fuzz targets (invocation, contract, params, continuation), FUZZ_SECONDS each (default 60)"
 	@echo "make build    debug build of the workspace"
 	@echo "make setup    create .venv with moto[server], cargo-lambda, boto3"
 
@@ -65,6 +66,12 @@ demo: setup build
 bench: setup
 	$(CARGO) build --release --bins
 	bench/run.sh $${CARGO_TARGET_DIR:-target}/release
+
+# Fuzzing (cargo-fuzz/libFuzzer on the stable toolchain via RUSTC_BOOTSTRAP=1; installs cargo-fuzz
+# into .tools/ once). Not part of `make test` or CI: the first build alone takes several minutes.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 services-start: setup
 	$(SERVICES) start

@@ -32,6 +32,9 @@ use crate::params::{self, Layer};
 /// Invocations in a row that may hit the deadline before the job fails.
 pub const MAX_STALLS: u32 = 3;
 
+/// The least time given to reporting a job result, even when the deadline has passed.
+pub const MIN_REPORT_TIME: Duration = Duration::from_secs(2);
+
 /// One function of snapstage.
 pub trait Function: Send + Sync + 'static {
     /// The function's name (`snapshot-production`), also the issuer of its continuation tokens.
@@ -219,7 +222,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                 let err = Error::Configuration(e.clone());
                 return match invocation::job_id(&raw) {
                     Some(id) => {
-                        self.finish_job(id.to_string(), JobResult::failed(&err, id))
+                        self.finish_job(id.to_string(), JobResult::failed(&err, id), meta.deadline)
                             .await
                     }
                     None => Handled::Rejected(err),
@@ -231,7 +234,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
 
         if let Some(job_id) = invocation::job_id(&raw).map(str::to_string) {
             let result = self.run_job(&job_id, &raw, &settings, deadline).await;
-            return self.finish_job(job_id, result).await;
+            return self.finish_job(job_id, result, meta.deadline).await;
         }
 
         match invocation::classify(&raw, &filter) {
@@ -322,7 +325,17 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
         let execution = if data.continuation_token.is_some() {
             None
         } else {
-            Some(match self.reporter.pipeline_context(job_id).await {
+            // Bounded by the step's deadline: an unanswered GetJobDetails must not hold the
+            // invocation past its budget.
+            let context = tokio::time::timeout_at(deadline, self.reporter.pipeline_context(job_id))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::Unavailable {
+                        backend: "codepipeline",
+                        message: "GetJobDetails: no answer before the deadline".into(),
+                    })
+                });
+            Some(match context {
                 Ok(ctx) => match ctx.pipeline_execution_id {
                     Some(exec) => Execution {
                         key: format!(
@@ -472,9 +485,27 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
         }
     }
 
-    async fn finish_job(&self, job_id: String, result: JobResult) -> Handled {
+    /// Reports the result, within the invocation's own deadline (at least [`MIN_REPORT_TIME`]):
+    /// a CodePipeline endpoint that never answers must not hold the function past its budget.
+    async fn finish_job(&self, job_id: String, result: JobResult, by: SystemTime) -> Handled {
         tracing::info!(job_id = %job_id, status = result.status(), "reporting job result");
-        let delivered = match self.reporter.report(&job_id, &result).await {
+        let left = by
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .max(MIN_REPORT_TIME);
+        let reported = match tokio::time::timeout(left, self.reporter.report(&job_id, &result))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unavailable {
+                backend: "codepipeline",
+                message: format!(
+                    "the job result was not acknowledged within {:.1} s (the invocation's deadline)",
+                    left.as_secs_f64()
+                ),
+            }),
+        };
+        let delivered = match reported {
             Err(Error::Configuration(m)) | Err(Error::Backend { message: m, .. })
                 if m.contains("InvalidJobStateException") =>
             {

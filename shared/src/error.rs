@@ -129,14 +129,30 @@ impl Error {
             {
                 Self::NotFound { backend, message }
             }
+            // The SDK's own throttling and transient codes (aws-smithy-types `retry`), plus
+            // EC2's `Unavailable` (HTTP 503, "the server is overloaded").
             "Throttling"
             | "ThrottlingException"
+            | "ThrottledException"
+            | "RequestThrottledException"
+            | "TooManyRequestsException"
+            | "ProvisionedThroughputExceededException"
+            | "TransactionInProgressException"
             | "RequestLimitExceeded"
+            | "BandwidthLimitExceeded"
+            | "LimitExceededException"
+            | "RequestThrottled"
             | "SlowDown"
+            | "PriorRequestNotComplete"
+            | "EC2ThrottledException"
             | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "Unavailable"
             | "InternalError"
             | "InternalFailure"
-            | "RequestTimeout" => Self::Unavailable { backend, message },
+            | "InternalServerError"
+            | "RequestTimeout"
+            | "RequestTimeoutException" => Self::Unavailable { backend, message },
             c if c.starts_with("Invalid")
                 || c.starts_with("Missing")
                 || c == "ValidationException" =>
@@ -149,26 +165,33 @@ impl Error {
 }
 
 /// Turn any AWS SDK error into a classified [`Error`], keeping the service's code and message.
-pub fn aws_error<E, R>(
+/// An answer without an error code (a load balancer's 502, a proxy's 503) is classified by its
+/// HTTP status: 429 and 5xx are [`Error::Unavailable`].
+pub fn aws_error<E>(
     backend: &'static str,
     action: &str,
-    err: aws_sdk_s3::error::SdkError<E, R>,
+    err: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> Error
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: fmt::Debug + Send + Sync + 'static,
 {
     use aws_sdk_s3::error::SdkError;
     match &err {
         SdkError::ServiceError(se) => {
             let e = se.err();
+            let status = se.raw().status().as_u16();
             let code = e.code();
             let msg = format!(
                 "{action}: {}{}",
-                code.unwrap_or("error"),
+                code.map_or_else(|| format!("HTTP {status}"), str::to_string),
                 e.message().map(|m| format!(": {m}")).unwrap_or_default()
             );
-            Error::from_aws_code(backend, code, msg)
+            match Error::from_aws_code(backend, code, msg) {
+                Error::Backend { backend, message } if status == 429 || status >= 500 => {
+                    Error::Unavailable { backend, message }
+                }
+                other => other,
+            }
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             Error::Unavailable {
@@ -212,6 +235,8 @@ mod tests {
             FailureKind::ConfigurationError
         );
         assert_eq!(kind("RequestLimitExceeded"), FailureKind::SystemUnavailable);
+        assert_eq!(kind("Unavailable"), FailureKind::SystemUnavailable);
+        assert_eq!(kind("ThrottlingException"), FailureKind::SystemUnavailable);
         assert_eq!(
             kind("InvalidParameterValue"),
             FailureKind::ConfigurationError

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | [`jobservice`] | the awsJson1.1 job service double (PutJobSuccessResult, PutJobFailureResult, GetJobDetails) |
 //! | [`event`] | the job event a function receives |
+//! | [`faults`] | a fault-injecting HTTP proxy between a function and a service (errors, resets, lost answers, hangs, crashes) |
 //! | [`pipeline`] | the pipeline definition and the driver (continuations, `#{Namespace.Variable}`) |
 //! | [`invoker`] | running a function: CLI process, or the `cargo lambda watch` Runtime API emulator |
 //! | [`timeline`] | one entry per invocation, and the table printer |
@@ -15,6 +16,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod event;
+pub mod faults;
 pub mod flasharray_double;
 pub mod invoker;
 pub mod jobservice;

@@ -2,9 +2,10 @@
 //! the moto endpoints (or a printed SKIP), SDK configuration for a local endpoint, running a
 //! function binary the way a user does (CLI, event on stdin), and names no other run uses.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
 use serde_json::Value;
@@ -83,6 +84,7 @@ impl CliRun {
 
 /// Runs a function binary with `event` on stdin (`--event -` plus `args`), `cloud` as the default
 /// AWS endpoint, test credentials, and nothing inherited that would change its behaviour.
+/// A run that takes longer than [`CLI_TIMEOUT`] is killed and fails the test.
 pub fn run_cli(
     bin: &str,
     cloud: &str,
@@ -90,6 +92,87 @@ pub fn run_cli(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> CliRun {
+    spawn_cli(bin, cloud, event, args, env).wait_within(CLI_TIMEOUT)
+}
+
+/// Generous: a run this long is a hang, not a slow machine.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A function binary started by [`spawn_cli`]: wait for it, or kill it (a crash).
+#[derive(Debug)]
+pub struct RunningCli {
+    bin: String,
+    child: Child,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl RunningCli {
+    /// Waits for the end of the run; a run still going after `timeout` is killed and the test
+    /// fails with what it printed.
+    pub fn wait_within(mut self, timeout: Duration) -> CliRun {
+        let start = Instant::now();
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if start.elapsed() > timeout => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    let (out, err) = self.output();
+                    panic!(
+                        "{} did not finish within {timeout:?} (a hang); killed.\nstdout:\n{out}\nstderr:\n{err}",
+                        self.bin
+                    );
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("waiting for {}: {e}", self.bin),
+            }
+        };
+        let (stdout, stderr) = self.output();
+        let results = stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}\n{stderr}"))
+            })
+            .collect();
+        CliRun {
+            code: status.code().unwrap_or(-1),
+            results,
+            stderr,
+        }
+    }
+
+    /// Kills the process (SIGKILL: no cleanup, as a crash or a Lambda timeout ends it) and
+    /// returns what it had printed.
+    pub fn kill(mut self) -> (String, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output()
+    }
+
+    /// True once the process has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    fn output(&mut self) -> (String, String) {
+        let join = |h: Option<std::thread::JoinHandle<String>>| {
+            h.and_then(|h| h.join().ok()).unwrap_or_default()
+        };
+        (join(self.stdout.take()), join(self.stderr.take()))
+    }
+}
+
+/// Starts a function binary the way [`run_cli`] does and returns at once.
+pub fn spawn_cli(
+    bin: &str,
+    cloud: &str,
+    event: &Value,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> RunningCli {
     let mut cmd = Command::new(bin);
     cmd.args(["--event", "-"])
         .args(args)
@@ -105,8 +188,11 @@ pub fn run_cli(
         .env_remove("AWS_ENDPOINT_URL_S3")
         .env_remove("AWS_ENDPOINT_URL_SECRETS_MANAGER")
         .env_remove("AWS_ENDPOINT_URL_CODEPIPELINE")
+        .env_remove("AWS_MAX_ATTEMPTS")
         .env_remove("SNAPSTAGE_DEFAULTS")
         .env_remove("SNAPSTAGE_DEADLINE_MARGIN_MS")
+        .env_remove(snapstage::aws::ATTEMPT_TIMEOUT_ENV)
+        .env_remove(snapstage::aws::OPERATION_TIMEOUT_ENV)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -119,22 +205,31 @@ pub fn run_cli(
             .write_all(event.to_string().as_bytes())
             .unwrap_or_else(|e| panic!("writing the event: {e}"));
     }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("waiting for {bin}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let results = stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}\n{stderr}"))
+    let reader = |r: Option<Box<dyn Read + Send>>| {
+        r.map(|mut r| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                String::from_utf8_lossy(&buf).into_owned()
+            })
         })
-        .collect();
-    CliRun {
-        code: out.status.code().unwrap_or(-1),
-        results,
+    };
+    let stdout = reader(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let stderr = reader(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    RunningCli {
+        bin: bin.to_string(),
+        child,
+        stdout,
         stderr,
     }
 }

@@ -153,6 +153,58 @@ fn managed(tags: &[Tag]) -> bool {
         .any(|t| t.key() == Some(TAG_MANAGED_BY) && t.value() == Some(MANAGED_BY))
 }
 
+/// Tries of a create call in total (each sent once, without the SDK's own retries).
+const CREATE_TRIES: u32 = 3;
+
+/// The SDK's retries off for one call: a create is retried by [`Backend`] code that first looks
+/// for what an earlier try made.
+fn single_try() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default()
+        .retry_config(aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(1))
+}
+
+/// Transient failures (throttling, 5xx, a lost connection, a timeout) are tried again.
+fn retry_create(e: &Error, tries: u32) -> bool {
+    matches!(e, Error::Unavailable { .. }) && tries < CREATE_TRIES
+}
+
+/// Exponential backoff from 1 s with "equal jitter" (half fixed, half random), at most 8 s. The
+/// first wait also gives EC2's eventually consistent Describe calls time to see a new resource.
+fn create_backoff(tries: u32) -> std::time::Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let exp = std::time::Duration::from_secs(1u64 << tries.saturating_sub(1).min(3));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(tries);
+    let fraction = (h.finish() >> 11) as f64 / (1u64 << 53) as f64;
+    exp / 2 + exp.mul_f64(fraction / 2.0)
+}
+
+/// The copy of `snapshot` this run made in the client's region, if any (a failed one is replaced).
+async fn find_copy(
+    dst: &Client,
+    snapshot: &str,
+    execution: &Execution,
+) -> Result<Option<SnapshotInfo>> {
+    let found = dst
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter(
+            &format!("tag:{TAG_EXECUTION}"),
+            &execution_tag(execution),
+        ))
+        .filters(filter(&format!("tag:{TAG_COPY_OF}"), snapshot))
+        .send()
+        .await
+        .map_err(|e| aws_error(B, "DescribeSnapshots (copy region)", e))?;
+    Ok(found
+        .snapshots()
+        .iter()
+        .map(snapshot_info)
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .find(|s| !matches!(s.state, SnapshotState::Failed(_))))
+}
+
 /// A stable client token for CreateVolume (≤ 64 ASCII chars): a retry with the same token
 /// returns the same volume instead of a second one.
 fn client_token(execution: &Execution, snapshot: &str) -> String {
@@ -216,20 +268,41 @@ impl Backend for Ebs {
         execution: &Execution,
         description: &str,
     ) -> Result<SnapshotInfo> {
-        let out = self
-            .ec2
-            .create_snapshot()
-            .volume_id(source)
-            .description(description)
-            .tag_specifications(run_tags(
-                ResourceType::Snapshot,
-                execution,
-                "snapshot",
-                Some(source),
-            ))
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "CreateSnapshot", e))?;
+        // CreateSnapshot takes no client token: an SDK retry after a lost answer would make a
+        // second snapshot. Each try is sent once; after a transient failure the run's tag is
+        // looked up before the next try.
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            let sent = self
+                .ec2
+                .create_snapshot()
+                .volume_id(source)
+                .description(description)
+                .tag_specifications(run_tags(
+                    ResourceType::Snapshot,
+                    execution,
+                    "snapshot",
+                    Some(source),
+                ))
+                .customize()
+                .config_override(single_try())
+                .send()
+                .await
+                .map_err(|e| aws_error(B, "CreateSnapshot", e));
+            match sent {
+                Ok(out) => break out,
+                Err(e) if retry_create(&e, tries) => {
+                    tracing::warn!(volume = source, error = %e, tries, "CreateSnapshot failed; checking whether it was made before trying again");
+                    tokio::time::sleep(create_backoff(tries)).await;
+                    if let Some(s) = self.find_snapshot(source, execution).await? {
+                        tracing::info!(snapshot = %s.id, volume = source, "the snapshot was made: its answer was lost");
+                        return Ok(s);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let id = out.snapshot_id().ok_or_else(|| Error::Backend {
             backend: B,
             message: "CreateSnapshot returned no id".into(),
@@ -304,24 +377,45 @@ impl Backend for Ebs {
         spec: &VolumeSpec,
         execution: &Execution,
     ) -> Result<VolumeInfo> {
-        let out = self
-            .ec2
-            .create_volume()
-            .snapshot_id(&snapshot.id)
-            .availability_zone(&spec.zone)
-            .volume_type(aws_sdk_ec2::types::VolumeType::from(
-                spec.volume_type.as_str(),
-            ))
-            .client_token(client_token(execution, &snapshot.id))
-            .tag_specifications(run_tags(
-                ResourceType::Volume,
-                execution,
-                "staging",
-                Some(&snapshot.id),
-            ))
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "CreateVolume", e))?;
+        // The client token makes a repeated CreateVolume return the same volume on AWS; the
+        // lookup by tag after a transient failure keeps that true where tokens are not honoured
+        // (moto and other emulators), exactly as for snapshots.
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            let sent = self
+                .ec2
+                .create_volume()
+                .snapshot_id(&snapshot.id)
+                .availability_zone(&spec.zone)
+                .volume_type(aws_sdk_ec2::types::VolumeType::from(
+                    spec.volume_type.as_str(),
+                ))
+                .client_token(client_token(execution, &snapshot.id))
+                .tag_specifications(run_tags(
+                    ResourceType::Volume,
+                    execution,
+                    "staging",
+                    Some(&snapshot.id),
+                ))
+                .customize()
+                .config_override(single_try())
+                .send()
+                .await
+                .map_err(|e| aws_error(B, "CreateVolume", e));
+            match sent {
+                Ok(out) => break out,
+                Err(e) if retry_create(&e, tries) => {
+                    tracing::warn!(snapshot = %snapshot.id, error = %e, tries, "CreateVolume failed; checking whether it was made before trying again");
+                    tokio::time::sleep(create_backoff(tries)).await;
+                    if let Some(v) = self.find_volume(execution).await? {
+                        tracing::info!(volume = %v.id, "the staging volume was made: its answer was lost");
+                        return Ok(v);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let id = out.volume_id().ok_or_else(|| Error::Backend {
             backend: B,
             message: "CreateVolume returned no id".into(),
@@ -368,25 +462,7 @@ impl Backend for Ebs {
         execution: &Execution,
     ) -> Result<SnapshotInfo> {
         let dst = self.in_region(&to.region);
-        let found = dst
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(filter(
-                &format!("tag:{TAG_EXECUTION}"),
-                &execution_tag(execution),
-            ))
-            .filters(filter(&format!("tag:{TAG_COPY_OF}"), &snapshot.id))
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "DescribeSnapshots (copy region)", e))?;
-        let existing = found
-            .snapshots()
-            .iter()
-            .map(snapshot_info)
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .find(|s| !matches!(s.state, SnapshotState::Failed(_)));
-        if let Some(copy) = existing {
+        if let Some(copy) = find_copy(&dst, &snapshot.id, execution).await? {
             tracing::info!(copy = %copy.id, region = %to.region, "reusing this run's snapshot copy");
             return Ok(copy);
         }
@@ -406,26 +482,45 @@ impl Backend for Ebs {
                 format!("{source_region} is the snapshot's own region; name another region"),
             ));
         }
-        let out = dst
-            .copy_snapshot()
-            .source_region(&source_region)
-            .source_snapshot_id(&snapshot.id)
-            .description(format!(
-                "snapstage copy of {} from {source_region}",
-                snapshot.id
-            ))
-            .set_encrypted(to.kms_key_id.as_ref().map(|_| true))
-            .set_kms_key_id(to.kms_key_id.clone())
-            .tag_specifications(run_tags_with(
-                ResourceType::Snapshot,
-                execution,
-                "snapshot-copy",
-                Some(&snapshot.source),
-                &[(TAG_COPY_OF, &snapshot.id)],
-            ))
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "CopySnapshot", e))?;
+        // CopySnapshot takes no client token either: sent once per try, the run's copy looked up
+        // before trying again (as CreateSnapshot).
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            let sent = dst
+                .copy_snapshot()
+                .source_region(&source_region)
+                .source_snapshot_id(&snapshot.id)
+                .description(format!(
+                    "snapstage copy of {} from {source_region}",
+                    snapshot.id
+                ))
+                .set_encrypted(to.kms_key_id.as_ref().map(|_| true))
+                .set_kms_key_id(to.kms_key_id.clone())
+                .tag_specifications(run_tags_with(
+                    ResourceType::Snapshot,
+                    execution,
+                    "snapshot-copy",
+                    Some(&snapshot.source),
+                    &[(TAG_COPY_OF, &snapshot.id)],
+                ))
+                .customize()
+                .config_override(single_try())
+                .send()
+                .await
+                .map_err(|e| aws_error(B, "CopySnapshot", e));
+            match sent {
+                Ok(out) => break out,
+                Err(e) if retry_create(&e, tries) => {
+                    tracing::warn!(snapshot = %snapshot.id, error = %e, tries, "CopySnapshot failed; checking whether it was made before trying again");
+                    tokio::time::sleep(create_backoff(tries)).await;
+                    if let Some(copy) = find_copy(&dst, &snapshot.id, execution).await? {
+                        return Ok(copy);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let id = out.snapshot_id().ok_or_else(|| Error::Backend {
             backend: B,
             message: "CopySnapshot returned no id".into(),

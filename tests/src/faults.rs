@@ -1,0 +1,562 @@
+//! A fault-injecting HTTP proxy for the functions' external calls: put it between a function and
+//! moto (`AWS_ENDPOINT_URL`), the job service (`AWS_ENDPOINT_URL_CODEPIPELINE`) or the FlashArray
+//! double (the array endpoint), and script what goes wrong, request by request.
+//!
+//! Faults ([`Fault`]): an error answer as the service sends it (EC2 XML, awsJson, FlashArray
+//! JSON — 500, 503, 429, `RequestLimitExceeded`, `Throttling`, `UnauthorizedOperation`, ...), a
+//! reset connection, a call that happens but whose answer is lost, an answer that never comes,
+//! a slow answer. [`FaultProxy::crash_after`] makes the proxy behave like a process that dies
+//! after its Nth call: the Nth call reaches the service, nothing after it does.
+//!
+//! Requests are named the way the service names its operations: the EC2/STS query `Action`, the
+//! awsJson `X-Amz-Target` operation, else `METHOD /path`. Rules match on a substring of that name.
+//! The proxy runs on its own thread and runtime, so it keeps serving while a test blocks on a
+//! child process; dropping it stops it and every connection it holds open.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+/// What happens to one request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status, headers and body; the request is not forwarded.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Close the connection (TCP RST) without an answer; the request is not forwarded.
+    Reset,
+    /// Forward the request, then reset the connection instead of answering: the call happened,
+    /// its answer is lost.
+    LoseAnswer,
+    /// Never answer (until the proxy stops); the request is not forwarded.
+    Hang,
+    /// Forward the request and answer after this delay.
+    Slow(Duration),
+}
+
+impl Fault {
+    /// An EC2 (query protocol) error answer, as EC2 sends it.
+    pub fn ec2(status: u16, code: &str, message: &str) -> Self {
+        Self::Respond {
+            status,
+            headers: vec![("content-type".into(), "text/xml;charset=UTF-8".into())],
+            body: format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+                 <Message>{message}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
+                request_id()
+            ),
+        }
+    }
+
+    /// EC2's throttling answer: HTTP 503, `RequestLimitExceeded`.
+    pub fn ec2_request_limit_exceeded() -> Self {
+        Self::ec2(503, "RequestLimitExceeded", "Request limit exceeded.")
+    }
+
+    /// An awsJson 1.1 error answer (CodePipeline, Secrets Manager, ...), as AWS sends it.
+    pub fn aws_json(status: u16, code: &str, message: &str) -> Self {
+        Self::Respond {
+            status,
+            headers: vec![
+                ("content-type".into(), "application/x-amz-json-1.1".into()),
+                (
+                    "x-amzn-errortype".into(),
+                    format!("{code}:http://internal.amazon.com/coral/com.amazonaws.codepipeline/"),
+                ),
+                ("x-amzn-requestid".into(), request_id()),
+            ],
+            body: serde_json::json!({"__type": code, "message": message}).to_string(),
+        }
+    }
+
+    /// A FlashArray REST 2.x error answer (`{"errors": [{"message"}]}`), with `Retry-After`
+    /// in seconds when given.
+    pub fn flasharray(status: u16, message: &str, retry_after: Option<u64>) -> Self {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(s) = retry_after {
+            headers.push(("retry-after".into(), s.to_string()));
+        }
+        Self::Respond {
+            status,
+            headers,
+            body: serde_json::json!({"errors": [{"message": message}]}).to_string(),
+        }
+    }
+
+    /// A bare status with a text body (a load balancer's 502/503/504).
+    pub fn status(status: u16) -> Self {
+        Self::Respond {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: format!("HTTP {status}"),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Respond { status, .. } => format!("respond {status}"),
+            Self::Reset => "reset".into(),
+            Self::LoseAnswer => "lose answer".into(),
+            Self::Hang => "hang".into(),
+            Self::Slow(d) => format!("slow {} ms", d.as_millis()),
+        }
+    }
+}
+
+/// A scripted fault: for requests whose name contains `op` (`"*"`: every request), let `skip`
+/// through, then apply `fault` to the next `times`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub op: String,
+    pub fault: Fault,
+    pub skip: u32,
+    pub times: u32,
+}
+
+impl Rule {
+    /// `fault` for the next `times` requests named like `op`.
+    pub fn new(op: &str, fault: Fault, times: u32) -> Self {
+        Self {
+            op: op.to_string(),
+            fault,
+            skip: 0,
+            times,
+        }
+    }
+
+    /// `fault` for every request named like `op`, from now on.
+    pub fn always(op: &str, fault: Fault) -> Self {
+        Self::new(op, fault, u32::MAX)
+    }
+
+    /// Lets `n` matching requests through before the fault applies.
+    pub fn after(mut self, n: u32) -> Self {
+        self.skip = n;
+        self
+    }
+}
+
+/// How a crash after the Nth call looks from the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Crash {
+    /// The Nth call reaches the service and its answer is lost; every later request is reset.
+    LoseAnswer,
+    /// The Nth call is answered; every later request hangs (kill the process to end it).
+    HangAfter,
+}
+
+/// One request the proxy received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// `CreateSnapshot`, `PutJobSuccessResult`, `POST /api/2.56/login`, ...
+    pub op: String,
+    /// The fault applied, if any.
+    pub fault: Option<String>,
+    /// True when the request reached the upstream service.
+    pub forwarded: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rules: Vec<Rule>,
+    crash: Option<(usize, Crash)>,
+    seen: Vec<Seen>,
+}
+
+/// A running proxy; stops when dropped.
+#[derive(Debug)]
+pub struct FaultProxy {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    state: Arc<Mutex<State>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> std::io::Result<Self> {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        let upstream = upstream.trim_end_matches('/').to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // reqwest is built without a default crypto provider; ring is the project's one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(std::io::Error::other)?;
+        let thread = std::thread::Builder::new()
+            .name("fault-proxy".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let accept = async {
+                        loop {
+                            let Ok((stream, _)) = listener.accept().await else {
+                                continue;
+                            };
+                            // Closing a connection resets it: an abrupt end, as a crash looks.
+                            let _ = stream.set_zero_linger();
+                            let state = Arc::clone(&shared);
+                            let http = http.clone();
+                            let upstream = upstream.clone();
+                            tokio::spawn(async move {
+                                let service = hyper::service::service_fn(move |req| {
+                                    let state = Arc::clone(&state);
+                                    let http = http.clone();
+                                    let upstream = upstream.clone();
+                                    async move { handle(&state, &http, &upstream, req).await }
+                                });
+                                let _ = hyper::server::conn::http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            });
+                        }
+                    };
+                    tokio::select! {
+                        _ = accept => {}
+                        _ = stopped => {}
+                    }
+                });
+                // Dropping the runtime here ends every connection task, hanging ones included.
+            })?;
+        Ok(Self {
+            url,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Adds a rule; rules are tried in the order they were added.
+    pub fn add(&self, rule: Rule) -> &Self {
+        lock(&self.state).rules.push(rule);
+        self
+    }
+
+    /// Removes every rule and the crash point: the proxy forwards everything again.
+    pub fn heal(&self) {
+        let mut st = lock(&self.state);
+        st.rules.clear();
+        st.crash = None;
+    }
+
+    /// Behaves like a process that dies after its `n`th call from now (1-based), see [`Crash`].
+    pub fn crash_after(&self, n: usize, how: Crash) {
+        let mut st = lock(&self.state);
+        let base = st.seen.len();
+        st.crash = Some((base + n, how));
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        lock(&self.state).seen.clone()
+    }
+
+    /// Requests received so far whose name contains `op`.
+    pub fn count(&self, op: &str) -> usize {
+        lock(&self.state)
+            .seen
+            .iter()
+            .filter(|s| s.op.contains(op))
+            .count()
+    }
+
+    /// Requests that reached the upstream service.
+    pub fn forwarded(&self) -> usize {
+        lock(&self.state)
+            .seen
+            .iter()
+            .filter(|s| s.forwarded)
+            .count()
+    }
+}
+
+/// The operation name of a request: the query `Action`, the awsJson target, else method + path.
+fn op_name(
+    method: &hyper::Method,
+    path: &str,
+    query: Option<&str>,
+    target: Option<&str>,
+    body: &[u8],
+) -> String {
+    if let Some(t) = target {
+        return t.rsplit('.').next().unwrap_or(t).to_string();
+    }
+    let form = std::str::from_utf8(body).unwrap_or_default();
+    for part in form.split('&').chain(query.unwrap_or_default().split('&')) {
+        if let Some(a) = part.strip_prefix("Action=") {
+            return a.to_string();
+        }
+    }
+    format!("{method} {path}")
+}
+
+/// Decides what to do with request number `index` (0-based) named `op`.
+fn decide(st: &mut State, index: usize, op: &str) -> Option<Fault> {
+    if let Some((n, how)) = st.crash {
+        let nth = index + 1;
+        if nth == n && how == Crash::LoseAnswer {
+            return Some(Fault::LoseAnswer);
+        }
+        if nth > n {
+            return Some(match how {
+                Crash::LoseAnswer => Fault::Reset,
+                Crash::HangAfter => Fault::Hang,
+            });
+        }
+    }
+    for rule in &mut st.rules {
+        if rule.times == 0 || !(rule.op == "*" || op.contains(&rule.op)) {
+            continue;
+        }
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            continue;
+        }
+        if rule.times != u32::MAX {
+            rule.times -= 1;
+        }
+        return Some(rule.fault.clone());
+    }
+    None
+}
+
+/// The error a service returns to end a connection without an answer.
+#[derive(Debug)]
+struct Dropped;
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by the fault proxy")
+    }
+}
+impl std::error::Error for Dropped {}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+    "proxy-connection",
+];
+
+async fn handle(
+    state: &Mutex<State>,
+    http: &reqwest::Client,
+    upstream: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok());
+    let op = op_name(
+        &parts.method,
+        parts.uri.path(),
+        parts.uri.query(),
+        target,
+        &body,
+    );
+    let fault = {
+        let mut st = lock(state);
+        let index = st.seen.len();
+        let fault = decide(&mut st, index, &op);
+        let forwarded = matches!(fault, None | Some(Fault::LoseAnswer | Fault::Slow(_)));
+        st.seen.push(Seen {
+            op: op.clone(),
+            fault: fault.as_ref().map(Fault::name),
+            forwarded,
+        });
+        fault
+    };
+    match fault {
+        Some(Fault::Respond {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut resp = Response::builder().status(status);
+            for (k, v) in headers {
+                resp = resp.header(k, v);
+            }
+            resp.body(Full::new(Bytes::from(body))).map_err(|_| Dropped)
+        }
+        Some(Fault::Reset) => Err(Dropped),
+        Some(Fault::Hang) => {
+            std::future::pending::<()>().await;
+            Err(Dropped)
+        }
+        Some(Fault::LoseAnswer) => {
+            let _ = forward(http, upstream, &parts, body).await;
+            Err(Dropped)
+        }
+        Some(Fault::Slow(d)) => {
+            let resp = forward(http, upstream, &parts, body).await;
+            tokio::time::sleep(d).await;
+            resp
+        }
+        None => forward(http, upstream, &parts, body).await,
+    }
+}
+
+async fn forward(
+    http: &reqwest::Client,
+    upstream: &str,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Full<Bytes>>, Dropped> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let method =
+        reqwest::Method::from_bytes(parts.method.as_str().as_bytes()).map_err(|_| Dropped)?;
+    let mut req = http.request(method, format!("{upstream}{path}"));
+    for (k, v) in &parts.headers {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            req = req.header(k.as_str(), v.as_bytes());
+        }
+    }
+    let resp = req.body(body).send().await.map_err(|_| Dropped)?;
+    let mut out = Response::builder().status(resp.status().as_u16());
+    for (k, v) in resp.headers() {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            out = out.header(k.as_str(), v.as_bytes());
+        }
+    }
+    let bytes = resp.bytes().await.map_err(|_| Dropped)?;
+    out.body(Full::new(bytes)).map_err(|_| Dropped)
+}
+
+fn request_id() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("5f0c7a2e-0000-4000-8000-{n:012x}")
+}
+
+/// What the proxy does is what the service does, minus the faults: the unit tests below check
+/// the proxy itself against a tiny upstream.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn upstream() -> (String, std::thread::JoinHandle<()>) {
+        // A one-thread HTTP upstream that answers 200 "ok" to everything, forever.
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let h = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                );
+            }
+        });
+        (url, h)
+    }
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn scripted_faults_apply_in_order_then_requests_pass() {
+        let (up, _h) = upstream();
+        let p = FaultProxy::start(&up).unwrap();
+        p.add(Rule::new(
+            "CreateSnapshot",
+            Fault::ec2_request_limit_exceeded(),
+            1,
+        ));
+        p.add(Rule::new("CreateSnapshot", Fault::Reset, 1));
+        let c = client();
+        let send = || {
+            c.post(&p.url)
+                .body("Action=CreateSnapshot&Version=2016-11-15")
+                .send()
+        };
+        let r = send().await.unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("<Code>RequestLimitExceeded</Code>")
+        );
+        assert!(send().await.is_err(), "the connection was reset");
+        let r = send().await.unwrap();
+        assert_eq!(r.text().await.unwrap(), "ok");
+        assert_eq!(p.count("CreateSnapshot"), 3);
+        assert_eq!(p.forwarded(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_crash_loses_the_nth_answer_and_refuses_the_rest() {
+        let (up, _h) = upstream();
+        let p = FaultProxy::start(&up).unwrap();
+        p.crash_after(2, Crash::LoseAnswer);
+        let c = client();
+        assert!(c.get(format!("{}/a", p.url)).send().await.is_ok());
+        assert!(c.get(format!("{}/b", p.url)).send().await.is_err());
+        assert!(c.get(format!("{}/c", p.url)).send().await.is_err());
+        let seen = p.seen();
+        assert_eq!(seen[1].op, "GET /b");
+        assert!(seen[1].forwarded, "the second call reached the service");
+        assert!(!seen[2].forwarded);
+        p.heal();
+        assert!(c.get(format!("{}/d", p.url)).send().await.is_ok());
+    }
+}
