@@ -23,6 +23,43 @@ pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(200);
 pub const ATTEMPT_TIMEOUT_ENV: &str = "SNAPSTAGE_AWS_ATTEMPT_TIMEOUT_SECS";
 pub const OPERATION_TIMEOUT_ENV: &str = "SNAPSTAGE_AWS_OPERATION_TIMEOUT_SECS";
 
+/// The `SecretString` of a Secrets Manager secret whose id the parameter `field` gave. A missing
+/// secret is a ConfigurationError naming the field and the id; a binary secret says to store
+/// `expected` as text. Nothing of the value ever reaches an error or a log.
+pub async fn secret_string(
+    client: &aws_sdk_secretsmanager::Client,
+    id: &str,
+    field: &str,
+    expected: &str,
+) -> crate::Result<String> {
+    let out = client
+        .get_secret_value()
+        .secret_id(id)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception())
+            {
+                crate::Error::parameter(
+                    field,
+                    format!("no such secret {id:?} in this account/region"),
+                )
+            } else {
+                crate::error::aws_error(
+                    "secretsmanager",
+                    &format!("GetSecretValue {id:?} ({field})"),
+                    e,
+                )
+            }
+        })?;
+    out.secret_string().map(str::to_string).ok_or_else(|| {
+        crate::Error::Configuration(format!(
+            "{field} {id:?}: the secret has no SecretString (binary secrets are not supported); store {expected}"
+        ))
+    })
+}
+
 /// Loads the shared SDK configuration. Call once per process and build every client from it.
 pub async fn sdk_config() -> SdkConfig {
     loader().load().await

@@ -5,7 +5,7 @@
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::error::{Error, Result, aws_error};
+use crate::error::{Error, Result};
 
 /// Parses kubeconfig YAML; `source` names it in errors (never its content: it holds credentials).
 pub async fn from_yaml(text: &str, source: &str) -> Result<kube::Config> {
@@ -30,18 +30,14 @@ fn redacted(e: &kube::config::KubeconfigError) -> String {
 /// The kubeconfig in a Secrets Manager secret (`SecretString`, YAML or JSON).
 pub async fn from_secret(secret_id: &str, sdk: &aws_config::SdkConfig) -> Result<kube::Config> {
     let client = aws_sdk_secretsmanager::Client::new(sdk);
-    let answer = client
-        .get_secret_value()
-        .secret_id(secret_id)
-        .send()
-        .await
-        .map_err(|e| aws_error("secretsmanager", "GetSecretValue", e))?;
-    let text = answer.secret_string().ok_or_else(|| {
-        Error::Configuration(format!(
-            "cluster.kubeconfigSecret {secret_id}: the secret has no SecretString (store the kubeconfig as text)"
-        ))
-    })?;
-    from_yaml(text, &format!("cluster.kubeconfigSecret {secret_id}")).await
+    let text = crate::aws::secret_string(
+        &client,
+        secret_id,
+        "cluster.kubeconfigSecret",
+        "the kubeconfig (YAML or JSON)",
+    )
+    .await?;
+    from_yaml(&text, &format!("cluster.kubeconfigSecret {secret_id}")).await
 }
 
 /// The kubeconfig in a file (relative certificate paths resolve against its folder).

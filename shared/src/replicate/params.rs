@@ -8,7 +8,7 @@ use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{Error, Result, aws_error};
+use crate::error::{Error, Result};
 
 /// Default objects copied at once.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -453,31 +453,14 @@ pub async fn destination_credentials(
     secrets: &aws_sdk_secretsmanager::Client,
     secret_id: &str,
 ) -> Result<Credentials> {
-    let action = format!("GetSecretValue {secret_id:?} (destinationCredentialsSecret)");
-    let out = secrets
-        .get_secret_value()
-        .secret_id(secret_id)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception())
-            {
-                Error::NotFound {
-                    backend: "secretsmanager",
-                    message: format!("{action}: no such secret"),
-                }
-            } else {
-                aws_error("secretsmanager", &action, e)
-            }
-        })?;
-    let text = out.secret_string().ok_or_else(|| {
-        Error::Configuration(format!(
-            "destinationCredentialsSecret {secret_id:?}: the secret has no SecretString (binary \
-             secrets are not supported); store {EXPECTED_SECRET}"
-        ))
-    })?;
-    parse_credentials(secret_id, text)
+    let text = crate::aws::secret_string(
+        secrets,
+        secret_id,
+        "destinationCredentialsSecret",
+        EXPECTED_SECRET,
+    )
+    .await?;
+    parse_credentials(secret_id, &text)
 }
 
 const EXPECTED_SECRET: &str = "a JSON object {\"accessKeyId\": \"...\", \"secretAccessKey\": \"...\"} (optionally \"sessionToken\")";

@@ -191,20 +191,12 @@ impl AdminSecrets for SecretsManager {
         &'a self,
         id: &'a str,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + 'a>> {
-        Box::pin(async move {
-            let out = self
-                .0
-                .get_secret_value()
-                .secret_id(id)
-                .send()
-                .await
-                .map_err(|e| crate::error::aws_error("secretsmanager", "GetSecretValue", e))?;
-            out.secret_string().map(str::to_string).ok_or_else(|| {
-                Error::Configuration(format!(
-                    "adminSecret {id:?}: the secret has no SecretString (store {{\"username\", \"password\"}} as text)"
-                ))
-            })
-        })
+        Box::pin(crate::aws::secret_string(
+            &self.0,
+            id,
+            "adminSecret",
+            "{\"username\", \"password\"}",
+        ))
     }
 }
 

@@ -17,7 +17,7 @@ use super::flasharray::{
 };
 use super::{Backend, BackendKind, CopyTarget, SnapshotInfo, VolumeInfo, VolumeSpec};
 use crate::contract::Execution;
-use crate::error::{Error, Result, aws_error};
+use crate::error::{Error, Result};
 
 /// How to reach a FlashArray or Cloud Block Store (`flasharray` parameter section).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,28 +162,10 @@ pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Res
 /// The API token in a Secrets Manager secret: plain text, or JSON with `apiToken`.
 async fn api_token(sdk: &aws_config::SdkConfig, secret_id: &str) -> Result<ApiToken> {
     let field = "flasharray.apiTokenSecret";
-    let out = aws_sdk_secretsmanager::Client::new(sdk)
-        .get_secret_value()
-        .secret_id(secret_id)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.as_service_error()
-                .is_some_and(|s| s.is_resource_not_found_exception())
-            {
-                Error::parameter(
-                    field,
-                    format!("no secret {secret_id:?} in this account/region"),
-                )
-            } else {
-                aws_error(
-                    "secretsmanager",
-                    &format!("GetSecretValue {secret_id:?} ({field})"),
-                    e,
-                )
-            }
-        })?;
-    let text = out.secret_string().unwrap_or_default().trim();
+    let client = aws_sdk_secretsmanager::Client::new(sdk);
+    let expected = "the API token, or JSON {\"apiToken\": \"...\"}";
+    let text = crate::aws::secret_string(&client, secret_id, field, expected).await?;
+    let text = text.trim();
     let token = if text.starts_with('{') {
         serde_json::from_str::<serde_json::Value>(text)
             .ok()
@@ -198,7 +180,7 @@ async fn api_token(sdk: &aws_config::SdkConfig, secret_id: &str) -> Result<ApiTo
     match token.filter(|t| !t.is_empty()) {
         Some(t) => Ok(ApiToken::new(t)),
         None => Err(Error::Configuration(format!(
-            "{field} {secret_id:?}: expected the API token as the SecretString, or JSON {{\"apiToken\": \"...\"}}"
+            "{field} {secret_id:?}: expected {expected} as the SecretString"
         ))),
     }
 }
