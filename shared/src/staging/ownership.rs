@@ -8,21 +8,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::render::{LABEL_EXECUTION, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::error::{Error, Result};
 
-/// Label names (the part after any `prefix/`) that mark an environment.
-pub const ENVIRONMENT_LABELS: [&str; 4] = ["env", "environment", "stage", "role"];
-/// Values of those labels that mean production.
-pub const PRODUCTION_VALUES: [&str; 3] = ["production", "prod", "prd"];
-
 /// True when any label marks the object as production (`env=production`,
 /// `snapstage.io/role=prod`, `app.kubernetes.io/environment=Production`, ...).
 pub fn is_production(meta: &ObjectMeta) -> bool {
-    labels(meta).iter().any(|(k, v)| {
-        let name = k.rsplit('/').next().unwrap_or(k);
-        ENVIRONMENT_LABELS
-            .iter()
-            .any(|e| name.eq_ignore_ascii_case(e))
-            && PRODUCTION_VALUES.iter().any(|p| v.eq_ignore_ascii_case(p))
-    })
+    crate::storage::is_production(labels(meta).iter().map(|(k, v)| (k.as_str(), v.as_str())))
 }
 
 /// True when snapstage made the object.
