@@ -163,6 +163,44 @@ fn single_try() -> aws_sdk_ec2::config::Builder {
         .retry_config(aws_sdk_ec2::config::retry::RetryConfig::standard().with_max_attempts(1))
 }
 
+/// What a create call sent once per try ([`create_once_per_try`]) ended with.
+enum Created<T, R> {
+    /// This try's answer.
+    Sent(T),
+    /// An earlier try had made it: its answer was lost.
+    Found(R),
+}
+
+/// Sends a create call without the SDK's own retries (a lost answer must not make a second
+/// resource); after a transient failure waits with backoff, then asks `made` whether an earlier
+/// try made the resource before sending again.
+async fn create_once_per_try<T, R, SendFut, MadeFut>(
+    call: &str,
+    mut send: impl FnMut() -> SendFut,
+    mut made: impl FnMut() -> MadeFut,
+) -> Result<Created<T, R>>
+where
+    SendFut: std::future::Future<Output = Result<T>>,
+    MadeFut: std::future::Future<Output = Result<Option<R>>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match send().await {
+            Ok(out) => return Ok(Created::Sent(out)),
+            Err(e) if retry_create(&e, tries) => {
+                tracing::warn!(call, error = %e, tries, "create failed; checking whether it was made before trying again");
+                tokio::time::sleep(create_backoff(tries)).await;
+                if let Some(found) = made().await? {
+                    tracing::info!(call, "the resource was made: its answer was lost");
+                    return Ok(Created::Found(found));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Transient failures (throttling, 5xx, a lost connection, a timeout) are tried again.
 fn retry_create(e: &Error, tries: u32) -> bool {
     matches!(e, Error::Unavailable { .. }) && tries < CREATE_TRIES
@@ -271,37 +309,31 @@ impl Backend for Ebs {
         // CreateSnapshot takes no client token: an SDK retry after a lost answer would make a
         // second snapshot. Each try is sent once; after a transient failure the run's tag is
         // looked up before the next try.
-        let mut tries = 0;
-        let out = loop {
-            tries += 1;
-            let sent = self
-                .ec2
-                .create_snapshot()
-                .volume_id(source)
-                .description(description)
-                .tag_specifications(run_tags(
-                    ResourceType::Snapshot,
-                    execution,
-                    "snapshot",
-                    Some(source),
-                ))
-                .customize()
-                .config_override(single_try())
-                .send()
-                .await
-                .map_err(|e| aws_error(B, "CreateSnapshot", e));
-            match sent {
-                Ok(out) => break out,
-                Err(e) if retry_create(&e, tries) => {
-                    tracing::warn!(volume = source, error = %e, tries, "CreateSnapshot failed; checking whether it was made before trying again");
-                    tokio::time::sleep(create_backoff(tries)).await;
-                    if let Some(s) = self.find_snapshot(source, execution).await? {
-                        tracing::info!(snapshot = %s.id, volume = source, "the snapshot was made: its answer was lost");
-                        return Ok(s);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let sent = create_once_per_try(
+            "CreateSnapshot",
+            move || async move {
+                self.ec2
+                    .create_snapshot()
+                    .volume_id(source)
+                    .description(description)
+                    .tag_specifications(run_tags(
+                        ResourceType::Snapshot,
+                        execution,
+                        "snapshot",
+                        Some(source),
+                    ))
+                    .customize()
+                    .config_override(single_try())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(B, "CreateSnapshot", e))
+            },
+            move || async move { self.find_snapshot(source, execution).await },
+        )
+        .await?;
+        let out = match sent {
+            Created::Sent(out) => out,
+            Created::Found(found) => return Ok(found),
         };
         let id = out.snapshot_id().ok_or_else(|| Error::Backend {
             backend: B,
@@ -380,41 +412,35 @@ impl Backend for Ebs {
         // The client token makes a repeated CreateVolume return the same volume on AWS; the
         // lookup by tag after a transient failure keeps that true where tokens are not honoured
         // (moto and other emulators), exactly as for snapshots.
-        let mut tries = 0;
-        let out = loop {
-            tries += 1;
-            let sent = self
-                .ec2
-                .create_volume()
-                .snapshot_id(&snapshot.id)
-                .availability_zone(&spec.zone)
-                .volume_type(aws_sdk_ec2::types::VolumeType::from(
-                    spec.volume_type.as_str(),
-                ))
-                .client_token(client_token(execution, &snapshot.id))
-                .tag_specifications(run_tags(
-                    ResourceType::Volume,
-                    execution,
-                    "staging",
-                    Some(&snapshot.id),
-                ))
-                .customize()
-                .config_override(single_try())
-                .send()
-                .await
-                .map_err(|e| aws_error(B, "CreateVolume", e));
-            match sent {
-                Ok(out) => break out,
-                Err(e) if retry_create(&e, tries) => {
-                    tracing::warn!(snapshot = %snapshot.id, error = %e, tries, "CreateVolume failed; checking whether it was made before trying again");
-                    tokio::time::sleep(create_backoff(tries)).await;
-                    if let Some(v) = self.find_volume(execution).await? {
-                        tracing::info!(volume = %v.id, "the staging volume was made: its answer was lost");
-                        return Ok(v);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let sent = create_once_per_try(
+            "CreateVolume",
+            move || async move {
+                self.ec2
+                    .create_volume()
+                    .snapshot_id(&snapshot.id)
+                    .availability_zone(&spec.zone)
+                    .volume_type(aws_sdk_ec2::types::VolumeType::from(
+                        spec.volume_type.as_str(),
+                    ))
+                    .client_token(client_token(execution, &snapshot.id))
+                    .tag_specifications(run_tags(
+                        ResourceType::Volume,
+                        execution,
+                        "staging",
+                        Some(&snapshot.id),
+                    ))
+                    .customize()
+                    .config_override(single_try())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(B, "CreateVolume", e))
+            },
+            move || async move { self.find_volume(execution).await },
+        )
+        .await?;
+        let out = match sent {
+            Created::Sent(out) => out,
+            Created::Found(found) => return Ok(found),
         };
         let id = out.volume_id().ok_or_else(|| Error::Backend {
             backend: B,
@@ -484,42 +510,38 @@ impl Backend for Ebs {
         }
         // CopySnapshot takes no client token either: sent once per try, the run's copy looked up
         // before trying again (as CreateSnapshot).
-        let mut tries = 0;
-        let out = loop {
-            tries += 1;
-            let sent = dst
-                .copy_snapshot()
-                .source_region(&source_region)
-                .source_snapshot_id(&snapshot.id)
-                .description(format!(
-                    "snapstage copy of {} from {source_region}",
-                    snapshot.id
-                ))
-                .set_encrypted(to.kms_key_id.as_ref().map(|_| true))
-                .set_kms_key_id(to.kms_key_id.clone())
-                .tag_specifications(run_tags_with(
-                    ResourceType::Snapshot,
-                    execution,
-                    "snapshot-copy",
-                    Some(&snapshot.source),
-                    &[(TAG_COPY_OF, &snapshot.id)],
-                ))
-                .customize()
-                .config_override(single_try())
-                .send()
-                .await
-                .map_err(|e| aws_error(B, "CopySnapshot", e));
-            match sent {
-                Ok(out) => break out,
-                Err(e) if retry_create(&e, tries) => {
-                    tracing::warn!(snapshot = %snapshot.id, error = %e, tries, "CopySnapshot failed; checking whether it was made before trying again");
-                    tokio::time::sleep(create_backoff(tries)).await;
-                    if let Some(copy) = find_copy(&dst, &snapshot.id, execution).await? {
-                        return Ok(copy);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+        let (dst, source_region) = (&dst, source_region.as_str());
+        let sent = create_once_per_try(
+            "CopySnapshot",
+            move || async move {
+                dst.copy_snapshot()
+                    .source_region(source_region)
+                    .source_snapshot_id(&snapshot.id)
+                    .description(format!(
+                        "snapstage copy of {} from {source_region}",
+                        snapshot.id
+                    ))
+                    .set_encrypted(to.kms_key_id.as_ref().map(|_| true))
+                    .set_kms_key_id(to.kms_key_id.clone())
+                    .tag_specifications(run_tags_with(
+                        ResourceType::Snapshot,
+                        execution,
+                        "snapshot-copy",
+                        Some(&snapshot.source),
+                        &[(TAG_COPY_OF, &snapshot.id)],
+                    ))
+                    .customize()
+                    .config_override(single_try())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(B, "CopySnapshot", e))
+            },
+            move || async move { find_copy(dst, &snapshot.id, execution).await },
+        )
+        .await?;
+        let out = match sent {
+            Created::Sent(out) => out,
+            Created::Found(found) => return Ok(found),
         };
         let id = out.snapshot_id().ok_or_else(|| Error::Backend {
             backend: B,
