@@ -30,7 +30,7 @@ use k8s_openapi::api::core::v1::{
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use kube::Resource;
 use kube::api::{Api, ListParams, PostParams};
 use serde::Deserialize;
@@ -81,6 +81,8 @@ pub struct CsiParams {
     #[serde(default)]
     pub snapshot_class: Option<String>,
     /// VolumeGroupSnapshotClass: snapshot the PVCs a `selector` picks as one group (beta API).
+    /// Also give it to restore-to-staging to restore the newest group member by
+    /// `sourceVolumeId`; retention (`retain`) then counts and deletes whole group snapshots.
     #[serde(default)]
     pub group_snapshot_class: Option<String>,
     /// restore-to-staging: the namespace the staging PVC is made in (created if missing).
@@ -340,6 +342,22 @@ fn snapshot_info(id: &str, s: &VolumeSnapshot) -> SnapshotInfo {
     }
 }
 
+/// Whether `s` is the member VolumeSnapshot the snapshot controller made of `pvc` for the
+/// VolumeGroupSnapshot `group` (named in its status or its owner reference).
+fn is_member(s: &VolumeSnapshot, group: &str, pvc: &str) -> bool {
+    let of_group = s
+        .status
+        .as_ref()
+        .and_then(|st| st.volume_group_snapshot_name.as_deref())
+        == Some(group)
+        || s.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "VolumeGroupSnapshot" && o.name == group);
+    of_group && s.spec.source.persistent_volume_claim_name.as_deref() == Some(pvc)
+}
+
 /// A snapshot id: a VolumeSnapshot name, or `<group>/<pvc>` for a member of a group snapshot.
 enum SnapshotId<'a> {
     Single(&'a str),
@@ -451,19 +469,7 @@ impl Csi {
             }
             SnapshotId::Member { group, pvc } => {
                 let all = kubeapi::list(&self.snapshots(), &ListParams::default()).await?;
-                Ok(all.into_iter().find(|s| {
-                    let of_group = s
-                        .status
-                        .as_ref()
-                        .and_then(|st| st.volume_group_snapshot_name.as_deref())
-                        == Some(group)
-                        || s.metadata
-                            .owner_references
-                            .iter()
-                            .flatten()
-                            .any(|o| o.kind == "VolumeGroupSnapshot" && o.name == group);
-                    of_group && s.spec.source.persistent_volume_claim_name.as_deref() == Some(pvc)
-                }))
+                Ok(all.into_iter().find(|s| is_member(s, group, pvc)))
             }
         }
     }
@@ -508,6 +514,62 @@ impl Csi {
                 ..pending
             }),
         }
+    }
+
+    /// The members of `source` in the VolumeGroupSnapshots snapstage made in the production
+    /// namespace, as `<group>/<pvc>` ids with the group's creation time. A group without a
+    /// member of `source` (another selector, or not cut yet) is not one of its snapshots.
+    async fn managed_group_members(
+        &self,
+        source: &str,
+    ) -> Result<Vec<(Option<Time>, String, SnapshotInfo)>> {
+        let groups = kubeapi::list(
+            &self.groups(),
+            &ListParams::default().labels(&format!(
+                "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ROLE}={ROLE_SNAPSHOT}"
+            )),
+        )
+        .await?;
+        let groups: Vec<VolumeGroupSnapshot> = groups
+            .into_iter()
+            .filter(|g| ownership::is_managed(&g.metadata))
+            .collect();
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = kubeapi::list(&self.snapshots(), &ListParams::default()).await?;
+        Ok(groups
+            .into_iter()
+            .filter_map(|g| {
+                let group = g.metadata.name.clone()?;
+                let member = all.iter().find(|s| is_member(s, &group, source))?;
+                let id = format!("{group}/{source}");
+                let mut info = snapshot_info(&id, member);
+                if let Some(e) = g.status.as_ref().and_then(|s| s.error.as_ref()) {
+                    info.state = SnapshotState::Failed(format!(
+                        "group snapshot {group}: {}",
+                        e.message.as_deref().unwrap_or("error")
+                    ));
+                }
+                Some((g.metadata.creation_timestamp, id, info))
+            })
+            .collect())
+    }
+
+    /// Retention of a group snapshot: the whole VolumeGroupSnapshot, only if snapstage took it.
+    async fn delete_group(&self, group: &str) -> Result<()> {
+        let Some(g) = kubeapi::get_opt(&self.groups(), group).await? else {
+            return Ok(());
+        };
+        ours("VolumeGroupSnapshot", &g.metadata, "delete it")?;
+        if label_of(&g.metadata, LABEL_ROLE) != Some(ROLE_SNAPSHOT) {
+            return Err(Error::Refused(format!(
+                "VolumeGroupSnapshot {group} is not labelled {LABEL_ROLE}={ROLE_SNAPSHOT}; retention deletes only production snapshots snapstage took"
+            )));
+        }
+        kubeapi::delete(&self.groups(), group, g.metadata.uid.clone()).await?;
+        tracing::info!(group, "retention: deleted group snapshot and its members");
+        Ok(())
     }
 
     /// A PVC in the staging namespace is usable only if snapstage made it and no pod other than a
@@ -1019,30 +1081,31 @@ impl Backend for Csi {
             &ListParams::default().labels(&Self::source_selector(source)),
         )
         .await?;
-        let mut found: Vec<VolumeSnapshot> = found
+        let mut found: Vec<(Option<Time>, String, SnapshotInfo)> = found
             .into_iter()
             .filter(|s| {
                 ownership::is_managed(&s.metadata)
                     && s.spec.source.persistent_volume_claim_name.as_deref() == Some(source)
             })
+            .map(|s| {
+                let name = s.metadata.name.clone().unwrap_or_default();
+                let info = snapshot_info(&name, &s);
+                (s.metadata.creation_timestamp, name, info)
+            })
             .collect();
-        found.sort_by(|a, b| {
-            b.metadata
-                .creation_timestamp
-                .cmp(&a.metadata.creation_timestamp)
-                .then_with(|| b.metadata.name.cmp(&a.metadata.name))
-        });
-        Ok(found
-            .iter()
-            .map(|s| snapshot_info(s.metadata.name.as_deref().unwrap_or_default(), s))
-            .collect())
+        if self.params.group_snapshot_class.is_some() {
+            found.extend(self.managed_group_members(source).await?);
+        }
+        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+        Ok(found.into_iter().map(|(_, _, info)| info).collect())
     }
 
     async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let SnapshotId::Single(name) = parse_id(id) else {
-            return Err(Error::Refused(format!(
-                "{id} is a member of a group snapshot; snapstage deletes group snapshots as a whole, not one member"
-            )));
+        let name = match parse_id(id) {
+            SnapshotId::Single(name) => name,
+            // A member goes with its group: the snapshot controller refuses to delete a member
+            // on its own, and deletes the members (owned by the group) with the group.
+            SnapshotId::Member { group, .. } => return self.delete_group(group).await,
         };
         let Some(s) = kubeapi::get_opt(&self.snapshots(), name).await? else {
             return Ok(());

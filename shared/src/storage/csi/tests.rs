@@ -561,6 +561,131 @@ async fn a_group_snapshot_cuts_the_selected_pvcs_together() {
     assert_eq!(outputs["SnapshotTime"], "2025-06-01T12:00:03Z");
 }
 
+const GROUPS: &str =
+    "/apis/groupsnapshot.storage.k8s.io/v1beta1/namespaces/prod/volumegroupsnapshots";
+
+fn group_snapshot(name: &str, labels: Value, created: &str) -> Value {
+    json!({"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshot",
+        "metadata": {"name": name, "namespace": PROD, "uid": format!("uid-{name}"),
+            "creationTimestamp": created, "labels": labels},
+        "spec": {"volumeGroupSnapshotClassName": "csi-group",
+            "source": {"selector": {"matchLabels": {"app": "orders-db"}}}},
+        "status": {"readyToUse": true, "creationTime": created}})
+}
+
+/// A member VolumeSnapshot the snapshot controller made for a group (no snapstage labels).
+fn member_of(group: &str, pvc: &str, created: &str) -> Value {
+    let mut m = prod_snapshot(
+        &format!("snapshot-{group}-{pvc}"),
+        pvc,
+        json!({}),
+        ready("c"),
+        created,
+    );
+    m["metadata"]["ownerReferences"] = json!([{"apiVersion": "groupsnapshot.storage.k8s.io/v1beta1",
+        "kind": "VolumeGroupSnapshot", "name": group, "uid": format!("uid-{group}")}]);
+    m
+}
+
+#[tokio::test]
+async fn group_snapshots_count_for_retention_and_are_deleted_whole_only_if_snapstages() {
+    let (a, b) = ("orders-db-data", "orders-db-wal");
+    let (new, old) = (
+        "snapstage-00000000000000000002",
+        "snapstage-00000000000000000001",
+    );
+    let single = "orders-db-data-snapstage-0000000000000000aaaa";
+    let selector = "app.kubernetes.io/managed-by=snapstage,snapstage.io/source=orders-db-data";
+    let ours = "app.kubernetes.io/managed-by=snapstage,snapstage.io/role=snapshot";
+    let labelled = || managed_labels("snapshot", None);
+    let (client, server) = serve(vec![
+        // managed_snapshots(a): its own VolumeSnapshots, then snapstage's groups and their members.
+        X::list(VS, &[("labelSelector", selector)]).ok(list(
+            "VolumeSnapshot",
+            "snapshot.storage.k8s.io/v1",
+            vec![prod_snapshot(
+                single,
+                a,
+                managed_labels("snapshot", Some(a)),
+                ready("c0"),
+                "2025-05-01T00:00:00Z",
+            )],
+        )),
+        X::list(GROUPS, &[("labelSelector", ours)]).ok(list(
+            "VolumeGroupSnapshot",
+            "groupsnapshot.storage.k8s.io/v1beta1",
+            vec![
+                group_snapshot(old, labelled(), "2025-05-15T00:00:00Z"),
+                group_snapshot(new, labelled(), "2025-06-01T00:00:00Z"),
+            ],
+        )),
+        X::list(VS, &[]).ok(list(
+            "VolumeSnapshot",
+            "snapshot.storage.k8s.io/v1",
+            vec![
+                member_of(new, a, "2025-06-01T00:00:01Z"),
+                member_of(new, b, "2025-06-01T00:00:01Z"),
+                member_of(old, a, "2025-05-15T00:00:01Z"),
+                member_of(old, b, "2025-05-15T00:00:01Z"),
+            ],
+        )),
+        // Deleting a member deletes its group, with the group's uid as precondition.
+        X::get(&format!("{GROUPS}/{old}")).ok(group_snapshot(
+            old,
+            labelled(),
+            "2025-05-15T00:00:00Z",
+        )),
+        X::delete(&format!("{GROUPS}/{old}")).body(move |body| {
+            assert_eq!(body["preconditions"]["uid"], format!("uid-{old}"));
+        }),
+        // The other member of the same group: already gone, nothing to do.
+        X::get(&format!("{GROUPS}/{old}")).not_found(),
+        // A group someone else took is never deleted.
+        X::get(&format!("{GROUPS}/nightly")).ok(group_snapshot(
+            "nightly",
+            json!({"app.kubernetes.io/managed-by": "velero"}),
+            "2025-04-01T00:00:00Z",
+        )),
+    ]);
+    let backend = csi(client, json!({"groupSnapshotClass": "csi-group"}));
+    let managed = backend.managed_snapshots(a).await.unwrap();
+    let ids: Vec<&str> = managed.iter().map(|s| s.id.as_str()).collect();
+    let (new_a, old_a, old_b) = (
+        format!("{new}/{a}"),
+        format!("{old}/{a}"),
+        format!("{old}/{b}"),
+    );
+    assert_eq!(
+        ids,
+        [new_a.as_str(), old_a.as_str(), single],
+        "newest first"
+    );
+    assert!(
+        managed
+            .iter()
+            .all(|s| s.state == SnapshotState::Ready && s.source == a)
+    );
+    backend.delete_snapshot(&old_a).await.unwrap();
+    backend.delete_snapshot(&old_b).await.unwrap();
+    let e = backend
+        .delete_snapshot(&format!("nightly/{a}"))
+        .await
+        .unwrap_err();
+    drop(backend);
+    let seen = server.finish().await;
+    assert_eq!(
+        seen.iter().filter(|s| s.starts_with("DELETE")).count(),
+        1,
+        "{seen:#?}"
+    );
+    assert_eq!(e.failure_kind(), FailureKind::ConfigurationError);
+    assert!(
+        e.to_string()
+            .contains("VolumeGroupSnapshot prod/nightly exists and is not labelled"),
+        "{e}"
+    );
+}
+
 // ---- restore ----
 
 fn restore_request() -> Value {
