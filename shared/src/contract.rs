@@ -349,6 +349,22 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                     },
                     None => job_execution(job_id),
                 },
+                // A passing outage: start nothing. Keyed by job id now and by the pipeline
+                // execution on the stage's retry, one run could make two snapshots.
+                Err(Error::Unavailable { backend, message }) => {
+                    tracing::warn!(job_id, backend, error = %message, "GetJobDetails failed; nothing started");
+                    return JobResult::failed(
+                        &Error::Unavailable {
+                            backend,
+                            message: format!(
+                                "{message}; nothing was started (the run is keyed by its pipeline execution, which GetJobDetails names): retry the action"
+                            ),
+                        },
+                        job_id,
+                    );
+                }
+                // Not allowed to ask (no codepipeline:GetJobDetails): every invocation of this
+                // job fails the same way, so the job id keys it consistently.
                 Err(e) => {
                     tracing::warn!(job_id, error = %e, "GetJobDetails failed; keying this run by job id");
                     job_execution(job_id)

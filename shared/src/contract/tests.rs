@@ -15,6 +15,7 @@ struct Recorder {
     calls: Mutex<Vec<(String, JobResult)>>,
     fail_delivery: bool,
     no_context: bool,
+    context_unavailable: bool,
 }
 
 impl JobReporter for Recorder {
@@ -32,6 +33,12 @@ impl JobReporter for Recorder {
         Ok(())
     }
     async fn pipeline_context(&self, _job_id: &str) -> Result<PipelineContext> {
+        if self.context_unavailable {
+            return Err(Error::Unavailable {
+                backend: "codepipeline",
+                message: "GetJobDetails: ThrottlingException".into(),
+            });
+        }
         if self.no_context {
             return Err(Error::Permission {
                 backend: "codepipeline",
@@ -339,6 +346,27 @@ async fn without_get_job_details_the_job_id_keys_the_run() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn when_get_job_details_is_unavailable_nothing_starts_and_the_job_fails_retryably() {
+    let c = Contract::new(
+        Probe,
+        Recorder {
+            context_unavailable: true,
+            ..Default::default()
+        },
+        settings(),
+    );
+    // Were the step run, it would answer PermissionError.
+    run(&c, job(r#"{"mode": "denied"}"#, None), 60).await;
+    let result = one_result(&c);
+    assert_eq!(failure_kind(&result), FailureKind::SystemUnavailable);
+    let JobResult::Failed { message, .. } = &result else {
+        panic!("{result:?}")
+    };
+    assert!(message.contains("nothing was started"), "{message}");
+    assert!(message.contains("ThrottlingException"), "{message}");
 }
 
 #[tokio::test]
