@@ -27,6 +27,9 @@ pub mod eks;
 pub mod entry;
 pub mod error;
 pub mod invocation;
+/// Test support: a Kubernetes API server double at the HTTP level (exact request scenarios).
+#[cfg(any(test, feature = "kube-fixture"))]
+pub mod kube_fixture;
 pub mod params;
 pub mod replicate;
 pub mod staging;

@@ -1137,6 +1137,4 @@ impl Backend for Csi {
 }
 
 #[cfg(test)]
-pub(crate) mod fixture;
-#[cfg(test)]
 mod tests;

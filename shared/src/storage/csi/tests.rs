@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::fixture::{Exchange as X, serve, status_json};
 use super::*;
 use crate::contract::{Deadline, Outcome, Step};
 use crate::error::FailureKind;
+use crate::kube_fixture::{Exchange as X, Server, status_json};
 use crate::params::{Layer, merge};
 use crate::storage::steps::{RestoreParams, SnapshotParams, restore_step, snapshot_step};
 
@@ -23,6 +23,10 @@ const VS: &str = "/apis/snapshot.storage.k8s.io/v1/namespaces/prod/volumesnapsho
 const VSC: &str = "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents";
 const PVCS: &str = "/api/v1/namespaces/prod/persistentvolumeclaims";
 const HANDLE: &str = "snap-0a1b2c3d4e5f60718";
+
+fn serve(exchanges: Vec<X>) -> (kube::Client, Server) {
+    crate::kube_fixture::serve(FIELD_MANAGER, exchanges)
+}
 
 fn ex() -> Execution {
     Execution {

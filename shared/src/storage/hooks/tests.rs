@@ -137,12 +137,12 @@ async fn a_hook_that_hangs_is_stopped_by_the_timeout_and_post_still_runs() {
 
 #[tokio::test]
 async fn a_pod_selector_picks_the_running_pods_in_name_order() {
-    use crate::storage::csi::fixture::{Exchange as X, serve};
+    use crate::kube_fixture::{Exchange as X, serve};
     let pod = |name: &str, phase: &str| {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "prod"},
             "status": {"phase": phase}})
     };
-    let (client, server) = serve(vec![
+    let (client, server) = serve("snapstage-snapshot-production", vec![
         X::list("/api/v1/namespaces/prod/pods", &[("labelSelector", "app=orders-db")]).ok(json!({
             "kind": "PodList", "apiVersion": "v1", "metadata": {},
             "items": [pod("orders-db-1", "Running"), pod("orders-db-2", "Pending"), pod("orders-db-0", "Running")]})),

@@ -4,10 +4,16 @@
 //! answered with the JSON a real API server sends. A request that differs, one too many, or one
 //! missing fails the test with what was expected and what came.
 //!
-//! The same double as deploy-staging-db's `tests/fixtures`, for the storage backends in this
-//! crate's unit tests.
+//! One harness for this crate's unit tests (the CSI backend, the hooks) and deploy-staging-db's
+//! integration tests (feature `kube-fixture`, a dev-dependency there). Server-side applies and
+//! merge patches are expected under the field manager given to [`serve`].
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::missing_panics_doc
+)]
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -31,7 +37,8 @@ pub struct Exchange {
     answer: Answer,
 }
 
-pub const FIELD_MANAGER: &str = super::FIELD_MANAGER;
+/// Stands for the scenario's field manager (given to [`serve`]) in an expected query.
+const MANAGER: &str = "\u{0}field-manager";
 
 impl Exchange {
     fn new(method: Method, path: &str) -> Self {
@@ -65,10 +72,18 @@ impl Exchange {
         let mut e = Self::new(Method::PATCH, path);
         e.query = vec![
             ("force".into(), "true".into()),
-            ("fieldManager".into(), FIELD_MANAGER.into()),
+            ("fieldManager".into(), MANAGER.into()),
         ];
         e.content_type = Some("application/apply-patch+yaml");
         e.answer = Box::new(|body| (200, stored(body.clone())));
+        e
+    }
+
+    /// A JSON merge patch under snapstage's field manager.
+    pub fn merge(path: &str) -> Self {
+        let mut e = Self::new(Method::PATCH, path);
+        e.query = vec![("fieldManager".into(), MANAGER.into())];
+        e.content_type = Some("application/merge-patch+json");
         e
     }
 
@@ -180,15 +195,20 @@ pub struct Server {
     task: tokio::task::JoinHandle<Vec<String>>,
 }
 
-/// A client whose API server answers exactly `exchanges`, in order.
-pub fn serve(exchanges: Vec<Exchange>) -> (kube::Client, Server) {
+/// A client whose API server answers exactly `exchanges`, in order; applies and merge patches
+/// are expected under `field_manager`.
+pub fn serve(field_manager: &'static str, exchanges: Vec<Exchange>) -> (kube::Client, Server) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
-    let task = tokio::spawn(verify(handle, exchanges));
+    let task = tokio::spawn(verify(handle, field_manager, exchanges));
     (client, Server { task })
 }
 
-async fn verify(mut handle: Handle, exchanges: Vec<Exchange>) -> Vec<String> {
+async fn verify(
+    mut handle: Handle,
+    field_manager: &'static str,
+    exchanges: Vec<Exchange>,
+) -> Vec<String> {
     let mut seen = Vec::new();
     for (i, want) in exchanges.into_iter().enumerate() {
         let next = tokio::time::timeout(Duration::from_secs(10), handle.next_request()).await;
@@ -208,9 +228,10 @@ async fn verify(mut handle: Handle, exchanges: Vec<Exchange>) -> Vec<String> {
         );
         let query = query_of(&parts.uri);
         for (k, v) in &want.query {
+            let v = if v == MANAGER { field_manager } else { v };
             assert_eq!(
                 query.get(k),
-                Some(v),
+                Some(&v.to_string()),
                 "request #{i} {line}: query {k} should be {v:?}"
             );
         }
