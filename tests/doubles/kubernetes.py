@@ -326,6 +326,15 @@ def leaves(obj, prefix=()):
         yield prefix, obj
 
 
+def drop(obj, path):
+    for p in path[:-1]:
+        if not isinstance(obj, dict) or p not in obj:
+            return
+        obj = obj[p]
+    if isinstance(obj, dict) and path:
+        obj.pop(path[-1], None)
+
+
 def at(obj, path):
     for p in path:
         if not isinstance(obj, dict) or p not in obj:
@@ -826,7 +835,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                                      "apiVersion": new["apiVersion"]}]
                 return 201, new
             uid = obj["metadata"]["uid"]
-            if query.get("force") != "true":
+            force = query.get("force", "false") in ("1", "t", "T", "true", "True", "TRUE")
+            if force:  # the forcing manager takes the fields over
+                for other, conf in STORE.applied.get(uid, {}).items():
+                    if other != manager:
+                        for path, _ in leaves(applied):
+                            drop(conf, path)
+            else:
                 for other, conf in STORE.applied.get(uid, {}).items():
                     if other == manager:
                         continue
