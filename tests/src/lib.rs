@@ -11,6 +11,7 @@
 //! | [`timeline`] | one entry per invocation, and the table printer |
 //! | [`seed`] | the demo data in moto and the demo pipeline |
 //! | [`flasharray_double`] | the FlashArray double (REST 2.56, spec-validated) from Rust tests |
+//! | [`kube_double`] | the Kubernetes API server double (core/v1 storage objects, VolumeSnapshots, a simulated snapshot controller) from Rust tests |
 //! | [`testkit`] | helpers for the functions' integration tests: moto or SKIP, local SDK config, running a binary |
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ pub mod faults;
 pub mod flasharray_double;
 pub mod invoker;
 pub mod jobservice;
+pub mod kube_double;
 pub mod pipeline;
 pub mod seed;
 pub mod testkit;

@@ -1,11 +1,12 @@
 //! One conformance suite for every storage backend (as object_store does): the same scenarios,
 //! driven through the two storage steps exactly as the functions run them, against
 //! - EBS on moto server (EC2 API over a real connection), and
-//! - FlashArray on the spec-validating FlashArray double.
+//! - FlashArray on the spec-validating FlashArray double, and
+//! - Kubernetes CSI on the Kubernetes API server double (its simulated snapshot controller).
 //!
 //! Each backend's fixture counts resources through its own independent route (the EC2 API, the
 //! double's state), never through the backend under test.
-//! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`) for EBS and `.venv` for the double; each
+//! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`) for EBS and `.venv` for the doubles; each
 //! part prints SKIP and returns otherwise.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
@@ -15,7 +16,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use serde_json::{Value, json};
+use snapstage::cluster::ClusterConfig;
 use snapstage::contract::Deadline;
+use snapstage::storage::csi::{Csi, CsiParams};
 use snapstage::storage::ebs::Ebs;
 use snapstage::storage::flasharray::FlashArray;
 use snapstage::storage::open::FlashArrayParams;
@@ -23,6 +26,7 @@ use snapstage::storage::steps::{RestoreParams, SnapshotParams, restore_step, sna
 use snapstage::storage::{Backend, BackendKind, execution_tag};
 use snapstage::{Error, Execution, FailureKind, Outcome, Result, Step};
 use snapstage_localenv::flasharray_double::Double;
+use snapstage_localenv::kube_double::KubeDouble;
 use snapstage_localenv::testkit::{self, unique};
 
 /// What the suite needs from a backend's test environment.
@@ -32,6 +36,10 @@ trait Fixture {
     fn kind(&self) -> BackendKind;
     /// The backend's parameter section (validated by the steps; the backend itself is given).
     fn section(&self) -> Option<FlashArrayParams> {
+        None
+    }
+    /// The CSI parameter section.
+    fn csi_section(&self) -> Option<CsiParams> {
         None
     }
     /// A new production source with no snapshots.
@@ -51,7 +59,7 @@ trait Fixture {
             volume_type: None,
             backend: self.kind(),
             flasharray: self.section(),
-            csi: None,
+            csi: self.csi_section(),
             dry_run: false,
         }
     }
@@ -61,7 +69,7 @@ trait Fixture {
             selector: None,
             backend: self.kind(),
             flasharray: self.section(),
-            csi: None,
+            csi: self.csi_section(),
             hooks: None,
             description: None,
             copy_to: None,
@@ -223,6 +231,9 @@ async fn suite<F: Fixture>(fx: &F) {
     // An id of another backend's shape is refused before any call, naming the field.
     let wrong = match kind {
         BackendKind::Ebs => "db.snapstage-1",
+        // "snap-0123" is a valid VolumeSnapshot name: for CSI the wrong shape is a name the API
+        // server would refuse.
+        BackendKind::Csi => "Snap_0123",
         _ => "snap-0123",
     };
     let e = drive(
@@ -412,4 +423,137 @@ async fn flasharray_passes_the_suite() {
     let fx = FlashArrayFixture { double, backend };
     suite(&fx).await;
     fx.double.assert_no_violations().await;
+}
+
+// ---- Kubernetes CSI on the API server double ----
+
+const PROD_NS: &str = "production";
+const STAGING_NS: &str = "snapstage-staging";
+
+struct CsiFixture {
+    double: KubeDouble,
+    backend: Csi,
+    params: CsiParams,
+    sources: std::sync::atomic::AtomicU32,
+}
+
+impl CsiFixture {
+    async fn start() -> Option<Self> {
+        let double = KubeDouble::start()?;
+        double
+            .seed_namespace(PROD_NS, json!({"env": "production"}))
+            .await;
+        double.seed_default_snapshot_class().await;
+        // Snapshots become ready on their second read: the steps go through continuations.
+        double.configure(json!({"ready_after_reads": 2})).await;
+        let params = csi_params();
+        let backend = Csi::new(double.client(), params.clone());
+        Some(Self {
+            double,
+            backend,
+            params,
+            sources: std::sync::atomic::AtomicU32::new(0),
+        })
+    }
+}
+
+fn csi_params() -> CsiParams {
+    CsiParams {
+        cluster: ClusterConfig::InCluster,
+        namespace: PROD_NS.into(),
+        snapshot_class: None,
+        group_snapshot_class: None,
+        staging_namespace: Some(STAGING_NS.into()),
+        storage_class: None,
+    }
+}
+
+impl Fixture for CsiFixture {
+    type B = Csi;
+    fn backend(&self) -> &Csi {
+        &self.backend
+    }
+    fn kind(&self) -> BackendKind {
+        BackendKind::Csi
+    }
+    fn csi_section(&self) -> Option<CsiParams> {
+        Some(self.params.clone())
+    }
+    async fn new_source(&self) -> String {
+        let n = self
+            .sources
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("orders-db-{n}");
+        self.double
+            .seed_pvc(PROD_NS, &name, 8 * GIB, json!({"app": "orders-db"}))
+            .await;
+        name
+    }
+    async fn foreign_snapshot(&self, source: &str) -> String {
+        let name = format!("{source}-nightly-by-hand");
+        self.double
+            .seed(vec![json!({
+                "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": name, "namespace": PROD_NS},
+                "spec": {"source": {"persistentVolumeClaimName": source}}
+            })])
+            .await;
+        name
+    }
+    async fn snapshots(&self, source: &str) -> Vec<String> {
+        self.double
+            .objects("volumesnapshots", Some(PROD_NS))
+            .await
+            .iter()
+            .filter(|s| s["spec"]["source"]["persistentVolumeClaimName"] == source)
+            .filter_map(|s| s["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    }
+    async fn staging_volumes(&self, ex: &Execution) -> Vec<String> {
+        let label = snapstage::staging::names::execution_label(&ex.key);
+        self.double
+            .objects("persistentvolumeclaims", Some(STAGING_NS))
+            .await
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["snapstage.io/execution"] == label.as_str())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn csi_passes_the_suite() {
+    let Some(fx) = CsiFixture::start().await else {
+        return;
+    };
+    suite(&fx).await;
+    // Each restore made exactly one pre-bound content, one staging VolumeSnapshot and one PVC,
+    // and retention's Delete policy took the deleted snapshot's content with it.
+    let staged = fx.double.names("volumesnapshots", Some(STAGING_NS)).await;
+    let claims = fx
+        .double
+        .names("persistentvolumeclaims", Some(STAGING_NS))
+        .await;
+    assert_eq!(
+        staged, claims,
+        "one staging VolumeSnapshot per PVC, same name"
+    );
+    assert_eq!(claims.len(), 2, "two restores (named, newest): {claims:?}");
+    let contents = fx.double.objects("volumesnapshotcontents", None).await;
+    let prod = fx.double.names("volumesnapshots", Some(PROD_NS)).await;
+    let bound_to_prod = contents
+        .iter()
+        .filter(|c| c["spec"]["volumeSnapshotRef"]["namespace"] == PROD_NS)
+        .count();
+    assert_eq!(
+        bound_to_prod,
+        prod.len(),
+        "one content per production snapshot"
+    );
+    for c in contents
+        .iter()
+        .filter(|c| c["spec"]["volumeSnapshotRef"]["namespace"] == STAGING_NS)
+    {
+        assert_eq!(c["spec"]["deletionPolicy"], "Retain", "{c}");
+    }
 }
