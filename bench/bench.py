@@ -402,7 +402,23 @@ def bench_sizes(args, out: Path) -> dict:
         with zipfile.ZipFile(z, "w") as zf:
             zf.writestr(info, binary.read_bytes(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=6)
         sizes[f] = {"binary": binary.stat().st_size, "zip": z.stat().st_size}
+        # The Lambda artifact itself, when `make package` has built it (arm64, cargo lambda).
+        target = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+        arm = target / "lambda" / f / "bootstrap.zip"
+        if arm.is_file():
+            built = arm.stat().st_mtime
+            sizes[f]["arm64_zip"] = arm.stat().st_size
+            sizes[f]["arm64_built"] = datetime.datetime.fromtimestamp(built, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            sizes[f]["arm64_stale"] = built < head_commit_time()
     return sizes
+
+
+def head_commit_time() -> float:
+    try:
+        return float(subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=ROOT, capture_output=True,
+                                    text=True, check=True).stdout.strip())
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return float("inf")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,11 +697,25 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
         L.append("## 2. Package size (measured)\n")
         L.append("Release binaries (`strip = \"symbols\"`, fat LTO, opt-level \"s\") of this x86_64 machine, and a zip "
                  "holding the binary as `bootstrap` (Python zipfile, deflate level 6). The Lambda artifacts are "
-                 "arm64 (`make package`, cargo lambda): 6.6–9.3 MB per binary were measured there (DESIGN.md).\n")
-        L.append("| function | binary | bootstrap zip |")
-        L.append("| --- | ---: | ---: |")
+                 "arm64 zips (`make package`, cargo lambda), shown beside them when target/lambda has them.\n")
+        arm = all("arm64_zip" in s for s in sizes.values())
+        if arm:
+            L.append("| function | binary (x86_64) | bootstrap zip (x86_64) | bootstrap.zip (arm64, `make package`) |")
+            L.append("| --- | ---: | ---: | ---: |")
+        else:
+            L.append("| function | binary | bootstrap zip |")
+            L.append("| --- | ---: | ---: |")
         for f, s in sizes.items():
-            L.append(f"| `{f}` | {s['binary'] / 1e6:.2f} MB | {s['zip'] / 1e6:.2f} MB |")
+            row = f"| `{f}` | {s['binary'] / 1e6:.2f} MB | {s['zip'] / 1e6:.2f} MB |"
+            if arm:
+                row += f" {s['arm64_zip'] / 1e6:.2f} MB{' (stale)' if s['arm64_stale'] else ''} |"
+            L.append(row)
+        if arm:
+            built = sorted({s["arm64_built"] for s in sizes.values()})
+            stale = any(s["arm64_stale"] for s in sizes.values())
+            L.append(f"\narm64 zips as `make package` left them in target/lambda (built {', '.join(built)})"
+                     + ("; **stale**: built before the current commit, so they may not match it." if stale
+                        else "; built after the current commit.") + " The deployable artifact is this arm64 zip.")
         L.append("")
     if poll:
         warm, coldr = poll["resume_warm_ms"], poll["resume_cold_ms"]
@@ -731,8 +761,9 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                  f"{sz['medium']} of 64 KiB–4 MiB, {sz['large']} larger (max {sz['max'] / MiB:.1f} MiB), random "
                  f"content, from one {tp['server']} server (\"cloud\") to another (\"on-prem\") on 127.0.0.1, each "
                  f"copy into a fresh destination bucket, {args.rounds} rounds A B A B per server variant. snapstage: "
-                 f"`replicate-artifacts-back --event` (CLI, default settings: objects copied one after another, "
-                 f"each MD5-checked, written with Content-MD5 and then HEAD-verified). Peer: `{tp['rclone_version']}` "
+                 f"`replicate-artifacts-back --event` (CLI, default settings: 8 objects or parts in flight, "
+                 f"objects over the part size as streamed multipart uploads, each object MD5-checked, written "
+                 f"with Content-MD5 and then HEAD-verified, Nexus order kept). Peer: `{tp['rclone_version']}` "
                  f"(`rclone copy`, default settings: 4 transfers, 8 checkers, MD5 compared after upload). "
                  f"Complete = the destination listing has every key and the total byte count. "
                  f"MB = 10^6 bytes.\n")
@@ -742,7 +773,7 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                      "delayed ACK (~40 ms on Linux: seen with strace on about half of the small GETs); and the same "
                      "server with TCP_NODELAY set on its sockets (bench/nodelay.c, LD_PRELOAD), as AWS S3 and MinIO "
                      "(Go sets it by default) behave. A client copying one object at a time pays each stall; "
-                     "rclone's 4 parallel transfers overlap them.\n")
+                     "parallel transfers (snapstage's 8, rclone's 4) overlap them.\n")
         L.append("| server | tool | round | wall | MB/s | peak RSS | exit | objects | complete |")
         L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for label, rowsets in tp["variants"].items():
