@@ -761,7 +761,7 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                  f"{sz['medium']} of 64 KiB–4 MiB, {sz['large']} larger (max {sz['max'] / MiB:.1f} MiB), random "
                  f"content, from one {tp['server']} server (\"cloud\") to another (\"on-prem\") on 127.0.0.1, each "
                  f"copy into a fresh destination bucket, {args.rounds} rounds A B A B per server variant. snapstage: "
-                 f"`replicate-artifacts-back --event` (CLI, default settings: 8 objects or parts in flight, "
+                 f"`replicate-artifacts-back --event` (CLI, default settings: 8 objects at once, "
                  f"objects over the part size as streamed multipart uploads, each object MD5-checked, written "
                  f"with Content-MD5 and then HEAD-verified, Nexus order kept). Peer: `{tp['rclone_version']}` "
                  f"(`rclone copy`, default settings: 4 transfers, 8 checkers, MD5 compared after upload). "
