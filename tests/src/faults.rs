@@ -544,8 +544,10 @@ async fn forward(
     }
     let resp = req.body(body).send().await.map_err(|_| Dropped)?;
     let mut out = Response::builder().status(resp.status().as_u16());
+    // A HEAD answer's Content-Length is the object's size (HeadObject), not the empty body's.
+    let head = parts.method == hyper::Method::HEAD;
     for (k, v) in resp.headers() {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
+        if !HOP_BY_HOP.contains(&k.as_str()) || (head && k == hyper::header::CONTENT_LENGTH) {
             out = out.header(k.as_str(), v.as_bytes());
         }
     }
