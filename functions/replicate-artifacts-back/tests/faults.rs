@@ -326,6 +326,9 @@ async fn throttling_and_5xx_on_reads_and_writes_are_retried_to_a_byte_identical_
     assert_eq!(dst_faults.len(), 7, "{dst_faults:?}");
 }
 
+/// Extra environment for one scenario.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn resets_and_lost_answers_on_writes_converge_with_no_upload_left_open() {
     let Some(m) = moto("resets_and_lost_answers_converge") else {
@@ -351,7 +354,17 @@ async fn resets_and_lost_answers_on_writes_converge_with_no_upload_left_open() {
             Rule::new("*", Fault::Reset, 2),
         ],
     ];
-    for rules in faults {
+    let mut scenarios: Vec<(Vec<Rule>, Env)> = faults.into_iter().map(|r| (r, &[][..])).collect();
+    // A PutObject answered after the attempt timeout: applied, its answer too late (as lost).
+    scenarios.push((
+        vec![Rule::new(
+            "PutObject /",
+            Fault::Slow(Duration::from_secs(4)),
+            1,
+        )],
+        &[("SNAPSTAGE_AWS_ATTEMPT_TIMEOUT_SECS", "2")],
+    ));
+    for (rules, env) in scenarios {
         let context = format!("{rules:?}");
         sides.new_destination("lost").await;
         let destination = FaultProxy::start(&sides.m.onprem).unwrap();
@@ -359,7 +372,7 @@ async fn resets_and_lost_answers_on_writes_converge_with_no_upload_left_open() {
             destination.add(rule);
         }
         let request = sides.request(&destination.url, &unique("lost"));
-        let r = run(&sides.m, &request, &[], &[]).await;
+        let r = run(&sides.m, &request, &[], env).await;
         assert!(
             !applied(&destination).is_empty(),
             "{context}: no fault applied"
@@ -369,7 +382,7 @@ async fn resets_and_lost_answers_on_writes_converge_with_no_upload_left_open() {
             // re-run with the same execution must then finish the copy.
             assert_eq!(r.code, 1, "{context}: {}", r.stderr);
             destination.heal();
-            let again = run(&sides.m, &request, &[], &[]).await;
+            let again = run(&sides.m, &request, &[], env).await;
             assert_succeeded(&again, &context);
         } else {
             assert_succeeded(&r, &context);
@@ -506,6 +519,62 @@ async fn a_run_cut_short_after_any_destination_call_converges_with_no_open_uploa
             }
             proxy.heal();
             let r = run(&sides.m, &request, &[], &[]).await;
+            assert_succeeded(&r, &context);
+            sides.assert_identical(&context).await;
+        }
+    }
+}
+
+/// The same, cut short after each of its *source* calls (listing, reads, and the checkpoint
+/// saves, which go to the source bucket by default): the re-run converges as well.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_cut_short_after_any_source_call_converges_with_no_open_upload() {
+    let Some(m) = moto("a_run_cut_short_after_any_source_call") else {
+        return;
+    };
+    let mut sides = Sides::new(m, "srccrash").await;
+    sides.fill(true).await;
+    sides.new_destination("srccount").await;
+    let counter = FaultProxy::start(&sides.m.cloud).unwrap();
+    let mut request = sides.request(&sides.m.onprem, &unique("srccount"));
+    request["concurrency"] = json!(1);
+    let env = [("AWS_ENDPOINT_URL_S3", counter.url.as_str())];
+    assert_succeeded(&run(&sides.m, &request, &[], &env).await, "clean run");
+    let calls = counter.seen().len();
+    assert!(calls >= 8, "list, reads, checkpoint: {calls}");
+    for crash in [Crash::LoseAnswer, Crash::HangAfter] {
+        for n in 1..=calls {
+            let context = format!("{crash:?} after source call {n} of {calls}");
+            sides.new_destination("srccrash").await;
+            let source = FaultProxy::start(&sides.m.cloud).unwrap();
+            let mut request = sides.request(&sides.m.onprem, &unique("srccrash"));
+            request["concurrency"] = json!(1);
+            let env = [
+                ("AWS_ENDPOINT_URL_S3", source.url.as_str()),
+                ("AWS_MAX_ATTEMPTS", "2"),
+            ];
+            source.crash_after(n, crash);
+            match crash {
+                Crash::LoseAnswer => {
+                    let r = run(&sides.m, &request, &[], &env).await;
+                    if r.code == 0 {
+                        // The last checkpoint call (its removal) may be lost: the copy is done.
+                        sides.assert_identical(&context).await;
+                    }
+                }
+                Crash::HangAfter => {
+                    let mut child = spawn_cli(BIN, &sides.m.cloud, &request, &[], &env);
+                    for _ in 0..6000 {
+                        if source.seen().len() > n || child.exited() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    child.kill();
+                }
+            }
+            source.heal();
+            let r = run(&sides.m, &request, &[], &env).await;
             assert_succeeded(&r, &context);
             sides.assert_identical(&context).await;
         }
