@@ -359,10 +359,10 @@ async fn resets_and_lost_answers_on_writes_converge_with_no_upload_left_open() {
     scenarios.push((
         vec![Rule::new(
             "PutObject /",
-            Fault::Slow(Duration::from_secs(4)),
+            Fault::Slow(Duration::from_secs(6)),
             1,
         )],
-        &[("SNAPSTAGE_AWS_ATTEMPT_TIMEOUT_SECS", "2")],
+        &[("SNAPSTAGE_AWS_ATTEMPT_TIMEOUT_SECS", "3")],
     ));
     for (rules, env) in scenarios {
         let context = format!("{rules:?}");
