@@ -46,11 +46,21 @@ pub async fn secret_string(
                     format!("no such secret {id:?} in this account/region"),
                 )
             } else {
-                crate::error::aws_error(
+                match crate::error::aws_error(
                     "secretsmanager",
                     &format!("GetSecretValue {id:?} ({field})"),
                     e,
-                )
+                ) {
+                    crate::Error::Permission { backend, message } => crate::Error::Permission {
+                        backend,
+                        message: format!(
+                            "{message}; grant the function's role secretsmanager:GetSecretValue \
+                             on this secret (and kms:Decrypt on its KMS key), or name a secret it \
+                             may read in {field}"
+                        ),
+                    },
+                    other => other,
+                }
             }
         })?;
     out.secret_string().map(str::to_string).ok_or_else(|| {

@@ -676,6 +676,15 @@ pub async fn step(
             copy::abort(client, &destination.bucket, &key, &u.upload_id).await;
             ctx.journal.forget_upload(&key);
         }
+        // Every object of the plan is now verified at the destination: an upload still open for
+        // one of them was started by an attempt whose answer was lost, or by a killed step.
+        let ours: HashSet<String> = plan
+            .to_copy
+            .iter()
+            .map(|c| c.destination_key.clone())
+            .chain(plan.unchanged.iter().map(|l| l.key.clone()))
+            .collect();
+        copy::abort_stale_uploads(client, &destination.bucket, &destination.prefix, &ours).await;
     }
 
     let p = ctx.journal.progress();

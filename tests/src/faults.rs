@@ -9,7 +9,9 @@
 //! after its Nth call: the Nth call reaches the service, nothing after it does.
 //!
 //! Requests are named the way the service names its operations: the EC2/STS query `Action`, the
-//! awsJson `X-Amz-Target` operation, else `METHOD /path`. Rules match on a substring of that name.
+//! awsJson `X-Amz-Target` operation, the S3 operation followed by the path for requests signed
+//! for S3 (`UploadPart /bucket/key`, `CreateMultipartUpload ...`, `ListObjectsV2 /bucket`), EKS
+//! `DescribeCluster /clusters/<name>`, else `METHOD /path`. Rules match on a substring of that name.
 //! The proxy runs on its own thread and runtime, so it keeps serving while a test blocks on a
 //! child process; dropping it stops it and every connection it holds open.
 
@@ -75,6 +77,28 @@ impl Fault {
             ],
             body: serde_json::json!({"__type": code, "message": message}).to_string(),
         }
+    }
+
+    /// An S3 error answer (`<Error><Code>` XML), as S3 sends it: `SlowDown` 503, `InternalError`
+    /// 500, `RequestTimeout` 400, `AccessDenied` 403, ...
+    pub fn s3(status: u16, code: &str, message: &str) -> Self {
+        let id = request_id();
+        Self::Respond {
+            status,
+            headers: vec![
+                ("content-type".into(), "application/xml".into()),
+                ("x-amz-request-id".into(), id.clone()),
+            ],
+            body: format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+                 <Message>{message}</Message><RequestId>{id}</RequestId></Error>"
+            ),
+        }
+    }
+
+    /// S3's throttling answer: HTTP 503, `SlowDown`.
+    pub fn s3_slow_down() -> Self {
+        Self::s3(503, "SlowDown", "Please reduce your request rate.")
     }
 
     /// A FlashArray REST 2.x error answer (`{"errors": [{"message"}]}`), with `Retry-After`
@@ -307,15 +331,17 @@ impl FaultProxy {
     }
 }
 
-/// The operation name of a request: the query `Action`, the awsJson target, else method + path.
+/// The operation name of a request: the query `Action`, the awsJson target, the S3 or EKS
+/// operation (from the SigV4 scope's service) and the path, else method + path.
 fn op_name(
     method: &hyper::Method,
     path: &str,
     query: Option<&str>,
-    target: Option<&str>,
+    headers: &hyper::HeaderMap,
     body: &[u8],
 ) -> String {
-    if let Some(t) = target {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(t) = header("x-amz-target") {
         return t.rsplit('.').next().unwrap_or(t).to_string();
     }
     let form = std::str::from_utf8(body).unwrap_or_default();
@@ -324,7 +350,66 @@ fn op_name(
             return a.to_string();
         }
     }
-    format!("{method} {path}")
+    match signed_for(header("authorization")) {
+        Some("s3") => {
+            let op = s3_operation(method, path, query, header("x-amz-copy-source").is_some());
+            format!("{op} {path}")
+        }
+        Some("eks") if method == hyper::Method::GET && path.starts_with("/clusters/") => {
+            format!("DescribeCluster {path}")
+        }
+        _ => format!("{method} {path}"),
+    }
+}
+
+/// The service a SigV4 `Authorization` header is scoped to
+/// (`Credential=AKID/20260101/us-east-1/s3/aws4_request`).
+fn signed_for(authorization: Option<&str>) -> Option<&str> {
+    let scope = authorization?.split("Credential=").nth(1)?;
+    let scope = scope.split([',', ' ']).next()?;
+    scope.split('/').nth(3)
+}
+
+/// The S3 REST operation of a path-style request.
+fn s3_operation(
+    method: &hyper::Method,
+    path: &str,
+    query: Option<&str>,
+    copy_source: bool,
+) -> &'static str {
+    let params: Vec<&str> = query
+        .unwrap_or_default()
+        .split('&')
+        .map(|p| p.split('=').next().unwrap_or_default())
+        .collect();
+    let has = |name: &str| params.contains(&name);
+    // "/bucket" or "/bucket/" addresses the bucket; anything longer, an object.
+    let object = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, key)| !key.is_empty());
+    match (method.as_str(), object) {
+        ("GET", false) if has("uploads") => "ListMultipartUploads",
+        ("GET", false) if has("list-type") => "ListObjectsV2",
+        ("GET", false) if has("location") => "GetBucketLocation",
+        ("GET", false) => "ListObjects",
+        ("HEAD", false) => "HeadBucket",
+        ("PUT", false) => "CreateBucket",
+        ("DELETE", false) => "DeleteBucket",
+        ("POST", false) if has("delete") => "DeleteObjects",
+        ("GET", true) if has("uploadId") => "ListParts",
+        ("GET", true) => "GetObject",
+        ("HEAD", true) => "HeadObject",
+        ("PUT", true) if has("partNumber") && copy_source => "UploadPartCopy",
+        ("PUT", true) if has("partNumber") => "UploadPart",
+        ("PUT", true) if copy_source => "CopyObject",
+        ("PUT", true) => "PutObject",
+        ("POST", true) if has("uploads") => "CreateMultipartUpload",
+        ("POST", true) if has("uploadId") => "CompleteMultipartUpload",
+        ("DELETE", true) if has("uploadId") => "AbortMultipartUpload",
+        ("DELETE", true) => "DeleteObject",
+        _ => "S3",
+    }
 }
 
 /// Decides what to do with request number `index` (0-based) named `op`.
@@ -389,15 +474,11 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok());
     let op = op_name(
         &parts.method,
         parts.uri.path(),
         parts.uri.query(),
-        target,
+        &parts.headers,
         &body,
     );
     let fault = {
@@ -463,8 +544,10 @@ async fn forward(
     }
     let resp = req.body(body).send().await.map_err(|_| Dropped)?;
     let mut out = Response::builder().status(resp.status().as_u16());
+    // A HEAD answer's Content-Length is the object's size (HeadObject), not the empty body's.
+    let head = parts.method == hyper::Method::HEAD;
     for (k, v) in resp.headers() {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
+        if !HOP_BY_HOP.contains(&k.as_str()) || (head && k == hyper::header::CONTENT_LENGTH) {
             out = out.header(k.as_str(), v.as_bytes());
         }
     }
@@ -541,6 +624,83 @@ mod tests {
         assert_eq!(r.text().await.unwrap(), "ok");
         assert_eq!(p.count("CreateSnapshot"), 3);
         assert_eq!(p.forwarded(), 1);
+    }
+
+    #[test]
+    fn s3_and_eks_requests_are_named_by_their_operation() {
+        let name = |method: &str, uri: &str, service: &str, copy: bool| {
+            let uri: hyper::Uri = uri.parse().unwrap();
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert(
+                "authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=testing/20261122/us-east-1/{service}/aws4_request, \
+                     SignedHeaders=host, Signature=00"
+                )
+                .parse()
+                .unwrap(),
+            );
+            if copy {
+                headers.insert("x-amz-copy-source", "/b/src".parse().unwrap());
+            }
+            op_name(
+                &method.parse().unwrap(),
+                uri.path(),
+                uri.query(),
+                &headers,
+                b"",
+            )
+        };
+        for (method, uri, copy, want) in [
+            ("GET", "/b?list-type=2&prefix=x", false, "ListObjectsV2 /b"),
+            (
+                "GET",
+                "/b?uploads&prefix=k",
+                false,
+                "ListMultipartUploads /b",
+            ),
+            ("GET", "/b/k/x.bytes", false, "GetObject /b/k/x.bytes"),
+            ("HEAD", "/b/k", false, "HeadObject /b/k"),
+            ("PUT", "/b/k", false, "PutObject /b/k"),
+            ("PUT", "/b/k", true, "CopyObject /b/k"),
+            ("POST", "/b/k?uploads", false, "CreateMultipartUpload /b/k"),
+            (
+                "PUT",
+                "/b/k?partNumber=2&uploadId=u",
+                false,
+                "UploadPart /b/k",
+            ),
+            (
+                "POST",
+                "/b/k?uploadId=u",
+                false,
+                "CompleteMultipartUpload /b/k",
+            ),
+            (
+                "DELETE",
+                "/b/k?uploadId=u",
+                false,
+                "AbortMultipartUpload /b/k",
+            ),
+            ("GET", "/b/k?uploadId=u", false, "ListParts /b/k"),
+            ("DELETE", "/b/k", false, "DeleteObject /b/k"),
+            ("PUT", "/b", false, "CreateBucket /b"),
+        ] {
+            assert_eq!(name(method, uri, "s3", copy), want, "{method} {uri}");
+        }
+        assert_eq!(
+            name("GET", "/clusters/prod", "eks", false),
+            "DescribeCluster /clusters/prod"
+        );
+        // Unsigned requests (the FlashArray double) keep method + path.
+        let plain = op_name(
+            &hyper::Method::POST,
+            "/api/2.56/login",
+            None,
+            &hyper::HeaderMap::new(),
+            b"",
+        );
+        assert_eq!(plain, "POST /api/2.56/login");
     }
 
     #[tokio::test]

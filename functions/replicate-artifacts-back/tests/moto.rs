@@ -1078,6 +1078,8 @@ async fn killed_and_cut_runs_resume_to_a_byte_identical_copy() {
     let last = run(&m, &request, &[], &[]);
     assert_succeeded(&last);
     assert_identical(&cloud, &src, &onprem, &dst).await;
+    // No multipart upload a killed step started is left open at the destination.
+    assert_eq!(open_uploads(&onprem, &dst).await, 0, "uploads left open");
     // Nothing counted twice: the run's objects are its copies plus what it found done.
     let copied: u64 = last.output("ObjectsCopied").parse().unwrap();
     let skipped: u64 = last.output("ObjectsSkipped").parse().unwrap();

@@ -396,3 +396,134 @@ async fn a_run_cut_short_after_any_call_converges_to_one_snapshot() {
         }
     }
 }
+
+/// The cluster CA of `shared/src/cluster/tests.rs`, base64 of PEM as DescribeCluster gives it.
+const CA_BASE64: &str = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCk1JSUJnVENDQVNlZ0F3SUJBZ0lVZDZmZVVQNGE2d3phVmtQVWJ5UHl6SGVIdUtZd0NnWUlLb1pJemowRUF3SXcKRlRFVE1CRUdBMVVFQXd3S2EzVmlaWEp1WlhSbGN6QWdGdzB5TmpFeE1qRXlNekF5TVRGYUdBOHlNVEkyTVRBeQpPREl6TURJeE1Wb3dGVEVUTUJFR0ExVUVBd3dLYTNWaVpYSnVaWFJsY3pCWk1CTUdCeXFHU000OUFnRUdDQ3FHClNNNDlBd0VIQTBJQUJMeTk0cEVoelZFR2EvSmZrQlRsMVMvdjhmY1F4MndIM1h5L1dKK2RaRVZTOUx3Y1llanIKcXlBbllVVStkdHZRcFh3ckErU1NDd29FZmtneGkrZjFEd3lqVXpCUk1CMEdBMVVkRGdRV0JCU3NTUXpJbWRUQQpOdHdOTGJBNkl5MlZENDZNdmpBZkJnTlZIU01FR0RBV2dCU3NTUXpJbWRUQU50d05MYkE2SXkyVkQ0Nk12akFQCkJnTlZIUk1CQWY4RUJUQURBUUgvTUFvR0NDcUdTTTQ5QkFNQ0EwZ0FNRVVDSVFDNXdUY3pKWFRZTk1ONUR5T2EKclNNQ05ZelczdkhYbTdrSit2OGZsc3d2MXdJZ2NydTVZd0tlWVdON3EvVjRMMkNRUjN4cllJK0hqNGlyVG9zYQpCYkFSWWdjPQotLS0tLUVORCBDRVJUSUZJQ0FURS0tLS0tCg==";
+
+/// EKS `DescribeCluster` (the CSI backend's way to an EKS cluster) behind the proxy, through
+/// the real binary: throttling and 5xx are retried until the answer comes (the run then goes on
+/// to the cluster the answer names — a closed port here — and fails there, not at EKS); a missing
+/// cluster and a denied call are typed failures naming `cluster.eks.name`; persistent throttling
+/// and an unanswered call are `SystemUnavailable` after bounded tries, never a hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn eks_describe_cluster_faults_are_retried_or_typed() {
+    let Some(url) = moto() else { return };
+    let proxy = FaultProxy::start(&url).unwrap();
+    // An API server address nothing listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let answer = Fault::Respond {
+        status: 200,
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: json!({"cluster": {"name": "prod", "status": "ACTIVE",
+            "endpoint": format!("https://127.0.0.1:{closed}"),
+            "certificateAuthority": {"data": CA_BASE64}}})
+        .to_string(),
+    };
+    let request = |cluster: &str| {
+        json!({"backend": "csi", "volumeIds": ["orders-db-data"], "executionId": unique("eks"),
+               "csi": {"cluster": {"eks": {"name": cluster}}, "namespace": "orders"}})
+    };
+    let go = |cluster: &str| {
+        spawn_cli(
+            BIN,
+            &url,
+            &request(cluster),
+            &["--no-follow"],
+            &[
+                ("AWS_ENDPOINT_URL_EKS", proxy.url.as_str()),
+                ("SNAPSTAGE_AWS_ATTEMPT_TIMEOUT_SECS", "1"),
+                ("SNAPSTAGE_AWS_OPERATION_TIMEOUT_SECS", "4"),
+            ],
+        )
+        .wait_within(Duration::from_secs(180))
+    };
+
+    for (what, fault) in [
+        (
+            "throttled",
+            Fault::aws_json(400, "ThrottlingException", "Rate exceeded"),
+        ),
+        (
+            "500",
+            Fault::aws_json(500, "ServerException", "internal error"),
+        ),
+        ("503", Fault::status(503)),
+    ] {
+        proxy.heal();
+        proxy.add(Rule::new("DescribeCluster", fault, 2));
+        proxy.add(Rule::new("DescribeCluster", answer.clone(), 1));
+        let before = proxy.count("DescribeCluster");
+        let r = go("prod");
+        assert_eq!(
+            proxy.count("DescribeCluster") - before,
+            3,
+            "{what}: two faults, then the answer\n{}",
+            r.stderr
+        );
+        assert_ne!(r.code, 0, "{what}: the cluster is unreachable");
+        let message = r.last()["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.contains("DescribeCluster"),
+            "{what}: the run got past EKS: {message}"
+        );
+    }
+
+    for (what, fault, kind, says) in [
+        (
+            "not found",
+            Fault::aws_json(
+                404,
+                "ResourceNotFoundException",
+                "No cluster found for name: prod.",
+            ),
+            "ConfigurationError",
+            "no EKS cluster named prod",
+        ),
+        (
+            "denied",
+            Fault::aws_json(
+                403,
+                "AccessDeniedException",
+                "User is not authorized to perform: eks:DescribeCluster",
+            ),
+            "PermissionError",
+            "AccessDeniedException",
+        ),
+        (
+            "throttled throughout",
+            Fault::aws_json(400, "ThrottlingException", "Rate exceeded"),
+            "SystemUnavailable",
+            "ThrottlingException",
+        ),
+        (
+            "unanswered",
+            Fault::Hang,
+            "SystemUnavailable",
+            "DescribeCluster",
+        ),
+    ] {
+        proxy.heal();
+        proxy.add(Rule::always("DescribeCluster", fault));
+        let before = proxy.count("DescribeCluster");
+        let r = go("prod");
+        assert_eq!(r.code, 1, "{what}: {}\n{}", r.last(), r.stderr);
+        assert_eq!(r.last()["failureType"], kind, "{what}: {}", r.last());
+        let message = r.last()["message"].as_str().unwrap();
+        assert!(
+            message.contains("cluster.eks.name") && message.contains(says),
+            "{what}: {message}"
+        );
+        let tries = proxy.count("DescribeCluster") - before;
+        if kind == "SystemUnavailable" {
+            assert!(
+                (2..=3).contains(&tries),
+                "{what}: retried, bounded: {tries}"
+            );
+        } else {
+            assert_eq!(tries, 1, "{what}: not retried");
+        }
+    }
+}

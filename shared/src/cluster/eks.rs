@@ -110,7 +110,11 @@ pub async fn config(cluster: &EksCluster, sdk: &aws_config::SdkConfig) -> Result
                     sdk.region().map_or("the function's region", |r| r.as_ref())
                 ),
             },
-            _ => aws_error("eks", "DescribeCluster", e),
+            _ => aws_error(
+                "eks",
+                &format!("DescribeCluster {} (cluster.eks.name)", cluster.name),
+                e,
+            ),
         })?;
     let described = answer.cluster().ok_or_else(|| Error::Backend {
         backend: "eks",

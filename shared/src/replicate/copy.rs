@@ -816,6 +816,61 @@ async fn list_parts(
     Ok(out)
 }
 
+/// Most ListMultipartUploads pages read by [`abort_stale_uploads`] (1000 uploads a page).
+const STALE_UPLOAD_PAGES: usize = 100;
+
+/// Aborts the multipart uploads still open under `prefix` for keys in `keys`: once the run has
+/// verified every one of those objects at the destination, an upload still open for one of them
+/// is a leftover of this run — a CreateMultipartUpload whose answer was lost (the SDK's retry
+/// started a second upload) or a run killed before its checkpoint held the upload id. Nothing
+/// else knows their ids, so without this they stay (and are billed) until a lifecycle rule
+/// removes them. Uploads for other keys are left alone. Failures are logged, not fatal: the
+/// copy itself is verified. Returns how many were aborted.
+pub async fn abort_stale_uploads(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    keys: &std::collections::HashSet<String>,
+) -> usize {
+    let mut aborted = 0;
+    let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+    for _ in 0..STALE_UPLOAD_PAGES {
+        let page = match client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker.clone())
+            .set_upload_id_marker(id_marker.clone())
+            .send()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(bucket = %bucket, error = %DisplayChain(&e), "ListMultipartUploads failed; uploads a lost answer or a killed run left open stay until the bucket's lifecycle rule removes them");
+                return aborted;
+            }
+        };
+        for u in page.uploads() {
+            if let (Some(key), Some(id)) = (u.key(), u.upload_id())
+                && keys.contains(key)
+            {
+                tracing::info!(key = %key, "aborting a multipart upload an earlier attempt left open");
+                abort(client, bucket, key, id).await;
+                aborted += 1;
+            }
+        }
+        if !page.is_truncated().unwrap_or(false) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_string);
+        id_marker = page.next_upload_id_marker().map(str::to_string);
+        if key_marker.is_none() && id_marker.is_none() {
+            break;
+        }
+    }
+    aborted
+}
+
 /// Aborts an upload of ours; failures are logged (a lifecycle rule cleans what is left).
 pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
     if let Err(e) = client
