@@ -262,23 +262,35 @@ fn object<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) ->
     }
 }
 
-/// POST `obj`; when it exists already (a retry), read the one there.
+/// POST `obj` (retried when the API server may answer later); when it exists already, read the
+/// one there — this run's own create whose answer was lost, or an earlier invocation's — and
+/// take it only when it carries this run's execution label: an object of the name from another
+/// run, or not labelled at all, is refused rather than adopted.
 async fn create_or_read<K>(api: &Api<K>, obj: &K) -> Result<(K, bool)>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let what = object::<K>(api.namespace(), &name);
-    match api.create(&PostParams::default(), obj).await {
+    let params = PostParams::default();
+    match kubeapi::retrying(|| api.create(&params, obj)).await {
         Ok(k) => {
             tracing::info!(object = %what, "created");
             Ok((k, true))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let k = api
-                .get(&name)
+            let k = kubeapi::retrying(|| api.get(&name))
                 .await
                 .map_err(|e| kube_error(&format!("reading {what} (it exists already)"), e))?;
+            let mine = ownership::execution_of(obj.meta());
+            let theirs = ownership::execution_of(k.meta());
+            if ownership::is_managed(k.meta()) && theirs != mine {
+                return Err(Error::Refused(format!(
+                    "{what} exists and was made by another snapstage run ({LABEL_EXECUTION}={}, this run is {}); it will not be taken over",
+                    theirs.unwrap_or("none"),
+                    mine.unwrap_or("none")
+                )));
+            }
             Ok((k, false))
         }
         Err(e) => Err(kube_error(&format!("creating {what}"), e)),

@@ -358,6 +358,65 @@ async fn a_retried_invocation_reuses_its_snapshot_and_a_create_race_reads_it() {
 }
 
 #[tokio::test]
+async fn a_create_conflict_with_another_runs_object_is_refused_not_adopted() {
+    // Regression: a 409 on create used to be read back and taken as this run's whenever it was
+    // labelled managed-by=snapstage, whichever run made it.
+    let name = snap_name("orders-db-data");
+    let path = format!("{VS}/{name}");
+    let mut labels = managed_labels("snapshot", Some("orders-db-data"));
+    labels["snapstage.io/execution"] = json!("0123456789abcdef");
+    let (r, seen) = snap(
+        snap_request(json!({"volumeIds": ["orders-db-data"]})),
+        None,
+        json!({}),
+        vec![
+            X::get(&path).not_found(),
+            create_snapshot_of("orders-db-data").already_exists(),
+            X::get(&path).ok(prod_snapshot(
+                &name,
+                "orders-db-data",
+                labels,
+                ready("snapcontent-1111"),
+                "2025-06-01T12:00:00Z",
+            )),
+        ],
+    )
+    .await;
+    let (kind, msg) = failure(r);
+    assert_eq!(kind, FailureKind::ConfigurationError, "{msg}");
+    assert!(msg.contains("made by another snapstage run"), "{msg}");
+    assert_eq!(seen.len(), 3, "nothing after the refusal: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_throttled_or_failing_api_server_is_retried_then_answers() {
+    let name = snap_name("orders-db-data");
+    let path = format!("{VS}/{name}");
+    let (r, seen) = snap(
+        snap_request(json!({"volumeIds": ["orders-db-data"]})),
+        None,
+        json!({}),
+        vec![
+            X::get(&path).reply(
+                429,
+                status_json(
+                    429,
+                    "TooManyRequests",
+                    "the server has received too many requests",
+                ),
+            ),
+            X::get(&path).reply(503, status_json(503, "ServiceUnavailable", "etcd is slow")),
+            X::get(&path).ok(ours_ready("orders-db-data")),
+            X::get(&path).ok(ours_ready("orders-db-data")),
+        ],
+    )
+    .await;
+    let (_, outputs) = done(r.unwrap());
+    assert_eq!(outputs["SnapshotId"], name);
+    assert_eq!(seen.iter().filter(|s| s.starts_with("POST")).count(), 0);
+}
+
+#[tokio::test]
 async fn a_snapshot_of_the_run_name_that_is_not_snapstages_is_refused() {
     let name = snap_name("orders-db-data");
     let (r, _) = snap(
