@@ -261,12 +261,13 @@ spec:
         ));
         // Least privilege: no wildcard verbs; deploy-staging-db deletes (teardown, sweep) only
         // whole staging namespaces and their PersistentVolume objects; the storage functions
-        // delete only VolumeSnapshots (retention of the ones snapstage made).
+        // delete only VolumeSnapshots and VolumeGroupSnapshots (retention of the ones snapstage
+        // made).
         for (name, rules) in &roles {
             let allowed: &[&str] = if name.starts_with("snapstage-deploy-staging-db") {
                 &["namespaces", "persistentvolumes"]
             } else {
-                &["volumesnapshots"]
+                &["volumesnapshots", "volumegroupsnapshots"]
             };
             for r in rules {
                 assert!(!r.verbs.iter().any(|v| v == "*"), "wildcard verb: {r:?}");
