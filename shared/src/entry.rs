@@ -278,11 +278,33 @@ fn cli_request_id() -> String {
     format!("cli-{nanos:x}-{}", std::process::id())
 }
 
-fn init_tracing(lambda: bool) {
+/// Targets that log an invocation's whole raw event at TRACE: `lambda_runtime` writes the
+/// payload ("raw JSON event received from Lambda"), CodePipeline's artifact credentials
+/// included, to CloudWatch Logs. Capped at DEBUG whatever `RUST_LOG` asks for: the event is
+/// never logged.
+const EVENT_LOGGING_TARGETS: [&str; 1] = ["lambda_runtime::layers::api_response"];
+
+/// The log filter: `RUST_LOG` (default: info, the SDK at warn), with the event-logging targets
+/// capped.
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new("info,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn")
-    });
+    let filter = rust_log
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| {
+            EnvFilter::new(
+                "info,aws_config=warn,aws_smithy_runtime=warn,aws_smithy_runtime_api=warn",
+            )
+        });
+    EVENT_LOGGING_TARGETS.iter().fold(filter, |f, target| {
+        match format!("{target}=debug").parse() {
+            Ok(d) => f.add_directive(d),
+            Err(_) => f,
+        }
+    })
+}
+
+fn init_tracing(lambda: bool) {
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -350,6 +372,38 @@ EXIT STATUS:
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_raw_event_is_never_logged_whatever_rust_log_says() {
+        for rust_log in [
+            None,
+            Some("trace"),
+            Some("lambda_runtime=trace"),
+            Some("lambda_runtime::layers::api_response=trace"),
+            Some("warn,lambda_runtime::layers::api_response=trace,snapstage=trace"),
+        ] {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(super::log_filter(rust_log))
+                .with_writer(std::io::sink)
+                .finish();
+            tracing::subscriber::with_default(subscriber, || {
+                assert!(
+                    !tracing::enabled!(
+                        target: "lambda_runtime::layers::api_response",
+                        tracing::Level::TRACE
+                    ),
+                    "{rust_log:?}: lambda_runtime would log the raw event"
+                );
+                if rust_log.is_some_and(|l| l.contains("trace")) {
+                    assert!(
+                        tracing::enabled!(target: "snapstage::contract", tracing::Level::TRACE)
+                            || rust_log.is_some_and(|l| !l.contains("snapstage") && l != "trace"),
+                        "{rust_log:?}: everything else keeps its level"
+                    );
+                }
+            });
+        }
+    }
+
     use super::*;
 
     fn args(a: &[&str]) -> Result<CliCommand, String> {

@@ -6,6 +6,9 @@
 //! (`RUST_LOG=trace`, every crate), on a success and a failure path each. stdout, stderr and
 //! every job result CodePipeline receives are scanned for every secret.
 //!
+//! The same job events also go through one warm runtime behind the `cargo lambda watch` Runtime
+//! API emulator, its log (what CloudWatch would keep) scanned the same way.
+//!
 //! Needs `SNAPSTAGE_MOTO_CLOUD` / `SNAPSTAGE_MOTO_ONPREM` (set by `make test`), `.venv` for the
 //! FlashArray double and the binaries (`cargo build --workspace --bins`); prints SKIP otherwise.
 
@@ -13,10 +16,11 @@
 
 mod common;
 
-use common::bin_dir;
+use common::{bin_dir, lambda_invoker};
 use serde_json::{Value, json};
 use snapstage_localenv::event::{JobEventSpec, job_event};
 use snapstage_localenv::flasharray_double::{Double, TOKEN as FLASHARRAY_TOKEN};
+use snapstage_localenv::invoker::{Functions, Invoker};
 use snapstage_localenv::jobservice::{JobService, JobSpec, new_execution_id};
 use snapstage_localenv::testkit::{self, CliRun, unique};
 
@@ -327,6 +331,88 @@ async fn no_secret_reaches_a_log_output_or_result_of_any_function() {
             &format!("replicate-artifacts-back {what}: the job result"),
             format!("{outcome:?}"),
         );
+    }
+    seen.assert_clean();
+}
+
+/// In Lambda (the Runtime API emulator, one warm runtime per function), with `RUST_LOG=trace`:
+/// a job event's artifact credentials never reach the function's log — CloudWatch Logs keeps it.
+#[tokio::test]
+async fn no_secret_reaches_the_lambda_log_at_trace_level() {
+    let Some(m) = testkit::moto("secret hygiene in Lambda") else {
+        return;
+    };
+    // Logs of earlier runs would be scanned too: start from none.
+    let _ = std::fs::remove_dir_all(common::scratch("hygiene-lambda"));
+    let jobs = JobService::start().await.unwrap();
+    let functions = Functions::new(bin_dir(), &jobs.url)
+        .moto(&m.cloud)
+        .env("AWS_ACCESS_KEY_ID", "AKIAHYGIENELAMBDA001")
+        .env("AWS_SECRET_ACCESS_KEY", ENV_SECRET_KEY)
+        .env("AWS_SESSION_TOKEN", ENV_SESSION_TOKEN)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env("RUST_LOG", "trace");
+    let Some(invoker) = lambda_invoker(functions, "hygiene-lambda").await else {
+        return;
+    };
+    let mut seen = Seen::default();
+    for (function, up) in [
+        (
+            "snapshot-production",
+            json!({"volumeIds": ["vol-0123456789abcdef0"]}),
+        ),
+        (
+            "restore-to-staging",
+            json!({"snapshotId": "snap-0123456789abcdef0"}),
+        ),
+        (
+            "deploy-staging-db",
+            json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a",
+                   "engine": "postgresql", "dryRun": true}),
+        ),
+        (
+            "replicate-artifacts-back",
+            json!({"sourceBucket": "hygiene-no-such-bucket", "destinationBucket": "x",
+                   "destinationEndpoint": m.onprem}),
+        ),
+    ] {
+        let job = jobs.register_job(JobSpec {
+            pipeline_name: "shop".into(),
+            stage: "Data".into(),
+            action: "Hygiene".into(),
+            execution_id: new_execution_id(),
+            ..JobSpec::default()
+        });
+        let up = up.to_string();
+        let mut event = job_event(&JobEventSpec {
+            job_id: &job,
+            function_name: function,
+            user_parameters: &up,
+            continuation_token: None,
+        });
+        event["CodePipeline.job"]["data"]["artifactCredentials"] = json!({
+            "accessKeyId": "ASIAHYGIENEARTIFACT0",
+            "secretAccessKey": ARTIFACT_SECRET_KEY,
+            "sessionToken": ARTIFACT_SESSION_TOKEN,
+        });
+        let out = invoker.invoke(function, &event).await.unwrap();
+        assert!(out.ok, "{function}: {}", out.output);
+        assert_eq!(jobs.result_calls_for(&job), 1, "{function}: one result");
+        seen.add_text(&format!("{function} in Lambda: the response"), out.output);
+        seen.add_text(
+            &format!("{function} in Lambda: the job result"),
+            format!("{:?}", jobs.result_for(&job)),
+        );
+        let log = std::fs::read_to_string(
+            common::scratch("hygiene-lambda").join(format!("{function}.log")),
+        )
+        .unwrap_or_default();
+        assert!(
+            log.contains("TRACE"),
+            "{function}: the runtime logs at trace level:\n{log}"
+        );
+        seen.add_text(&format!("{function} in Lambda: its log"), log);
     }
     seen.assert_clean();
 }
