@@ -5,7 +5,10 @@ backend sends (shared/src/storage/csi.rs), plus a simulated CSI snapshot control
 Resources (plain JSON, no protobuf, no watch):
 
     core/v1                              namespaces, persistentvolumes (cluster-scoped),
-                                         persistentvolumeclaims, pods (namespaced)
+                                         persistentvolumeclaims, pods, secrets, configmaps,
+                                         services, events (namespaced)
+    apps/v1, batch/v1                    statefulsets, deployments, jobs (deploy-staging-db)
+    networking.k8s.io/v1                 networkpolicies
     snapshot.storage.k8s.io/v1           volumesnapshots (namespaced),
                                          volumesnapshotcontents, volumesnapshotclasses (cluster)
     groupsnapshot.storage.k8s.io/v1beta1 volumegroupsnapshots (namespaced),
@@ -93,6 +96,14 @@ RESOURCES = {
     ("", "v1", "persistentvolumes"): ("PersistentVolume", False),
     ("", "v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True),
     ("", "v1", "pods"): ("Pod", True),
+    ("", "v1", "secrets"): ("Secret", True),
+    ("", "v1", "configmaps"): ("ConfigMap", True),
+    ("", "v1", "services"): ("Service", True),
+    ("", "v1", "events"): ("Event", True),
+    ("apps", "v1", "statefulsets"): ("StatefulSet", True),
+    ("apps", "v1", "deployments"): ("Deployment", True),
+    ("batch", "v1", "jobs"): ("Job", True),
+    ("networking.k8s.io", "v1", "networkpolicies"): ("NetworkPolicy", True),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshots"): ("VolumeSnapshot", True),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents"): ("VolumeSnapshotContent", False),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses"): ("VolumeSnapshotClass", False),
@@ -254,6 +265,12 @@ FIELDS = {
     "metadata.name": lambda o: o["metadata"].get("name"),
     "metadata.namespace": lambda o: o["metadata"].get("namespace", ""),
     "status.phase": lambda o: (o.get("status") or {}).get("phase", ""),
+    "spec.nodeName": lambda o: (o.get("spec") or {}).get("nodeName", ""),
+    "involvedObject.kind": lambda o: (o.get("involvedObject") or {}).get("kind", ""),
+    "involvedObject.name": lambda o: (o.get("involvedObject") or {}).get("name", ""),
+    "involvedObject.namespace": lambda o: (o.get("involvedObject") or {}).get("namespace", ""),
+    "reason": lambda o: o.get("reason", ""),
+    "type": lambda o: o.get("type", ""),
 }
 
 
@@ -437,6 +454,14 @@ class Store:
         elif plural == "pods":
             if not spec.get("containers"):
                 req("spec.containers")
+        elif plural == "services":
+            if not spec.get("ports") and spec.get("clusterIP") != "None":
+                req("spec.ports")
+        elif plural in ("statefulsets", "deployments", "jobs"):
+            if plural != "jobs" and not spec.get("selector"):
+                req("spec.selector")
+            if not ((spec.get("template") or {}).get("spec") or {}).get("containers"):
+                req("spec.template.spec.containers")
         elif plural == "volumesnapshots":
             src = spec.get("source") or {}
             if bool(src.get("persistentVolumeClaimName")) == bool(src.get("volumeSnapshotContentName")):
@@ -548,6 +573,7 @@ class Store:
 
     def reconcile(self):
         self.reconcile_groups()
+        self.reconcile_workloads()
         g = "snapshot.storage.k8s.io"
         for snap in self.of(g, "volumesnapshots"):
             if snap["metadata"].get("deletionTimestamp"):
@@ -727,6 +753,72 @@ class Store:
                             cst = copy.deepcopy(c["status"])
                             cst["readyToUse"] = True
                             self.set_status(g, "volumesnapshotcontents", c, cst)
+
+    def pod_for(self, ns, name, template, owner_kind, owner):
+        if self.get("", "pods", ns, name):
+            return
+        tpl = copy.deepcopy(template)
+        pod = self.create("", "v1", "pods", ns, {
+            "metadata": {"name": name, "labels": (tpl.get("metadata") or {}).get("labels", {}),
+                         "ownerReferences": [{"apiVersion": owner["apiVersion"], "kind": owner_kind,
+                                              "name": owner["metadata"]["name"],
+                                              "uid": owner["metadata"]["uid"], "controller": True}]},
+            "spec": tpl["spec"]})
+        now = self.next_time()
+        done = owner_kind == "Job"
+        pod["spec"]["nodeName"] = "double-node-1"
+        pod["status"] = {
+            "phase": "Succeeded" if done else "Running", "startTime": now,
+            "conditions": [{"type": "PodScheduled", "status": "True"},
+                           {"type": "Ready", "status": "False" if done else "True"}],
+            "containerStatuses": [
+                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": not done,
+                 "restartCount": 0, "started": not done,
+                 "state": ({"terminated": {"exitCode": 0, "reason": "Completed"}} if done
+                           else {"running": {"startedAt": now}})}
+                for c in tpl["spec"]["containers"]]}
+        self.put("", "pods", pod)
+
+    def reconcile_workloads(self):
+        # a PVC naming its PV binds when the PV exists
+        for pvc in self.of("", "persistentvolumeclaims"):
+            vn = pvc["spec"].get("volumeName")
+            pv = vn and self.get("", "persistentvolumes", "", vn)
+            if pv and (pvc.get("status") or {}).get("phase") != "Bound":
+                pvc["status"] = {"phase": "Bound", "accessModes": pvc["spec"].get("accessModes"),
+                                 "capacity": (pv.get("spec") or {}).get("capacity", {})}
+                self.put("", "persistentvolumeclaims", pvc)
+                pv["status"] = {"phase": "Bound"}
+                self.put("", "persistentvolumes", pv)
+        for kind, plural in (("StatefulSet", "statefulsets"), ("Deployment", "deployments"), ("Job", "jobs")):
+            group = "batch" if plural == "jobs" else "apps"
+            for w in self.of(group, plural):
+                m = w["metadata"]
+                gen = m.get("generation", 1)
+                st = w.get("status") or {}
+                if st.get("succeeded") or (st.get("observedGeneration") == gen
+                                           and st.get("updateRevision") == f"{m['name']}-{gen}"):
+                    continue  # rolled out (or completed)
+                if self.reads.get(m["uid"], 0) < self.ready_after_reads:
+                    if st.get("observedGeneration") != gen:
+                        w["status"] = {"observedGeneration": gen, "replicas": 0}
+                        self.put(group, plural, w)
+                    continue
+                ns = m["namespace"]
+                n = 1 if plural == "jobs" else int(w["spec"].get("replicas", 1))
+                for i in range(n):
+                    name = f"{m['name']}-{i}" if plural == "statefulsets" else f"{m['name']}-{m['uid'][:5]}{i}"
+                    self.pod_for(ns, name, w["spec"]["template"], kind, w)
+                rev = f"{m['name']}-{gen}"
+                if plural == "jobs":
+                    w["status"] = {"succeeded": 1, "startTime": self.next_time(),
+                                   "completionTime": self.next_time(),
+                                   "conditions": [{"type": "Complete", "status": "True"}]}
+                else:
+                    w["status"] = {"observedGeneration": gen, "replicas": n, "readyReplicas": n,
+                                   "currentReplicas": n, "updatedReplicas": n, "availableReplicas": n,
+                                   "currentRevision": rev, "updateRevision": rev}
+                self.put(group, plural, w)
 
     def bind_pvc(self, pvc, size):
         pv_name = f"pvc-{pvc['metadata']['uid']}"
