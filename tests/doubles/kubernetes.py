@@ -61,6 +61,9 @@ The simulated snapshot controller (runs before each API request):
   VolumeSnapshot (`snapshot-<same>`, owned by the group, `spec.source.persistentVolumeClaimName`,
   the in-group finalizer, `status.volumeGroupSnapshotName`); all ready after the group has been
   read `ready_after_reads` times. No PVC selected, or no class: `status.error`.
+* a PVC naming an existing PV (`spec.volumeName`) is Bound to it; a StatefulSet, Deployment or
+  Job, once read `ready_after_reads` times, gets its pods (Running and Ready; a Job's Succeeded)
+  and a rolled-out status (observedGeneration, ready/updated/available replicas, one revision).
 
 Control endpoints (not part of the Kubernetes API; reads here never count as reads):
 
