@@ -95,13 +95,23 @@ pub async fn connect(cluster: &ClusterConfig, sdk: &aws_config::SdkConfig) -> Re
     client(config, cluster)
 }
 
-/// Builds the client with snapstage's timeouts.
-pub fn client(mut config: kube::Config, cluster: &ClusterConfig) -> Result<kube::Client> {
-    install_crypto_provider();
+/// snapstage's settings on a client configuration: bounded connect and read timeouts, and no
+/// retry layer of kube's own. kube 5's default retry (`default_retry`) re-sends 429/503/504 up
+/// to 15 times with exponential backoff capped at 1000 s — far past a Lambda's 15 minutes — so
+/// it is off: [`crate::staging::kubeapi::retrying`] retries instead, a bounded number of times,
+/// 5xx and lost connections included.
+pub fn tuned(mut config: kube::Config) -> kube::Config {
     config.connect_timeout = Some(CONNECT_TIMEOUT);
     config.read_timeout = Some(READ_TIMEOUT);
     config.reset_reader_on_write = true;
-    kube::Client::try_from(config).map_err(|e| {
+    config.default_retry = false;
+    config
+}
+
+/// Builds the client with snapstage's settings ([`tuned`]).
+pub fn client(config: kube::Config, cluster: &ClusterConfig) -> Result<kube::Client> {
+    install_crypto_provider();
+    kube::Client::try_from(tuned(config)).map_err(|e| {
         Error::Configuration(format!(
             "cannot build a Kubernetes client for {}: {e}",
             cluster.describe()

@@ -5,11 +5,15 @@ backend sends (shared/src/storage/csi.rs), plus a simulated CSI snapshot control
 Resources (plain JSON, no protobuf, no watch):
 
     core/v1                              namespaces, persistentvolumes (cluster-scoped),
-                                         persistentvolumeclaims, pods (namespaced)
+                                         persistentvolumeclaims, pods, secrets, configmaps,
+                                         services, events (namespaced)
+    apps/v1, batch/v1                    statefulsets, deployments, jobs (deploy-staging-db)
+    networking.k8s.io/v1                 networkpolicies
     snapshot.storage.k8s.io/v1           volumesnapshots (namespaced),
                                          volumesnapshotcontents, volumesnapshotclasses (cluster)
     groupsnapshot.storage.k8s.io/v1beta1 volumegroupsnapshots (namespaced),
-                                         volumegroupsnapshotcontents (cluster) -- stored only
+                                         volumegroupsnapshotcontents, volumegroupsnapshotclasses
+                                         (cluster)
 
 Verbs, as the API server answers them:
 
@@ -51,6 +55,15 @@ The simulated snapshot controller (runs before each API request):
   naming it) binds to it and becomes ready the same way, sized by the handle's snapshot.
 * deleting a bound VolumeSnapshot deletes its content when the content's policy is Delete.
 * a PVC with `dataSource` a ready VolumeSnapshot becomes Bound to a new PV of the snapshot's size.
+* a VolumeGroupSnapshot (`spec.source.selector`: matchLabels, matchExpressions) of Bound PVCs, as
+  external-snapshotter 8.x makes it: a VolumeGroupSnapshotContent, and per PVC a member
+  VolumeSnapshotContent (`snapcontent-<sha256(group uid + volume handle)>`) and a member
+  VolumeSnapshot (`snapshot-<same>`, owned by the group, `spec.source.persistentVolumeClaimName`,
+  the in-group finalizer, `status.volumeGroupSnapshotName`); all ready after the group has been
+  read `ready_after_reads` times. No PVC selected, or no class: `status.error`.
+* a PVC naming an existing PV (`spec.volumeName`) is Bound to it; a StatefulSet, Deployment or
+  Job, once read `ready_after_reads` times, gets its pods (Running and Ready; a Job's Succeeded)
+  and a rolled-out status (observedGeneration, ready/updated/available replicas, one revision).
 
 Control endpoints (not part of the Kubernetes API; reads here never count as reads):
 
@@ -68,6 +81,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import datetime as dt
 import http.server
 import json
@@ -85,6 +99,14 @@ RESOURCES = {
     ("", "v1", "persistentvolumes"): ("PersistentVolume", False),
     ("", "v1", "persistentvolumeclaims"): ("PersistentVolumeClaim", True),
     ("", "v1", "pods"): ("Pod", True),
+    ("", "v1", "secrets"): ("Secret", True),
+    ("", "v1", "configmaps"): ("ConfigMap", True),
+    ("", "v1", "services"): ("Service", True),
+    ("", "v1", "events"): ("Event", True),
+    ("apps", "v1", "statefulsets"): ("StatefulSet", True),
+    ("apps", "v1", "deployments"): ("Deployment", True),
+    ("batch", "v1", "jobs"): ("Job", True),
+    ("networking.k8s.io", "v1", "networkpolicies"): ("NetworkPolicy", True),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshots"): ("VolumeSnapshot", True),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents"): ("VolumeSnapshotContent", False),
     ("snapshot.storage.k8s.io", "v1", "volumesnapshotclasses"): ("VolumeSnapshotClass", False),
@@ -96,7 +118,13 @@ RESOURCES = {
         "VolumeGroupSnapshotContent",
         False,
     ),
+    ("groupsnapshot.storage.k8s.io", "v1beta1", "volumegroupsnapshotclasses"): (
+        "VolumeGroupSnapshotClass",
+        False,
+    ),
 }
+GROUP = "groupsnapshot.storage.k8s.io"
+IN_GROUP_FINALIZER = "groupsnapshot.storage.kubernetes.io/volumesnapshot-in-group-protection"
 PLURAL_OF_KIND = {kind: key for key, (kind, _) in RESOURCES.items()}
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -211,6 +239,15 @@ def parse_label_selector(s: str):
     return reqs
 
 
+def selector_match(selector: dict, labels: dict) -> bool:
+    """A metav1.LabelSelector (matchLabels, matchExpressions) against labels."""
+    reqs = [(k, "=", v) for k, v in (selector.get("matchLabels") or {}).items()]
+    ops = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!exists"}
+    for e in selector.get("matchExpressions") or []:
+        reqs.append((e["key"], ops[e["operator"]], set(e.get("values") or [])))
+    return labels_match(reqs, labels)
+
+
 def labels_match(reqs, labels: dict) -> bool:
     for k, op, v in reqs:
         has, val = k in labels, labels.get(k)
@@ -231,6 +268,12 @@ FIELDS = {
     "metadata.name": lambda o: o["metadata"].get("name"),
     "metadata.namespace": lambda o: o["metadata"].get("namespace", ""),
     "status.phase": lambda o: (o.get("status") or {}).get("phase", ""),
+    "spec.nodeName": lambda o: (o.get("spec") or {}).get("nodeName", ""),
+    "involvedObject.kind": lambda o: (o.get("involvedObject") or {}).get("kind", ""),
+    "involvedObject.name": lambda o: (o.get("involvedObject") or {}).get("name", ""),
+    "involvedObject.namespace": lambda o: (o.get("involvedObject") or {}).get("namespace", ""),
+    "reason": lambda o: o.get("reason", ""),
+    "type": lambda o: o.get("type", ""),
 }
 
 
@@ -414,6 +457,14 @@ class Store:
         elif plural == "pods":
             if not spec.get("containers"):
                 req("spec.containers")
+        elif plural == "services":
+            if not spec.get("ports") and spec.get("clusterIP") != "None":
+                req("spec.ports")
+        elif plural in ("statefulsets", "deployments", "jobs"):
+            if plural != "jobs" and not spec.get("selector"):
+                req("spec.selector")
+            if not ((spec.get("template") or {}).get("spec") or {}).get("containers"):
+                req("spec.template.spec.containers")
         elif plural == "volumesnapshots":
             src = spec.get("source") or {}
             if bool(src.get("persistentVolumeClaimName")) == bool(src.get("volumeSnapshotContentName")):
@@ -437,7 +488,13 @@ class Store:
                 req("spec.volumeSnapshotRef.name")
             if not ref.get("namespace"):
                 req("spec.volumeSnapshotRef.namespace")
-        elif plural == "volumesnapshotclasses":
+        elif plural == "volumegroupsnapshots":
+            src = spec.get("source") or {}
+            if bool(src.get("selector")) == bool(src.get("volumeGroupSnapshotContentName")):
+                raise invalid(group, kind, plural, name, "spec.source",
+                              "Invalid value: exactly one of selector and "
+                              "volumeGroupSnapshotContentName is required", "FieldValueInvalid")
+        elif plural in ("volumesnapshotclasses", "volumegroupsnapshotclasses"):
             if not obj.get("driver"):
                 req("driver")
             if obj.get("deletionPolicy") not in ("Delete", "Retain"):
@@ -518,6 +575,8 @@ class Store:
             self.put(group, plural, obj)
 
     def reconcile(self):
+        self.reconcile_groups()
+        self.reconcile_workloads()
         g = "snapshot.storage.k8s.io"
         for snap in self.of(g, "volumesnapshots"):
             if snap["metadata"].get("deletionTimestamp"):
@@ -612,6 +671,157 @@ class Store:
             if not snap or not (snap.get("status") or {}).get("readyToUse"):
                 continue
             self.bind_pvc(pvc, quantity_bytes(snap["status"].get("restoreSize")) or GIB)
+
+    def reconcile_groups(self):
+        g = "snapshot.storage.k8s.io"
+        for grp in self.of(GROUP, "volumegroupsnapshots"):
+            st = copy.deepcopy(grp.get("status") or {})
+            if st.get("error") or st.get("readyToUse") or grp["metadata"].get("deletionTimestamp"):
+                continue
+            ns, name, uid = grp["metadata"]["namespace"], grp["metadata"]["name"], grp["metadata"]["uid"]
+            if not st.get("boundVolumeGroupSnapshotContentName"):
+                selector = grp["spec"]["source"].get("selector")
+                if not selector:
+                    continue  # pre-provisioned group contents are not simulated
+                cname = grp["spec"].get("volumeGroupSnapshotClassName")
+                cls = self.get(GROUP, "volumegroupsnapshotclasses", "", cname) if cname else None
+                pvcs = [p for p in self.of("", "persistentvolumeclaims")
+                        if p["metadata"]["namespace"] == ns
+                        and selector_match(selector, p["metadata"].get("labels") or {})]
+                message = self.fail.get(name)
+                if message is None and cls is None:
+                    message = f"failed to get group snapshot class {cname!r}"
+                if message is None and not pvcs:
+                    message = f"no PersistentVolumeClaim in {ns} matches the group's selector"
+                if message is None and any((p.get("status") or {}).get("phase") != "Bound" for p in pvcs):
+                    continue
+                if message is not None:
+                    st.update({"error": {"message": message, "time": self.next_time()}, "readyToUse": False})
+                    self.set_status(GROUP, "volumegroupsnapshots", grp, st)
+                    continue
+                created = self.next_time()
+                handles = []
+                for p in pvcs:
+                    pv = self.get("", "persistentvolumes", "", p["spec"].get("volumeName", "")) or {}
+                    vh = ((pv.get("spec") or {}).get("csi") or {}).get("volumeHandle") or f"vol-{p['metadata']['uid'][:8]}"
+                    handles.append(vh)
+                    h = hashlib.sha256((uid + vh).encode()).hexdigest()
+                    size = quantity_bytes((p["status"].get("capacity") or {}).get("storage")) or GIB
+                    snap_handle = f"snap-{uuid.uuid4().hex[:17]}"
+                    self.handles[snap_handle] = size
+                    content = self.create(g, "v1", "volumesnapshotcontents", "", {
+                        "metadata": {"name": f"snapcontent-{h}"},
+                        "spec": {"volumeSnapshotRef": {"kind": "VolumeSnapshot", "name": f"snapshot-{h}",
+                                                       "namespace": ns},
+                                 "deletionPolicy": cls.get("deletionPolicy", "Delete"),
+                                 "driver": cls["driver"], "source": {"volumeHandle": vh},
+                                 "sourceVolumeMode": (pv.get("spec") or {}).get("volumeMode", "Filesystem")}})
+                    member = self.create(g, "v1", "volumesnapshots", ns, {
+                        "metadata": {"name": f"snapshot-{h}", "finalizers": [IN_GROUP_FINALIZER],
+                                     "ownerReferences": [{"apiVersion": f"{GROUP}/v1beta1",
+                                                          "kind": "VolumeGroupSnapshot", "name": name,
+                                                          "uid": uid, "controller": True}]},
+                        "spec": {"source": {"persistentVolumeClaimName": p["metadata"]["name"]}}})
+                    content["spec"]["volumeSnapshotRef"]["uid"] = member["metadata"]["uid"]
+                    content["status"] = {"snapshotHandle": snap_handle, "readyToUse": False,
+                                         "restoreSize": size, "creationTime": int(self.clock.timestamp() * 1e9)}
+                    self.put(g, "volumesnapshotcontents", content)
+                    member["status"] = {"boundVolumeSnapshotContentName": content["metadata"]["name"],
+                                        "creationTime": created, "readyToUse": False,
+                                        "restoreSize": quantity_of(size), "volumeGroupSnapshotName": name}
+                    self.put(g, "volumesnapshots", member)
+                gc = self.create(GROUP, "v1beta1", "volumegroupsnapshotcontents", "", {
+                    "metadata": {"name": f"groupsnapcontent-{uid}"},
+                    "spec": {"deletionPolicy": cls.get("deletionPolicy", "Delete"), "driver": cls["driver"],
+                             "source": {"volumeHandles": handles},
+                             "volumeGroupSnapshotClassName": cname,
+                             "volumeGroupSnapshotRef": {"kind": "VolumeGroupSnapshot", "name": name,
+                                                        "namespace": ns, "uid": uid}}})
+                gc["status"] = {"volumeGroupSnapshotHandle": f"group-{uuid.uuid4().hex[:12]}",
+                                "readyToUse": False}
+                self.put(GROUP, "volumegroupsnapshotcontents", gc)
+                st.update({"boundVolumeGroupSnapshotContentName": gc["metadata"]["name"],
+                           "creationTime": created, "readyToUse": False})
+                self.set_status(GROUP, "volumegroupsnapshots", grp, st)
+            if self.reads.get(uid, 0) >= self.ready_after_reads:
+                st["readyToUse"] = True
+                self.set_status(GROUP, "volumegroupsnapshots", grp, st)
+                for m in self.of(g, "volumesnapshots"):
+                    if any(o.get("uid") == uid for o in m["metadata"].get("ownerReferences") or []):
+                        mst = copy.deepcopy(m["status"])
+                        mst["readyToUse"] = True
+                        self.set_status(g, "volumesnapshots", m, mst)
+                        c = self.get(g, "volumesnapshotcontents", "", mst["boundVolumeSnapshotContentName"])
+                        if c:
+                            cst = copy.deepcopy(c["status"])
+                            cst["readyToUse"] = True
+                            self.set_status(g, "volumesnapshotcontents", c, cst)
+
+    def pod_for(self, ns, name, template, owner_kind, owner):
+        if self.get("", "pods", ns, name):
+            return
+        tpl = copy.deepcopy(template)
+        pod = self.create("", "v1", "pods", ns, {
+            "metadata": {"name": name, "labels": (tpl.get("metadata") or {}).get("labels", {}),
+                         "ownerReferences": [{"apiVersion": owner["apiVersion"], "kind": owner_kind,
+                                              "name": owner["metadata"]["name"],
+                                              "uid": owner["metadata"]["uid"], "controller": True}]},
+            "spec": tpl["spec"]})
+        now = self.next_time()
+        done = owner_kind == "Job"
+        pod["spec"]["nodeName"] = "double-node-1"
+        pod["status"] = {
+            "phase": "Succeeded" if done else "Running", "startTime": now,
+            "conditions": [{"type": "PodScheduled", "status": "True"},
+                           {"type": "Ready", "status": "False" if done else "True"}],
+            "containerStatuses": [
+                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": not done,
+                 "restartCount": 0, "started": not done,
+                 "state": ({"terminated": {"exitCode": 0, "reason": "Completed"}} if done
+                           else {"running": {"startedAt": now}})}
+                for c in tpl["spec"]["containers"]]}
+        self.put("", "pods", pod)
+
+    def reconcile_workloads(self):
+        # a PVC naming its PV binds when the PV exists
+        for pvc in self.of("", "persistentvolumeclaims"):
+            vn = pvc["spec"].get("volumeName")
+            pv = vn and self.get("", "persistentvolumes", "", vn)
+            if pv and (pvc.get("status") or {}).get("phase") != "Bound":
+                pvc["status"] = {"phase": "Bound", "accessModes": pvc["spec"].get("accessModes"),
+                                 "capacity": (pv.get("spec") or {}).get("capacity", {})}
+                self.put("", "persistentvolumeclaims", pvc)
+                pv["status"] = {"phase": "Bound"}
+                self.put("", "persistentvolumes", pv)
+        for kind, plural in (("StatefulSet", "statefulsets"), ("Deployment", "deployments"), ("Job", "jobs")):
+            group = "batch" if plural == "jobs" else "apps"
+            for w in self.of(group, plural):
+                m = w["metadata"]
+                gen = m.get("generation", 1)
+                st = w.get("status") or {}
+                if st.get("succeeded") or (st.get("observedGeneration") == gen
+                                           and st.get("updateRevision") == f"{m['name']}-{gen}"):
+                    continue  # rolled out (or completed)
+                if self.reads.get(m["uid"], 0) < self.ready_after_reads:
+                    if st.get("observedGeneration") != gen:
+                        w["status"] = {"observedGeneration": gen, "replicas": 0}
+                        self.put(group, plural, w)
+                    continue
+                ns = m["namespace"]
+                n = 1 if plural == "jobs" else int(w["spec"].get("replicas", 1))
+                for i in range(n):
+                    name = f"{m['name']}-{i}" if plural == "statefulsets" else f"{m['name']}-{m['uid'][:5]}{i}"
+                    self.pod_for(ns, name, w["spec"]["template"], kind, w)
+                rev = f"{m['name']}-{gen}"
+                if plural == "jobs":
+                    w["status"] = {"succeeded": 1, "startTime": self.next_time(),
+                                   "completionTime": self.next_time(),
+                                   "conditions": [{"type": "Complete", "status": "True"}]}
+                else:
+                    w["status"] = {"observedGeneration": gen, "replicas": n, "readyReplicas": n,
+                                   "currentReplicas": n, "updatedReplicas": n, "availableReplicas": n,
+                                   "currentRevision": rev, "updateRevision": rev}
+                self.put(group, plural, w)
 
     def bind_pvc(self, pvc, size):
         pv_name = f"pvc-{pvc['metadata']['uid']}"

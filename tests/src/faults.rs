@@ -1,9 +1,10 @@
 //! A fault-injecting HTTP proxy for the functions' external calls: put it between a function and
-//! moto (`AWS_ENDPOINT_URL`), the job service (`AWS_ENDPOINT_URL_CODEPIPELINE`) or the FlashArray
-//! double (the array endpoint), and script what goes wrong, request by request.
+//! moto (`AWS_ENDPOINT_URL`), the job service (`AWS_ENDPOINT_URL_CODEPIPELINE`), the FlashArray
+//! double (the array endpoint) or the Kubernetes API server double (a kube client's cluster URL),
+//! and script what goes wrong, request by request.
 //!
 //! Faults ([`Fault`]): an error answer as the service sends it (EC2 XML, awsJson, FlashArray
-//! JSON — 500, 503, 429, `RequestLimitExceeded`, `Throttling`, `UnauthorizedOperation`, ...), a
+//! JSON, a Kubernetes `Status` — 500, 503, 429, `RequestLimitExceeded`, `Throttling`, `UnauthorizedOperation`, ...), a
 //! reset connection, a call that happens but whose answer is lost, an answer that never comes,
 //! a slow answer. [`FaultProxy::crash_after`] makes the proxy behave like a process that dies
 //! after its Nth call: the Nth call reaches the service, nothing after it does.
@@ -112,6 +113,39 @@ impl Fault {
             status,
             headers,
             body: serde_json::json!({"errors": [{"message": message}]}).to_string(),
+        }
+    }
+
+    /// A Kubernetes API server error answer: a `Status` object (`{"kind": "Status", "status":
+    /// "Failure", "reason", "message", "code"}`), as the API server sends it.
+    pub fn kubernetes(status: u16, reason: &str, message: &str) -> Self {
+        Self::Respond {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "details": {}, "code": status
+            })
+            .to_string(),
+        }
+    }
+
+    /// The API server's throttling answer: 429 TooManyRequests with `Retry-After` and
+    /// `details.retryAfterSeconds`, as API priority and fairness sends it.
+    pub fn kubernetes_too_many_requests(retry_after: u32) -> Self {
+        Self::Respond {
+            status: 429,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("retry-after".into(), retry_after.to_string()),
+            ],
+            body: serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "Too many requests, please try again later.",
+                "reason": "TooManyRequests", "details": {"retryAfterSeconds": retry_after},
+                "code": 429
+            })
+            .to_string(),
         }
     }
 

@@ -80,10 +80,11 @@ impl KubeDouble {
     }
 
     /// A kube client for `url` (the double, or a fault proxy in front of it), default namespace
-    /// `default`, with short timeouts so a hang costs a test seconds, not minutes.
+    /// `default`, configured as snapstage's clients are ([`snapstage::cluster::tuned`]) but with
+    /// short timeouts so a hang costs a test seconds, not minutes.
     pub fn client_for(url: &str) -> kube::Client {
         snapstage::cluster::install_crypto_provider();
-        let mut config = kube::Config::new(url.parse().expect("url"));
+        let mut config = snapstage::cluster::tuned(kube::Config::new(url.parse().expect("url")));
         config.connect_timeout = Some(Duration::from_secs(2));
         config.read_timeout = Some(Duration::from_secs(2));
         config.write_timeout = Some(Duration::from_secs(2));

@@ -557,3 +557,86 @@ async fn csi_passes_the_suite() {
         assert_eq!(c["spec"]["deletionPolicy"], "Retain", "{c}");
     }
 }
+
+/// CSI only: one VolumeGroupSnapshot cuts every PVC the selector picks at one instant (the
+/// double's controller makes the member snapshots as external-snapshotter 8.x does); a retry
+/// reuses the group; a member restores into a staging PVC.
+#[tokio::test]
+async fn csi_group_snapshot_cuts_the_selected_pvcs_together() {
+    let Some(fx) = CsiFixture::start().await else {
+        return;
+    };
+    fx.double
+        .seed(vec![json!({
+            "apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshotClass",
+            "metadata": {"name": "double-group"},
+            "driver": snapstage_localenv::kube_double::DRIVER, "deletionPolicy": "Delete"
+        })])
+        .await;
+    for pvc in ["shop-data", "shop-wal"] {
+        fx.double
+            .seed_pvc(PROD_NS, pvc, 4 * GIB, json!({"app": "shop-db"}))
+            .await;
+    }
+    fx.double
+        .seed_pvc(PROD_NS, "other-db", 4 * GIB, json!({"app": "other"}))
+        .await;
+    // Several reads per invocation (a create per selected PVC): ready only on a later one.
+    fx.double.configure(json!({"ready_after_reads": 8})).await;
+    let mut params = csi_params();
+    params.group_snapshot_class = Some("double-group".into());
+    let backend = Csi::new(fx.double.client(), params.clone());
+    let mut p = fx.snapshot(&[]);
+    p.volume_ids.clear();
+    p.selector = Some("app=shop-db".into());
+    p.csi = Some(params.clone());
+    let key = unique("conf-group");
+    let (out, invocations) = drive(|s| snapshot_step(&backend, s), p.clone(), &key)
+        .await
+        .unwrap();
+    assert!(invocations > 1, "followed until ready");
+    let group = snapstage::storage::csi::group_snapshot_name(&execution(&key));
+    let ids: Vec<&str> = out["SnapshotIds"].split(',').collect();
+    assert_eq!(
+        ids,
+        [format!("{group}/shop-data"), format!("{group}/shop-wal")],
+        "{out:?}"
+    );
+    // A retried run reuses the group.
+    drive(|s| snapshot_step(&backend, s), p, &key)
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.double.names("volumegroupsnapshots", Some(PROD_NS)).await,
+        vec![group.clone()]
+    );
+    let members: Vec<String> = fx
+        .double
+        .objects("volumesnapshots", Some(PROD_NS))
+        .await
+        .iter()
+        .filter(|s| s["metadata"]["ownerReferences"][0]["name"] == group.as_str())
+        .map(|s| {
+            s["spec"]["source"]["persistentVolumeClaimName"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        members,
+        ["shop-data", "shop-wal"],
+        "one member per selected PVC"
+    );
+
+    // A member restores like any snapshot.
+    let r = unique("conf-group-restore");
+    let mut rp = fx.restore(Some(ids[1]), None);
+    rp.csi = Some(params);
+    let (out, _) = drive(|s| restore_step(&backend, s), rp, &r).await.unwrap();
+    assert_eq!(out["SnapshotId"], ids[1]);
+    assert_eq!(
+        fx.staging_volumes(&execution(&r)).await,
+        vec![out["VolumeId"].clone()]
+    );
+}

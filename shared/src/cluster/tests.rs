@@ -257,3 +257,14 @@ fn the_crypto_provider_is_ring_and_installing_twice_is_harmless() {
     let ring = rustls::crypto::ring::default_provider();
     assert_eq!(p.cipher_suites.len(), ring.cipher_suites.len());
 }
+
+#[test]
+fn clients_have_bounded_timeouts_and_no_unbounded_retry_layer() {
+    let c = tuned(kube::Config::new("https://127.0.0.1:6443".parse().unwrap()));
+    assert_eq!(c.connect_timeout, Some(CONNECT_TIMEOUT));
+    assert_eq!(c.read_timeout, Some(READ_TIMEOUT));
+    assert!(
+        !c.default_retry,
+        "kube's default retry waits up to 1000 s per try; kubeapi::retrying is bounded"
+    );
+}
