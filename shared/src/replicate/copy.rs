@@ -313,6 +313,11 @@ pub async fn copy_object(ctx: &Ctx, candidate: &Candidate) -> Result<Copied> {
     let mut src = candidate.source.clone();
     let where_ = ctx.sink.describe_key(&candidate.destination_key);
     tracing::debug!(key = %src.key, bytes = src.size, "copying");
+    // A listing without ETags (s3s-fs and some other S3-compatible servers) names no version to
+    // read: without asking HEAD first, every conditional read fails once and is read twice.
+    if src.etag.is_empty() && !refresh(ctx, &mut src).await? {
+        return Ok(Copied::Gone);
+    }
     for attempt in 1..=2 {
         let problem = match attempt_copy(ctx, candidate, &src).await {
             Ok(c) => return Ok(c),
@@ -334,22 +339,31 @@ pub async fn copy_object(ctx: &Ctx, candidate: &Candidate) -> Result<Copied> {
             });
         }
         tracing::warn!(key = %src.key, problem = %why, "copy not verified; trying again");
-        if let Problem::SourceChanged = problem {
-            match head_source(ctx, &src.key, None, None).await {
-                Ok(Some(h)) => {
-                    src.etag = normalize_etag(h.e_tag().unwrap_or_default());
-                    src.size = h
-                        .content_length()
-                        .and_then(|s| u64::try_from(s).ok())
-                        .unwrap_or(0);
-                }
-                Ok(None) => return Ok(Copied::Gone),
-                Err(Problem::Fatal(e)) => return Err(e),
-                Err(_) => {}
-            }
+        if let Problem::SourceChanged = problem
+            && !refresh(ctx, &mut src).await?
+        {
+            return Ok(Copied::Gone);
         }
     }
     Err(Error::Internal(format!("{where_}: no attempt")))
+}
+
+/// Reads the source object's current ETag and size (HEAD) into `src`; `false` when it is gone.
+/// A HEAD that fails for a reason worth retrying leaves `src` as it was.
+async fn refresh(ctx: &Ctx, src: &mut Listed) -> Result<bool> {
+    match head_source(ctx, &src.key, None, None).await {
+        Ok(Some(h)) => {
+            src.etag = normalize_etag(h.e_tag().unwrap_or_default());
+            src.size = h
+                .content_length()
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0);
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(Problem::Fatal(e)) => Err(e),
+        Err(_) => Ok(true),
+    }
 }
 
 async fn attempt_copy(ctx: &Ctx, candidate: &Candidate, src: &Listed) -> Attempt<Copied> {
