@@ -9,6 +9,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
+mod common;
+
+use common::{MIB, content, get, put, put_multipart, s3};
 use std::process::Command;
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -22,15 +25,6 @@ fn bucket(tag: &str) -> String {
     unique(tag)
 }
 
-async fn s3(endpoint: &str) -> aws_sdk_s3::Client {
-    let config = testkit::sdk_config(endpoint).await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&config)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
 async fn secrets(endpoint: &str) -> aws_sdk_secretsmanager::Client {
     aws_sdk_secretsmanager::Client::new(&testkit::sdk_config(endpoint).await)
 }
@@ -39,51 +33,11 @@ async fn create_bucket(c: &aws_sdk_s3::Client, name: &str) {
     c.create_bucket().bucket(name).send().await.unwrap();
 }
 
-async fn put(c: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &[u8]) {
-    c.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from(body.to_vec()))
-        .send()
-        .await
-        .unwrap();
-}
-
-async fn get(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
-    c.get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GetObject {bucket}/{key}: {e:?}"))
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes()
-        .to_vec()
-}
-
 async fn keys(c: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
     let out = c.list_objects_v2().bucket(bucket).send().await.unwrap();
     out.contents()
         .iter()
         .filter_map(|o| o.key().map(str::to_string))
-        .collect()
-}
-
-/// Deterministic, incompressible-looking bytes.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
         .collect()
 }
 
@@ -603,62 +557,6 @@ async fn a_run_near_its_deadline_checkpoints_and_resumes() {
     for (k, body) in blob_store() {
         assert!(get(&onprem, &dst, k).await == body, "{k}");
     }
-}
-
-const MIB: usize = 1024 * 1024;
-
-/// Uploads `body` as a multipart upload of `part` bytes per part. moto 5.2's
-/// CompleteMultipartUpload reply does not parse in the SDK (see `copy::multipart`); the upload
-/// completes, which the HeadObject below checks.
-async fn put_multipart(c: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &[u8], part: usize) {
-    let up = c
-        .create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-    let id = up.upload_id().unwrap();
-    let mut parts = Vec::new();
-    for (i, chunk) in body.chunks(part).enumerate() {
-        let n = i as i32 + 1;
-        let p = c
-            .upload_part()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(id)
-            .part_number(n)
-            .body(ByteStream::from(chunk.to_vec()))
-            .send()
-            .await
-            .unwrap();
-        parts.push(
-            aws_sdk_s3::types::CompletedPart::builder()
-                .part_number(n)
-                .e_tag(p.e_tag().unwrap())
-                .build(),
-        );
-    }
-    let _ = c
-        .complete_multipart_upload()
-        .bucket(bucket)
-        .key(key)
-        .upload_id(id)
-        .multipart_upload(
-            aws_sdk_s3::types::CompletedMultipartUpload::builder()
-                .set_parts(Some(parts))
-                .build(),
-        )
-        .send()
-        .await;
-    let head = c
-        .head_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(head.content_length(), Some(body.len() as i64));
 }
 
 async fn etag(c: &aws_sdk_s3::Client, bucket: &str, key: &str) -> String {
