@@ -10,6 +10,7 @@
 //! | [`continuation`] | the versioned continuation token |
 //! | [`entry`] | `main` for every function: Lambda Runtime API or CLI |
 //! | [`aws`] | the one `SdkConfig` builder |
+//! | [`digest`] | SHA-256 (ring's assembly) for content and names |
 //! | [`error`] | the error type and its CodePipeline failure types |
 //! | [`eks`] | the EKS bearer token (presigned STS GetCallerIdentity) |
 //! | [`cluster`] | cluster access: a `kube::Client` for EKS, a kubeconfig, or in-cluster |
@@ -23,6 +24,7 @@ pub mod codecommit;
 pub mod codepipeline;
 pub mod continuation;
 pub mod contract;
+pub mod digest;
 pub mod eks;
 pub mod entry;
 pub mod error;

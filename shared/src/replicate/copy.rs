@@ -6,10 +6,15 @@
 //! - larger ones stream: ranged GETs read the parts in order while earlier parts upload
 //!   (UploadPart with `Content-MD5`). A multipart source whose part size fits is copied with the
 //!   same parts, so the destination's ETag equals the source's (`md5-of-part-md5s-N`);
+//! - the body is sent as `UNSIGNED-PAYLOAD`: its integrity is the signed `Content-MD5` header,
+//!   which the server checks, then the ETag read back. Signing it as well would hash every byte
+//!   once more with SHA-256 (SigV4), the costliest part of a copy on a CPU without SHA-NI (it
+//!   doubled the copier's CPU time in `make bench`). rclone does the same over HTTPS;
 //! - memory is bounded by a byte semaphore of `concurrency × partSize`: a part's buffer is taken
 //!   before its GET and given back when its upload ends, whatever the object sizes;
 //! - every read is conditional on the listed ETag (`If-Match`): a source that changes mid-copy is
-//!   read again, never mixed;
+//!   read again, never mixed. A listing without ETags (s3s-fs, some S3-compatible stores): an
+//!   object read whole takes the ETag its GET answers with; a larger one is HEADed first;
 //! - before anything counts: the content's MD5 (or part MD5s) against the source ETag, each
 //!   part's ETag as the destination answered it, and a HeadObject of the result (size, ETag,
 //!   `snapstage-source-etag`). A mismatch is retried once, then fails the run naming the key.
@@ -152,6 +157,8 @@ struct SourceInfo {
     cache_control: Option<String>,
     /// False for SSE-KMS / SSE-C sources: the ETag says nothing about the content.
     etag_is_md5: bool,
+    /// The ETag of the version read (normalized).
+    etag: String,
 }
 
 impl SourceInfo {
@@ -231,8 +238,10 @@ async fn read_part(
         .source
         .get_object()
         .bucket(&ctx.source_bucket)
-        .key(&src.key)
-        .if_match(quoted(&src.etag));
+        .key(&src.key);
+    if !src.etag.is_empty() {
+        req = req.if_match(quoted(&src.etag));
+    }
     if layout.parts() > 1 {
         req = req.range(format!("bytes={start}-{}", end.saturating_sub(1)));
     }
@@ -255,8 +264,10 @@ async fn read_part(
         content_language: out.content_language().map(str::to_string),
         cache_control: out.cache_control().map(str::to_string),
         etag_is_md5: etag_is_md5(out.server_side_encryption(), out.sse_customer_algorithm()),
+        etag: normalize_etag(out.e_tag().unwrap_or_default()),
     });
-    if normalize_etag(out.e_tag().unwrap_or_default()) != src.etag {
+    // Without a listed ETag (a whole object read unconditionally) the answer names the version.
+    if !src.etag.is_empty() && normalize_etag(out.e_tag().unwrap_or_default()) != src.etag {
         return Err(Problem::SourceChanged);
     }
     let body = out
@@ -289,6 +300,7 @@ async fn prepare(ctx: &Ctx, src: &Listed) -> Attempt<Option<(Layout, bool, Sourc
         content_language: h.content_language().map(str::to_string),
         cache_control: h.cache_control().map(str::to_string),
         etag_is_md5: etag_is_md5(h.server_side_encryption(), h.sse_customer_algorithm()),
+        etag: normalize_etag(h.e_tag().unwrap_or_default()),
     };
     let mut source_part = None;
     if multipart_parts(&src.etag).is_some()
@@ -314,8 +326,9 @@ pub async fn copy_object(ctx: &Ctx, candidate: &Candidate) -> Result<Copied> {
     let where_ = ctx.sink.describe_key(&candidate.destination_key);
     tracing::debug!(key = %src.key, bytes = src.size, "copying");
     // A listing without ETags (s3s-fs and some other S3-compatible servers) names no version to
-    // read: without asking HEAD first, every conditional read fails once and is read twice.
-    if src.etag.is_empty() && !refresh(ctx, &mut src).await? {
+    // read. An object read whole takes the version its GET answers with; a larger one is read
+    // in ranges, each conditional on one version, so HEAD names it first.
+    if src.etag.is_empty() && !whole_read(ctx, &src) && !refresh(ctx, &mut src).await? {
         return Ok(Copied::Gone);
     }
     for attempt in 1..=2 {
@@ -350,7 +363,7 @@ pub async fn copy_object(ctx: &Ctx, candidate: &Candidate) -> Result<Copied> {
 
 /// Reads the source object's current ETag and size (HEAD) into `src`; `false` when it is gone.
 /// A HEAD that fails for a reason worth retrying leaves `src` as it was.
-async fn refresh(ctx: &Ctx, src: &mut Listed) -> Result<bool> {
+pub async fn refresh(ctx: &Ctx, src: &mut Listed) -> Result<bool> {
     match head_source(ctx, &src.key, None, None).await {
         Ok(Some(h)) => {
             src.etag = normalize_etag(h.e_tag().unwrap_or_default());
@@ -366,8 +379,14 @@ async fn refresh(ctx: &Ctx, src: &mut Listed) -> Result<bool> {
     }
 }
 
+/// Whether `src` is copied with one GET and one write: at most one part, and not a multipart
+/// upload at the source (whose parts are mirrored). Without an ETag nothing says it is multipart.
+fn whole_read(ctx: &Ctx, src: &Listed) -> bool {
+    src.size <= ctx.part_size && (src.etag.is_empty() || is_single_part(&src.etag))
+}
+
 async fn attempt_copy(ctx: &Ctx, candidate: &Candidate, src: &Listed) -> Attempt<Copied> {
-    if src.size <= ctx.part_size && is_single_part(&src.etag) {
+    if whole_read(ctx, src) {
         return single(ctx, candidate, src).await;
     }
     let Some((layout, mirrored, info)) = prepare(ctx, src).await? else {
@@ -432,10 +451,21 @@ async fn single(ctx: &Ctx, candidate: &Candidate, src: &Listed) -> Attempt<Copie
     let permit = acquire(ctx, src.size).await?;
     let (body, info) = read_part(ctx, src, layout, 1).await?;
     let info = info.unwrap_or_default();
+    // Read without a listed ETag: what was read is the version the GET answered with.
+    let adopted;
+    let src = if src.etag.is_empty() {
+        adopted = Listed {
+            etag: info.etag.clone(),
+            ..src.clone()
+        };
+        &adopted
+    } else {
+        src
+    };
     let md5: [u8; 16] = md5::Md5::digest(&body).into();
     let md5_hex = hex::encode(md5);
     check_source(src, &info, false, &md5_hex, "")?;
-    let sha256 = hex::encode(sha2::Sha256::digest(&body));
+    let sha256 = crate::digest::sha256_hex(&body);
     if candidate.destination_sha256.as_deref() == Some(sha256.as_str()) {
         tracing::info!(key = %src.key, "destination already holds the same content (SHA-256)");
         return Ok(Copied::Unchanged);
@@ -460,6 +490,8 @@ async fn single(ctx: &Ctx, candidate: &Candidate, src: &Listed) -> Attempt<Copie
                 .set_content_language(info.content_language.clone())
                 .set_cache_control(info.cache_control.clone())
                 .body(ByteStream::from(body))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|e| aws_error("s3", &format!("PutObject {where_}"), e))?;
@@ -550,7 +582,9 @@ async fn verify_s3(
     };
     let recorded = meta(&got.metadata, SOURCE_ETAG_METADATA).map(normalize_etag);
     let etag_ok = !got.etag_is_md5 || expected_etag.is_empty() || got.etag == expected_etag;
-    if got.size != src.size || !etag_ok || recorded.as_deref() != Some(src.etag.as_str()) {
+    // A source that names no ETag at all has none to record.
+    let recorded_ok = src.etag.is_empty() || recorded.as_deref() == Some(src.etag.as_str());
+    if got.size != src.size || !etag_ok || !recorded_ok {
         return Err(Problem::Retry(format!(
             "not verified after the write: the destination holds {} bytes, ETag {:?}, source ETag \
              {:?}; expected {} bytes, ETag {expected_etag:?}, source ETag {:?}",
@@ -725,7 +759,7 @@ async fn stream_parts(
     let mut tasks: PartTask = JoinSet::new();
     let mut md5s = Vec::new();
     let mut whole = md5::Md5::new();
-    let mut sha = sha2::Sha256::new();
+    let mut sha = crate::digest::Sha256::new();
     let mut progressed = false;
     for n in 1..=layout.parts() {
         if n > 1
@@ -756,7 +790,9 @@ async fn stream_parts(
             .part_number(i32::try_from(n).unwrap_or(i32::MAX))
             .content_length(i64::try_from(end - start).unwrap_or(i64::MAX))
             .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .body(ByteStream::from(data));
+            .body(ByteStream::from(data))
+            .customize()
+            .disable_payload_signing();
         let what = format!("UploadPart {n} of s3://{bucket}/{key}");
         tasks.spawn(async move {
             let out = req.send().await.map_err(|e| aws_error("s3", &what, e))?;
@@ -780,7 +816,7 @@ async fn stream_parts(
     Ok(Some((
         md5s,
         hex::encode(whole.finalize()),
-        hex::encode(sha.finalize()),
+        sha.finish_hex(),
     )))
 }
 
@@ -918,7 +954,7 @@ async fn to_file(
     let mut f = PartialFile::create(path).await?;
     let mut md5s = Vec::new();
     let mut whole = md5::Md5::new();
-    let mut sha = sha2::Sha256::new();
+    let mut sha = crate::digest::Sha256::new();
     for n in 1..=layout.parts() {
         let (start, end) = layout.range(n);
         let permit = acquire(ctx, end - start).await?;
@@ -935,7 +971,7 @@ async fn to_file(
         f.write(&data).await?;
         drop(permit);
     }
-    let sha256 = hex::encode(sha.finalize());
+    let sha256 = sha.finish_hex();
     if let Err(p) = check_source(
         src,
         &info,

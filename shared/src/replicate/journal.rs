@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use super::params::{CheckpointLocation, S3Url};
 use crate::error::{Error, Result, aws_error};
@@ -88,7 +87,7 @@ impl Store {
     pub fn new(location: &CheckpointLocation, client: &Client, execution: &str) -> Self {
         let name = format!(
             "{}.json",
-            hex::encode(&sha2::Sha256::digest(execution.as_bytes())[..12])
+            hex::encode(&crate::digest::sha256(execution.as_bytes())[..12])
         );
         match location {
             CheckpointLocation::S3(u) => Store::S3 {

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 
+use md5::Digest as _;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use super::compare::{Layout, multipart_etag};
 use crate::error::{Error, Result};
@@ -301,7 +301,7 @@ impl PartialFile {
         let partial = self.partial.clone();
         let read_back = tokio::task::spawn_blocking(move || -> Result<(u64, String)> {
             let mut f = std::fs::File::open(&partial).map_err(|e| io("reading", &partial, e))?;
-            let mut h = sha2::Sha256::new();
+            let mut h = crate::digest::Sha256::new();
             let mut buf = vec![0u8; 1024 * 1024];
             let mut n_total = 0u64;
             loop {
@@ -312,7 +312,7 @@ impl PartialFile {
                 n_total += n as u64;
                 h.update(&buf[..n]);
             }
-            Ok((n_total, hex::encode(h.finalize())))
+            Ok((n_total, h.finish_hex()))
         })
         .await
         .map_err(|e| Error::Internal(format!("verify task: {e}")))??;
@@ -355,7 +355,7 @@ async fn sync_dir(path: &Path) -> Result<()> {
 pub async fn write_atomically(path: &Path, body: &[u8]) -> Result<()> {
     let mut p = PartialFile::create(path.to_path_buf()).await?;
     p.write(body).await?;
-    let sha = hex::encode(sha2::Sha256::digest(body));
+    let sha = crate::digest::sha256_hex(body);
     match p.commit(body.len() as u64, &sha).await? {
         Ok(_) => Ok(()),
         Err(problem) => Err(Error::Backend {
@@ -418,7 +418,7 @@ mod tests {
         let listed = list(dir.clone(), true).await.unwrap();
         assert!(listed.is_empty(), "{listed:?}");
         // A whole write lands; a wrong checksum does not.
-        let sha = hex::encode(sha2::Sha256::digest(&body));
+        let sha = crate::digest::sha256_hex(&body);
         let mut p = PartialFile::create(path.clone()).await.unwrap();
         p.write(&body).await.unwrap();
         assert!(

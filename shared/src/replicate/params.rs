@@ -144,12 +144,11 @@ impl Target {
 
     /// A fingerprint of what the run copies: a checkpoint of other parameters is not resumed.
     pub fn fingerprint(&self) -> String {
-        use sha2::Digest as _;
         let text = format!(
             "{}|{}|{:?}|{}|{}",
             self.source_bucket, self.source_prefix, self.destination, self.part_size, self.mirror
         );
-        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+        hex::encode(&crate::digest::sha256(text.as_bytes())[..8])
     }
 }
 

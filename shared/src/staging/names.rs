@@ -1,8 +1,6 @@
 //! Kubernetes naming rules (DNS-1123 / DNS-1035 names, label keys and values, quantities) and the
 //! stable hashes that name a run's namespace and label its objects.
 
-use sha2::{Digest as _, Sha256};
-
 /// Longest DNS-1123 label (namespace, service names) and label value.
 pub const MAX_LABEL: usize = 63;
 /// Longest DNS-1123 subdomain (most object names).
@@ -16,7 +14,7 @@ const NAMESPACE_HASH_LEN: usize = 10;
 const LABEL_HASH_LEN: usize = 20;
 
 fn hash_hex(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    crate::digest::sha256_hex(key.as_bytes())
 }
 
 /// `snapstage-` + a short stable hash of the execution key: the same run (retries, duplicates,

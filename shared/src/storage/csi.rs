@@ -36,7 +36,6 @@ use kube::api::{Api, ListParams, PostParams};
 use serde::Deserialize;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sha2::Digest as _;
 
 use self::model::{
     SNAPSHOT_GROUP, SnapshotRef, VolumeGroupSnapshot, VolumeGroupSnapshotSource,
@@ -197,7 +196,7 @@ pub fn staging_name(pvc: &str, execution: &Execution) -> String {
 
 /// The cluster-scoped VolumeSnapshotContent bound to the staging VolumeSnapshot `name` in `ns`.
 pub fn staging_content_name(ns: &str, name: &str) -> String {
-    let h = hex::encode(sha2::Sha256::digest(format!("{ns}/{name}").as_bytes()));
+    let h = crate::digest::sha256_hex(format!("{ns}/{name}").as_bytes());
     name_with_tail(&format!("snapstage-{ns}-{name}"), &format!("-{}", &h[..8]))
 }
 
@@ -207,7 +206,7 @@ pub fn source_label(pvc: &str) -> String {
     if pvc.len() <= MAX_LABEL {
         return pvc.to_string();
     }
-    let h = hex::encode(sha2::Sha256::digest(pvc.as_bytes()));
+    let h = crate::digest::sha256_hex(pvc.as_bytes());
     let mut b: String = pvc.chars().take(MAX_LABEL - 17).collect();
     while b.ends_with(['-', '.']) {
         b.pop();

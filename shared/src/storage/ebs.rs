@@ -246,8 +246,7 @@ async fn find_copy(
 /// A stable client token for CreateVolume (≤ 64 ASCII chars): a retry with the same token
 /// returns the same volume instead of a second one.
 fn client_token(execution: &Execution, snapshot: &str) -> String {
-    use sha2::Digest as _;
-    let d = sha2::Sha256::digest(format!("{}\n{snapshot}", execution.key).as_bytes());
+    let d = crate::digest::sha256(format!("{}\n{snapshot}", execution.key).as_bytes());
     format!("snapstage-{}", &hex::encode(d)[..40])
 }
 

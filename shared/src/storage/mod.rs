@@ -45,8 +45,7 @@ pub fn execution_tag(execution: &Execution) -> String {
     if key.len() <= 200 {
         return key.clone();
     }
-    use sha2::Digest as _;
-    let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    let digest = crate::digest::sha256_hex(key.as_bytes());
     format!(
         "{}…{}",
         &key[..key.char_indices().nth(100).map_or(key.len(), |(i, _)| i)],

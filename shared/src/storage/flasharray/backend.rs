@@ -10,7 +10,6 @@
 //! - A staging volume is a copy of the snapshot into `<source>-staging-<hash>`
 //!   (`POST /volumes?overwrite=true`); the production volume is never a target.
 
-use sha2::Digest as _;
 use tokio::sync::OnceCell;
 
 use super::client::{BACKEND, Client, Session, is_already_exists};
@@ -27,7 +26,7 @@ const GIB: i64 = 1 << 30;
 const MAX_NAME: usize = 63;
 
 fn run_hash(execution: &Execution) -> String {
-    hex::encode(sha2::Sha256::digest(execution.key.as_bytes()))
+    crate::digest::sha256_hex(execution.key.as_bytes())
 }
 
 /// The snapshot suffix for a run: `snapstage-` and 16 hex digits of the execution key's
