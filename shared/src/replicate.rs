@@ -205,7 +205,7 @@ async fn plan(ctx: &Ctx, target: &Target, index: Option<&Index>) -> Result<Plan>
         ..Plan::default()
     };
     let mut wanted = HashSet::new();
-    for s in src {
+    for mut s in src {
         let key = destination_key(&s.key, &target.source_prefix, &dst_prefix);
         if let Sink::Directory { root, .. } = &ctx.sink
             && local::path_of(root, &key).is_none()
@@ -215,6 +215,16 @@ async fn plan(ctx: &Ctx, target: &Target, index: Option<&Index>) -> Result<Plan>
         }
         wanted.insert(key.clone());
         let d = dst.get(&key);
+        // A listing without ETags (s3s-fs, some S3-compatible stores) tells nothing about the
+        // content: the source's HeadObject does. An unchanged object then costs a HEAD or two,
+        // not a full read, and the candidate carries the version to read.
+        if s.etag.is_empty()
+            && d.is_some_and(|d| d.size == s.size)
+            && !copy::refresh(ctx, &mut s).await?
+        {
+            tracing::warn!(key = %s.key, "deleted at the source during the run; not copied");
+            continue;
+        }
         let unchanged = |plan: &mut Plan| {
             plan.unchanged.push(Listed {
                 key: key.clone(),
@@ -224,7 +234,9 @@ async fn plan(ctx: &Ctx, target: &Target, index: Option<&Index>) -> Result<Plan>
         };
         let destination_sha256 = match &ctx.sink {
             Sink::Directory { root, index } => match d {
-                Some(d) if d.size == s.size && d.etag == s.etag => {
+                // Same size and the same known ETag; an empty one (a file not in the index, a
+                // source that gave none) proves nothing.
+                Some(d) if d.size == s.size && !s.etag.is_empty() && d.etag == s.etag => {
                     unchanged(&mut plan);
                     continue;
                 }

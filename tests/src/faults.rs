@@ -43,6 +43,9 @@ pub enum Fault {
     Hang,
     /// Forward the request and answer after this delay.
     Slow(Duration),
+    /// Forward the request, then remove every `<name>…</name>` element from the answer: a server
+    /// that leaves that field out (s3s-fs lists objects without `ETag`).
+    DropXml(String),
 }
 
 impl Fault {
@@ -165,6 +168,7 @@ impl Fault {
             Self::LoseAnswer => "lose answer".into(),
             Self::Hang => "hang".into(),
             Self::Slow(d) => format!("slow {} ms", d.as_millis()),
+            Self::DropXml(name) => format!("drop <{name}>"),
         }
     }
 }
@@ -519,7 +523,10 @@ async fn handle(
         let mut st = lock(state);
         let index = st.seen.len();
         let fault = decide(&mut st, index, &op);
-        let forwarded = matches!(fault, None | Some(Fault::LoseAnswer | Fault::Slow(_)));
+        let forwarded = matches!(
+            fault,
+            None | Some(Fault::LoseAnswer | Fault::Slow(_) | Fault::DropXml(_))
+        );
         st.seen.push(Seen {
             op: op.clone(),
             fault: fault.as_ref().map(Fault::name),
@@ -553,8 +560,34 @@ async fn handle(
             tokio::time::sleep(d).await;
             resp
         }
+        Some(Fault::DropXml(name)) => {
+            let resp = forward(http, upstream, &parts, body).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.map_err(|_| Dropped)?.to_bytes();
+            let text = drop_xml(&String::from_utf8_lossy(&body), &name);
+            Ok(Response::from_parts(parts, Full::new(Bytes::from(text))))
+        }
         None => forward(http, upstream, &parts, body).await,
     }
+}
+
+/// `xml` without its `<name>…</name>` elements.
+fn drop_xml(xml: &str, name: &str) -> String {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        out.push_str(&rest[..start]);
+        match rest[start..].find(&close) {
+            Some(end) => rest = &rest[start + end + close.len()..],
+            None => {
+                rest = &rest[start..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 async fn forward(
@@ -627,6 +660,19 @@ mod tests {
             .timeout(Duration::from_secs(5))
             .build()
             .unwrap()
+    }
+
+    #[test]
+    fn dropped_xml_elements_leave_the_rest_intact() {
+        let listing = "<Contents><Key>a</Key><ETag>&quot;x&quot;</ETag><Size>1</Size></Contents>\
+                       <Contents><Key>b</Key><ETag>\"y\"</ETag><Size>2</Size></Contents>";
+        assert_eq!(
+            drop_xml(listing, "ETag"),
+            "<Contents><Key>a</Key><Size>1</Size></Contents>\
+             <Contents><Key>b</Key><Size>2</Size></Contents>"
+        );
+        assert_eq!(drop_xml("<a>1</a>", "ETag"), "<a>1</a>");
+        assert_eq!(drop_xml("<ETag>open", "ETag"), "<ETag>open");
     }
 
     #[tokio::test]

@@ -753,3 +753,110 @@ async fn secrets_manager_faults_are_retried_or_typed_and_name_the_field() {
         no_leak(&r, what);
     }
 }
+
+/// Object requests named like `op` that the proxy forwarded (snapstage's own `.snapstage/`
+/// checkpoint files aside).
+fn forwarded(p: &FaultProxy, op: &str) -> usize {
+    p.seen()
+        .iter()
+        .filter(|s| s.forwarded && s.op.starts_with(op) && !s.op.contains("/.snapstage/"))
+        .count()
+}
+
+/// Stores that list without ETags (s3s-fs, some S3-compatible servers): both listings lose their
+/// `<ETag>` on the way. The copy reads each object once, as it does when the listing carries
+/// ETags, and a re-run with nothing changed reads no object and writes none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_listing_without_etags_is_read_once_and_a_rerun_reads_nothing() {
+    let Some(m) = moto("a_store_listing_without_etags") else {
+        return;
+    };
+    let mut sides = Sides::new(m, "noetag").await;
+    sides.fill(true).await;
+
+    // The reads of a copy whose listing carries ETags: the yardstick.
+    let plain = FaultProxy::start(&sides.m.cloud).unwrap();
+    let request = sides.request(&sides.m.onprem, &unique("noetag-plain"));
+    let env = [("AWS_ENDPOINT_URL_S3", plain.url.as_str())];
+    assert_succeeded(
+        &run(&sides.m, &request, &[], &env).await,
+        "listing with ETags",
+    );
+    let reads_with_etags = forwarded(&plain, "GetObject");
+    assert!(reads_with_etags >= 6, "reads: {reads_with_etags}");
+
+    sides.new_destination("noetag").await;
+    let source = FaultProxy::start(&sides.m.cloud).unwrap();
+    let destination = FaultProxy::start(&sides.m.onprem).unwrap();
+    for p in [&source, &destination] {
+        p.add(Rule::always("ListObjectsV2", Fault::DropXml("ETag".into())));
+    }
+    let env = [("AWS_ENDPOINT_URL_S3", source.url.as_str())];
+    let request = sides.request(&destination.url, &unique("noetag"));
+    let r = run(&sides.m, &request, &[], &env).await;
+    assert_succeeded(&r, "first run");
+    sides.assert_identical("first run").await;
+    assert_eq!(
+        forwarded(&source, "GetObject"),
+        reads_with_etags,
+        "each object is read once: {:?}",
+        source.seen()
+    );
+    assert!(
+        source.seen().iter().any(|s| s.fault.is_some()),
+        "the source listing lost its ETags"
+    );
+    // An object read whole needs no HEAD to name its version; the two read in ranges do.
+    assert!(
+        forwarded(&source, "HeadObject") <= forwarded(&plain, "HeadObject") + 2,
+        "source HEADs: {} without ETags, {} with: {:?}",
+        forwarded(&source, "HeadObject"),
+        forwarded(&plain, "HeadObject"),
+        source.seen()
+    );
+
+    // Nothing changed: listing and HEADs, no read, no write.
+    let (source_before, destination_before) = (source.seen().len(), destination.seen().len());
+    let request = sides.request(&destination.url, &unique("noetag-rerun"));
+    let r = run(&sides.m, &request, &[], &env).await;
+    assert_succeeded(&r, "re-run");
+    assert_eq!(
+        (r.output("ObjectsCopied"), r.output("ObjectsSkipped")),
+        ("0", "6"),
+        "{}",
+        r.last()
+    );
+    let later = |p: &FaultProxy, from: usize| -> Vec<String> {
+        p.seen()[from..].iter().map(|s| s.op.clone()).collect()
+    };
+    let (src_ops, dst_ops) = (
+        later(&source, source_before),
+        later(&destination, destination_before),
+    );
+    assert!(
+        !src_ops
+            .iter()
+            .any(|o| o.starts_with("GetObject") && !o.contains("/.snapstage/")),
+        "the re-run read objects: {src_ops:?}"
+    );
+    assert!(
+        !dst_ops.iter().any(|o| o.starts_with("PutObject")
+            || o.starts_with("UploadPart")
+            || o.starts_with("CreateMultipartUpload")),
+        "the re-run wrote objects: {dst_ops:?}"
+    );
+
+    // A changed object of the same size is still found and copied.
+    put(
+        &sides.cloud,
+        &sides.src,
+        "blobs/content/a.bytes",
+        &content(9, 200_000),
+    )
+    .await;
+    let request = sides.request(&destination.url, &unique("noetag-changed"));
+    let r = run(&sides.m, &request, &[], &env).await;
+    assert_succeeded(&r, "changed object");
+    assert_eq!(r.output("ObjectsCopied"), "1", "{}", r.last());
+    sides.assert_identical("changed object").await;
+}

@@ -164,9 +164,14 @@ pub fn compare_head(source: &Listed, d: &DestinationHead) -> HeadVerdict {
     if d.size != source.size {
         return copy;
     }
-    // Both plain MD5s and different: the content differs, whatever the metadata claims.
+    // Both plain MD5s: they decide, whatever the metadata claims. (Equal ones reach here when
+    // a listing left the ETags out: s3s-fs and some other S3-compatible stores.)
     if d.etag_is_md5 && is_single_part(&source.etag) && is_single_part(&d.etag) {
-        return copy;
+        return if d.etag == source.etag {
+            HeadVerdict::Unchanged
+        } else {
+            copy
+        };
     }
     if meta(&d.metadata, SOURCE_ETAG_METADATA).is_some_and(|e| normalize_etag(e) == source.etag) {
         return HeadVerdict::Unchanged;
@@ -415,6 +420,10 @@ mod tests {
             &[(SOURCE_ETAG_METADATA, "0cc175b9c0f1b6a831c399e269772661")],
         );
         assert!(matches!(compare_head(&s, &lying), HeadVerdict::Copy { .. }));
+        // The same MD5 on both sides (a listing without ETags sent us here): unchanged, with or
+        // without our metadata.
+        let same = head(10, "0cc175b9c0f1b6a831c399e269772661", &[]);
+        assert_eq!(compare_head(&s, &same), HeadVerdict::Unchanged);
         // ... unless the destination encrypts (its ETag is not an MD5).
         let encrypted = DestinationHead {
             etag_is_md5: false,
