@@ -18,7 +18,7 @@ use serde::Deserialize;
 use crate::contract::{Outcome, Step};
 use crate::error::{Error, Result};
 use crate::storage::flasharray::{FlashArray, check_volume_name};
-use crate::storage::open::{AnyBackend, BackendChoice, FlashArrayParams, open};
+use crate::storage::open::{BackendChoice, FlashArrayParams, open_flasharray};
 use crate::storage::{Backend, BackendKind, SnapshotState};
 
 /// `array` parameter of replicate-artifacts-back.
@@ -76,20 +76,13 @@ impl ArrayParams {
 }
 
 async fn array(fa: &FlashArrayParams, sdk: &aws_config::SdkConfig) -> Result<Box<FlashArray>> {
-    let choice = BackendChoice {
+    BackendChoice {
         kind: BackendKind::FlashArray,
         flasharray: Some(fa),
         csi: None,
-    };
-    match open(choice, sdk).await? {
-        AnyBackend::FlashArray(a) => Ok(a),
-        other => {
-            other.close().await;
-            Err(Error::Internal(
-                "backend flasharray opened as another".into(),
-            ))
-        }
     }
+    .validate()?;
+    open_flasharray(fa, sdk).await
 }
 
 /// One step of array mode.

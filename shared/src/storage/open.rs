@@ -137,26 +137,36 @@ pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Res
     match (choice.kind, choice.flasharray) {
         (BackendKind::Ebs, _) => Ok(AnyBackend::Ebs(Ebs::new(aws_sdk_ec2::Client::new(sdk)))),
         (BackendKind::FlashArray, Some(fa)) => {
-            let token = api_token(sdk, &fa.api_token_secret).await?;
-            let mut cfg = FaConfig::new(fa.endpoint.clone(), token);
-            cfg.ca_bundle = fa.ca_bundle.as_ref().map(|p| p.as_bytes().to_vec());
-            cfg.allow_insecure_http_for_tests =
-                std::env::var_os("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS").is_some();
-            let mut array = FlashArray::new(FaClient::new(cfg)?);
-            if let Some(pg) = &fa.protection_group {
-                array = array.with_protection_group(pg);
-            }
-            if let Some(r) = &fa.replicated_from {
-                array = array.replicated_from(ReplicaSource {
-                    array: r.array.clone(),
-                    pgroup: r.protection_group.clone(),
-                });
-            }
-            Ok(AnyBackend::FlashArray(Box::new(array)))
+            Ok(AnyBackend::FlashArray(open_flasharray(fa, sdk).await?))
         }
         (BackendKind::FlashArray, None) => Err(Error::parameter("flasharray", "missing")),
         (BackendKind::Csi, _) => Err(Error::parameter("csi", "missing")),
     }
+}
+
+/// Opens a FlashArray / Cloud Block Store backend alone: reads its API token, builds its client.
+/// (Array mode of replicate-artifacts-back calls this, not [`open`]: a binary that never opens a
+/// cluster or EBS then links neither the Kubernetes client nor EC2.)
+pub async fn open_flasharray(
+    fa: &FlashArrayParams,
+    sdk: &aws_config::SdkConfig,
+) -> Result<Box<FlashArray>> {
+    let token = api_token(sdk, &fa.api_token_secret).await?;
+    let mut cfg = FaConfig::new(fa.endpoint.clone(), token);
+    cfg.ca_bundle = fa.ca_bundle.as_ref().map(|p| p.as_bytes().to_vec());
+    cfg.allow_insecure_http_for_tests =
+        std::env::var_os("SNAPSTAGE_FLASHARRAY_ALLOW_HTTP_FOR_TESTS").is_some();
+    let mut array = FlashArray::new(FaClient::new(cfg)?);
+    if let Some(pg) = &fa.protection_group {
+        array = array.with_protection_group(pg);
+    }
+    if let Some(r) = &fa.replicated_from {
+        array = array.replicated_from(ReplicaSource {
+            array: r.array.clone(),
+            pgroup: r.protection_group.clone(),
+        });
+    }
+    Ok(Box::new(array))
 }
 
 /// The API token in a Secrets Manager secret: plain text, or JSON with `apiToken`.
