@@ -124,7 +124,7 @@ class Services:
 
 
 class Measured:
-    """One measured child: exec time, exit time and peak RSS.
+    """One measured child: exec time, exit time, peak RSS and CPU time (user + system, wait4).
 
     Peak RSS is the child's own VmHWM (/proc/PID/status), sampled every 20 ms while it runs and
     once more by `sample()`; VmHWM only grows, so the last reading is the peak up to then.
@@ -145,13 +145,15 @@ class Measured:
         self.t_exit: float | None = None
         self.status: int | None = None
         self.hwm_kib: int = 0
+        self.cpu_s: float = 0.0
         self._reaped = threading.Event()
         threading.Thread(target=self._reap, daemon=True).start()
         threading.Thread(target=self._sampler, daemon=True).start()
 
     def _reap(self) -> None:
-        _, status, _ru = os.wait4(self.p.pid, 0)
+        _, status, ru = os.wait4(self.p.pid, 0)
         self.t_exit = time.monotonic()
+        self.cpu_s = ru.ru_utime + ru.ru_stime
         self.status = os.waitstatus_to_exitcode(status)
         self.p.returncode = self.status
         self._reaped.set()
@@ -638,6 +640,7 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
                     have = listing(dst, bucket, DATA_PREFIX)
                     complete = have == want
                     rows[tool].append({"wall_s": m.wall_ms / 1000, "rss_mib": m.hwm_kib / 1024, "exit": m.status,
+                                       "cpu_s": m.cpu_s,
                                        "objects": have[0], "bytes": have[1], "complete": complete})
                     log(f"  {tool}: {m.wall_ms / 1000:.1f} s, exit {m.status}, {have[0]} objects, {have[1]} bytes, "
                         f"complete={complete}, peak RSS {m.hwm_kib / 1024:.0f} MiB")
@@ -762,10 +765,12 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                  f"content, from one {tp['server']} server (\"cloud\") to another (\"on-prem\") on 127.0.0.1, each "
                  f"copy into a fresh destination bucket, {args.rounds} rounds A B A B per server variant. snapstage: "
                  f"`replicate-artifacts-back --event` (CLI, default settings: 8 objects at once, "
-                 f"objects over the part size as streamed multipart uploads, each object MD5-checked, written "
-                 f"with Content-MD5 and then HEAD-verified, Nexus order kept). Peer: `{tp['rclone_version']}` "
+                 f"objects over the part size as streamed multipart uploads, each object MD5-checked against the "
+                 f"source ETag and SHA-256-hashed for the manifest, written with Content-MD5 (body unsigned) and "
+                 f"then HEAD-verified, Nexus order kept). Peer: `{tp['rclone_version']}` "
                  f"(`rclone copy`, default settings: 4 transfers, 8 checkers, MD5 compared after upload). "
-                 f"Complete = the destination listing has every key and the total byte count. "
+                 f"Complete = the destination listing has every key and the total byte count. CPU = the "
+                 f"tool's own user + system time (wait4); the two servers share the same 2 cores. "
                  f"MB = 10^6 bytes.\n")
         if len(tp["variants"]) > 1:
             L.append("Two server variants: s3s-fs 0.14.1 as it is, which does not set TCP_NODELAY, so a response "
@@ -774,22 +779,24 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                      "server with TCP_NODELAY set on its sockets (bench/nodelay.c, LD_PRELOAD), as AWS S3 and MinIO "
                      "(Go sets it by default) behave. A client copying one object at a time pays each stall; "
                      "parallel transfers (snapstage's 8, rclone's 4) overlap them.\n")
-        L.append("| server | tool | round | wall | MB/s | peak RSS | exit | objects | complete |")
-        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        L.append("| server | tool | round | wall | MB/s | CPU | peak RSS | exit | objects | complete |")
+        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for label, rowsets in tp["variants"].items():
             for tool, rows in rowsets.items():
                 for i, r in enumerate(rows, 1):
                     L.append(f"| {label} | {tool} | {i} | {r['wall_s']:.1f} s | {tp['bytes'] / 1e6 / r['wall_s']:.1f} | "
+                             f"{r.get('cpu_s', float('nan')):.1f} s | "
                              f"{r['rss_mib']:.0f} MiB | {r['exit']} | {r['objects']} | {'yes' if r['complete'] else 'NO'} |")
         L.append("")
-        L.append("| server | tool | median wall | median MB/s | median peak RSS | throughput ratio snapstage / rclone |")
-        L.append("| --- | --- | ---: | ---: | ---: | ---: |")
+        L.append("| server | tool | median wall | median MB/s | median CPU | median peak RSS | throughput ratio snapstage / rclone |")
+        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
         for label, rowsets in tp["variants"].items():
             med = {t: p50([r["wall_s"] for r in rows]) for t, rows in rowsets.items()}
             rss = {t: p50([r["rss_mib"] for r in rows]) for t, rows in rowsets.items()}
+            cpu = {t: p50([r.get("cpu_s", float("nan")) for r in rows]) for t, rows in rowsets.items()}
             ratio = med["rclone"] / med["snapstage"] if med.get("snapstage") else float("nan")
             for t in med:
-                L.append(f"| {label} | {t} | {med[t]:.1f} s | {tp['bytes'] / 1e6 / med[t]:.1f} | {rss[t]:.0f} MiB | "
+                L.append(f"| {label} | {t} | {med[t]:.1f} s | {tp['bytes'] / 1e6 / med[t]:.1f} | {cpu[t]:.1f} s | {rss[t]:.0f} MiB | "
                          f"{'**' + fmt(ratio, 2) + '**' if t == 'snapstage' else ''} |")
         L.append("")
     return "\n".join(L) + "\n"

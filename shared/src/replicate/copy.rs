@@ -415,6 +415,30 @@ async fn attempt_copy(ctx: &Ctx, candidate: &Candidate, src: &Listed) -> Attempt
     }
 }
 
+/// The MD5 of a whole object read in parts, computed only when the source's ETag is a plain MD5
+/// to compare it with: a multipart source is checked by its part MD5s, and a second MD5 pass over
+/// every byte would cost about 2 s of CPU per GiB for nothing.
+struct WholeMd5(Option<md5::Md5>);
+
+impl WholeMd5 {
+    fn for_source(src: &Listed) -> Self {
+        WholeMd5(is_single_part(&src.etag).then(md5::Md5::new))
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some(h) = self.0.as_mut() {
+            h.update(data);
+        }
+    }
+
+    /// Hex, or empty when not computed (`check_source` does not use it then).
+    fn finish(self) -> String {
+        self.0
+            .map(|h| hex::encode(h.finalize()))
+            .unwrap_or_default()
+    }
+}
+
 /// Verifies streamed content against the source ETag: a single-part ETag is the MD5 of the
 /// content; a multipart one, with the same parts, the MD5 of the part MD5s.
 fn check_source(
@@ -758,7 +782,7 @@ async fn stream_parts(
 ) -> Attempt<Option<(Vec<[u8; 16]>, String, String)>> {
     let mut tasks: PartTask = JoinSet::new();
     let mut md5s = Vec::new();
-    let mut whole = md5::Md5::new();
+    let mut whole = WholeMd5::for_source(src);
     let mut sha = crate::digest::Sha256::new();
     let mut progressed = false;
     for n in 1..=layout.parts() {
@@ -813,11 +837,7 @@ async fn stream_parts(
         }
     }
     join_parts(&mut tasks).await?;
-    Ok(Some((
-        md5s,
-        hex::encode(whole.finalize()),
-        sha.finish_hex(),
-    )))
+    Ok(Some((md5s, whole.finish(), sha.finish_hex())))
 }
 
 fn joined(r: std::result::Result<Attempt<u64>, tokio::task::JoinError>) -> Attempt<u64> {
@@ -953,7 +973,7 @@ async fn to_file(
         .ok_or_else(|| Error::Internal(format!("{key:?} has no local path")))?;
     let mut f = PartialFile::create(path).await?;
     let mut md5s = Vec::new();
-    let mut whole = md5::Md5::new();
+    let mut whole = WholeMd5::for_source(src);
     let mut sha = crate::digest::Sha256::new();
     for n in 1..=layout.parts() {
         let (start, end) = layout.range(n);
@@ -976,7 +996,7 @@ async fn to_file(
         src,
         &info,
         mirrored,
-        &hex::encode(whole.finalize()),
+        &whole.finish(),
         &multipart_etag(&md5s),
     ) {
         f.discard().await;
