@@ -349,6 +349,53 @@ async fn ebs_passes_the_suite() {
     suite(&fx).await;
 }
 
+/// moto keeps EC2 start times to the second, so snapshots made within one second tie. Restore's
+/// "newest" and retention's order must break the tie the same way, or a restore could pick the
+/// snapshot that retention considers older (and deletes first).
+#[tokio::test]
+async fn ebs_newest_breaks_equal_start_times_as_retention_does() {
+    let Some(m) = testkit::moto("conformance (ebs ties)") else {
+        return;
+    };
+    let sdk = testkit::sdk_config(&m.cloud).await;
+    let fx = EbsFixture {
+        ec2: aws_sdk_ec2::Client::new(&sdk),
+        backend: Ebs::new(aws_sdk_ec2::Client::new(&sdk)),
+    };
+    let source = fx.new_source().await;
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        fx.tick().await; // at the start of a second: the next two are likely to share it
+        for _ in 0..2 {
+            let out = snapshot(&fx, fx.snapshot(&[&source]), &unique("conf-tie")).await;
+            made.push(out["SnapshotId"].clone());
+        }
+        let started: Vec<_> = fx
+            .ec2
+            .describe_snapshots()
+            .set_snapshot_ids(Some(made.clone()))
+            .send()
+            .await
+            .unwrap()
+            .snapshots()
+            .iter()
+            .filter_map(|s| s.start_time().copied())
+            .collect();
+        let latest = started.iter().max().copied();
+        if started.iter().filter(|t| Some(**t) == latest).count() >= 2 {
+            break; // the newest two tie
+        }
+    }
+    let kept = fx.backend.managed_snapshots(&source).await.unwrap();
+    let newest = fx.backend.newest_snapshot(&source).await.unwrap().unwrap();
+    assert_eq!(
+        newest.id,
+        kept[0].id,
+        "restore's newest vs retention's order {:?}",
+        kept.iter().map(|s| &s.id).collect::<Vec<_>>()
+    );
+}
+
 // ---- FlashArray on the double ----
 
 struct FlashArrayFixture {

@@ -367,13 +367,19 @@ impl Backend for Ebs {
             .filters(filter("status", "completed"))
             .into_paginator()
             .send();
+        // Newest by start time, then by id: the order retention keeps (`managed_snapshots`), so
+        // two snapshots started in the same instant resolve the same way in both.
         let mut newest: Option<(aws_smithy_types::DateTime, SnapshotInfo)> = None;
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
             for s in page.snapshots() {
                 let Some(t) = s.start_time() else { continue };
-                if newest.as_ref().is_none_or(|(best, _)| t > best) {
-                    newest = Some((*t, snapshot_info(s)?));
+                let info = snapshot_info(s)?;
+                if newest
+                    .as_ref()
+                    .is_none_or(|(best, b)| (t, &info.id) > (best, &b.id))
+                {
+                    newest = Some((*t, info));
                 }
             }
         }
