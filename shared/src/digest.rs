@@ -2,7 +2,7 @@
 //! keys. ring's assembly (SHA-NI, AVX2 or SSSE3, picked at run time) hashes about twice as fast
 //! as the portable `sha2` crate on CPUs without SHA-NI, such as most Lambda hosts, and ring is
 //! already in the build as the TLS provider. Measured on the bench machine (Xeon 2.5 GHz, no
-//! SHA-NI): 200–315 MB/s against 100–175 MB/s.
+//! SHA-NI, fat LTO, opt-level "s"): about 350 MB/s against 100–180 MB/s.
 
 /// An incremental SHA-256.
 pub struct Sha256(ring::digest::Context);

@@ -6,10 +6,10 @@
 //! - larger ones stream: ranged GETs read the parts in order while earlier parts upload
 //!   (UploadPart with `Content-MD5`). A multipart source whose part size fits is copied with the
 //!   same parts, so the destination's ETag equals the source's (`md5-of-part-md5s-N`);
-//! - the body is sent as `UNSIGNED-PAYLOAD`: its integrity is the signed `Content-MD5` header,
-//!   which the server checks, then the ETag read back. Signing it as well would hash every byte
-//!   once more with SHA-256 (SigV4), the costliest part of a copy on a CPU without SHA-NI (it
-//!   doubled the copier's CPU time in `make bench`). rclone does the same over HTTPS;
+//! - the body is sent as `UNSIGNED-PAYLOAD`: the signed `Content-MD5` header binds it (the server
+//!   refuses a body that does not match, even over plain HTTP), then the ETag is read back.
+//!   Signing it as well would hash every byte once more with SHA-256 (SigV4): on a CPU without
+//!   SHA-NI that doubled the copier's CPU time in `make bench`;
 //! - memory is bounded by a byte semaphore of `concurrency × partSize`: a part's buffer is taken
 //!   before its GET and given back when its upload ends, whatever the object sizes;
 //! - every read is conditional on the listed ETag (`If-Match`): a source that changes mid-copy is
@@ -266,8 +266,16 @@ async fn read_part(
         etag_is_md5: etag_is_md5(out.server_side_encryption(), out.sse_customer_algorithm()),
         etag: normalize_etag(out.e_tag().unwrap_or_default()),
     });
-    // Without a listed ETag (a whole object read unconditionally) the answer names the version.
-    if !src.etag.is_empty() && normalize_etag(out.e_tag().unwrap_or_default()) != src.etag {
+    // Without a listed ETag (a whole object read unconditionally) the answer names the version;
+    // one whose size is not the listed one was rewritten since: listed again (HEAD) and re-read.
+    let changed = if src.etag.is_empty() {
+        out.content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .is_some_and(|n| n != end - start)
+    } else {
+        normalize_etag(out.e_tag().unwrap_or_default()) != src.etag
+    };
+    if changed {
         return Err(Problem::SourceChanged);
     }
     let body = out
