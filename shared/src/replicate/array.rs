@@ -75,16 +75,6 @@ impl ArrayParams {
     }
 }
 
-async fn array(fa: &FlashArrayParams, sdk: &aws_config::SdkConfig) -> Result<Box<FlashArray>> {
-    BackendChoice {
-        kind: BackendKind::FlashArray,
-        flasharray: Some(fa),
-        csi: None,
-    }
-    .validate()?;
-    open_flasharray(fa, sdk).await
-}
-
 /// One step of array mode.
 pub async fn step(
     p: &ArrayParams,
@@ -93,8 +83,8 @@ pub async fn step(
     step: &Step<impl Sized>,
 ) -> Result<Outcome> {
     let pgroup = p.validate()?;
-    let source = array(&p.source, sdk).await?;
-    let result = match array(&p.target, sdk).await {
+    let source = open_flasharray(&p.source, sdk).await?;
+    let result = match open_flasharray(&p.target, sdk).await {
         Ok(target) => {
             let r = run(p, pgroup, dry_run, &source, &target, step).await;
             if let Err(e) = target.close().await {
