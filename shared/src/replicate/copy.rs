@@ -447,6 +447,65 @@ impl WholeMd5 {
     }
 }
 
+/// Bodies at least this large are hashed off the runtime thread.
+const OFF_THREAD_MIN: usize = 256 * 1024;
+
+/// Runs `f` (hashing) on the blocking pool when `len` is large. The runtime has one thread
+/// (`entry.rs`: cold start), and MD5 + SHA-256 of a 16 MiB part take ~80 ms of CPU: inline they
+/// stall every other transfer and keep the hashing of concurrent objects on one core.
+async fn off_thread<T: Send + 'static>(
+    len: usize,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Attempt<T> {
+    if len < OFF_THREAD_MIN {
+        return Ok(f());
+    }
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Problem::Fatal(Error::Internal(format!("hashing task: {e}"))))
+}
+
+/// MD5 and SHA-256 of a whole body, off the runtime thread when it is large.
+async fn hash_whole(body: &bytes::Bytes) -> Attempt<([u8; 16], String)> {
+    let b = body.clone();
+    off_thread(b.len(), move || {
+        (md5::Md5::digest(&b).into(), crate::digest::sha256_hex(&b))
+    })
+    .await
+}
+
+/// The running hashes of an object read in parts: the whole MD5 (when checked) and SHA-256.
+struct Running {
+    whole: WholeMd5,
+    sha: crate::digest::Sha256,
+}
+
+impl Running {
+    fn for_source(src: &Listed) -> Self {
+        Running {
+            whole: WholeMd5::for_source(src),
+            sha: crate::digest::Sha256::new(),
+        }
+    }
+
+    /// Adds the next part, off the runtime thread when it is large; returns the part's MD5.
+    async fn add(self, data: &bytes::Bytes) -> Attempt<(Self, [u8; 16])> {
+        let d = data.clone();
+        off_thread(d.len(), move || {
+            let mut r = self;
+            r.whole.update(&d);
+            r.sha.update(&d);
+            (r, md5::Md5::digest(&d).into())
+        })
+        .await
+    }
+
+    /// The whole MD5 (empty when not computed) and the SHA-256, hex.
+    fn finish(self) -> (String, String) {
+        (self.whole.finish(), self.sha.finish_hex())
+    }
+}
+
 /// Verifies streamed content against the source ETag: a single-part ETag is the MD5 of the
 /// content; a multipart one, with the same parts, the MD5 of the part MD5s.
 fn check_source(
@@ -494,10 +553,9 @@ async fn single(ctx: &Ctx, candidate: &Candidate, src: &Listed) -> Attempt<Copie
     } else {
         src
     };
-    let md5: [u8; 16] = md5::Md5::digest(&body).into();
+    let (md5, sha256) = hash_whole(&body).await?;
     let md5_hex = hex::encode(md5);
     check_source(src, &info, false, &md5_hex, "")?;
-    let sha256 = crate::digest::sha256_hex(&body);
     if candidate.destination_sha256.as_deref() == Some(sha256.as_str()) {
         tracing::info!(key = %src.key, "destination already holds the same content (SHA-256)");
         return Ok(Copied::Unchanged);
@@ -790,8 +848,7 @@ async fn stream_parts(
 ) -> Attempt<Option<(Vec<[u8; 16]>, String, String)>> {
     let mut tasks: PartTask = JoinSet::new();
     let mut md5s = Vec::new();
-    let mut whole = WholeMd5::for_source(src);
-    let mut sha = crate::digest::Sha256::new();
+    let mut running = Running::for_source(src);
     let mut progressed = false;
     for n in 1..=layout.parts() {
         if n > 1
@@ -805,9 +862,8 @@ async fn stream_parts(
         let (start, end) = layout.range(n);
         let permit = acquire(ctx, end - start).await?;
         let (data, _) = read_part(ctx, src, layout, n).await?;
-        let md5: [u8; 16] = md5::Md5::digest(&data).into();
-        whole.update(&data);
-        sha.update(&data);
+        let (r, md5) = running.add(&data).await?;
+        running = r;
         md5s.push(md5);
         let md5_hex = hex::encode(md5);
         if uploaded.get(&n) == Some(&(md5_hex.clone(), end - start)) {
@@ -845,7 +901,8 @@ async fn stream_parts(
         }
     }
     join_parts(&mut tasks).await?;
-    Ok(Some((md5s, whole.finish(), sha.finish_hex())))
+    let (whole_md5, sha256) = running.finish();
+    Ok(Some((md5s, whole_md5, sha256)))
 }
 
 fn joined(r: std::result::Result<Attempt<u64>, tokio::task::JoinError>) -> Attempt<u64> {
@@ -981,8 +1038,7 @@ async fn to_file(
         .ok_or_else(|| Error::Internal(format!("{key:?} has no local path")))?;
     let mut f = PartialFile::create(path).await?;
     let mut md5s = Vec::new();
-    let mut whole = WholeMd5::for_source(src);
-    let mut sha = crate::digest::Sha256::new();
+    let mut running = Running::for_source(src);
     for n in 1..=layout.parts() {
         let (start, end) = layout.range(n);
         let permit = acquire(ctx, end - start).await?;
@@ -993,20 +1049,14 @@ async fn to_file(
                 return Err(p);
             }
         };
-        md5s.push(md5::Md5::digest(&data).into());
-        whole.update(&data);
-        sha.update(&data);
+        let (r, md5) = running.add(&data).await?;
+        running = r;
+        md5s.push(md5);
         f.write(&data).await?;
         drop(permit);
     }
-    let sha256 = sha.finish_hex();
-    if let Err(p) = check_source(
-        src,
-        &info,
-        mirrored,
-        &whole.finish(),
-        &multipart_etag(&md5s),
-    ) {
+    let (whole_md5, sha256) = running.finish();
+    if let Err(p) = check_source(src, &info, mirrored, &whole_md5, &multipart_etag(&md5s)) {
         f.discard().await;
         return Err(p);
     }
