@@ -263,6 +263,17 @@ fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()
 }
 
+impl EbsFixture {
+    /// The backend and the fixture's own EC2 client, both on moto's cloud endpoint.
+    async fn on(m: &testkit::Moto) -> Self {
+        let sdk = testkit::sdk_config(&m.cloud).await;
+        EbsFixture {
+            ec2: aws_sdk_ec2::Client::new(&sdk),
+            backend: Ebs::new(aws_sdk_ec2::Client::new(&sdk)),
+        }
+    }
+}
+
 impl Fixture for EbsFixture {
     async fn tick(&self) {
         // To the next whole second, and a little past it.
@@ -341,11 +352,7 @@ async fn ebs_passes_the_suite() {
     let Some(m) = testkit::moto("conformance (ebs)") else {
         return;
     };
-    let sdk = testkit::sdk_config(&m.cloud).await;
-    let fx = EbsFixture {
-        ec2: aws_sdk_ec2::Client::new(&sdk),
-        backend: Ebs::new(aws_sdk_ec2::Client::new(&sdk)),
-    };
+    let fx = EbsFixture::on(&m).await;
     suite(&fx).await;
 }
 
@@ -357,11 +364,7 @@ async fn ebs_newest_breaks_equal_start_times_as_retention_does() {
     let Some(m) = testkit::moto("conformance (ebs ties)") else {
         return;
     };
-    let sdk = testkit::sdk_config(&m.cloud).await;
-    let fx = EbsFixture {
-        ec2: aws_sdk_ec2::Client::new(&sdk),
-        backend: Ebs::new(aws_sdk_ec2::Client::new(&sdk)),
-    };
+    let fx = EbsFixture::on(&m).await;
     let source = fx.new_source().await;
     let mut made = Vec::new();
     for _ in 0..5 {

@@ -423,30 +423,6 @@ async fn attempt_copy(ctx: &Ctx, candidate: &Candidate, src: &Listed) -> Attempt
     }
 }
 
-/// The MD5 of a whole object read in parts, computed only when the source's ETag is a plain MD5
-/// to compare it with: a multipart source is checked by its part MD5s, and a second MD5 pass over
-/// every byte would cost about 2 s of CPU per GiB for nothing.
-struct WholeMd5(Option<md5::Md5>);
-
-impl WholeMd5 {
-    fn for_source(src: &Listed) -> Self {
-        WholeMd5(is_single_part(&src.etag).then(md5::Md5::new))
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        if let Some(h) = self.0.as_mut() {
-            h.update(data);
-        }
-    }
-
-    /// Hex, or empty when not computed (`check_source` does not use it then).
-    fn finish(self) -> String {
-        self.0
-            .map(|h| hex::encode(h.finalize()))
-            .unwrap_or_default()
-    }
-}
-
 /// Bodies at least this large are hashed off the runtime thread.
 const OFF_THREAD_MIN: usize = 256 * 1024;
 
@@ -474,16 +450,18 @@ async fn hash_whole(body: &bytes::Bytes) -> Attempt<([u8; 16], String)> {
     .await
 }
 
-/// The running hashes of an object read in parts: the whole MD5 (when checked) and SHA-256.
+/// The running hashes of an object read in parts: SHA-256, and the whole MD5 only when the
+/// source's ETag is a plain MD5 to compare it with (a multipart source is checked by its part
+/// MD5s; a second MD5 pass over every byte would cost about 2 s of CPU per GiB for nothing).
 struct Running {
-    whole: WholeMd5,
+    whole: Option<md5::Md5>,
     sha: crate::digest::Sha256,
 }
 
 impl Running {
     fn for_source(src: &Listed) -> Self {
         Running {
-            whole: WholeMd5::for_source(src),
+            whole: is_single_part(&src.etag).then(md5::Md5::new),
             sha: crate::digest::Sha256::new(),
         }
     }
@@ -493,16 +471,23 @@ impl Running {
         let d = data.clone();
         off_thread(d.len(), move || {
             let mut r = self;
-            r.whole.update(&d);
+            if let Some(w) = r.whole.as_mut() {
+                w.update(&d);
+            }
             r.sha.update(&d);
             (r, md5::Md5::digest(&d).into())
         })
         .await
     }
 
-    /// The whole MD5 (empty when not computed) and the SHA-256, hex.
+    /// The whole MD5 (empty when not computed: `check_source` does not use it then) and the
+    /// SHA-256, hex.
     fn finish(self) -> (String, String) {
-        (self.whole.finish(), self.sha.finish_hex())
+        let whole = self
+            .whole
+            .map(|h| hex::encode(h.finalize()))
+            .unwrap_or_default();
+        (whole, self.sha.finish_hex())
     }
 }
 
