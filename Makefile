@@ -10,7 +10,7 @@ SAMCONFIG := $(CURDIR)/infra/samconfig.toml
 .PHONY: help setup build test unit lint lint-infra demo bench package deploy invoke services-start services-stop clean fuzz
 
 help:
-	@echo "make demo     run the whole pipeline locally (moto + Lambda Runtime API emulator)"
+	@echo "make demo     run the whole pipeline locally (moto, the local Kubernetes control plane, Lambda Runtime API emulator)"
 	@echo "make test     run every test against local services (starts and stops them)"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make lint-infra  cfn-lint, sam validate --lint, checkov on infra/"
@@ -31,7 +31,10 @@ build:
 unit:
 	$(CARGO) test --workspace --lib --bins
 
+# The host-path CSI driver's own tests and csi-sanity first (Go, seconds), then every Rust test
+# with the services up (moto, the local Kubernetes control plane: built once, see README).
 test: setup build
+	cd tools/kube && go test ./csi-hostpath/
 	scripts/with-services.sh $(CARGO) test --workspace --all-targets
 
 lint:
@@ -58,8 +61,10 @@ invoke:
 	aws lambda invoke --function-name "$(FN)" --payload fileb://$(EVENT) out.json
 	@cat out.json; echo
 
+# The binary `make build` made: `cargo run -p snapstage-localenv` would resolve features for that
+# one package and rebuild aws-sdk-ec2 and everything above it a second time.
 demo: setup build
-	scripts/with-services.sh $(CARGO) run --quiet -p snapstage-localenv --bin local-pipeline -- --seed
+	scripts/with-services.sh $${CARGO_TARGET_DIR:-target}/debug/local-pipeline --seed
 
 # Figures side by side with the peers (bench/README.md): release build (10–12 min clean), then ~7 min
 # of measurements (+ ~6 min once to build s3s-fs). No timing assertions anywhere.

@@ -2,6 +2,10 @@
 # Starts/stops the local services the tests and the demo use, on loopback only:
 #   moto "cloud"   (EC2/EBS, S3, STS, Secrets Manager, SSM)  127.0.0.1:$SNAPSTAGE_MOTO_CLOUD_PORT   (5100)
 #   moto "on-prem" (S3 standing in for MinIO/FlashBlade)     127.0.0.1:$SNAPSTAGE_MOTO_ONPREM_PORT  (5101)
+#   the local Kubernetes control plane of real components (scripts/localkube.sh: kube-apiserver,
+#   etcd, controllers, KWOK, snapshot-controller, CSI sidecars) 127.0.0.1:5120-5125; built from Go
+#   modules the first time. SNAPSTAGE_LOCALKUBE=0 leaves it out (its tests then SKIP, or fail
+#   under CI=true).
 # Usage: scripts/services.sh start|stop|status|env
 # `env` prints the variables tests read (eval "$(scripts/services.sh env)").
 set -euo pipefail
@@ -43,15 +47,24 @@ case "${1:-}" in
     start_moto moto-cloud "$CLOUD_PORT"
     start_moto moto-onprem "$ONPREM_PORT"
     echo "services: moto cloud :$CLOUD_PORT, moto on-prem :$ONPREM_PORT" >&2
+    if [ "${SNAPSTAGE_LOCALKUBE:-1}" != 0 ]; then
+      if command -v go >/dev/null || [ "${CI:-}" = true ]; then
+        scripts/localkube.sh start
+      else
+        echo "services: go not found: the local Kubernetes control plane is not started (its tests print SKIP; install Go ≥ 1.26)" >&2
+      fi
+    fi
     ;;
   stop)
     stop_one moto-cloud
     stop_one moto-onprem
+    scripts/localkube.sh stop
     ;;
   status)
     for s in moto-cloud moto-onprem; do
       if [ -f "$RUN/$s.pid" ] && kill -0 "$(cat "$RUN/$s.pid")" 2>/dev/null; then echo "$s running"; else echo "$s stopped"; fi
     done
+    scripts/localkube.sh status
     ;;
   env)
     cat <<ENV
@@ -64,6 +77,9 @@ export AWS_REGION=us-east-1
 export AWS_DEFAULT_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 ENV
+    if [ "${SNAPSTAGE_LOCALKUBE:-1}" != 0 ] && [[ "$(scripts/localkube.sh status)" == *"kube-apiserver running"* ]]; then
+      scripts/localkube.sh env
+    fi
     ;;
   *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac

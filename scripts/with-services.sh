@@ -3,7 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=0
-if ! scripts/services.sh status | grep -q "moto-cloud running"; then
+# (the status captured first: `grep -q` would close the pipe early, a failure under pipefail)
+if [[ "$(scripts/services.sh status)" != *"moto-cloud running"* ]]; then
   scripts/services.sh start
   started=1
 fi

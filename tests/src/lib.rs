@@ -12,6 +12,7 @@
 //! | [`seed`] | the demo data in moto and the demo pipeline |
 //! | [`flasharray_double`] | the FlashArray double (REST 2.56, spec-validated) from Rust tests |
 //! | [`kube_double`] | the Kubernetes API server double (core/v1 storage objects, VolumeSnapshots, a simulated snapshot controller) from Rust tests |
+//! | [`localkube`] | the local Kubernetes control plane of real components (`scripts/localkube.sh`), through the real `kubectl` |
 //! | [`testkit`] | helpers for the functions' integration tests: moto or SKIP, local SDK config, running a binary |
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub mod flasharray_double;
 pub mod invoker;
 pub mod jobservice;
 pub mod kube_double;
+pub mod localkube;
 pub mod pipeline;
 pub mod seed;
 pub mod testkit;

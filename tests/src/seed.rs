@@ -28,13 +28,27 @@ pub struct Demo {
 }
 
 /// The demo pipeline: Snapshot → Restore → Deploy → Replicate.
-pub fn demo_pipeline(production_volume_id: &str, onprem_endpoint: &str) -> Pipeline {
+/// `kubeconfig`: the cluster deploy-staging-db deploys to (its own user's kubeconfig file); with
+/// none, the Deploy action asks for plan mode explicitly (`dryRun`).
+pub fn demo_pipeline(
+    production_volume_id: &str,
+    onprem_endpoint: &str,
+    kubeconfig: Option<&str>,
+) -> Pipeline {
     let replicate = serde_json::json!({
         "sourceBucket": ARTIFACT_BUCKET,
         "sourcePrefix": ARTIFACT_PREFIX,
         "destinationBucket": ONPREM_BUCKET,
         "destinationEndpoint": onprem_endpoint,
     });
+    let mut deploy = serde_json::json!({
+        "volumeId": "#{Restore.VolumeId}", "engine": "postgresql",
+        "availabilityZone": AVAILABILITY_ZONE, "resetCredentials": false,
+    });
+    match kubeconfig {
+        Some(path) => deploy["cluster"] = serde_json::json!({ "kubeconfigFile": path }),
+        None => deploy["dryRun"] = serde_json::json!(true),
+    }
     Pipeline {
         name: "snapstage-demo".to_string(),
         actions: vec![
@@ -56,9 +70,7 @@ pub fn demo_pipeline(production_volume_id: &str, onprem_endpoint: &str) -> Pipel
                 "Deploy",
                 "StagingDb",
                 "deploy-staging-db",
-                &format!(
-                    r##"{{"volumeId": "#{{Restore.VolumeId}}", "engine": "postgresql", "availabilityZone": "{AVAILABILITY_ZONE}"}}"##
-                ),
+                &deploy.to_string(),
             ),
             Action::new(
                 "Replicate",
@@ -337,7 +349,7 @@ mod tests {
 
     #[test]
     fn demo_parameters_are_json_once_resolved() {
-        let p = demo_pipeline("vol-0abc", "http://127.0.0.1:5101");
+        let p = demo_pipeline("vol-0abc", "http://127.0.0.1:5101", Some("/k"));
         let names: Vec<&str> = p.actions.iter().map(|a| a.namespace.as_str()).collect();
         assert_eq!(names, ["Snapshot", "Restore", "StagingDb", "Replicate"]);
         let mut vars = BTreeMap::new();

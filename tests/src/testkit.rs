@@ -40,9 +40,19 @@ pub fn moto(test: &str) -> Option<Moto> {
 }
 
 /// Prints `SKIP: <why>` where it is seen even when the test harness captures output (a direct
-/// write to stderr, not `eprintln!`): a skipped test is never silent.
+/// write to stderr, not `eprintln!`): a skipped test is never silent. Under `CI=true` a missing
+/// service is a failure, never a skip: this panics there.
 pub fn skip(why: &str) {
+    assert!(
+        !in_ci(),
+        "{why}; under CI=true a missing service fails the run (.ci/run installs and starts every service)"
+    );
     let _ = writeln!(std::io::stderr(), "SKIP: {why}");
+}
+
+/// True under `CI=true` (CI's own setting), where nothing may be skipped for want of a service.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 /// SDK configuration for a local endpoint with test credentials, over snapstage's HTTP client.

@@ -1,7 +1,12 @@
 //! The demo pipeline end to end: the four real functions against moto, driven like CodePipeline.
 //!
-//! Needs moto (SNAPSTAGE_MOTO_CLOUD, SNAPSTAGE_MOTO_ONPREM; skipped with a SKIP line when absent)
-//! and the function binaries (`cargo build --workspace --bins`; the Makefile builds them first).
+//! The staging database is deployed for real, to the local Kubernetes control plane
+//! (`scripts/localkube.sh`): the restored EBS volume imported as a static PV, bound by the real
+//! PV controller, the pod scheduled and Ready (KWOK).
+//!
+//! Needs moto (SNAPSTAGE_MOTO_CLOUD, SNAPSTAGE_MOTO_ONPREM), the control plane, and the function
+//! binaries (`cargo build --workspace --bins`; the Makefile builds them first); skipped with a
+//! SKIP line when absent (a failure under CI=true).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
 mod common;
@@ -9,6 +14,7 @@ mod common;
 use common::{bin_dir, lambda_invoker, moto};
 use snapstage_localenv::invoker::{CliInvoker, Functions, Invoker};
 use snapstage_localenv::jobservice::JobService;
+use snapstage_localenv::localkube::LocalKube;
 use snapstage_localenv::pipeline::{self, Options, RunStatus};
 use snapstage_localenv::seed::{self, Clients};
 use snapstage_localenv::timeline::Status;
@@ -36,9 +42,18 @@ fn require_binaries() {
 }
 
 /// Seeds, runs the demo pipeline with `invoker`, and checks what a user would look at.
-async fn demo_pipeline_succeeds(clients: &Clients, jobs: &JobService, invoker: &impl Invoker) {
+async fn demo_pipeline_succeeds(
+    clients: &Clients,
+    kube: &LocalKube,
+    jobs: &JobService,
+    invoker: &impl Invoker,
+) {
     let demo = seed::seed(clients).await.unwrap();
-    let p = seed::demo_pipeline(&demo.production_volume_id, &demo.onprem_endpoint);
+    let p = seed::demo_pipeline(
+        &demo.production_volume_id,
+        &demo.onprem_endpoint,
+        Some(&kube.kubeconfig("deploy-staging-db")),
+    );
     let run = pipeline::run(&p, jobs, invoker, &Options::default())
         .await
         .unwrap();
@@ -85,12 +100,31 @@ async fn demo_pipeline_succeeds(clients: &Clients, jobs: &JobService, invoker: &
             .collect::<Vec<_>>()
     );
 
-    // The staging database publishes its endpoint.
-    let endpoint = run.variable("StagingDb", "Endpoint").unwrap_or_default();
-    assert!(
-        !endpoint.is_empty(),
-        "StagingDb.Endpoint: {:?}",
+    // The staging database was deployed, not planned, and publishes its endpoint; on the control
+    // plane its volume is the restored EBS volume and its pod is Ready.
+    assert_eq!(run.variable("StagingDb", "Mode"), Some("applied"));
+    let namespace = run.variable("StagingDb", "Namespace").unwrap();
+    assert_eq!(
+        run.variable("StagingDb", "Endpoint"),
+        Some(format!("staging-db.{namespace}.svc.cluster.local:5432").as_str()),
+        "{:?}",
         run.variables
+    );
+    let restored_id = run.variable("Restore", "VolumeId").unwrap();
+    let pvs = kube.list("pv", None);
+    let pv = pvs
+        .iter()
+        .find(|pv| pv["spec"]["csi"]["volumeHandle"] == restored_id)
+        .unwrap_or_else(|| panic!("no PV imports {restored_id}"));
+    assert_eq!(pv["status"]["phase"], "Bound", "{pv}");
+    let pods = kube.list("pods", Some(namespace));
+    assert!(
+        pods.iter().any(|p| p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")),
+        "no Ready pod in {namespace}: {pods:#?}"
     );
 
     // The restored volume exists and is not production.
@@ -142,16 +176,22 @@ async fn demo_pipeline_with_cli_invoker() {
     let Some((cloud, onprem)) = moto("demo_pipeline_with_cli_invoker") else {
         return;
     };
+    let Some(kube) = LocalKube::get("demo_pipeline_with_cli_invoker") else {
+        return;
+    };
     require_binaries();
     let clients = Clients::new(&cloud, &onprem).await;
     let jobs = JobService::start().await.unwrap();
     let invoker = CliInvoker::new(Functions::new(bin_dir(), &jobs.url).moto(&cloud));
-    demo_pipeline_succeeds(&clients, &jobs, &invoker).await;
+    demo_pipeline_succeeds(&clients, &kube, &jobs, &invoker).await;
 }
 
 #[tokio::test]
 async fn demo_pipeline_with_lambda_invoker() {
     let Some((cloud, onprem)) = moto("demo_pipeline_with_lambda_invoker") else {
+        return;
+    };
+    let Some(kube) = LocalKube::get("demo_pipeline_with_lambda_invoker") else {
         return;
     };
     require_binaries();
@@ -161,5 +201,5 @@ async fn demo_pipeline_with_lambda_invoker() {
     let Some(invoker) = lambda_invoker(functions, "demo_lambda").await else {
         return;
     };
-    demo_pipeline_succeeds(&clients, &jobs, &invoker).await;
+    demo_pipeline_succeeds(&clients, &kube, &jobs, &invoker).await;
 }

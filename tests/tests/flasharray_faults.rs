@@ -43,7 +43,10 @@ impl Double {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let python = root.join(".venv/bin/python");
         if !python.exists() {
-            eprintln!("SKIP: {} is missing (run `make setup`)", python.display());
+            snapstage_localenv::testkit::skip(&format!(
+                "{} is missing (run `make setup`)",
+                python.display()
+            ));
             return None;
         }
         let mut child = Command::new(&python)
@@ -61,8 +64,8 @@ impl Double {
         if line.trim().is_empty() {
             let status = child.wait().expect("status");
             if status.code() == Some(3) {
-                eprintln!(
-                    "SKIP: the FlashArray double lacks a prerequisite (openapi-core or the spec)"
+                snapstage_localenv::testkit::skip(
+                    "the FlashArray double lacks a prerequisite (openapi-core or the spec; run `make setup`)",
                 );
                 return None;
             }

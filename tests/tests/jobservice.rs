@@ -409,10 +409,10 @@ async fn the_wire_format_is_aws_json_1_1() {
 async fn boto3_client_agrees() {
     let python = snapstage_localenv::workspace_root().join(".venv/bin/python");
     if !python.is_file() {
-        eprintln!(
-            "SKIP: boto3_client_agrees: {} not found; run scripts/setup.sh",
+        snapstage_localenv::testkit::skip(&format!(
+            "boto3_client_agrees: {} not found; run scripts/setup.sh",
             python.display()
-        );
+        ));
         return;
     }
     let svc = JobService::start().await.unwrap();

@@ -380,7 +380,9 @@ async fn invalid_parameters_fail_before_any_request() {
 fn onprem_access_key(m: &Moto, user: &str) -> Option<(String, String)> {
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/python");
     if !std::path::Path::new(python).exists() {
-        eprintln!("SKIP: checking which key reached the on-prem endpoint: no {python}");
+        snapstage_localenv::testkit::skip(&format!(
+            "checking which key reached the on-prem endpoint: no {python} (run `make setup`)"
+        ));
         return None;
     }
     let script = "import boto3,json,sys\n\

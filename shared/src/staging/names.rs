@@ -49,9 +49,19 @@ pub fn is_dns1035_label(s: &str) -> bool {
     is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
 }
 
-/// RFC 1123 subdomain: dot-separated DNS-1123 labels, at most 253 characters (most object names).
+/// RFC 1123 subdomain as Kubernetes checks it (most object names): dot-separated parts of
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 253 characters in all. Unlike DNS, a part may be
+/// longer than 63 (the API server accepts a 65-character PVC name without a dot, and
+/// restore-to-staging makes such names).
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= MAX_SUBDOMAIN && s.split('.').all(is_dns1123_label)
+    !s.is_empty()
+        && s.len() <= MAX_SUBDOMAIN
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part.chars().all(|c| alnum_lower(c) || c == '-')
+                && part.starts_with(alnum_lower)
+                && part.ends_with(alnum_lower)
+        })
 }
 
 fn label_name_char(c: char) -> bool {
@@ -139,6 +149,12 @@ mod tests {
         assert!(!is_dns1035_label("0db") && is_dns1035_label("db0"));
         assert!(is_dns1123_subdomain("snapstage-ab12.db-data"));
         assert!(!is_dns1123_subdomain("a..b") && !is_dns1123_subdomain(".a"));
+        // A part longer than 63 is a valid object name (a PVC restore-to-staging names
+        // `<pvc>-staging-<hash>`); only the whole is capped.
+        let long = format!("{}-staging-50a3e274cf0840a121e6", "a".repeat(40));
+        assert!(long.len() > 63 && is_dns1123_subdomain(&long));
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
+        assert!(!is_dns1123_subdomain("a-") && !is_dns1123_subdomain("A"));
     }
 
     #[test]

@@ -144,7 +144,23 @@ async fn run(args: Args) -> Result<bool, Error> {
         seed::ARTIFACT_BUCKET,
         seed::ARTIFACT_PREFIX
     );
-    let pipeline = seed::demo_pipeline(&demo.production_volume_id, &demo.onprem_endpoint);
+    // The local control plane (scripts/localkube.sh) when it runs: the deploy is real there.
+    let kubeconfig = std::env::var("SNAPSTAGE_KUBECONFIG_DEPLOY_STAGING_DB")
+        .ok()
+        .filter(|p| Path::new(p).is_file());
+    match &kubeconfig {
+        Some(k) => {
+            eprintln!("deploying the staging database to the local Kubernetes control plane ({k})")
+        }
+        None => eprintln!(
+            "no local Kubernetes control plane (SNAPSTAGE_KUBECONFIG_DEPLOY_STAGING_DB unset): the deploy step only plans (dryRun)"
+        ),
+    }
+    let pipeline = seed::demo_pipeline(
+        &demo.production_volume_id,
+        &demo.onprem_endpoint,
+        kubeconfig.as_deref(),
+    );
 
     let jobs = JobService::start()
         .await

@@ -52,9 +52,9 @@ pub fn cargo_lambda_available() -> Option<PathBuf> {
 /// A Lambda invoker over a fresh emulator, or `None` (after printing SKIP) without cargo-lambda.
 pub async fn lambda_invoker(functions: Functions, test: &str) -> Option<LambdaInvoker> {
     let Some(cl) = cargo_lambda_available() else {
-        eprintln!(
-            "SKIP: {test}: cargo-lambda not found (.venv/bin/cargo-lambda, CARGO_LAMBDA or PATH); run scripts/setup.sh"
-        );
+        snapstage_localenv::testkit::skip(&format!(
+            "{test}: cargo-lambda not found (.venv/bin/cargo-lambda, CARGO_LAMBDA or PATH); run scripts/setup.sh"
+        ));
         return None;
     };
     let logs = scratch(test);
@@ -72,9 +72,9 @@ pub fn moto(test: &str) -> Option<(String, String)> {
     ) {
         (Ok(c), Ok(o)) => Some((c, o)),
         _ => {
-            eprintln!(
-                "SKIP: {test}: SNAPSTAGE_MOTO_CLOUD / SNAPSTAGE_MOTO_ONPREM not set; run `scripts/services.sh start` and `eval \"$(scripts/services.sh env)\"`"
-            );
+            snapstage_localenv::testkit::skip(&format!(
+                "{test}: SNAPSTAGE_MOTO_CLOUD / SNAPSTAGE_MOTO_ONPREM not set; run `scripts/services.sh start` and `eval \"$(scripts/services.sh env)\"`"
+            ));
             None
         }
     }
