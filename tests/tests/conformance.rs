@@ -2,10 +2,12 @@
 //! driven through the two storage steps exactly as the functions run them, against
 //! - EBS on moto server (EC2 API over a real connection), and
 //! - FlashArray on the spec-validating FlashArray double, and
-//! - Kubernetes CSI on the Kubernetes API server double (its simulated snapshot controller).
+//! - Kubernetes CSI on the Kubernetes API server double (its simulated snapshot controller), and
+//! - Kubernetes CSI on the local control plane of real components (`scripts/localkube.sh`: the
+//!   real snapshot-controller and csi-snapshotter/csi-provisioner over the host-path driver).
 //!
 //! Each backend's fixture counts resources through its own independent route (the EC2 API, the
-//! double's state), never through the backend under test.
+//! double's state, the real `kubectl`), never through the backend under test.
 //! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`) for EBS and `.venv` for the doubles; each
 //! part prints SKIP and returns otherwise.
 
@@ -27,6 +29,7 @@ use snapstage::storage::{Backend, BackendKind, execution_tag};
 use snapstage::{Error, Execution, FailureKind, Outcome, Result, Step};
 use snapstage_localenv::flasharray_double::Double;
 use snapstage_localenv::kube_double::KubeDouble;
+use snapstage_localenv::localkube::LocalKube;
 use snapstage_localenv::testkit::{self, unique};
 
 /// What the suite needs from a backend's test environment.
@@ -99,7 +102,7 @@ async fn drive<P: Clone>(
     key: &str,
 ) -> Result<(BTreeMap<String, String>, usize)> {
     let mut state: Option<Value> = None;
-    for n in 1..=30 {
+    for n in 1..=100 {
         let step = Step {
             params: params.clone(),
             execution: execution(key),
@@ -111,8 +114,10 @@ async fn drive<P: Clone>(
             Outcome::Done { outputs, .. } => return Ok((outputs, n)),
             Outcome::Continue { state: s, .. } => state = Some(s),
         }
+        // Real controllers take their time: CodePipeline, too, waits between invocations.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    panic!("{key}: not done after 30 invocations")
+    panic!("{key}: not done after 100 invocations")
 }
 
 async fn snapshot<F: Fixture>(fx: &F, p: SnapshotParams, key: &str) -> BTreeMap<String, String> {
@@ -704,4 +709,172 @@ async fn csi_group_snapshot_cuts_the_selected_pvcs_together() {
         fx.staging_volumes(&execution(&r)).await,
         vec![out["VolumeId"].clone()]
     );
+}
+
+// ---- Kubernetes CSI on the local control plane of real components ----
+
+/// Real VolumeSnapshots of real PVCs (provisioned by csi-provisioner), made ready by the real
+/// snapshot-controller and csi-snapshotter; counted through `kubectl`.
+struct LocalCsiFixture {
+    kube: LocalKube,
+    client: kube::Client,
+    backend: Csi,
+    params: CsiParams,
+    app: String,
+}
+
+/// The production namespace `scripts/localkube.sh` makes (labelled env=production).
+const LOCAL_PROD_NS: &str = "prod";
+
+impl LocalCsiFixture {
+    async fn start(test: &str) -> Option<Self> {
+        let kube = LocalKube::get(test)?;
+        let path = kube.admin_kubeconfig();
+        let config = snapstage::cluster::kubeconfig::from_file(&path)
+            .await
+            .unwrap();
+        let client =
+            snapstage::cluster::client(config, &ClusterConfig::KubeconfigFile(path)).unwrap();
+        let mut params = csi_params();
+        params.namespace = LOCAL_PROD_NS.into();
+        let backend = Csi::new(client.clone(), params.clone());
+        Some(Self {
+            kube,
+            client,
+            backend,
+            params,
+            app: unique("conf-app"),
+        })
+    }
+
+    fn pvc(&self, name: &str, app: &str) {
+        self.kube.apply(
+            &json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": LOCAL_PROD_NS, "labels": {"app": app}},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                         "resources": {"requests": {"storage": "1Gi"}}}})
+            .to_string(),
+        );
+        self.kube.pvc_volume_dir(LOCAL_PROD_NS, name);
+    }
+}
+
+impl Fixture for LocalCsiFixture {
+    type B = Csi;
+    fn backend(&self) -> &Csi {
+        &self.backend
+    }
+    fn kind(&self) -> BackendKind {
+        BackendKind::Csi
+    }
+    fn csi_section(&self) -> Option<CsiParams> {
+        Some(self.params.clone())
+    }
+    /// creationTimestamp has whole seconds: the next snapshot must be in a later one.
+    async fn tick(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let rest = Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()));
+        tokio::time::sleep(rest + Duration::from_millis(50)).await;
+    }
+    async fn new_source(&self) -> String {
+        let name = unique("conf-src");
+        self.pvc(&name, &self.app);
+        name
+    }
+    async fn foreign_snapshot(&self, source: &str) -> String {
+        let name = format!("{source}-by-hand");
+        self.kube.apply(
+            &json!({"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+                "metadata": {"name": name, "namespace": LOCAL_PROD_NS},
+                "spec": {"source": {"persistentVolumeClaimName": source}}})
+            .to_string(),
+        );
+        self.kube.eventually(
+            "the hand-made snapshot ready",
+            Duration::from_secs(60),
+            || {
+                let vs = self
+                    .kube
+                    .get_json("volumesnapshot", Some(LOCAL_PROD_NS), &name)?;
+                (vs["status"]["readyToUse"] == true).then_some(())
+            },
+        );
+        name
+    }
+    async fn snapshots(&self, source: &str) -> Vec<String> {
+        self.kube
+            .list("volumesnapshots", Some(LOCAL_PROD_NS))
+            .iter()
+            .filter(|s| s["spec"]["source"]["persistentVolumeClaimName"] == source)
+            .filter(|s| s["metadata"]["deletionTimestamp"].is_null())
+            .filter_map(|s| s["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    }
+    async fn staging_volumes(&self, ex: &Execution) -> Vec<String> {
+        let label = snapstage::staging::names::execution_label(&ex.key);
+        self.kube
+            .list("persistentvolumeclaims", Some(STAGING_NS))
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["snapstage.io/execution"] == label.as_str())
+            .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn csi_on_the_local_control_plane_passes_the_suite() {
+    let Some(fx) = LocalCsiFixture::start("csi_on_the_local_control_plane_passes_the_suite").await
+    else {
+        return;
+    };
+    suite(&fx).await;
+}
+
+/// One VolumeGroupSnapshot by the real controllers: its members are the driver's snapshots of
+/// every selected PVC, and a member restores into a staging PVC Bound by csi-provisioner.
+#[tokio::test]
+async fn csi_group_snapshot_on_the_local_control_plane() {
+    let Some(fx) = LocalCsiFixture::start("csi_group_snapshot_on_the_local_control_plane").await
+    else {
+        return;
+    };
+    let app = unique("shop");
+    let (data, wal) = (format!("{app}-data"), format!("{app}-wal"));
+    fx.pvc(&data, &app);
+    fx.pvc(&wal, &app);
+    let mut params = fx.params.clone();
+    params.group_snapshot_class = Some("snapstage-hostpath".into());
+    let mut p = fx.snapshot(&[]);
+    p.selector = Some(format!("app={app}"));
+    p.csi = Some(params.clone());
+    let backend = Csi::new(fx.client.clone(), params.clone());
+    let key = unique("conf-group");
+    let (out, _) = drive(|s| snapshot_step(&backend, s), p, &key)
+        .await
+        .unwrap();
+    let group = snapstage::storage::csi::group_snapshot_name(&execution(&key));
+    let ids: Vec<&str> = out["SnapshotIds"].split(',').collect();
+    assert_eq!(
+        ids,
+        [format!("{group}/{data}"), format!("{group}/{wal}")],
+        "{out:?}"
+    );
+    let vgs = fx
+        .kube
+        .get_json("volumegroupsnapshot", Some(LOCAL_PROD_NS), &group)
+        .unwrap();
+    assert_eq!(vgs["status"]["readyToUse"], true, "{vgs}");
+    let r = unique("conf-group-restore");
+    let mut rp = fx.restore(Some(ids[1]), None);
+    rp.csi = Some(params);
+    let (out, _) = drive(|s| restore_step(&fx.backend, s), rp, &r)
+        .await
+        .unwrap();
+    assert_eq!(
+        fx.staging_volumes(&execution(&r)).await,
+        vec![out["VolumeId"].clone()]
+    );
+    fx.kube.pvc_volume_dir(STAGING_NS, &out["VolumeId"]);
 }
