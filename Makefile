@@ -7,7 +7,7 @@ SERVICES := scripts/services.sh
 SAM := .venv-infra/sam/bin/sam
 SAMCONFIG := $(CURDIR)/infra/samconfig.toml
 
-.PHONY: help setup build test unit lint lint-infra demo bench package deploy invoke services-start services-stop clean fuzz
+.PHONY: help setup engines build test unit lint lint-infra demo bench package deploy invoke services-start services-stop clean fuzz
 
 help:
 	@echo "make demo     run the whole pipeline locally (moto, the local Kubernetes control plane, Lambda Runtime API emulator)"
@@ -19,9 +19,15 @@ help:
 	@echo "make fuzz     cargo-fuzz targets (invocation, contract, params, continuation), FUZZ_SECONDS each (default 60)"
 	@echo "make build    debug build of the workspace"
 	@echo "make setup    create .venv with moto[server], cargo-lambda, boto3"
+	@echo "make engines  install Debian's PostgreSQL and MariaDB for the engine tests (root; apt-get)"
 
 setup:
 	scripts/setup.sh
+
+# Debian's PostgreSQL and MariaDB (installed, never left running) for the engine tests
+# (functions/deploy-staging-db/tests/engines.rs). Without root it prints the command; CI=true fails.
+engines:
+	scripts/engines.sh
 
 build:
 	# --all-targets: the same features as `cargo test` (dev-dependencies unify), so nothing builds twice
@@ -32,8 +38,9 @@ unit:
 	$(CARGO) test --workspace --lib --bins
 
 # The host-path CSI driver's own tests and csi-sanity first (Go, seconds), then every Rust test
-# with the services up (moto, the local Kubernetes control plane: built once, see README).
-test: setup build
+# with the services up (moto, the local Kubernetes control plane: built once, see README) and the
+# database engines installed (make engines).
+test: setup engines build
 	cd tools/kube && go test ./csi-hostpath/
 	scripts/with-services.sh $(CARGO) test --workspace --all-targets
 

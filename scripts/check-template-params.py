@@ -56,7 +56,6 @@ SCENARIOS = {
         "OnPremEndpoint": "https://flashblade.corp.example:443",
         "OnPremCredentialsSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:snapstage/onprem-AbCdEf",
         "EksClusterName": "staging",
-        "StagingDbAdminSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/db/admin-AbCdEf",
         "StagingDbEngine": "mysql",
         "VpcSubnetIds": ["subnet-0123456789abcdef0"],
         "VpcSecurityGroupIds": ["sg-0123456789abcdef0"],

@@ -1,7 +1,7 @@
 //! Secret hygiene through the real binaries: each of the four functions runs as a CLI with
 //! recognisable fake secrets wherever a user puts secrets — the FlashArray API token and the
-//! replication credentials and the kubeconfig and the database admin password in (moto's)
-//! Secrets Manager, the artifact credentials of a CodePipeline job event, the process's own AWS
+//! replication credentials and the kubeconfig in (moto's) Secrets Manager (deploy-staging-db reads
+//! no database admin password any more: its reset runs inside the staging pod), the artifact credentials of a CodePipeline job event, the process's own AWS
 //! secret key and session token — with the most verbose logging the binaries honour
 //! (`RUST_LOG=trace`, every crate), on a success and a failure path each. stdout, stderr and
 //! every job result CodePipeline receives are scanned for every secret.
@@ -27,17 +27,15 @@ use snapstage_localenv::testkit::{self, CliRun, unique};
 const GIB: u64 = 1 << 30;
 const REPLICATION_SECRET_KEY: &str = "HYGIENEreplicationSECRETkey0123456789abcd";
 const KUBE_TOKEN: &str = "hygiene-kubeconfig-bearer-token-5e6f7a8b";
-const ADMIN_PASSWORD: &str = "hygiene-admin-password-Zq9!x";
 const ARTIFACT_SECRET_KEY: &str = "HYGIENEartifactSECRETkey0123456789abcdef";
 const ARTIFACT_SESSION_TOKEN: &str = "HYGIENEartifactSESSIONtoken0123456789abcdef";
 const ENV_SECRET_KEY: &str = "HYGIENEprocessSECRETkey0123456789abcdefgh";
 const ENV_SESSION_TOKEN: &str = "HYGIENEprocessSESSIONtoken0123456789abcdefg";
 
-const SECRETS: [&str; 8] = [
+const SECRETS: [&str; 7] = [
     FLASHARRAY_TOKEN,
     REPLICATION_SECRET_KEY,
     KUBE_TOKEN,
-    ADMIN_PASSWORD,
     ARTIFACT_SECRET_KEY,
     ARTIFACT_SESSION_TOKEN,
     ENV_SECRET_KEY,
@@ -176,12 +174,6 @@ async fn no_secret_reaches_a_log_output_or_result_of_any_function() {
         ),
     )
     .await;
-    let admin = secret(
-        &sm,
-        "admin",
-        &json!({"username": "postgres", "password": ADMIN_PASSWORD}).to_string(),
-    )
-    .await;
     let mut seen = Seen::default();
     let fa = json!({"endpoint": d.url("fa"), "apiTokenSecret": fa_secret});
 
@@ -252,7 +244,7 @@ async fn no_secret_reaches_a_log_output_or_result_of_any_function() {
     // deploy-staging-db: the plan (success), then a real deploy whose kubeconfig (from Secrets
     // Manager, with a bearer token) names an API server nothing answers on.
     let deploy = json!({"cluster": {"kubeconfigSecret": kubeconfig}, "volumeId": "vol-0123456789abcdef0",
-        "availabilityZone": "us-east-1a", "engine": "postgresql", "adminSecret": admin,
+        "availabilityZone": "us-east-1a", "engine": "postgresql",
         "executionId": unique("hygiene")});
     let mut plan = deploy.clone();
     plan["dryRun"] = json!(true);

@@ -40,8 +40,8 @@ fn minutes_ago(m: i64) -> i64 {
     now().as_second() - m * 60
 }
 
-/// A deploy request; the credentials reset (on by default, it needs `adminSecret`) is off except
-/// in the scenarios about it.
+/// A deploy request; the credentials reset (on by default: an init container of the database pod)
+/// is off except in the scenarios about it.
 fn request(extra: Value) -> Value {
     let mut r = json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a",
                        "resetCredentials": false});
@@ -663,58 +663,37 @@ async fn a_user_template_is_ready_when_its_workload_and_pods_are() {
     );
 }
 
-/// Secrets Manager as the step sees it: one admin secret of the restored database.
-struct ProductionAdmin;
-
-const ADMIN_SECRET: &str =
-    "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/db/admin-AbCdEf";
-const ADMIN_JSON: &str = r#"{"username": "postgres", "password": "Pr0duct10nAdm1n"}"#;
-
-impl staging::credentials::AdminSecrets for ProductionAdmin {
-    fn secret_string<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String>> + Send + 'a>> {
-        Box::pin(async move {
-            assert_eq!(id, ADMIN_SECRET);
-            Ok(ADMIN_JSON.to_string())
-        })
-    }
-}
-
 fn reset_request(extra: Value) -> Value {
-    let mut r = request(
-        json!({"resetCredentials": true, "adminSecret": ADMIN_SECRET, "databaseUser": "app"}),
-    );
+    let mut r = request(json!({"resetCredentials": true, "databaseUser": "app"}));
     for (k, v) in extra.as_object().unwrap() {
         r[k] = v.clone();
     }
     r
 }
 
-async fn play_with_admin(
-    request: Value,
-    state: Option<Value>,
-    exchanges: Vec<X>,
-) -> (Result<Outcome>, Vec<String>) {
-    let (client, server) = serve(exchanges);
-    let outcome = staging::run_with(&client, step(request, state), now(), &ProductionAdmin).await;
-    drop(client);
-    (outcome, server.finish().await)
-}
-
 #[tokio::test]
-async fn the_reset_needs_the_admin_secret_and_copies_it_into_the_namespace() {
-    // Without adminSecret nothing is sent: the published password would not work.
-    let (r, seen) = play(request(json!({"resetCredentials": true})), None, vec![]).await;
+async fn the_reset_needs_no_production_secret_and_adminsecret_is_refused() {
+    // adminSecret (production's admin, once copied into the namespace) is refused before anything
+    // is sent, with what to do instead.
+    let (r, seen) = play(
+        reset_request(json!({"adminSecret": "arn:aws:secretsmanager:us-east-1:111122223333:secret:prod/db/admin-AbCdEf"})),
+        None,
+        vec![],
+    )
+    .await;
     let (kind, msg) = failure(r);
     assert_eq!(kind, FailureKind::ConfigurationError);
     assert!(
-        msg.starts_with("adminSecret: resetCredentials is true"),
+        msg.starts_with(
+            "adminSecret: no longer used: the credentials reset starts the engine local-only"
+        ),
         "{msg}"
     );
+    assert!(msg.contains("remove adminSecret"), "{msg}");
     assert!(seen.is_empty(), "{seen:#?}");
 
+    // The reset is on: the same objects as without it, no second Secret, and the StatefulSet's
+    // pod resets the password itself before the server starts.
     let mut exchanges = vec![
         X::get(&p_ns()).not_found(),
         X::get(&p_pv()).not_found(),
@@ -725,166 +704,132 @@ async fn the_reset_needs_the_admin_secret_and_copies_it_into_the_namespace() {
                 "base64 of the databaseUser app"
             );
         }),
-        X::apply(&p_in("secrets", "staging-db-admin")).body(|b| {
-            assert_eq!(
-                b["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-                "snapstage"
-            );
-            let ann = b["metadata"]["annotations"]["snapstage.io/credentials"]
-                .as_str()
-                .unwrap();
-            assert!(ann.contains(ADMIN_SECRET), "{ann}");
-            // base64 of postgres / Pr0duct10nAdm1n
-            assert_eq!(b["data"]["username"], "cG9zdGdyZXM=");
-            assert_eq!(b["data"]["password"], "UHIwZHVjdDEwbkFkbTFu");
-        }),
     ];
-    exchanges.extend(apply_rest());
-    let (r, _) = play_with_admin(reset_request(json!({})), None, exchanges).await;
-    let (summary, _, state) = continued(r.unwrap());
-    assert!(summary.contains("Secret staging-db-admin"), "{summary}");
-    assert!(!summary.contains("Pr0duct10nAdm1n") && !state.to_string().contains("Pr0duct10nAdm1n"));
+    let mut rest = apply_rest();
+    rest.pop(); // the StatefulSet, checked here for its init container
+    rest.push(X::apply(&p_sts()).body(|b| {
+        let pod = &b["spec"]["template"]["spec"];
+        let init = pod["initContainers"].as_array().unwrap();
+        assert_eq!(init.len(), 1, "{init:#?}");
+        let c = &init[0];
+        assert_eq!(c["name"], "credentials-reset");
+        assert_eq!(c["image"], "postgres:17", "the database image");
+        assert_eq!(c["volumeMounts"], pod["containers"][0]["volumeMounts"]);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(c["terminationMessagePolicy"], "FallbackToLogsOnError");
+        let script = c["command"][2].as_str().unwrap();
+        assert!(
+            script.contains("-c listen_addresses= ")
+                && script.contains("local all all trust")
+                && script.contains("ALTER ROLE :\"new_user\" WITH LOGIN PASSWORD :'new_password'"),
+            "{script}"
+        );
+        for e in c["env"].as_array().unwrap() {
+            if let Some(from) = e.get("valueFrom") {
+                assert_eq!(
+                    from["secretKeyRef"]["name"], "staging-db-credentials",
+                    "only the generated credentials: {e}"
+                );
+            }
+        }
+        assert!(
+            !b.to_string().contains("staging-db-admin") && !b.to_string().contains("ADMIN_"),
+            "{b}"
+        );
+    }));
+    exchanges.extend(rest);
+    let (r, seen) = play(reset_request(json!({})), None, exchanges).await;
+    let (summary, _, _) = continued(r.unwrap());
+    assert_eq!(seen.len(), 8, "no other object: {seen:#?}");
+    assert!(
+        !seen.iter().any(|s| s.contains("staging-db-admin")),
+        "{seen:#?}"
+    );
+    assert!(!summary.contains("staging-db-admin"), "{summary}");
 }
 
 #[tokio::test]
-async fn ready_resets_the_password_before_masking_and_publishing() {
-    let ns = ns();
+async fn ready_after_the_reset_masks_then_publishes() {
+    // The pod is Ready: its init container reset the password. Masking starts (nothing published).
     let exchanges = then(
         ready_exchanges(),
-        vec![X::apply(&p_job("staging-db-credentials-reset")).body(|b| {
-            let pod = &b["spec"]["template"]["spec"];
-            assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-            assert_eq!(
-                pod["securityContext"]["seccompProfile"]["type"],
-                "RuntimeDefault"
-            );
-            let c = &pod["containers"][0];
-            assert_eq!(
-                c["image"], "postgres:17",
-                "the database image has the client"
-            );
-            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
-            let script = c["command"][2].as_str().unwrap();
-            assert!(
-                script.contains("ALTER USER :\"new_user\" WITH PASSWORD :'new_password';"),
-                "{script}"
-            );
-            assert!(script.contains("`printenv DB_PASSWORD`"), "{script}");
-            let env = c["env"].as_array().unwrap();
-            let var = |n: &str| env.iter().find(|e| e["name"] == n).unwrap().clone();
-            for (name, secret, key) in [
-                ("DB_USERNAME", "staging-db-credentials", "username"),
-                ("DB_PASSWORD", "staging-db-credentials", "password"),
-                ("PGUSER", "staging-db-admin", "username"),
-                ("PGPASSWORD", "staging-db-admin", "password"),
-            ] {
-                let v = var(name);
-                assert!(v.get("value").is_none(), "{name} is never literal");
-                assert_eq!(
-                    v["valueFrom"]["secretKeyRef"],
-                    json!({"name": secret, "key": key, "optional": false})
-                );
-            }
-            assert!(!b.to_string().contains("Pr0duct10nAdm1n"));
-        })],
+        vec![X::apply(&p_job("staging-db-masking"))],
     );
-    let (r, _) = play_with_admin(
+    let (r, seen) = play(
         reset_request(masking()),
         Some(state("ready", minutes_ago(3), true)),
         exchanges,
     )
     .await;
     let (summary, _, next) = continued(r.unwrap());
-    assert_eq!(next, state("reset", now().as_second(), true));
-    assert!(
-        summary.starts_with(&format!("resetting the database user's password in {ns}"))
-            && summary.contains("started Job staging-db-credentials-reset"),
-        "{summary}"
-    );
-
-    // The reset succeeded: masking starts (still nothing published).
-    let exchanges = vec![
-        X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
-            &ns,
-            "staging-db-credentials-reset",
-            vec![o::condition("Complete", "True", None, None)],
-            1,
-            0,
-        )),
-        X::apply(&p_job("staging-db-masking")),
-    ];
-    let (r, _) = play_with_admin(
-        reset_request(masking()),
-        Some(state("reset", minutes_ago(1), true)),
-        exchanges,
-    )
-    .await;
-    let (summary, _, next) = continued(r.unwrap());
     assert_eq!(next["p"], "masking");
     assert!(
-        summary.contains("the password is reset; started Job staging-db-masking"),
+        summary
+            .contains("the database is ready, its password reset; started Job staging-db-masking"),
         "{summary}"
     );
+    assert!(
+        !seen.iter().any(|s| s.contains("credentials-reset")),
+        "no reset Job: {seen:#?}"
+    );
 
-    // Without masking, the reset's success publishes, and says so.
-    let exchanges = vec![X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
-        &ns,
-        "staging-db-credentials-reset",
-        vec![o::condition("Complete", "True", None, None)],
-        1,
-        0,
-    ))];
-    let (r, _) = play_with_admin(
+    // Without masking, readiness publishes, and says the password was reset.
+    let (r, _) = play(
         reset_request(json!({})),
-        Some(state("reset", minutes_ago(1), true)),
-        exchanges,
+        Some(state("ready", minutes_ago(3), true)),
+        ready_exchanges(),
     )
     .await;
     let (summary, outputs) = done(r.unwrap());
     assert_eq!(outputs["CredentialsReset"], "true");
     assert!(
-        summary.contains("password of database user app reset to the generated one in Secret staging-db-credentials"),
+        summary.contains("password of database user app reset to the generated one in Secret staging-db-credentials before the server started (production's passwords no longer log in)"),
         "{summary}"
     );
 }
 
 #[tokio::test]
-async fn a_failed_reset_fails_the_step_and_publishes_nothing() {
+async fn a_failed_reset_fails_the_step_with_its_words_and_publishes_nothing() {
     let ns = ns();
+    let mut status = o::running_pod_status(false);
+    status["phase"] = json!("Pending");
+    status["initContainerStatuses"] = json!([o::container_status(
+        "credentials-reset",
+        "postgres:17",
+        false,
+        4,
+        json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container"}}),
+        json!({"terminated": {"exitCode": 3, "reason": "Error",
+            "message": format!("{}\ncredentials reset: cannot log in as app (databaseUser) on the restored data: it must be a PostgreSQL role that can log in",
+                               "2025-06-01 12:00:51.204 UTC [31] LOG:  database system is shut down\n".repeat(8)),
+            "startedAt": "2025-06-01T12:00:50Z", "finishedAt": "2025-06-01T12:00:52Z"}}),
+    )]);
     let exchanges = then(
         vec![
-            X::get(&p_job("staging-db-credentials-reset")).ok(o::job(
-                &ns,
-                "staging-db-credentials-reset",
-                vec![o::condition("Failed", "True", Some("BackoffLimitExceeded"), Some("Job has reached the specified backoff limit"))],
-                0,
-                2,
-            )),
-            X::list(
-                &format!("/api/v1/namespaces/{ns}/pods"),
-                &[("labelSelector", "batch.kubernetes.io/job-name=staging-db-credentials-reset")],
-            )
-            .ok(o::list("Pod", "v1", vec![o::job_pod(
-                &ns,
-                "staging-db-credentials-reset",
-                2,
-                "Error",
-                "psql: error: connection to server failed: FATAL:  password authentication failed for user \"postgres\"",
-            )])),
+            X::get(&p_in("persistentvolumeclaims", "staging-db-data")).ok(o::claim(&ns, "Bound")),
+            X::get(&p_sts()).ok(o::stateful_set(&ns, 1, 1, 0)),
+            X::get(&p_in("pods", "staging-db-0")).ok(o::pod(&ns, status)),
         ],
         teardown_exchanges(),
     );
-    let (r, _) = play_with_admin(
+    let (r, _) = play(
         reset_request(json!({})),
-        Some(state("reset", minutes_ago(1), true)),
+        Some(state("ready", minutes_ago(2), true)),
         exchanges,
     )
     .await;
     let (kind, msg) = failure(r);
     assert_eq!(kind, FailureKind::JobFailed);
-    assert!(msg.contains("the credentials reset Job"), "{msg}");
-    assert!(msg.contains("password authentication failed"), "{msg}");
-    assert!(msg.contains("check adminSecret"), "{msg}");
+    assert!(
+        msg.contains("container credentials-reset is crash-looping (CrashLoopBackOff, 4 restarts); last exit code 3 (Error)"),
+        "{msg}"
+    );
+    // The end of a long log is what is kept: the reset's own last words.
+    assert!(
+        msg.contains("cannot log in as app (databaseUser) on the restored data: it must be a PostgreSQL role that can log in"),
+        "{msg}"
+    );
     assert!(msg.contains("deleted namespace"), "{msg}");
 }
 

@@ -5,7 +5,7 @@
 //! | phase | this invocation | next |
 //! | --- | --- | --- |
 //! | (none) | check ownership, apply Namespace, Secret (new credentials only if it does not exist), PV, PVC, Service, StatefulSet | `ready` |
-//! | `ready` | PVC Bound, StatefulSet ready and current, pod Ready; fail at once on a pull/crash failure, at `readyTimeoutMinutes` otherwise | `masking`, `migration` or done |
+//! | `ready` | PVC Bound, StatefulSet ready and current, pod Ready (its init container `credentials-reset` set the staging password first, [`super::reset`]); fail at once on a pull/crash failure, at `readyTimeoutMinutes` otherwise | `masking`, `migration` or done |
 //! | `masking` | the masking Job's result | `migration` or done |
 //! | `migration` | the migration Job's result (`MigrationResult`) | done |
 //!
@@ -24,12 +24,12 @@ use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
 use super::Plan;
-use super::credentials::{self, AdminCredentials, AdminSecrets, Credentials};
+use super::credentials::{self, Credentials};
 use super::jobs::{self, JobKind};
 use super::kubeapi;
 use super::ownership;
 use super::params::OnFailure;
-use super::params::{Reset, VolumeSource};
+use super::params::VolumeSource;
 use super::readiness::{self, Health, JobHealth};
 use super::render::{SECRET_NAME, STATEFULSET_NAME, Workload};
 use super::rollback;
@@ -49,7 +49,6 @@ const JOB_GRACE_SECONDS: i64 = 120;
 #[serde(rename_all = "lowercase")]
 pub enum Phase {
     Ready,
-    Reset,
     Masking,
     Migration,
 }
@@ -93,10 +92,9 @@ pub async fn deploy(
     plan: &Plan,
     state: Option<DeployState>,
     now: Timestamp,
-    secrets: &dyn AdminSecrets,
 ) -> Result<Outcome> {
     match state {
-        None => start(client, plan, now, secrets).await,
+        None => start(client, plan, now).await,
         Some(s) => match advance(client, plan, &s, now).await {
             // The API server blinked: look again next time, until the phase's timeout.
             Err(e @ Error::Unavailable { .. }) if !timed_out(plan, &s, now) => {
@@ -110,25 +108,8 @@ pub async fn deploy(
 }
 
 /// Checks ownership, applies every object, and starts waiting.
-async fn start(
-    client: &kube::Client,
-    plan: &Plan,
-    now: Timestamp,
-    secrets: &dyn AdminSecrets,
-) -> Result<Outcome> {
+async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Outcome> {
     let spec = &plan.spec;
-    let admin = match &spec.reset {
-        Some(Reset {
-            admin_secret: Some(id),
-        }) => Some((id.as_str(), credentials::read_admin(secrets, id).await?)),
-        Some(Reset { admin_secret: None }) => {
-            return Err(Error::parameter(
-                "adminSecret",
-                "resetCredentials is true (the default: a restored database keeps production's passwords, so the generated ones would not work): name the Secrets Manager secret with the restored database's admin credentials {\"username\", \"password\"}, or set resetCredentials to false",
-            ));
-        }
-        None => None,
-    };
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let existing = kubeapi::get_opt(&ns_api, &spec.namespace).await?;
     let created = match &existing {
@@ -166,7 +147,7 @@ async fn start(
             ownership::check("PersistentVolume", &found.metadata, "apply")?;
         }
     }
-    let applied = match apply_objects(client, plan, existing.is_some(), admin).await {
+    let applied = match apply_objects(client, plan, existing.is_some()).await {
         Ok(a) => format!("{a}{claim_note}"),
         Err(e) => {
             let pipeline = spec.pipeline_label.as_deref();
@@ -237,7 +218,6 @@ async fn apply_objects(
     client: &kube::Client,
     plan: &Plan,
     namespace_existed: bool,
-    admin: Option<(&str, AdminCredentials)>,
 ) -> Result<String> {
     let spec = &plan.spec;
     let r = &plan.rendered;
@@ -268,12 +248,6 @@ async fn apply_objects(
             "new credentials in the Secret"
         }
     };
-    if let Some((id, creds)) = admin {
-        let secret = creds.into_secret(&r.secret, id);
-        super::validate::check_object(&secret, super::validate::NameRule::Dns1123Subdomain)?;
-        kubeapi::apply(&secrets, &secret, manager).await?;
-        kinds.push(format!("Secret {}", credentials::ADMIN_SECRET_NAME));
-    }
     if let Some(pv) = &r.persistent_volume {
         kubeapi::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
         kinds.push("PersistentVolume".into());
@@ -319,7 +293,6 @@ fn phase_limit(plan: &Plan, s: &DeployState) -> i64 {
     let job_minutes = |kind: JobKind| kind.timeout_minutes(spec);
     match s.phase {
         Phase::Ready => i64::from(spec.ready_timeout_minutes) * 60,
-        Phase::Reset => i64::from(job_minutes(JobKind::Reset)) * 60 + JOB_GRACE_SECONDS,
         Phase::Masking => i64::from(job_minutes(JobKind::Masking)) * 60 + JOB_GRACE_SECONDS,
         Phase::Migration => i64::from(job_minutes(JobKind::Migration)) * 60 + JOB_GRACE_SECONDS,
     }
@@ -341,7 +314,6 @@ fn continue_with(plan: &Plan, s: DeployState, now: Timestamp, why: String) -> Re
             10 + u8::try_from((elapsed.clamp(0, limit) * 50) / limit).unwrap_or(50),
             "waiting for the staging database",
         ),
-        Phase::Reset => (62, "resetting the database user's password"),
         Phase::Masking => (65, "masking the staging data"),
         Phase::Migration => (80, "checking the migrations"),
     };
@@ -383,7 +355,6 @@ async fn advance(
             ))),
             Health::Waiting(why) => continue_with(plan, s.clone(), now, why),
         },
-        Phase::Reset => check_job(client, plan, s, now, JobKind::Reset).await,
         Phase::Masking => check_job(client, plan, s, now, JobKind::Masking).await,
         Phase::Migration => check_job(client, plan, s, now, JobKind::Migration).await,
     }
@@ -517,12 +488,10 @@ async fn template_health(
 /// The Job to run after `from`, if any.
 fn job_after(plan: &Plan, from: Phase) -> Option<JobKind> {
     let spec = &plan.spec;
-    let reset = spec.reset.is_some().then_some(JobKind::Reset);
     let masking = spec.masking.is_some().then_some(JobKind::Masking);
     let migration = spec.migration.is_some().then_some(JobKind::Migration);
     match from {
-        Phase::Ready => reset.or(masking).or(migration),
-        Phase::Reset => masking.or(migration),
+        Phase::Ready => masking.or(migration),
         Phase::Masking => migration,
         Phase::Migration => None,
     }
@@ -545,7 +514,6 @@ async fn next(
     kubeapi::apply(&api, &job, &plan.spec.field_manager).await?;
     let state = DeployState {
         phase: match kind {
-            JobKind::Reset => Phase::Reset,
             JobKind::Masking => Phase::Masking,
             JobKind::Migration => Phase::Migration,
         },
@@ -553,8 +521,8 @@ async fn next(
         ..s.clone()
     };
     let why = match s.phase {
+        Phase::Ready if plan.spec.reset_credentials => "the database is ready, its password reset",
         Phase::Ready => "the database is ready",
-        Phase::Reset => "the password is reset",
         _ => "masking succeeded",
     };
     continue_with(
@@ -628,9 +596,6 @@ async fn check_job(
         JobKind::Migration => Err(failed(format!(
             "the migration check Job {ns}/{name} failed: {failure} (set migration.allowFailure to report it without failing)"
         ))),
-        JobKind::Reset => Err(failed(format!(
-            "the credentials reset Job {ns}/{name} failed: {failure}; the staging database is not published (check adminSecret: the restored database's admin user and password; or set resetCredentials to false)"
-        ))),
         JobKind::Masking => Err(failed(format!(
             "the masking Job {ns}/{name} failed: {failure}; the staging database is not published"
         ))),
@@ -672,9 +637,9 @@ fn done(plan: &Plan, s: &DeployState, migration: Option<MigrationResult>) -> Out
         spec.volume.backend().as_str(),
         spec.volume.source_name(),
     );
-    if spec.reset.is_some() {
+    if spec.reset_credentials {
         summary.push_str(&format!(
-            "; password of database user {} reset to the generated one in Secret {SECRET_NAME}",
+            "; password of database user {} reset to the generated one in Secret {SECRET_NAME} before the server started (production's passwords no longer log in)",
             spec.database_user
         ));
         outputs.insert("CredentialsReset".into(), "true".into());

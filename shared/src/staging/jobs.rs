@@ -12,25 +12,19 @@
 //!
 //! `scriptsConfigMap` is mounted read-only at `/scripts`.
 //!
-//! The credentials reset runs first (unless `resetCredentials` is false): the restored data keeps
-//! production's users and passwords, so the Job connects as the admin (`ADMIN_USERNAME`,
-//! `ADMIN_PASSWORD` from the Secret `staging-db-admin`, copied from `adminSecret`) and sets the
-//! password of the Secret's user to the generated one — PostgreSQL `ALTER USER ... PASSWORD`,
-//! MySQL `ALTER USER ... IDENTIFIED BY` (every host of the user), MongoDB `updateUser` in the
-//! `admin` database. It runs the database image's own client. Passwords reach the clients
-//! through the environment and stdin, never the Job's command line.
+//! They connect as the staging user with the generated password: the credentials reset
+//! ([`super::reset`]) set it on the restored data before the server started.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMapVolumeSource, Container, EnvVar, EnvVarSource, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, Volume, VolumeMount,
+    ConfigMapVolumeSource, Container, EnvVar, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::credentials::ADMIN_SECRET_NAME;
 use super::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
 use super::params::{JobParams, Spec};
 use super::render::{self, LABEL_COMPONENT, SECRET_NAME, SERVICE_NAME};
@@ -39,14 +33,9 @@ pub const SCRIPTS_PATH: &str = "/scripts";
 /// The label the Job controller puts on its pods.
 pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
 
-/// Minutes the credentials reset may take.
-pub const RESET_TIMEOUT_MINUTES: u16 = 10;
-
 /// Which Job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
-    /// The credentials reset.
-    Reset,
     Masking,
     Migration,
 }
@@ -54,7 +43,6 @@ pub enum JobKind {
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Reset => "credentials-reset",
             Self::Masking => "masking",
             Self::Migration => "migration",
         }
@@ -62,18 +50,12 @@ impl JobKind {
 
     /// Minutes it may run (its `activeDeadlineSeconds`).
     pub fn timeout_minutes(self, spec: &Spec) -> u16 {
-        match self {
-            Self::Reset => RESET_TIMEOUT_MINUTES,
-            _ => self.params(spec).map_or(0, JobParams::timeout_minutes),
-        }
+        self.params(spec).map_or(0, JobParams::timeout_minutes)
     }
 
     /// True when it is configured for this deploy.
     pub fn configured(self, spec: &Spec) -> bool {
-        match self {
-            Self::Reset => spec.reset.is_some(),
-            _ => self.params(spec).is_some(),
-        }
+        self.params(spec).is_some()
     }
 
     /// `staging-db-masking`, `staging-db-migration`.
@@ -84,7 +66,6 @@ impl JobKind {
     /// Its parameters in the spec, if configured.
     pub fn params(self, spec: &Spec) -> Option<&JobParams> {
         match self {
-            Self::Reset => None,
             Self::Masking => spec.masking.as_ref(),
             Self::Migration => spec.migration.as_ref(),
         }
@@ -100,22 +81,7 @@ fn literal(name: &str, value: String) -> EnvVar {
 }
 
 fn from_secret(name: &str, key: &str) -> EnvVar {
-    from_named_secret(name, SECRET_NAME, key)
-}
-
-fn from_named_secret(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
-    }
+    render::secret_env(name, SECRET_NAME, key)
 }
 
 /// The database's address and credentials, as the job's environment.
@@ -146,90 +112,8 @@ pub fn environment(spec: &Spec) -> Vec<EnvVar> {
     env
 }
 
-/// The credentials reset's environment: where the database is, the admin to connect as, and
-/// the user and password to set (every credential from a Secret).
-pub fn reset_environment(spec: &Spec) -> Vec<EnvVar> {
-    let host = format!("{SERVICE_NAME}.{}.svc.cluster.local", spec.namespace);
-    let port = spec.engine.port().to_string();
-    let mut env = vec![
-        literal("DB_HOST", host.clone()),
-        literal("DB_PORT", port.clone()),
-        literal("DB_ENGINE", spec.engine.as_str().into()),
-        from_secret("DB_USERNAME", SECRET_KEY_USERNAME),
-        from_secret("DB_PASSWORD", SECRET_KEY_PASSWORD),
-        from_named_secret("ADMIN_USERNAME", ADMIN_SECRET_NAME, SECRET_KEY_USERNAME),
-        from_named_secret("ADMIN_PASSWORD", ADMIN_SECRET_NAME, SECRET_KEY_PASSWORD),
-    ];
-    match spec.engine {
-        Engine::Postgresql => env.extend([
-            literal("PGHOST", host),
-            literal("PGPORT", port),
-            literal("PGDATABASE", "postgres".into()),
-            literal("PGCONNECT_TIMEOUT", "10".into()),
-            from_named_secret("PGUSER", ADMIN_SECRET_NAME, SECRET_KEY_USERNAME),
-            from_named_secret("PGPASSWORD", ADMIN_SECRET_NAME, SECRET_KEY_PASSWORD),
-        ]),
-        Engine::Mysql => env.extend([
-            literal("MYSQL_HOST", host),
-            literal("MYSQL_TCP_PORT", port),
-            from_named_secret("MYSQL_PWD", ADMIN_SECRET_NAME, SECRET_KEY_PASSWORD),
-        ]),
-        Engine::Mongodb => {}
-    }
-    env
-}
-
-/// The reset, as a shell script run by the database image (`sh -c`). It reads every value
-/// from the environment; passwords go to the client through its environment or stdin.
-pub fn reset_script(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgresql => concat!(
-            "set -eu\n",
-            "psql --no-psqlrc --quiet -v ON_ERROR_STOP=1 <<'SQL'\n",
-            "\\set new_user `printenv DB_USERNAME`\n",
-            "\\set new_password `printenv DB_PASSWORD`\n",
-            "ALTER USER :\"new_user\" WITH PASSWORD :'new_password';\n",
-            "SQL\n",
-            "echo \"password of $DB_USERNAME reset\"\n",
-        ),
-        Engine::Mysql => concat!(
-            "set -euf\n",
-            "case \"$DB_USERNAME$DB_PASSWORD\" in *[!A-Za-z0-9_]*) echo 'the user name and password must be letters, digits and _' >&2; exit 2;; esac\n",
-            "hosts=$(mysql --user=\"$ADMIN_USERNAME\" --batch --skip-column-names -e \"SELECT host FROM mysql.user WHERE user = '$DB_USERNAME'\")\n",
-            "[ -n \"$hosts\" ] || { echo \"the restored data has no MySQL user $DB_USERNAME\" >&2; exit 3; }\n",
-            "for h in $hosts; do\n",
-            "mysql --user=\"$ADMIN_USERNAME\" <<SQL\n",
-            "ALTER USER '$DB_USERNAME'@'$h' IDENTIFIED BY '$DB_PASSWORD';\n",
-            "SQL\n",
-            "done\n",
-            "echo \"password of $DB_USERNAME reset\"\n",
-        ),
-        Engine::Mongodb => concat!(
-            "set -eu\n",
-            "exec mongosh --quiet --norc --nodb --eval '\n",
-            "const e = process.env;\n",
-            "const admin = new Mongo(`mongodb://${e.DB_HOST}:${e.DB_PORT}/?directConnection=true`).getDB(\"admin\");\n",
-            "admin.auth(e.ADMIN_USERNAME, e.ADMIN_PASSWORD);\n",
-            "admin.updateUser(e.DB_USERNAME, { pwd: e.DB_PASSWORD });\n",
-            "print(`password of ${e.DB_USERNAME} reset`);\n",
-            "'\n",
-        ),
-    }
-}
-
 /// The Job for `kind`, or `None` when it is not configured.
 pub fn render(spec: &Spec, kind: JobKind) -> Option<Job> {
-    if kind == JobKind::Reset {
-        spec.reset.as_ref()?;
-        return Some(job(
-            spec,
-            kind,
-            spec.image.clone(),
-            vec!["sh".into(), "-c".into(), reset_script(spec.engine).into()],
-            reset_environment(spec),
-            None,
-        ));
-    }
     let p = kind.params(spec)?;
     Some(job(
         spec,
@@ -322,6 +206,8 @@ fn job(
                             ..Default::default()
                         }),
                         security_context: Some(render::restricted_container()),
+                        // A failed Job is reported with its last log lines (the check's own words).
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
                         ..Default::default()
                     }],
                     volumes,
@@ -411,46 +297,5 @@ mod tests {
                 .any(|e| e.name == "MYSQL_PWD" && e.value.is_none())
         );
         assert!(!env.iter().any(|e| e.name.starts_with("PG")));
-    }
-
-    #[test]
-    fn each_engine_resets_the_password_with_its_own_client_from_the_environment() {
-        for (engine, client, statement) in [
-            ("postgresql", "psql", "ALTER USER"),
-            ("mysql", "mysql", "IDENTIFIED BY '$DB_PASSWORD'"),
-            (
-                "mongodb",
-                "mongosh",
-                "admin.updateUser(e.DB_USERNAME, { pwd: e.DB_PASSWORD })",
-            ),
-        ] {
-            let s = spec(json!({"engine": engine, "adminSecret": "prod/db/admin"}));
-            let job = render(&s, JobKind::Reset).unwrap();
-            assert_eq!(
-                job.metadata.name.as_deref(),
-                Some("staging-db-credentials-reset")
-            );
-            let js = job.spec.unwrap();
-            assert_eq!(js.active_deadline_seconds, Some(600));
-            let c = &js.template.spec.unwrap().containers[0];
-            assert_eq!(c.image.as_deref(), Some(s.image.as_str()), "{engine}");
-            let cmd = c.command.clone().unwrap();
-            assert_eq!(cmd[..2], ["sh", "-c"]);
-            assert!(
-                cmd[2].contains(client) && cmd[2].contains(statement),
-                "{engine}: {}",
-                cmd[2]
-            );
-            let env = c.env.clone().unwrap();
-            assert!(
-                env.iter()
-                    .filter(|e| e.name.contains("PASSWORD") || e.name.contains("PWD"))
-                    .all(|e| e.value.is_none()),
-                "{engine}: {env:?}"
-            );
-            assert!(env.iter().any(|e| e.name == "ADMIN_PASSWORD"));
-        }
-        let off = spec(json!({"resetCredentials": false}));
-        assert!(render(&off, JobKind::Reset).is_none());
     }
 }

@@ -20,6 +20,7 @@
 //! | [`kubeapi`] | get / list / apply / delete, errors said in words |
 //! | [`deploy`] | apply, then one readiness check per invocation, then the Jobs |
 //! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
+//! | [`reset`] | the credentials reset on the restored data: an init container, the engine local-only, no production credential |
 //! | [`jobs`] | the masking and migration Jobs |
 //! | [`teardown`] | deleting one staging namespace, sweeping expired ones |
 //! | [`rollback`] | healthy marks, and the previous healthy environment of a pipeline |
@@ -49,6 +50,7 @@ pub mod ownership;
 pub mod params;
 pub mod readiness;
 pub mod render;
+pub mod reset;
 pub mod rollback;
 pub mod teardown;
 pub mod template;
@@ -110,8 +112,7 @@ pub async fn step(sdk: &aws_config::SdkConfig, mut step: Step<Params>) -> Result
     }
     let client = crate::cluster::connect(&cluster, sdk).await?;
     tracing::info!(cluster = %cluster.describe(), action = step.params.action.as_str(), "connected");
-    let secrets = credentials::SecretsManager(aws_sdk_secretsmanager::Client::new(sdk));
-    run_with(&client, step, Timestamp::now(), &secrets).await
+    run(&client, step, Timestamp::now()).await
 }
 
 /// Checks a request as the step does before contacting anything (samples, tests): a deploy
@@ -124,18 +125,7 @@ pub fn check_request(params: Params, execution: &Execution, now: Timestamp) -> R
 }
 
 /// One step against a cluster: deploy (or resume one), teardown, or sweep. `now` is the clock.
-/// No admin secrets can be read (see [`run_with`]).
 pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> Result<Outcome> {
-    run_with(client, step, now, &credentials::NoAdminSecrets).await
-}
-
-/// [`run`], reading `adminSecret` from `secrets`.
-pub async fn run_with(
-    client: &kube::Client,
-    step: Step<Params>,
-    now: Timestamp,
-    secrets: &dyn credentials::AdminSecrets,
-) -> Result<Outcome> {
     match step.params.action {
         Action::Deploy if step.params.dry_run => plan_step(step, DRY_RUN),
         Action::Deploy => {
@@ -148,7 +138,7 @@ pub async fn run_with(
             if state.is_none() {
                 plan.log_requests();
             }
-            deploy::deploy(client, &plan, state, now, secrets).await
+            deploy::deploy(client, &plan, state, now).await
         }
         Action::Teardown => teardown::teardown(client, &step.params).await,
         Action::Sweep => {

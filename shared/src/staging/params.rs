@@ -77,12 +77,13 @@ pub struct Params {
     /// A Job that checks the migrations against the staging data.
     #[serde(default)]
     pub migration: Option<JobParams>,
-    /// Reset the database user's password to the generated one once the database is ready
-    /// (default true: a restored volume keeps production's passwords). Needs `adminSecret`.
+    /// Reset the database user's password to the generated one before the staging server
+    /// starts, and take every other login's production password away (default true: a restored
+    /// volume keeps production's passwords). See [`super::reset`].
     #[serde(default)]
     pub reset_credentials: Option<bool>,
-    /// Secrets Manager secret (name or ARN) holding `{"username", "password"}` of the restored
-    /// database's admin (production's): the reset Job connects as it.
+    /// No longer used, and refused: the reset needs no production credential (it starts the
+    /// engine local-only on the restored data). Kept so that its error says so.
     #[serde(default)]
     pub admin_secret: Option<SecretId>,
     /// The database user the Secret names and whose password is reset (default: the image's
@@ -277,19 +278,13 @@ pub struct Spec {
     pub migration: Option<JobParams>,
     /// The user's template, read; `None` for snapstage's own Service and StatefulSet.
     pub template: Option<TemplateText>,
-    /// The credentials reset after readiness; `None` when `resetCredentials` is false.
-    pub reset: Option<Reset>,
+    /// The credentials reset before the server starts (an init container); false when
+    /// `resetCredentials` is false.
+    pub reset_credentials: bool,
     /// The user the Secret names.
     pub database_user: String,
     /// The `snapstage.io/pipeline` label (a hash of the pipeline's name), when known.
     pub pipeline_label: Option<String>,
-}
-
-/// The credentials reset: run unless `resetCredentials` is false.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reset {
-    /// Where the admin's credentials are; required when a deploy applies.
-    pub admin_secret: Option<String>,
 }
 
 impl Params {
@@ -312,6 +307,12 @@ impl Params {
 
     /// Checks the rules that tie fields together and resolves defaults for this execution.
     pub fn validate(self, execution: &Execution) -> Result<Spec> {
+        if self.admin_secret.is_some() {
+            return Err(Error::parameter(
+                "adminSecret",
+                "no longer used: the credentials reset starts the engine local-only on the restored data before the staging server starts, so no production credential is read or copied into staging; remove adminSecret (and the function's secretsmanager:GetSecretValue on that secret)",
+            ));
+        }
         let volume = self.volume_source()?;
         let template = self.template_text()?;
         if self.masking.as_ref().is_some_and(|m| m.allow_failure) {
@@ -350,9 +351,7 @@ impl Params {
             masking: self.masking,
             migration: self.migration,
             template,
-            reset: self.reset_credentials.unwrap_or(true).then(|| Reset {
-                admin_secret: self.admin_secret.map(|s| s.0),
-            }),
+            reset_credentials: self.reset_credentials.unwrap_or(true),
             pipeline_label: self
                 .pipeline
                 .map(|p| p.0)

@@ -135,6 +135,26 @@ fn detail(message: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
+/// `": <message>"` of a terminated container, whose message is often its last log lines: the
+/// end is kept (where the error is), lines joined with " | ".
+fn last_words(message: Option<&str>) -> String {
+    let Some(m) = message.map(str::trim).filter(|m| !m.is_empty()) else {
+        return String::new();
+    };
+    let m = m
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let n = m.chars().count();
+    if n <= MAX_DETAIL {
+        return format!(": {m}");
+    }
+    let tail: String = m.chars().skip(n - (MAX_DETAIL - 1)).collect();
+    format!(": …{tail}")
+}
+
 /// A container's state, failed when it cannot recover by itself.
 fn container_health(c: &ContainerStatus) -> Option<Health> {
     let waiting = c.state.as_ref()?.waiting.as_ref()?;
@@ -159,7 +179,7 @@ fn container_health(c: &ContainerStatus) -> Option<Health> {
             .and_then(|s| s.terminated.as_ref())
             .map(|t| {
                 let why = t.reason.as_deref().unwrap_or("terminated");
-                let said = detail(t.message.as_deref());
+                let said = last_words(t.message.as_deref());
                 format!("; last exit code {} ({why}){said}", t.exit_code)
             })
             .unwrap_or_default();
@@ -269,7 +289,7 @@ pub fn last_exit(pods: &[Pod]) -> Option<String> {
         .filter(|t| t.exit_code != 0)
         .max_by_key(|t| t.finished_at.as_ref().map(|f| f.0))
         .map(|t| {
-            let said = detail(t.message.as_deref());
+            let said = last_words(t.message.as_deref());
             format!(
                 "exit code {} ({}){said}",
                 t.exit_code,

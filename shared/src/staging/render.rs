@@ -7,7 +7,7 @@
 //! | PersistentVolume | `<namespace>-data` | `ebs` / `pure-csi`: binds the restored volume statically |
 //! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`); none with `pvcName` (the existing PVC is mounted) |
 //! | Service | `staging-db` | ClusterIP on the engine's port |
-//! | StatefulSet | `staging-db` | one replica mounting the PVC |
+//! | StatefulSet | `staging-db` | one replica mounting the PVC; first the init container `credentials-reset` ([`super::reset`]) unless `resetCredentials` is false |
 //!
 //! With a user template ([`super::template`]) the template's objects replace the Service and
 //! the StatefulSet.
@@ -376,18 +376,7 @@ fn container(spec: &Spec) -> Container {
                 value: Some(v.into()),
                 value_from: None,
             },
-            EnvSource::SecretKey(key) => EnvVar {
-                name: name.into(),
-                value: None,
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: SECRET_NAME.into(),
-                        key: key.into(),
-                        optional: Some(false),
-                    }),
-                    ..Default::default()
-                }),
-            },
+            EnvSource::SecretKey(key) => secret_env(name, SECRET_NAME, key),
         })
         .collect();
     Container {
@@ -420,6 +409,22 @@ fn container(spec: &Spec) -> Container {
     }
 }
 
+/// An environment variable from a key of a Secret (never a literal value).
+pub(crate) fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 /// The container security context the `restricted` Pod Security Standard asks for.
 pub(crate) fn restricted_container() -> SecurityContext {
     SecurityContext {
@@ -438,6 +443,12 @@ fn stateful_set(spec: &Spec) -> StatefulSet {
     let uid = spec.engine.user_id();
     let mut template_labels = app_labels(spec);
     template_labels.extend(selector_labels(spec.engine));
+    let db = container(spec);
+    // The credentials reset runs first, on the same volume (see `super::reset`).
+    let init_containers = match (spec.reset_credentials, db.volume_mounts.as_deref()) {
+        (true, Some([mount, ..])) => Some(vec![super::reset::init_container(spec, &db, mount)]),
+        _ => None,
+    };
     StatefulSet {
         metadata: meta(spec, STATEFULSET_NAME, true),
         spec: Some(StatefulSetSpec {
@@ -453,7 +464,8 @@ fn stateful_set(spec: &Spec) -> StatefulSet {
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
-                    containers: vec![container(spec)],
+                    init_containers,
+                    containers: vec![db],
                     volumes: Some(vec![Volume {
                         name: DATA_VOLUME.into(),
                         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {

@@ -25,6 +25,10 @@
 //!   Service (its first port is the published `Endpoint` and `Port`);
 //! - no object takes the name of snapstage's Secret.
 //!
+//! Unless `resetCredentials` is false, snapstage adds its credentials reset as the last init
+//! container of the workload that mounts the PVC ([`super::reset`]): the image, mount, user,
+//! resources and (PostgreSQL) `PGDATA` of the container that mounts it.
+//!
 //! The namespace enforces the `restricted` Pod Security Standard: pods of a template must meet
 //! it (non-root, no privilege escalation, capabilities dropped, seccomp RuntimeDefault), or the
 //! API server refuses to create them and readiness times out.
@@ -585,6 +589,9 @@ pub fn render(t: &TemplateText, spec: &Spec) -> Result<Vec<TemplateObject>> {
         objects.push(obj);
     }
     check_objects(&objects, spec, source)?;
+    if spec.reset_credentials {
+        add_reset(&mut objects, spec)?;
+    }
     objects.sort_by_key(TemplateObject::rank);
     Ok(objects)
 }
@@ -615,6 +622,22 @@ fn mounts_claim(pod: &PodSpec, claim: &str) -> bool {
                 .chain(pod.init_containers.iter().flatten())
                 .any(|c| c.volume_mounts.iter().flatten().any(|m| m.name == v.name))
     })
+}
+
+/// Adds the credentials reset ([`super::reset`]) as the last init container of the first
+/// workload that mounts the PVC.
+fn add_reset(objects: &mut [TemplateObject], spec: &Spec) -> Result<()> {
+    let claim = spec.volume.claim_name();
+    for o in objects.iter_mut() {
+        let what = format!("{} {}", o.kind(), o.name());
+        let Some(pod) = o.pod_template_mut().and_then(|t| t.spec.as_mut()) else {
+            continue;
+        };
+        if mounts_claim(pod, claim) {
+            return super::reset::add_to(spec, pod, claim, &what);
+        }
+    }
+    Ok(())
 }
 
 /// The rules across a template's objects.

@@ -252,3 +252,15 @@ fn deployments_are_ready_when_every_replica_is_updated_and_available() {
         "Deployment db exceeded its progress deadline (ProgressDeadlineExceeded): ReplicaSet \"db-5d8f\" has timed out progressing."
     );
 }
+
+#[test]
+fn a_terminated_container_is_reported_with_the_end_of_its_log() {
+    let noise = "LOG:  database system is shut down\n".repeat(20);
+    let said = "credentials reset: the restored data has no MySQL user app (databaseUser)";
+    let words = last_words(Some(&format!("{noise}\n{said}\n")));
+    assert!(words.ends_with(said), "{words}");
+    assert!(words.starts_with(": …"), "cut at the front: {words}");
+    assert!(words.chars().count() <= MAX_DETAIL + 2, "{words}");
+    assert_eq!(last_words(Some("a\n\nb")), ": a | b");
+    assert_eq!(last_words(Some("  ")), "");
+}

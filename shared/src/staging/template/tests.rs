@@ -295,3 +295,70 @@ fn a_template_file_is_read_and_a_missing_one_named() {
         "{e}"
     );
 }
+
+#[test]
+fn the_reset_is_the_last_init_container_of_the_workload_that_mounts_the_pvc() {
+    let p = plan_for(request(EXAMPLE));
+    let Workload::Template(objects) = &p.rendered.workload else {
+        panic!("a template")
+    };
+    let TemplateObject::StatefulSet(sts) = &objects[1] else {
+        panic!("a StatefulSet")
+    };
+    let pod = sts.spec.clone().unwrap().template.spec.unwrap();
+    let db = &pod.containers[0];
+    let init = pod.init_containers.clone().unwrap();
+    let reset = init.last().unwrap();
+    assert_eq!(reset.name, "credentials-reset");
+    // The container that mounts the PVC: its image, mount, security context and PGDATA.
+    assert_eq!(reset.image, db.image);
+    assert_eq!(reset.volume_mounts, db.volume_mounts);
+    assert_eq!(reset.security_context, db.security_context);
+    assert_eq!(reset.resources, db.resources);
+    let env = reset.env.clone().unwrap();
+    let dir = env.iter().find(|e| e.name == "DB_DATA_DIR").unwrap();
+    assert_eq!(
+        dir.value.as_deref(),
+        Some("/var/lib/postgresql/data/pgdata")
+    );
+
+    // A user's own init containers run first; a name clash is refused.
+    let with_init = minimal("").replace(
+        "      containers:\n",
+        "      initContainers:\n        - {name: wait, image: busybox}\n      containers:\n",
+    );
+    let p = plan_for(request(&with_init));
+    let Workload::Template(objects) = &p.rendered.workload else {
+        panic!("a template")
+    };
+    let pod = objects
+        .iter()
+        .find_map(|o| o.workload())
+        .and_then(|(t, _)| t.spec.clone())
+        .unwrap();
+    let names: Vec<String> = pod
+        .init_containers
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["wait", "credentials-reset"]);
+    let e = error(&with_init.replace("name: wait", "name: credentials-reset"));
+    assert!(
+        e.contains("an init container is already named credentials-reset"),
+        "{e}"
+    );
+
+    // Off: nothing is added.
+    let mut off = request(EXAMPLE);
+    off["resetCredentials"] = json!(false);
+    let Workload::Template(objects) = plan_for(off).rendered.workload else {
+        panic!("a template")
+    };
+    let pod = objects
+        .iter()
+        .find_map(|o| o.workload())
+        .and_then(|(t, _)| t.spec.clone())
+        .unwrap();
+    assert_eq!(pod.init_containers, None);
+}
