@@ -50,6 +50,23 @@ build() {
   if [ "${#missing[@]}" != 0 ]; then build_upstream "${missing[@]}"; fi
   mkdir -p "$BIN"
   (cd "$MOD" && go build -trimpath -o "$BIN/csi-hostpath" ./csi-hostpath)
+  data
+}
+
+# Data the services read, from the same modules: the snapshot CRDs, and KWOK's stages (nodes
+# initialised and kept alive with a Lease, as a kubelet does, so the node-lifecycle controller never
+# marks them NotReady; pods Ready; Job pods completed; deleted pods removed).
+data() {
+  local snapclient kwokdir
+  snapclient=$(cd "$MOD" && go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/client/v8)
+  kwokdir=$(cd "$MOD" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  mkdir -p "$BIN/crds"
+  cp "$snapclient"/config/crd/*storage.k8s.io_*.yaml "$BIN/crds/"
+  chmod -R u+w "$BIN/crds"
+  { for f in "$kwokdir"/kustomize/stage/node/fast/node-initialize.yaml \
+      "$kwokdir"/kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+      "$kwokdir"/kustomize/stage/pod/fast/pod-*.yaml; do
+      echo "---"; cat "$f"; done; } >"$BIN/kwok-stages.yaml"
 }
 
 build_upstream() {
@@ -72,14 +89,6 @@ build_upstream() {
     go build -trimpath -ldflags="-s -w" -o "$BIN.partial/" "$pkg"
     log "  built $(basename "$pkg") in $((SECONDS - t)) s"
   done)
-  # Data the services read: the snapshot CRDs and KWOK's "fast" stages, from the same modules.
-  local snapclient kwokdir
-  snapclient=$(cd "$MOD" && go list -m -f '{{.Dir}}' github.com/kubernetes-csi/external-snapshotter/client/v8)
-  kwokdir=$(cd "$MOD" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
-  mkdir -p "$BIN.partial/crds"
-  cp "$snapclient"/config/crd/*storage.k8s.io_*.yaml "$BIN.partial/crds/"
-  { for f in "$kwokdir"/kustomize/stage/node/fast/node-initialize.yaml "$kwokdir"/kustomize/stage/pod/fast/pod-*.yaml; do
-      echo "---"; cat "$f"; done; } >"$BIN.partial/kwok-stages.yaml"
   chmod -R u+w "$BIN.partial"
   mkdir -p "$BIN" && cp -a "$BIN.partial/." "$BIN/" && rm -rf "$BIN.partial"
   log "built in $((SECONDS - start)) s"
@@ -192,7 +201,8 @@ start() {
     --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false --profiling=false
   launch kwok --kubeconfig "$RUN/admin.kubeconfig" --config "$BIN/kwok-stages.yaml" \
     --manage-all-nodes=false --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
-    --cidr 10.244.0.0/16 --node-ip 10.244.0.1 --server-address "127.0.0.1:$KWOK_PORT"
+    --cidr 10.244.0.0/16 --node-ip 10.244.0.1 --server-address "127.0.0.1:$KWOK_PORT" \
+    --node-lease-duration-seconds 40
   launch snapshot-controller --kubeconfig "$RUN/admin.kubeconfig" --leader-election=false
 
   # Storage: the driver, the sidecars, and the classes (tools/kube/manifests/storage.yaml).

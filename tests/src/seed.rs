@@ -43,7 +43,7 @@ pub fn demo_pipeline(
     });
     let mut deploy = serde_json::json!({
         "volumeId": "#{Restore.VolumeId}", "engine": "postgresql",
-        "availabilityZone": AVAILABILITY_ZONE, "resetCredentials": false,
+        "availabilityZone": AVAILABILITY_ZONE,
     });
     match kubeconfig {
         Some(path) => deploy["cluster"] = serde_json::json!({ "kubeconfigFile": path }),

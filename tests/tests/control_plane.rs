@@ -166,3 +166,133 @@ async fn restored_data_reaches_a_ready_staging_database_on_a_real_api_server() {
     // The restored PVC is independent of the deleted snapshot.
     assert_eq!(read(&staged_dir, "orders.dat"), "rows as of the snapshot\n");
 }
+
+/// Masking and the migration check run as real Jobs (the Job controller makes the pods, KWOK
+/// completes them) before anything is published, through the deploy function's own RBAC user.
+#[tokio::test]
+async fn masking_and_migration_jobs_complete_before_the_endpoint_is_published() {
+    let Some(k) = LocalKube::get("masking_and_migration_jobs_complete") else {
+        return;
+    };
+    let jobs = JobService::start().await.unwrap();
+    let invoker = CliInvoker::new(Functions::new(bin_dir(), &jobs.url));
+    let deploy = json!({"backend": "px-csi", "volumeId": "orders-data", "storageSize": "1Gi",
+        "storageClassName": "snapstage-hostpath", "resetCredentials": false, "ttlHours": 1,
+        "masking": {"image": "postgres:17", "command": ["psql", "-f", "/scripts/mask.sql"]},
+        "migration": {"image": "flyway/flyway:11", "command": ["flyway", "validate"]},
+        "cluster": {"kubeconfigFile": k.kubeconfig("deploy-staging-db")}});
+    let run = run_one(&jobs, &invoker, "deploy-staging-db", &deploy).await;
+    assert_eq!(run.variable("Step", "MigrationResult"), Some("succeeded"));
+    let ns = run.variable("Step", "Namespace").unwrap().to_string();
+    for job in ["staging-db-masking", "staging-db-migration"] {
+        let j = k.get_json("job", Some(&ns), job).unwrap();
+        assert_eq!(j["status"]["succeeded"], 1, "{j}");
+        // The Job controller's own pod, completed on the node the scheduler chose.
+        let pods = k.list("pods", Some(&ns));
+        assert!(
+            pods.iter().any(
+                |p| p["metadata"]["labels"]["batch.kubernetes.io/job-name"] == job
+                    && p["status"]["phase"] == "Succeeded"
+            ),
+            "{job}: {pods:#?}"
+        );
+    }
+    // Published only after masking: the Job finished before the namespace was marked healthy.
+    let masked_at =
+        k.get_json("job", Some(&ns), "staging-db-masking").unwrap()["status"]["completionTime"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(!masked_at.is_empty());
+}
+
+/// A template workload: `pod_security` is its pod-level securityContext, `cpu` its request.
+fn template(pod_security: &str, cpu: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: db, namespace: "${{NAMESPACE}}"}}
+spec: {{selector: {{app: db}}, ports: [{{port: 5432}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: db, namespace: "${{NAMESPACE}}"}}
+spec:
+  serviceName: db
+  replicas: 1
+  selector: {{matchLabels: {{app: db}}}}
+  template:
+    metadata: {{labels: {{app: db}}}}
+    spec:
+      securityContext: {pod_security}
+      containers:
+      - name: db
+        image: "${{IMAGE}}"
+        resources: {{requests: {{cpu: "{cpu}"}}}}
+        securityContext: {{allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+        volumeMounts: [{{name: data, mountPath: "${{MOUNT_PATH}}"}}]
+      volumes:
+      - name: data
+        persistentVolumeClaim: {{claimName: "${{PVC_NAME}}"}}
+"#
+    )
+}
+
+/// Deploys `template` with a one-minute readiness limit; the failure reason.
+async fn deploy_failure(k: &LocalKube, template: &str) -> String {
+    let jobs = JobService::start().await.unwrap();
+    let invoker = CliInvoker::new(Functions::new(bin_dir(), &jobs.url));
+    // A file (UserParameters holds at most 1000 characters).
+    let file = std::env::temp_dir().join(format!("{}.yaml", unique("template")));
+    std::fs::write(&file, template).unwrap();
+    let deploy = json!({"backend": "px-csi", "volumeId": "orders-data", "storageSize": "1Gi",
+        "storageClassName": "snapstage-hostpath", "resetCredentials": false, "ttlHours": 1,
+        "readyTimeoutMinutes": 1, "template": {"file": file},
+        "cluster": {"kubeconfigFile": k.kubeconfig("deploy-staging-db")}});
+    let p = Pipeline {
+        name: "orders".into(),
+        actions: vec![Action::new(
+            "Step",
+            "Step",
+            "deploy-staging-db",
+            &deploy.to_string(),
+        )],
+    };
+    let run = pipeline::run(&p, &jobs, &invoker, &options())
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    match run.status {
+        RunStatus::Failed { reason, .. } => reason,
+        RunStatus::Succeeded => panic!("this database cannot be ready: {}", run.timeline),
+    }
+}
+
+/// A pod the scheduler cannot place: the deploy fails at its limit in the scheduler's words.
+#[tokio::test]
+async fn an_unschedulable_database_reports_the_scheduler_s_reason() {
+    let Some(k) = LocalKube::get("an_unschedulable_database_reports_the_scheduler_s_reason") else {
+        return;
+    };
+    let restricted = "{runAsNonRoot: true, runAsUser: 999, seccompProfile: {type: RuntimeDefault}}";
+    let reason = deploy_failure(&k, &template(restricted, "64")).await;
+    assert!(
+        reason.contains("Insufficient cpu"),
+        "the scheduler's reason: {reason}"
+    );
+}
+
+/// A pod PodSecurity admission refuses never exists: the deploy says so (the StatefulSet's
+/// FailedCreate event), not only "no pods yet".
+#[tokio::test]
+async fn a_pod_the_restricted_standard_refuses_is_reported_with_admission_s_reason() {
+    let Some(k) = LocalKube::get("a_pod_the_restricted_standard_refuses") else {
+        return;
+    };
+    let reason = deploy_failure(&k, &template("{}", "100m")).await;
+    assert!(
+        reason.contains("FailedCreate") && reason.contains("violates PodSecurity"),
+        "admission's reason: {reason}"
+    );
+}

@@ -428,9 +428,32 @@ async fn builtin_health(client: &kube::Client, ns: &str) -> Result<(Vec<Health>,
     let pod = kubeapi::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
     let pod_health = match &pod {
         Some(p) => readiness::pod_health(p),
-        None => Health::Waiting(format!("pod {pod_name} is not created yet")),
+        None => Health::Waiting(
+            no_pods(client, ns, "StatefulSet", STATEFULSET_NAME)
+                .await?
+                .unwrap_or_else(|| format!("pod {pod_name} is not created yet")),
+        ),
     };
     Ok((vec![readiness::stateful_set_health(&sts)], vec![pod_health]))
+}
+
+/// Why a workload has no pods, from its controller's Warning events: admission refusing the pod
+/// (PodSecurity, quota, a webhook) is reported as `FailedCreate` on the workload, not on any pod.
+/// A Deployment's pods are its ReplicaSet's, whose events are not looked up here.
+async fn no_pods(
+    client: &kube::Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    let events = kubeapi::list(
+        &Api::<Event>::namespaced(client.clone(), ns),
+        &ListParams::default().fields(&format!(
+            "involvedObject.kind={kind},involvedObject.name={name}"
+        )),
+    )
+    .await?;
+    Ok(readiness::warnings(&events, 1).map(|w| format!("{kind} {name} has no pods: {w}")))
 }
 
 /// Every StatefulSet and Deployment of a template, and the pods their selectors match.
@@ -475,10 +498,11 @@ async fn template_health(
         )
         .await?;
         if found.is_empty() {
-            pods.push(Health::Waiting(format!(
-                "{} {name} has no pods yet",
-                o.kind()
-            )));
+            pods.push(Health::Waiting(
+                no_pods(client, ns, o.kind(), name)
+                    .await?
+                    .unwrap_or_else(|| format!("{} {name} has no pods yet", o.kind())),
+            ));
         }
         pods.extend(found.iter().map(readiness::pod_health));
     }
