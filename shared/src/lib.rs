@@ -14,6 +14,7 @@
 //! | [`error`] | the error type and its CodePipeline failure types |
 //! | [`eks`] | the EKS bearer token (presigned STS GetCallerIdentity) |
 //! | [`cluster`] | cluster access: a `kube::Client` for EKS, a kubeconfig, or in-cluster |
+//! | [`interlock`] | the production interlock: which volume a step may import (production markers, this run's staging mark, the override) |
 //! | [`storage`] | the snapshot/volume backend trait, its backends (EBS, FlashArray/CBS) and the two storage steps |
 //! | [`staging`] | the staging database on Kubernetes: manifests, apply, readiness, Jobs, teardown |
 //! | [`replicate`] | copying artifacts between S3 endpoints, verified |
@@ -28,6 +29,7 @@ pub mod digest;
 pub mod eks;
 pub mod entry;
 pub mod error;
+pub mod interlock;
 pub mod invocation;
 /// Test support: a Kubernetes API server double at the HTTP level (exact request scenarios).
 #[cfg(any(test, feature = "kube-fixture"))]
