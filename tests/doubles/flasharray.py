@@ -23,9 +23,11 @@ Control endpoints (not part of the FlashArray API):
     POST   /_double/faults            {"status": 429|503|401|..., "count": n, "path": "/volumes",
                                        "method": "GET"?, "array": "name"?, "retry_after": s?}
     DELETE /_double/faults
-    POST   /_double/seed              {"array"?, "volumes": [{"name", "provisioned"?}],
+    POST   /_double/seed              {"array"?, "volumes": [{"name", "provisioned"?, "tags"?}],
                                        "snapshots": [{"source", "suffix", "created"?}],
-                                       "pgroups": [{"name", "volumes": [...], "targets": [...]}]}
+                                       "pgroups": [{"name", "volumes": [...], "targets": [...],
+                                                    "tags"?}]}
+                                       (tags: [{"key", "value", "namespace"?}])
     POST   /_double/config            {"array"?, "versions": [...], "transfer_step": 0.25,
                                        "max_page_size": n}
 
@@ -290,6 +292,9 @@ class Array:
         self.pgroups: dict[str, dict] = {}
         self.pgsnaps: dict[str, dict] = {}
         self.transfers: dict[str, dict] = {}  # pgroup snapshot name -> shared transfer record
+        # resource name -> {(namespace, key): tag}, for volumes and protection groups
+        self.volume_tags: dict[str, dict] = {}
+        self.pgroup_tags: dict[str, dict] = {}
         self.sessions: dict[str, str] = {}
         self.counters = {"logins": 0, "logouts": 0, "failed_logins": 0, "requests": {}}
         self.clock = 0  # keeps created times strictly increasing
@@ -510,6 +515,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/_double/seed" and method == "POST":
             for v in doc.get("volumes", []):
                 arr.add_volume(v["name"], int(v.get("provisioned", 10 * GIB)), created=v.get("created"))
+                for t in v.get("tags", []):
+                    put_tag(arr.volume_tags, arr.volumes[v["name"]], t)
             for s in doc.get("snapshots", []):
                 vol = arr.volumes[s["source"]]
                 arr.add_vsnap(vol, s["suffix"], created=s.get("created"))
@@ -523,6 +530,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     "volumes": list(g.get("volumes", [])),
                     "targets": list(g.get("targets", [])),
                 }
+                for t in g.get("tags", []):
+                    put_tag(arr.pgroup_tags, arr.pgroups[g["name"]], t)
             return 200, {"array": state_of(arr)}
         if path == "/_double/config" and method == "POST":
             if "versions" in doc:
@@ -670,7 +679,83 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._post_pgsnap(arr, query, body)
         if rel == "/protection-group-snapshots/transfer" and method == "GET":
             return self._list(arr, query, arr.pgsnaps, "Protection group snapshot", self._render_transfer(arr), sources=arr.pgroups)
+        if rel == "/volumes/tags" and method == "GET":
+            return self._list_tags(arr, query, arr.volumes, arr.volume_tags, "Volume")
+        if rel == "/volumes/tags/batch" and method == "PUT":
+            return self._put_tags(arr, query, body, arr.volumes, arr.volume_tags, "Volume")
+        if rel == "/protection-groups/tags" and method == "GET":
+            return self._list_tags(arr, query, arr.pgroups, arr.pgroup_tags, "Protection group")
+        if rel == "/protection-groups/volumes" and method == "GET":
+            return self._pgroup_members(arr, query)
         raise ApiError(501, f"The double does not implement {method} {rel}.", violation=True)
+
+    # -- tags and protection group membership --
+
+    def _resources(self, query, table: dict, kind: str) -> list[dict]:
+        names = csv(query, "resource_names")
+        if not names:
+            raise ApiError(400, "resource_names is required by this double.", violation=True)
+        out = []
+        for n in names:
+            obj = table.get(n)
+            if obj is None:
+                raise ApiError(400, f"{kind} does not exist.", context=n)
+            out.append(obj)
+        return out
+
+    def _list_tags(self, arr, query, table, tags, kind):
+        items = [t for obj in self._resources(query, table, kind) for t in tags.get(obj["name"], {}).values()]
+        namespaces = csv(query, "namespaces")
+        if namespaces is not None:
+            items = [t for t in items if t["namespace"] in namespaces]
+        return self._page(arr, query, [dict(t, resource=dict(t["resource"])) for t in items])
+
+    def _put_tags(self, arr, query, body, table, tags, kind):
+        if not isinstance(body, list) or not body:
+            raise ApiError(400, "A list of tags is required.", violation=True)
+        out = []
+        for obj in self._resources(query, table, kind):
+            for t in body:
+                if not t.get("key"):
+                    raise ApiError(400, "A tag needs a key.", context=obj["name"])
+                out.append(put_tag(tags, obj, t))
+        return 200, {"items": out}, {}
+
+    def _pgroup_members(self, arr, query):
+        members = csv(query, "member_names")
+        if not members:
+            raise ApiError(400, "member_names is required by this double.", violation=True)
+        items = []
+        for m in members:
+            vol = arr.volumes.get(m)
+            if vol is None:
+                raise ApiError(400, "Volume does not exist.", context=m)
+            for g in arr.pgroups.values():
+                if m in g["volumes"]:
+                    items.append({"group": {"id": g["id"], "name": g["name"]}, "member": {"id": vol["id"], "name": m}})
+        return self._page(arr, query, items)
+
+    def _page(self, arr, query, items):
+        w = self.world
+        offset = int(query.get("offset") or 0)
+        token = query.get("continuation_token")
+        if token is not None:
+            page = w.pages.pop(token, None)
+            if page is None or page["array"] != arr.name:
+                raise ApiError(400, "Invalid continuation token.", violation=True)
+            offset = page["offset"]
+        limit = query.get("limit")
+        size = w.max_page_size if limit is None else min(int(limit), w.max_page_size)
+        page_items = items[offset : offset + size] if size > 0 else []
+        more = offset + len(page_items) < len(items)
+        out = {"items": page_items, "more_items_remaining": more}
+        extra = {}
+        if more and size > 0:
+            tok = new_id().replace("-", "")
+            w.pages[tok] = {"array": arr.name, "offset": offset + len(page_items)}
+            out["continuation_token"] = tok
+            extra["x-next-token"] = tok
+        return 200, out, extra
 
     # -- GET lists with names/ids/source_names/destroyed/filter/sort/limit/offset/paging --
 
@@ -931,6 +1016,20 @@ def materialise_replica(w: World, rec: dict, target: str):
         t.add_vsnap(replica_vol, rec["suffix"], created=rec["created"], name=f"{name}.{vname}")
 
 
+def put_tag(tags: dict, obj: dict, t: dict) -> dict:
+    """Creates or updates one tag of `obj` (a volume or protection group); returns it."""
+    ns = t.get("namespace") or "default"
+    tag = {
+        "key": t["key"],
+        "value": t.get("value", ""),
+        "namespace": ns,
+        "copyable": t.get("copyable", True),
+        "resource": {"id": obj["id"], "name": obj["name"]},
+    }
+    tags.setdefault(obj["name"], {})[(ns, t["key"])] = tag
+    return tag
+
+
 def render_volume(v: dict) -> dict:
     out = {k: v[k] for k in ("id", "name", "serial", "created", "destroyed", "provisioned", "subtype")}
     if v.get("source"):
@@ -959,6 +1058,7 @@ def state_of(a: Array) -> dict:
         "volume_snapshots": sorted(a.vsnaps),
         "destroyed_volume_snapshots": sorted(n for n, s in a.vsnaps.items() if s.get("destroyed")),
         "protection_groups": {n: {"volumes": g["volumes"], "targets": g["targets"]} for n, g in a.pgroups.items()},
+        "volume_tags": {n: {f"{ns}/{k}": t["value"] for (ns, k), t in tags.items()} for n, tags in a.volume_tags.items()},
         "protection_group_snapshots": sorted(a.pgsnaps),
         "transfers": {
             n: {"progress": r["progress"], "completed": r.get("completed")} for n, r in a.transfers.items()

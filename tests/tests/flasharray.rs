@@ -332,6 +332,147 @@ async fn a_staging_volume_is_a_copy_with_overwrite_and_never_the_production_volu
     d.assert_no_violations().await;
 }
 
+/// The production interlock's read of an array volume (deploy-staging-db with pure-csi / px-csi):
+/// restore-to-staging tags the staging volume with its run; production's volume and protection
+/// group carry their own tags; every request is the spec's.
+#[tokio::test]
+async fn staging_volumes_carry_the_run_and_the_interlock_reads_the_array_s_tags() {
+    let Some(d) = Double::start(&["fa"]) else {
+        return;
+    };
+    d.seed(
+        "fa",
+        json!({
+            "volumes": [{"name": "db", "provisioned": 16 * GIB,
+                         "tags": [{"key": "environment", "value": "Production"}]},
+                        {"name": "scratch"}],
+            "pgroups": [{"name": "pg-orders", "volumes": ["db", "logs"], "targets": [],
+                         "tags": [{"key": "tier", "value": "critical"},
+                                  {"key": "stage", "value": "prd", "namespace": "ops"}]}]
+        }),
+    )
+    .await;
+    let restore = ex("shop/0f1e2d3c/RestoreToStaging");
+    let deploy = ex("shop/0f1e2d3c/DeployStagingDb");
+    let fa = d.backend("fa");
+    let snap = fa.create_snapshot("db", &restore, "").await.unwrap();
+    let spec = VolumeSpec {
+        zone: "ignored".into(),
+        volume_type: "ignored".into(),
+    };
+    let vol = fa.create_volume(&snap, &spec, &restore).await.unwrap();
+    let st = d.state("fa").await;
+    let tags = &st["volume_tags"][&vol.id];
+    assert_eq!(tags["snapstage/snapstage:managed-by"], "snapstage", "{st}");
+    assert_eq!(tags["snapstage/snapstage:role"], "staging");
+    assert_eq!(
+        tags["snapstage/snapstage:execution"],
+        "shop/0f1e2d3c/RestoreToStaging"
+    );
+    assert!(
+        vol.tags
+            .iter()
+            .any(|(k, v)| k == "snapstage:role" && v == "staging"),
+        "{:?}",
+        vol.tags
+    );
+
+    // deploy-staging-db, the next action of the same pipeline execution, accepts it.
+    let marks = fa.marks(&vol.id).await.unwrap().expect("the volume exists");
+    assert_eq!(
+        snapstage::interlock::decide(
+            snapstage::interlock::Import {
+                field: "volumeId",
+                id: &vol.id,
+                allow_unmanaged: None,
+                backend: "flasharray",
+            },
+            Some(&marks),
+            &deploy,
+        )
+        .unwrap(),
+        snapstage::interlock::Accepted::ThisRun
+    );
+
+    // The production volume: its own tag and its protection group's are read.
+    let prod = fa.marks("db").await.unwrap().expect("db exists");
+    let seen: Vec<(String, String, String)> = prod
+        .markers
+        .iter()
+        .map(|m| (m.on.clone(), m.key.clone(), m.value.clone()))
+        .collect();
+    for want in [
+        ("tag", "environment", "Production"),
+        ("protection group pg-orders tag", "tier", "critical"),
+        ("protection group pg-orders tag", "stage", "prd"),
+    ] {
+        assert!(
+            seen.iter()
+                .any(|(o, k, v)| (o.as_str(), k.as_str(), v.as_str()) == want),
+            "{want:?} in {seen:?}"
+        );
+    }
+    let e = snapstage::interlock::decide(
+        snapstage::interlock::Import {
+            field: "volumeId",
+            id: "db",
+            allow_unmanaged: Some("db"),
+            backend: "flasharray",
+        },
+        Some(&prod),
+        &deploy,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is marked production (tag environment=Production)"),
+        "{e}"
+    );
+    // An untagged volume outside any group carries nothing; a missing one is None.
+    let scratch = fa.marks("scratch").await.unwrap().expect("scratch exists");
+    assert!(
+        scratch.markers.is_empty() && scratch.staging_run.is_none(),
+        "{scratch:?}"
+    );
+    assert!(fa.marks("no-such-volume").await.unwrap().is_none());
+    fa.close().await.unwrap();
+    d.assert_no_violations().await;
+}
+
+/// A restore cut short between the copy and its tags: the retry finds the volume by name and
+/// tags it, so the deploy that follows accepts it.
+#[tokio::test]
+async fn a_staging_volume_copied_but_not_yet_tagged_is_tagged_by_the_retry() {
+    let Some(d) = Double::start(&["fa"]) else {
+        return;
+    };
+    d.seed("fa", json!({"volumes": [{"name": "db"}]})).await;
+    let run = ex("shop/0f1e2d3c/RestoreToStaging");
+    let fa = d.backend("fa");
+    let snap = fa.create_snapshot("db", &run, "").await.unwrap();
+    // The copy alone, as a restore killed right after it leaves it.
+    let copied = fa
+        .copy_snapshot(&snap, &staging_volume_name("db", &run))
+        .await
+        .unwrap();
+    assert!(d.state("fa").await["volume_tags"].get(&copied.id).is_none());
+    let found = fa.find_volume(&run).await.unwrap().expect("found by name");
+    assert_eq!(found.id, copied.id);
+    let st = d.state("fa").await;
+    assert_eq!(
+        st["volume_tags"][&copied.id]["snapstage/snapstage:execution"],
+        "shop/0f1e2d3c/RestoreToStaging"
+    );
+    // Found again: already tagged, nothing is written twice.
+    fa.find_volume(&run).await.unwrap();
+    assert_eq!(
+        requests(&d.state("fa").await, "PUT /api/2.56/volumes/tags/batch"),
+        1
+    );
+    fa.close().await.unwrap();
+    d.assert_no_violations().await;
+}
+
 #[tokio::test]
 async fn a_protection_group_snapshot_replicates_with_rising_progress_then_restores_on_the_target() {
     let Some(d) = Double::start(&["fa-onprem", "cbs-cloud"]) else {

@@ -13,13 +13,19 @@
 use tokio::sync::OnceCell;
 
 use super::client::{BACKEND, Client, Session, is_already_exists};
-use super::model::{ProtectionGroupSnapshot, Transfer, Volume, VolumeSnapshot};
+use super::model::{ProtectionGroupSnapshot, Tag, TagBatch, Transfer, Volume, VolumeSnapshot};
 use crate::contract::Execution;
 use crate::error::{Error, Result};
-use crate::storage::{Backend, SnapshotInfo, SnapshotState, VolumeInfo, VolumeSpec, VolumeState};
+use crate::interlock::{Marker, Marks};
+use crate::storage::{
+    Backend, MANAGED_BY, SnapshotInfo, SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE,
+    VolumeInfo, VolumeSpec, VolumeState, execution_tag,
+};
 
 /// Every suffix snapstage gives a snapshot starts with this.
 pub const SUFFIX_PREFIX: &str = "snapstage-";
+/// The tag namespace of the tags snapstage puts on the staging volumes it makes.
+pub const TAG_NAMESPACE: &str = "snapstage";
 
 const GIB: i64 = 1 << 30;
 /// Purity names are 1 to 63 characters.
@@ -172,6 +178,23 @@ fn made_by_snapstage(s: &VolumeSnapshot) -> bool {
         .as_deref()
         .or_else(|| s.name.rsplit_once('.').map(|(_, x)| x))
         .is_some_and(|x| x.starts_with(SUFFIX_PREFIX))
+}
+
+/// `(key, value)` of tags, in the order the array listed them.
+fn tag_pairs(tags: &[Tag]) -> Vec<(String, String)> {
+    tags.iter()
+        .filter_map(|t| Some((t.key.clone()?, t.value.clone().unwrap_or_default())))
+        .collect()
+}
+
+/// The tags that make a volume this run's staging volume (as on EBS: managed-by, execution,
+/// role), not copyable: a copy of it is nobody's staging volume.
+fn staging_tags(execution: &Execution) -> [(&'static str, String); 3] {
+    [
+        (TAG_MANAGED_BY, MANAGED_BY.to_string()),
+        (TAG_EXECUTION, execution_tag(execution)),
+        (TAG_ROLE, "staging".to_string()),
+    ]
 }
 
 /// A FlashArray / Cloud Block Store array. Logs in on first use; [`FlashArray::close`] logs out.
@@ -377,6 +400,94 @@ impl FlashArray {
     }
 }
 
+impl FlashArray {
+    /// Tags `volume` as this run's staging volume (`PUT /volumes/tags/batch`, idempotent) unless
+    /// it already is; returns its tags.
+    async fn tag_staging(
+        &self,
+        volume: &str,
+        execution: &Execution,
+    ) -> Result<Vec<(String, String)>> {
+        let s = self.session().await?;
+        let mut tags = tag_pairs(&s.volume_tags(&[volume]).await?);
+        let want = staging_tags(execution);
+        let missing = want
+            .iter()
+            .any(|(k, v)| !tags.iter().any(|(tk, tv)| tk == k && tv == v));
+        if missing {
+            let batch: Vec<TagBatch> = want
+                .iter()
+                .map(|(k, v)| TagBatch {
+                    key: k,
+                    value: v,
+                    namespace: TAG_NAMESPACE,
+                    copyable: false,
+                })
+                .collect();
+            s.put_volume_tags(volume, &batch).await?;
+            tracing::info!(volume, "tagged the staging volume with this run");
+            tags.retain(|(k, _)| !want.iter().any(|(w, _)| w == k));
+            tags.extend(want.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        }
+        Ok(tags)
+    }
+
+    /// The production interlock's read of `volume` (deploy-staging-db imports it): its tags
+    /// and the tags of every protection group that holds it. `None` when it does not exist or
+    /// is destroyed.
+    pub async fn marks(&self, volume: &str) -> Result<Option<Marks>> {
+        let s = self.session().await?;
+        let found = match s.volumes(&[volume]).await {
+            Ok(v) => v,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !found
+            .iter()
+            .any(|v| v.name == volume && v.destroyed != Some(true))
+        {
+            return Ok(None);
+        }
+        let tags = tag_pairs(&s.volume_tags(&[volume]).await?);
+        let mut markers: Vec<Marker> = tags.iter().map(|(k, v)| Marker::new("tag", k, v)).collect();
+        let groups: Vec<String> = s
+            .pgroups_of_volume(volume)
+            .await?
+            .into_iter()
+            .filter_map(|m| m.group.and_then(|g| g.name))
+            .collect();
+        if !groups.is_empty() {
+            let names: Vec<&str> = groups.iter().map(String::as_str).collect();
+            for t in s.pgroup_tags(&names).await? {
+                let group = t
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.name.clone())
+                    .unwrap_or_default();
+                if let Some(k) = t.key {
+                    markers.push(Marker::new(
+                        format!("protection group {group} tag"),
+                        k,
+                        t.value.unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        let tag = |k: &str| {
+            tags.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let staging = tag(TAG_MANAGED_BY).as_deref() == Some(MANAGED_BY)
+            && tag(TAG_ROLE).as_deref() == Some("staging");
+        Ok(Some(Marks {
+            what: format!("FlashArray volume {volume}"),
+            markers,
+            staging_run: tag(TAG_EXECUTION).filter(|_| staging),
+        }))
+    }
+}
+
 impl Backend for FlashArray {
     fn name(&self) -> &'static str {
         BACKEND
@@ -500,10 +611,16 @@ impl Backend for FlashArray {
             .await?
             .volumes_matching(&format!("name='*{tail}'"))
             .await?;
-        Ok(vols
+        let Some(v) = vols
             .iter()
             .find(|v| v.name.ends_with(tail) && v.destroyed != Some(true))
-            .map(|v| volume_info(v, None)))
+        else {
+            return Ok(None);
+        };
+        // A run cut short between the copy and its tags: tag it now.
+        let mut info = volume_info(v, None);
+        info.tags = self.tag_staging(&v.name, execution).await?;
+        Ok(Some(info))
     }
 
     async fn create_volume(
@@ -520,7 +637,9 @@ impl Backend for FlashArray {
             snapshot.source.as_str()
         };
         let target = staging_volume_name(source, execution);
-        self.copy_snapshot(snapshot, &target).await
+        let mut info = self.copy_snapshot(snapshot, &target).await?;
+        info.tags = self.tag_staging(&target, execution).await?;
+        Ok(info)
     }
 
     fn check_source(&self, field: &str, source: &str) -> Result<()> {

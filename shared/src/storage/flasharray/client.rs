@@ -22,8 +22,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::model::{
-    ApiVersions, ErrorResponse, Items, ProtectionGroupSnapshot, ProtectionGroupSnapshotPost,
-    Reference, Transfer, Volume, VolumeCopyPost, VolumeSnapshot, VolumeSnapshotPost,
+    ApiVersions, ErrorResponse, Items, ProtectionGroupMember, ProtectionGroupSnapshot,
+    ProtectionGroupSnapshotPost, Reference, Tag, TagBatch, Transfer, Volume, VolumeCopyPost,
+    VolumeSnapshot, VolumeSnapshotPost,
 };
 use crate::error::{Error, Result};
 
@@ -652,6 +653,23 @@ impl Session {
         Ok(out.items)
     }
 
+    /// A PUT that answers with `items`.
+    pub async fn put<T: DeserializeOwned, B: Serialize>(
+        &self,
+        rel: &str,
+        query: &Query<'_>,
+        body: &B,
+    ) -> Result<Vec<T>> {
+        let path = self.path(rel);
+        let body = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+        let a = self
+            .client
+            .execute(Method::PUT, &path, query, self.auth_headers(), Some(body))
+            .await?;
+        let out: Items<T> = parse(a, &format!("PUT {path}"))?;
+        Ok(out.items)
+    }
+
     fn one<T>(items: Vec<T>, what: &str) -> Result<T> {
         items.into_iter().next().ok_or_else(|| Error::Backend {
             backend: BACKEND,
@@ -695,6 +713,42 @@ impl Session {
             )
             .await?;
         Self::one(items, "POST /volumes")
+    }
+
+    // -- tags, protection group membership --
+
+    /// `GET /volumes/tags?resource_names=...`: every tag of those volumes, any namespace.
+    pub async fn volume_tags(&self, names: &[&str]) -> Result<Vec<Tag>> {
+        self.get_all("/volumes/tags", &vec![("resource_names", names.join(","))])
+            .await
+    }
+
+    /// `PUT /volumes/tags/batch?resource_names=V`: creates or updates `tags` on volume `name`.
+    pub async fn put_volume_tags(&self, name: &str, tags: &[TagBatch<'_>]) -> Result<Vec<Tag>> {
+        self.put(
+            "/volumes/tags/batch",
+            &vec![("resource_names", name.to_string())],
+            &tags,
+        )
+        .await
+    }
+
+    /// `GET /protection-groups/volumes?member_names=V`: the protection groups holding `volume`.
+    pub async fn pgroups_of_volume(&self, volume: &str) -> Result<Vec<ProtectionGroupMember>> {
+        self.get_all(
+            "/protection-groups/volumes",
+            &vec![("member_names", volume.to_string())],
+        )
+        .await
+    }
+
+    /// `GET /protection-groups/tags?resource_names=...`.
+    pub async fn pgroup_tags(&self, names: &[&str]) -> Result<Vec<Tag>> {
+        self.get_all(
+            "/protection-groups/tags",
+            &vec![("resource_names", names.join(","))],
+        )
+        .await
     }
 
     // -- volume snapshots --

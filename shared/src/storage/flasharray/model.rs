@@ -151,6 +151,38 @@ pub struct VolumeCopyPost {
     pub source: Reference,
 }
 
+/// `Tag`: a key/value (in a namespace) on a volume or protection group (`resource`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Tag {
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub resource: Option<Reference>,
+}
+
+/// `TagBatch`: a tag to create or update (`PUT /volumes/tags/batch`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TagBatch<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+    pub namespace: &'a str,
+    /// False for snapstage's tags: a copy of a staging volume is not that run's staging volume.
+    pub copyable: bool,
+}
+
+/// `ProtectionGroupsVolumes`: one protection group that holds one volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ProtectionGroupMember {
+    #[serde(default)]
+    pub group: Option<Reference>,
+    #[serde(default)]
+    pub member: Option<Reference>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
