@@ -109,11 +109,37 @@ async fn restored_data_reaches_a_ready_staging_database_on_a_real_api_server() {
     )
     .unwrap();
 
+    // Restore, then deploy, as two actions of one pipeline execution (deploy-staging-db's
+    // interlock takes only the staging PVC restore-to-staging made in this execution).
     // Restore: a new PVC in staging that holds the snapshot's bytes, not production's current ones.
     let restore = json!({"backend": "csi", "snapshotId": snap, "csi": csi("restore-to-staging")});
-    let run = run_one(&jobs, &invoker, "restore-to-staging", &restore).await;
-    assert_eq!(run.variable("Step", "Namespace"), Some(STAGING));
-    let staged = run.variable("Step", "PvcName").unwrap().to_string();
+    // Deploy: the staging database on the restored PVC, scheduled, Ready, published.
+    let deploy = json!({"backend": "csi", "pvcName": "#{Restore.PvcName}", "namespace": STAGING,
+                        "resetCredentials": false,
+                        "cluster": {"kubeconfigFile": k.kubeconfig("deploy-staging-db")}});
+    let p = Pipeline {
+        name: "orders".into(),
+        actions: vec![
+            Action::new(
+                "Restore",
+                "Restore",
+                "restore-to-staging",
+                &restore.to_string(),
+            ),
+            Action::new(
+                "Deploy",
+                "StagingDb",
+                "deploy-staging-db",
+                &deploy.to_string(),
+            ),
+        ],
+    };
+    let run = pipeline::run(&p, &jobs, &invoker, &options())
+        .await
+        .unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{}", run.timeline);
+    assert_eq!(run.variable("Restore", "Namespace"), Some(STAGING));
+    let staged = run.variable("Restore", "PvcName").unwrap().to_string();
     let staged_dir = k.pvc_volume_dir(STAGING, &staged);
     assert_ne!(staged_dir, prod_dir, "restore makes a new volume");
     assert_eq!(read(&staged_dir, "orders.dat"), "rows as of the snapshot\n");
@@ -122,15 +148,9 @@ async fn restored_data_reaches_a_ready_staging_database_on_a_real_api_server() {
         "rows written after the snapshot\n",
         "production's volume is untouched"
     );
-
-    // Deploy: the staging database on the restored PVC, scheduled, Ready, published.
-    let deploy = json!({"backend": "csi", "pvcName": staged, "namespace": STAGING,
-                        "resetCredentials": false,
-                        "cluster": {"kubeconfigFile": k.kubeconfig("deploy-staging-db")}});
-    let run = run_one(&jobs, &invoker, "deploy-staging-db", &deploy).await;
-    assert_eq!(run.variable("Step", "Mode"), Some("applied"));
+    assert_eq!(run.variable("StagingDb", "Mode"), Some("applied"));
     assert_eq!(
-        run.variable("Step", "Endpoint"),
+        run.variable("StagingDb", "Endpoint"),
         Some(format!("staging-db.{STAGING}.svc.cluster.local:5432").as_str())
     );
     let pods = k.list("pods", Some(STAGING));
@@ -176,7 +196,10 @@ async fn masking_and_migration_jobs_complete_before_the_endpoint_is_published() 
     };
     let jobs = JobService::start().await.unwrap();
     let invoker = CliInvoker::new(Functions::new(bin_dir(), &jobs.url));
+    // A new, empty px-csi volume the host-path driver provisions: no array holds tags to read,
+    // so the interlock imports it only because allowUnmanagedVolume names it.
     let deploy = json!({"backend": "px-csi", "volumeId": "orders-data", "storageSize": "1Gi",
+        "allowUnmanagedVolume": "orders-data",
         "storageClassName": "snapstage-hostpath", "resetCredentials": false, "ttlHours": 1,
         "masking": {"image": "postgres:17", "command": ["psql", "-f", "/scripts/mask.sql"]},
         "migration": {"image": "flyway/flyway:11", "command": ["flyway", "validate"]},
@@ -246,7 +269,9 @@ async fn deploy_failure(k: &LocalKube, template: &str) -> String {
     // A file (UserParameters holds at most 1000 characters).
     let file = std::env::temp_dir().join(format!("{}.yaml", unique("template")));
     std::fs::write(&file, template).unwrap();
+    // A new, empty px-csi volume (no array to read tags from): named by allowUnmanagedVolume.
     let deploy = json!({"backend": "px-csi", "volumeId": "orders-data", "storageSize": "1Gi",
+        "allowUnmanagedVolume": "orders-data",
         "storageClassName": "snapstage-hostpath", "resetCredentials": false, "ttlHours": 1,
         "readyTimeoutMinutes": 1, "template": {"file": file},
         "cluster": {"kubeconfigFile": k.kubeconfig("deploy-staging-db")}});

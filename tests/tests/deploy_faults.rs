@@ -15,6 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use snapstage::Result;
 use snapstage::contract::{Deadline, Execution, Outcome, Step};
+use snapstage::interlock::KnownVolumes;
 use snapstage::params::{Layer, merge};
 use snapstage::staging::{self, names};
 use snapstage_localenv::faults::{Crash, Fault, FaultProxy, Rule};
@@ -64,13 +65,26 @@ fn step(key: &str, state: Option<Value>) -> Step<staging::Params> {
     }
 }
 
+/// What EC2 says about the step's volume: the staging volume restore-to-staging made for the
+/// run `key` (a direct request with the same executionId).
+fn this_runs_volume(key: &str) -> KnownVolumes {
+    KnownVolumes::staging_ebs("vol-0123456789abcdef0", key)
+}
+
 impl Env {
     /// Runs the deploy to completion as the job contract does (continuations fed back).
     async fn deploy(&self, key: &str) -> Result<BTreeMap<String, String>> {
         let mut state = None;
         let mut last = String::new();
         for _ in 0..20 {
-            match staging::run(&self.client, step(key, state.take()), Timestamp::now()).await? {
+            match staging::run(
+                &self.client,
+                step(key, state.take()),
+                Timestamp::now(),
+                &this_runs_volume(key),
+            )
+            .await?
+            {
                 Outcome::Done { outputs, .. } => return Ok(outputs),
                 Outcome::Continue {
                     state: s, summary, ..
@@ -89,7 +103,14 @@ impl Env {
     async fn cut_short(&self, key: &str, invocations: usize) {
         let mut state = None;
         for _ in 0..invocations {
-            match staging::run(&self.client, step(key, state.take()), Timestamp::now()).await {
+            match staging::run(
+                &self.client,
+                step(key, state.take()),
+                Timestamp::now(),
+                &this_runs_volume(key),
+            )
+            .await
+            {
                 Ok(Outcome::Continue { state: s, .. }) => state = Some(s),
                 Ok(Outcome::Done { .. }) | Err(_) => return,
             }

@@ -132,6 +132,18 @@ async fn demo_pipeline_succeeds(
         .variable("Restore", "VolumeId")
         .expect("Restore.VolumeId")
         .to_string();
+    // deploy-staging-db's interlock read its tags and took it as this pipeline execution's
+    // staging volume (restore-to-staging is another action of the same execution).
+    // (The first Deploy invocation says it; later ones wait for the database.)
+    let interlock = format!("interlock: EBS volume {restored} is this run's staging volume");
+    assert!(
+        run.timeline
+            .entries
+            .iter()
+            .any(|e| e.action == "Deploy" && e.summary.contains(&interlock)),
+        "{}",
+        run.timeline
+    );
     assert_ne!(restored, demo.production_volume_id);
     let vols = clients
         .ec2

@@ -242,10 +242,32 @@ async fn no_secret_reaches_a_log_output_or_result_of_any_function() {
     seen.add("restore-to-staging failure", &r);
 
     // deploy-staging-db: the plan (success), then a real deploy whose kubeconfig (from Secrets
-    // Manager, with a bearer token) names an API server nothing answers on.
-    let deploy = json!({"cluster": {"kubeconfigSecret": kubeconfig}, "volumeId": "vol-0123456789abcdef0",
+    // Manager, with a bearer token) names an API server nothing answers on. The volume is the
+    // staging volume restore-to-staging made for the run (its tags), so the interlock passes
+    // and the deploy goes on to the cluster.
+    let execution = unique("hygiene");
+    let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+    let volume = aws_sdk_ec2::Client::new(&config)
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(1)
+        .tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+                .tags(tag("snapstage:managed-by", "snapstage"))
+                .tags(tag("snapstage:role", "staging"))
+                .tags(tag("snapstage:execution", &execution))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string();
+    let deploy = json!({"cluster": {"kubeconfigSecret": kubeconfig}, "volumeId": volume,
         "availabilityZone": "us-east-1a", "engine": "postgresql",
-        "executionId": unique("hygiene")});
+        "executionId": execution});
     let mut plan = deploy.clone();
     plan["dryRun"] = json!(true);
     let r = run("deploy-staging-db", &m.cloud, plan, vec![]).await;

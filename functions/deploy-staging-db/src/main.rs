@@ -8,10 +8,13 @@ use std::process::ExitCode;
 
 use snapstage::entry::About;
 use snapstage::staging::{self, Params};
+use snapstage::storage::open::ImportMarks;
 use snapstage::{Function, Outcome, Result, Step};
 
 struct DeployStagingDb {
     sdk: aws_config::SdkConfig,
+    /// The production interlock's reads of the imported volume (EBS and FlashArray tags).
+    volumes: ImportMarks,
 }
 
 impl Function for DeployStagingDb {
@@ -19,7 +22,7 @@ impl Function for DeployStagingDb {
     type Params = Params;
 
     async fn step(&self, step: Step<Params>) -> Result<Outcome> {
-        staging::step(&self.sdk, step).await
+        staging::step(&self.sdk, &self.volumes, step).await
     }
 }
 
@@ -38,7 +41,11 @@ const ABOUT: About = About {
         "previous healthy database of the pipeline (onFailure). action teardown / sweep delete one\n",
         "staging namespace / every expired one, only if snapstage made it.\n",
         "PLAN MODE when no cluster is configured or dryRun is true: the manifests are rendered and\n",
-        "validated and the apply requests are logged; no cluster is contacted.",
+        "validated and the apply requests are logged; no cluster is changed.\n",
+        "PRODUCTION INTERLOCK, in plan mode too: before anything is applied the imported volume is read\n",
+        "(EBS tags; FlashArray tags with flasharray; the PVC / VolumeSnapshot labels and the PVs of the\n",
+        "same array volume in the cluster) and refused when it is marked production, or when it is not\n",
+        "the staging volume restore-to-staging made for this run and allowUnmanagedVolume does not name it.",
     ),
     parameters: concat!(
         "  action                  deploy (default) | teardown (needs namespace) | sweep (expired ones)\n",
@@ -88,6 +95,12 @@ const ABOUT: About = About {
         "                          DB_PORT, DB_USERNAME, DB_PASSWORD (+ PG* / MYSQL_*); scripts at /scripts\n",
         "  migration               {\"image\", \"command\": [...], \"allowFailure\"?, ...}: a migration check\n",
         "                          Job; its failure fails the action unless allowFailure is true\n",
+        "  allowUnmanagedVolume    the interlock's override: the exact volumeId / pvcName / snapshotName to\n",
+        "                          import although it is not this run's staging volume (never a volume\n",
+        "                          marked production: env/environment/stage/role=prod*, SNAPSTAGE_PRODUCTION_MARKERS)\n",
+        "  flasharray              pure-csi / px-csi: {\"endpoint\", \"apiTokenSecret\", \"caBundle\"?}, the array\n",
+        "                          whose volume tags the interlock reads (read-only); without it only\n",
+        "                          allowUnmanagedVolume imports an array volume\n",
         "  fieldManager            server-side apply field manager (default snapstage-deploy-staging-db)\n",
         "  dryRun                  true: deploy only plans; teardown / sweep report what they would delete",
     ),
@@ -108,5 +121,8 @@ const ABOUT: About = About {
 };
 
 fn main() -> ExitCode {
-    snapstage::entry::main::<DeployStagingDb>(&ABOUT, |sdk| DeployStagingDb { sdk: sdk.clone() })
+    snapstage::entry::main::<DeployStagingDb>(&ABOUT, |sdk| DeployStagingDb {
+        sdk: sdk.clone(),
+        volumes: ImportMarks::new(sdk),
+    })
 }

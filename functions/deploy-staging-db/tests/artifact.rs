@@ -7,11 +7,13 @@
 use std::io::Write as _;
 use std::time::Duration;
 
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use serde_json::{Value, json};
 use snapstage::codepipeline::{Artifact, ArtifactCredentials, ArtifactLocation, S3Location};
 use snapstage::contract::{Deadline, Execution, JobArtifacts, Outcome, Step};
 use snapstage::params::{Layer, merge};
 use snapstage::staging::{self, Params};
+use snapstage::storage::open::ImportMarks;
 use snapstage_localenv::testkit::{self, unique};
 
 const TEMPLATE: &str = include_str!("../../../infra/k8s/templates/postgresql.yaml");
@@ -25,6 +27,10 @@ fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
         w.write_all(text.as_bytes()).unwrap();
     }
     w.finish().unwrap().into_inner()
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag::builder().key(k).value(v).build()
 }
 
 fn job_step(request: Value, bucket: &str, key: &str) -> Step<Params> {
@@ -91,9 +97,34 @@ async fn a_template_in_an_input_artifact_is_read_with_the_job_credentials() {
         .await
         .unwrap();
 
-    let request = json!({"volumeId": "vol-0123456789abcdef0",
+    // The volume restore-to-staging made in this pipeline execution (another action of it).
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let volume = ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(1)
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Volume)
+                .tags(tag("snapstage:managed-by", "snapstage"))
+                .tags(tag("snapstage:role", "staging"))
+                .tags(tag(
+                    "snapstage:execution",
+                    "pipeline/exec-1/RestoreToStaging",
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .volume_id()
+        .unwrap()
+        .to_string();
+    let volumes = ImportMarks::new(&sdk);
+
+    let request = json!({"volumeId": volume,
                          "template": {"artifact": {"path": "deploy/db.yaml"}}});
-    let outcome = staging::step(&sdk, job_step(request, &bucket, key))
+    let outcome = staging::step(&sdk, &volumes, job_step(request, &bucket, key))
         .await
         .unwrap();
     let Outcome::Done { summary, outputs } = outcome else {
@@ -107,9 +138,9 @@ async fn a_template_in_an_input_artifact_is_read_with_the_job_credentials() {
     );
     assert!(!summary.contains("artifact-secret"), "{summary}");
 
-    let request = json!({"volumeId": "vol-0123456789abcdef0",
+    let request = json!({"volumeId": volume,
                          "template": {"artifact": {"path": "db.yaml"}}});
-    let e = staging::step(&sdk, job_step(request, &bucket, key))
+    let e = staging::step(&sdk, &volumes, job_step(request, &bucket, key))
         .await
         .unwrap_err();
     assert_eq!(

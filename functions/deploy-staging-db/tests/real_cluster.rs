@@ -22,6 +22,7 @@ use kube::Api;
 use serde_json::{Value, json};
 use snapstage::cluster::{self, ClusterConfig};
 use snapstage::contract::{Deadline, Execution, Outcome, Step};
+use snapstage::interlock::NoVolumeMarks;
 use snapstage::params::{Layer, merge};
 use snapstage::staging::{self, Params};
 
@@ -60,6 +61,7 @@ async fn follow(
             client,
             step(request.clone(), key, Some(state)),
             Timestamp::now(),
+            &NoVolumeMarks,
         )
         .await
         {
@@ -112,17 +114,22 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
         "backend": "px-csi", "volumeId": "it-volume", "namespace": namespace,
         "storageSize": "1Gi", "ttlHours": 1, "onFailure": "keep",
         // A new, empty volume: the image sets the generated credentials itself.
-        "resetCredentials": false
+        "resetCredentials": false,
+        // No array to read its tags from: the test names it (a test volume, not production).
+        "allowUnmanagedVolume": "it-volume"
     });
 
     // Plan: nothing is sent.
     let mut planned = request.clone();
     planned["dryRun"] = json!(true);
-    let Outcome::Done { outputs, .. } =
-        staging::run(&client, step(planned, &key, None), Timestamp::now())
-            .await
-            .unwrap()
-    else {
+    let Outcome::Done { outputs, .. } = staging::run(
+        &client,
+        step(planned, &key, None),
+        Timestamp::now(),
+        &NoVolumeMarks,
+    )
+    .await
+    .unwrap() else {
         panic!("a plan finishes in one step")
     };
     assert_eq!(outputs["Mode"], "plan");
@@ -130,9 +137,14 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
     assert!(namespaces.get_opt(&namespace).await.unwrap().is_none());
 
     // Apply.
-    let outcome = staging::run(&client, step(request.clone(), &key, None), Timestamp::now())
-        .await
-        .unwrap();
+    let outcome = staging::run(
+        &client,
+        step(request.clone(), &key, None),
+        Timestamp::now(),
+        &NoVolumeMarks,
+    )
+    .await
+    .unwrap();
     let Outcome::Continue { state, .. } = outcome else {
         panic!("apply waits for readiness: {outcome:?}")
     };
@@ -153,9 +165,14 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
         .unwrap();
 
     // A second apply (a retry) keeps the credentials.
-    staging::run(&client, step(request.clone(), &key, None), Timestamp::now())
-        .await
-        .unwrap();
+    staging::run(
+        &client,
+        step(request.clone(), &key, None),
+        Timestamp::now(),
+        &NoVolumeMarks,
+    )
+    .await
+    .unwrap();
     let again: Secret = Api::namespaced(client.clone(), &namespace)
         .get("staging-db-credentials")
         .await
@@ -179,6 +196,7 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
             None,
         ),
         Timestamp::now(),
+        &NoVolumeMarks,
     )
     .await
     .unwrap();
@@ -200,11 +218,16 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
     let request = json!({
         "backend": "px-csi", "volumeId": "it-volume", "namespace": namespace,
         "storageSize": "1Gi", "ttlHours": 1, "onFailure": "keep", "resetCredentials": false,
-        "template": {"inline": template}
+        "allowUnmanagedVolume": "it-volume", "template": {"inline": template}
     });
-    let outcome = staging::run(&client, step(request.clone(), &key, None), Timestamp::now())
-        .await
-        .unwrap();
+    let outcome = staging::run(
+        &client,
+        step(request.clone(), &key, None),
+        Timestamp::now(),
+        &NoVolumeMarks,
+    )
+    .await
+    .unwrap();
     let Outcome::Continue { state, summary, .. } = outcome else {
         panic!("apply waits for readiness: {outcome:?}")
     };
@@ -230,6 +253,7 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
             None,
         ),
         Timestamp::now(),
+        &NoVolumeMarks,
     )
     .await
     .unwrap();

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Plan;
 use super::credentials::{self, Credentials};
+use super::guard;
 use super::jobs::{self, JobKind};
 use super::kubeapi;
 use super::ownership;
@@ -36,8 +37,9 @@ use super::rollback;
 use super::teardown;
 use super::template::TemplateObject;
 use crate::cluster::BACKEND;
-use crate::contract::Outcome;
+use crate::contract::{Execution, Outcome};
 use crate::error::{Error, Result};
+use crate::interlock::VolumeMarks;
 
 /// The `Mode` output once the database is deployed.
 pub const MODE_APPLIED: &str = "applied";
@@ -86,15 +88,24 @@ impl DeployState {
     }
 }
 
+/// What a deploy's first invocation needs besides the cluster: the interlock's reads of the
+/// imported volume, and the run it checks the volume against.
+#[derive(Clone, Copy)]
+pub struct First<'a> {
+    pub volumes: &'a dyn VolumeMarks,
+    pub execution: &'a Execution,
+}
+
 /// One step of a deploy.
 pub async fn deploy(
     client: &kube::Client,
     plan: &Plan,
     state: Option<DeployState>,
     now: Timestamp,
+    first: First<'_>,
 ) -> Result<Outcome> {
     match state {
-        None => start(client, plan, now).await,
+        None => start(client, plan, now, first).await,
         Some(s) => match advance(client, plan, &s, now).await {
             // The API server blinked: look again next time, until the phase's timeout.
             Err(e @ Error::Unavailable { .. }) if !timed_out(plan, &s, now) => {
@@ -107,9 +118,18 @@ pub async fn deploy(
     }
 }
 
-/// Checks ownership, applies every object, and starts waiting.
-async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Outcome> {
+/// Checks the imported volume (the interlock) and ownership, applies every object, and starts
+/// waiting.
+async fn start(
+    client: &kube::Client,
+    plan: &Plan,
+    now: Timestamp,
+    first: First<'_>,
+) -> Result<Outcome> {
     let spec = &plan.spec;
+    // The production interlock, before anything else is read or applied.
+    let view = guard::ClusterView { client };
+    let checked = guard::check(spec, first.execution, first.volumes, Some(view)).await?;
     let ns_api: Api<Namespace> = Api::all(client.clone());
     let existing = kubeapi::get_opt(&ns_api, &spec.namespace).await?;
     let created = match &existing {
@@ -139,7 +159,7 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
         _ => None,
     };
     let plan = adjusted.as_ref().unwrap_or(plan);
-    let claim_note = existing_claim(client, plan, existing.is_some()).await?;
+    let claim_note = existing_claim(plan, checked.claim.as_ref());
     if let Some(pv) = &plan.rendered.persistent_volume {
         let api: Api<PersistentVolume> = Api::all(client.clone());
         let name = pv.metadata.name.as_deref().unwrap_or_default();
@@ -148,7 +168,7 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
         }
     }
     let applied = match apply_objects(client, plan, existing.is_some()).await {
-        Ok(a) => format!("{a}{claim_note}"),
+        Ok(a) => format!("{a}{claim_note}; {}", checked.note),
         Err(e) => {
             let pipeline = spec.pipeline_label.as_deref();
             return Err(on_failure(client, plan, created, e, pipeline, now).await);
@@ -174,43 +194,20 @@ async fn start(client: &kube::Client, plan: &Plan, now: Timestamp) -> Result<Out
     })
 }
 
-/// With `pvcName`: the PVC must already be in the namespace (restore-to-staging made it) and
-/// not be production's. Says how it will be treated; empty for the other sources.
-async fn existing_claim(
-    client: &kube::Client,
-    plan: &Plan,
-    namespace_exists: bool,
-) -> Result<String> {
-    let spec = &plan.spec;
-    let VolumeSource::ExistingClaim { claim } = &spec.volume else {
-        return Ok(String::new());
+/// With `pvcName`: says how the existing PVC (read and checked by the interlock) will be
+/// treated; empty for the other sources.
+fn existing_claim(plan: &Plan, claim: Option<&PersistentVolumeClaim>) -> String {
+    let VolumeSource::ExistingClaim { claim: name } = &plan.spec.volume else {
+        return String::new();
     };
-    let ns = spec.namespace.as_str();
-    let missing = || Error::NotFound {
-        backend: BACKEND,
-        message: format!(
-            "PVC {ns}/{claim} (pvcName) does not exist: deploy mounts a PVC that restore-to-staging made in the staging namespace; pass its Namespace and PvcName outputs"
-        ),
-    };
-    if !namespace_exists {
-        return Err(missing());
-    }
-    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let found = kubeapi::get_opt(&api, claim).await?.ok_or_else(missing)?;
-    if ownership::is_production(&found.metadata) {
-        return Err(Error::Refused(format!(
-            "PVC {ns}/{claim} is labelled production; snapstage never mounts production objects"
-        )));
-    }
-    Ok(if ownership::is_managed(&found.metadata) {
-        format!("; mounting the existing PVC {claim} (snapstage's)")
-    } else {
-        format!(
-            "; mounting the existing PVC {claim} (not labelled {}={}: teardown will not delete this namespace)",
+    match claim.is_some_and(|c| ownership::is_managed(&c.metadata)) {
+        true => format!("; mounting the existing PVC {name} (snapstage's)"),
+        false => format!(
+            "; mounting the existing PVC {name} (not labelled {}={}: teardown will not delete this namespace)",
             super::render::LABEL_MANAGED_BY,
             super::render::MANAGED_BY
-        )
-    })
+        ),
+    }
 }
 
 /// Applies Namespace, Secret (only when new), PV, PVC, Service, StatefulSet; says what it did.

@@ -17,6 +17,7 @@
 //! | [`apply`] | the server-side apply requests a plan lists (kube-core's request builder) |
 //! | [`credentials`] | generated once, when the Secret does not exist; never logged |
 //! | [`ownership`] | snapstage touches only what it made, never production |
+//! | [`guard`] | the production interlock on the imported volume, before any apply and in plan mode |
 //! | [`kubeapi`] | get / list / apply / delete, errors said in words |
 //! | [`deploy`] | apply, then one readiness check per invocation, then the Jobs |
 //! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
@@ -37,12 +38,14 @@ use serde::Serialize;
 
 use crate::contract::{Execution, Outcome, Step};
 use crate::error::{Error, Result};
+use crate::interlock::VolumeMarks;
 
 pub mod apply;
 pub mod artifact;
 pub mod credentials;
 pub mod deploy;
 pub mod engine;
+pub mod guard;
 pub mod jobs;
 pub mod kubeapi;
 pub mod names;
@@ -93,8 +96,13 @@ pub fn plan(params: Params, execution: &Execution, now: Timestamp) -> Result<Pla
 
 /// The whole step of `deploy-staging-db`: plan mode without a cluster (any action) or with
 /// `dryRun` (deploy); otherwise connect to the configured cluster (fresh credentials every
-/// invocation) and [`run`].
-pub async fn step(sdk: &aws_config::SdkConfig, mut step: Step<Params>) -> Result<Outcome> {
+/// invocation) and [`run_with`]. `volumes` reads the imported volume's tags for the production
+/// interlock ([`guard`]), in plan mode too.
+pub async fn step(
+    sdk: &aws_config::SdkConfig,
+    volumes: &dyn VolumeMarks,
+    mut step: Step<Params>,
+) -> Result<Outcome> {
     if step.params.action == Action::Deploy
         && let Some(template::TemplateParam::Artifact(file)) = &step.params.template
     {
@@ -103,16 +111,21 @@ pub async fn step(sdk: &aws_config::SdkConfig, mut step: Step<Params>) -> Result
     }
     let Some(cluster) = step.params.cluster.clone() else {
         return match step.params.action {
-            Action::Deploy => plan_step(step, NO_CLUSTER),
+            Action::Deploy => plan_step(step, NO_CLUSTER, volumes, None).await,
             Action::Teardown | Action::Sweep => teardown::plan_only(&step.params),
         };
     };
     if step.params.action == Action::Deploy && step.params.dry_run {
-        return plan_step(step, DRY_RUN);
+        // The cluster is read (never changed) only when the imported volume lives there.
+        let client = match step.params.backend {
+            Backend::Ebs => None,
+            _ => Some(crate::cluster::connect(&cluster, sdk).await?),
+        };
+        return plan_step(step, DRY_RUN, volumes, client.as_ref()).await;
     }
     let client = crate::cluster::connect(&cluster, sdk).await?;
     tracing::info!(cluster = %cluster.describe(), action = step.params.action.as_str(), "connected");
-    run(&client, step, Timestamp::now()).await
+    run(&client, step, Timestamp::now(), volumes).await
 }
 
 /// Checks a request as the step does before contacting anything (samples, tests): a deploy
@@ -124,10 +137,18 @@ pub fn check_request(params: Params, execution: &Execution, now: Timestamp) -> R
     }
 }
 
-/// One step against a cluster: deploy (or resume one), teardown, or sweep. `now` is the clock.
-pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> Result<Outcome> {
+/// One step against a cluster: deploy (or resume one), teardown, or sweep. `now` is the clock;
+/// `volumes` reads the imported volume's tags for the production interlock ([`guard`]).
+pub async fn run(
+    client: &kube::Client,
+    step: Step<Params>,
+    now: Timestamp,
+    volumes: &dyn VolumeMarks,
+) -> Result<Outcome> {
     match step.params.action {
-        Action::Deploy if step.params.dry_run => plan_step(step, DRY_RUN),
+        Action::Deploy if step.params.dry_run => {
+            plan_step(step, DRY_RUN, volumes, Some(client)).await
+        }
         Action::Deploy => {
             let state = step
                 .state
@@ -138,7 +159,11 @@ pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> R
             if state.is_none() {
                 plan.log_requests();
             }
-            deploy::deploy(client, &plan, state, now).await
+            let first = deploy::First {
+                volumes,
+                execution: &step.execution,
+            };
+            deploy::deploy(client, &plan, state, now, first).await
         }
         Action::Teardown => teardown::teardown(client, &step.params).await,
         Action::Sweep => {
@@ -147,10 +172,19 @@ pub async fn run(client: &kube::Client, step: Step<Params>, now: Timestamp) -> R
     }
 }
 
-/// A deploy in plan mode: plan now, log the requests, finish. `why` says why nothing is applied.
-/// Idempotent: the same execution plans the same namespace and objects (only `expires-at` moves).
-pub fn plan_step(step: Step<Params>, why: &str) -> Result<Outcome> {
+/// A deploy in plan mode: plan now, check the imported volume (the interlock; the cluster is
+/// read only when `client` is given), log the requests, finish. `why` says why nothing is
+/// applied. Idempotent: the same execution plans the same namespace and objects (only
+/// `expires-at` moves).
+pub async fn plan_step(
+    step: Step<Params>,
+    why: &str,
+    volumes: &dyn VolumeMarks,
+    client: Option<&kube::Client>,
+) -> Result<Outcome> {
     let plan = plan(step.params, &step.execution, Timestamp::now())?;
+    let view = client.map(|client| guard::ClusterView { client });
+    let checked = guard::check(&plan.spec, &step.execution, volumes, view).await?;
     if let VolumeSource::Ebs {
         zone: None,
         volume_id,
@@ -165,7 +199,13 @@ pub fn plan_step(step: Step<Params>, why: &str) -> Result<Outcome> {
         "plan only: no cluster is contacted"
     );
     plan.log_requests();
-    Ok(plan.outcome(why))
+    let Outcome::Done { summary, outputs } = plan.outcome(why) else {
+        return Err(Error::Internal("a plan finishes in one step".into()));
+    };
+    Ok(Outcome::Done {
+        summary: crate::codepipeline::truncate(&format!("{summary} {}.", checked.note), 2000),
+        outputs,
+    })
 }
 
 impl Plan {

@@ -12,6 +12,7 @@ use super::template::{TemplateParam, TemplateText};
 use crate::cluster::ClusterConfig;
 use crate::contract::Execution;
 use crate::error::{Error, Result};
+use crate::interlock::{ArrayAccess, OVERRIDE_PARAM};
 
 pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
 pub const DEFAULT_TTL_HOURS: u16 = 24;
@@ -97,6 +98,16 @@ pub struct Params {
     /// The database workload as the user's own YAML (see [`super::template`]).
     #[serde(default)]
     pub template: Option<TemplateParam>,
+    /// The production interlock's override: names the volume to import (the same value as
+    /// `volumeId`, `pvcName` or `snapshotName`) when it does not carry this run's staging mark.
+    /// A production-marked volume is refused even then.
+    #[serde(default)]
+    pub allow_unmanaged_volume: Option<String>,
+    /// `pure-csi` / `px-csi`: the array that holds the volume, so the interlock can read its
+    /// tags (and its protection groups'). Without it only the cluster's PVs are checked, and the
+    /// volume is imported only when `allowUnmanagedVolume` names it.
+    #[serde(default)]
+    pub flasharray: Option<ArrayAccess>,
     /// The text of an artifact template, fetched by the step before validation.
     #[serde(skip)]
     pub fetched_template: Option<TemplateText>,
@@ -285,6 +296,10 @@ pub struct Spec {
     pub database_user: String,
     /// The `snapstage.io/pipeline` label (a hash of the pipeline's name), when known.
     pub pipeline_label: Option<String>,
+    /// `allowUnmanagedVolume`: the volume the interlock may import without this run's mark.
+    pub allow_unmanaged: Option<String>,
+    /// `flasharray`: where the interlock reads an array volume's tags.
+    pub array: Option<ArrayAccess>,
 }
 
 impl Params {
@@ -314,6 +329,40 @@ impl Params {
             ));
         }
         let volume = self.volume_source()?;
+        if let Some(v) = &self.allow_unmanaged_volume
+            && v.trim().is_empty()
+        {
+            return Err(Error::parameter(
+                OVERRIDE_PARAM,
+                "expected the volume to import without this run's staging mark (the same value as volumeId, pvcName or snapshotName), got an empty string",
+            ));
+        }
+        if let Some(a) = &self.flasharray {
+            if !matches!(volume.backend(), Backend::PureCsi | Backend::PxCsi) {
+                return Err(Error::parameter(
+                    "flasharray",
+                    format!(
+                        "only used with backend \"pure-csi\" or \"px-csi\" (the array the volume is on); remove it for backend \"{}\"",
+                        volume.backend().as_str()
+                    ),
+                ));
+            }
+            if !a.endpoint.starts_with("https://") && !a.endpoint.starts_with("http://") {
+                return Err(Error::parameter(
+                    "flasharray.endpoint",
+                    format!(
+                        "expected the array's management URL such as https://array.example.com, got {:?}",
+                        a.endpoint
+                    ),
+                ));
+            }
+            if a.api_token_secret.trim().is_empty() {
+                return Err(Error::parameter(
+                    "flasharray.apiTokenSecret",
+                    "expected the name or ARN of a Secrets Manager secret holding the API token",
+                ));
+            }
+        }
         let template = self.template_text()?;
         if self.masking.as_ref().is_some_and(|m| m.allow_failure) {
             return Err(Error::parameter(
@@ -362,6 +411,8 @@ impl Params {
                 .database_user
                 .map(|u| u.0)
                 .unwrap_or_else(|| super::credentials::username(self.engine).to_string()),
+            allow_unmanaged: self.allow_unmanaged_volume,
+            array: self.flasharray,
         })
     }
 
@@ -1021,6 +1072,40 @@ mod tests {
         );
         let e = err(json!({"backend": "csi"}));
         assert!(e.contains("or pvcName"), "{e}");
+    }
+
+    #[test]
+    fn the_interlock_parameters_are_checked_where_they_are_written() {
+        let s = spec(json!({"volumeId": "vol-0123abcd", "allowUnmanagedVolume": "vol-0123abcd"}))
+            .unwrap();
+        assert_eq!(s.allow_unmanaged.as_deref(), Some("vol-0123abcd"));
+        assert_eq!(s.array, None);
+        let e = err(json!({"volumeId": "vol-0123abcd", "allowUnmanagedVolume": " "}));
+        assert!(
+            e.starts_with("allowUnmanagedVolume: expected the volume"),
+            "{e}"
+        );
+        let array = json!({"endpoint": "https://fa.example.com", "apiTokenSecret": "fa-ro"});
+        let s =
+            spec(json!({"backend": "px-csi", "volumeId": "r::p::v", "flasharray": array})).unwrap();
+        assert_eq!(s.array.unwrap().endpoint, "https://fa.example.com");
+        let e = err(json!({"volumeId": "vol-0123abcd", "flasharray": array}));
+        assert!(
+            e.starts_with("flasharray: only used with backend \"pure-csi\" or \"px-csi\""),
+            "{e}"
+        );
+        let e = err(json!({"backend": "pure-csi", "volumeId": "v",
+                           "flasharray": {"endpoint": "fa.example.com", "apiTokenSecret": "x"}}));
+        assert!(
+            e.starts_with("flasharray.endpoint: expected the array's management URL"),
+            "{e}"
+        );
+        let e = err(json!({"backend": "pure-csi", "volumeId": "v",
+                           "flasharray": {"endpoint": "https://fa", "apiTokenSecret": "x", "protectionGroup": "pg"}}));
+        assert!(
+            e.starts_with("request.flasharray.protectionGroup: unknown field"),
+            "{e}"
+        );
     }
 
     #[test]

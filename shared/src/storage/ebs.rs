@@ -250,6 +250,40 @@ fn client_token(execution: &Execution, snapshot: &str) -> String {
     format!("snapstage-{}", &hex::encode(d)[..40])
 }
 
+impl Ebs {
+    /// The production interlock's read of a volume (deploy-staging-db imports it): its tags
+    /// from DescribeVolumes; `None` when it does not exist.
+    pub async fn marks(&self, id: &str) -> Result<Option<crate::interlock::Marks>> {
+        let out = match self.ec2.describe_volumes().volume_ids(id).send().await {
+            Ok(out) => out,
+            Err(e) => {
+                return match aws_error(B, "DescribeVolumes", e) {
+                    Error::NotFound { .. } => Ok(None),
+                    other => Err(other),
+                };
+            }
+        };
+        let Some(v) = out.volumes().first() else {
+            return Ok(None);
+        };
+        let tags: Vec<(&str, &str)> = v
+            .tags()
+            .iter()
+            .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()))
+            .collect();
+        let tag = |k: &str| tags.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        let staging = managed(v.tags()) && tag(TAG_ROLE) == Some("staging");
+        Ok(Some(crate::interlock::Marks {
+            what: format!("EBS volume {id}"),
+            markers: tags
+                .iter()
+                .map(|(k, v)| crate::interlock::Marker::new("tag", *k, *v))
+                .collect(),
+            staging_run: tag(TAG_EXECUTION).filter(|_| staging).map(str::to_string),
+        }))
+    }
+}
+
 impl Backend for Ebs {
     fn name(&self) -> &'static str {
         B

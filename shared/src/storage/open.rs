@@ -285,3 +285,49 @@ impl Backend for AnyBackend {
         each!(self, b => b.restore_outputs(volume))
     }
 }
+
+/// The production interlock's reads for deploy-staging-db ([`crate::interlock::VolumeMarks`]):
+/// an EBS volume's tags with the function's role; an array volume's tags (and its protection
+/// groups') with the API token `flasharray` names, logged in and out for the one read.
+pub struct ImportMarks {
+    sdk: aws_config::SdkConfig,
+}
+
+impl ImportMarks {
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        Self { sdk: sdk.clone() }
+    }
+}
+
+impl crate::interlock::VolumeMarks for ImportMarks {
+    fn marks<'a>(
+        &'a self,
+        volume: crate::interlock::VolumeRef<'a>,
+    ) -> crate::interlock::BoxFuture<'a, Result<Option<crate::interlock::Marks>>> {
+        use crate::interlock::VolumeRef;
+        Box::pin(async move {
+            match volume {
+                VolumeRef::Ebs(id) => {
+                    Ebs::new(aws_sdk_ec2::Client::new(&self.sdk))
+                        .marks(id)
+                        .await
+                }
+                VolumeRef::FlashArray { volume, access } => {
+                    let params = FlashArrayParams {
+                        endpoint: access.endpoint.clone(),
+                        api_token_secret: access.api_token_secret.clone(),
+                        ca_bundle: access.ca_bundle.clone(),
+                        protection_group: None,
+                        replicated_from: None,
+                    };
+                    let array = open_flasharray(&params, &self.sdk).await?;
+                    let marks = array.marks(volume).await;
+                    if let Err(e) = (*array).close().await {
+                        tracing::warn!(error = %e, "FlashArray logout failed; the session expires on its own");
+                    }
+                    marks
+                }
+            }
+        })
+    }
+}
