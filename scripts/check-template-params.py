@@ -40,6 +40,10 @@ PIPELINE_VARIABLES = {
     "StagingDb.Endpoint": "postgresql.snapstage-1a2b3c.svc.cluster.local:5432",
     "StagingDb.Namespace": "snapstage-1a2b3c",
     "StagingDb.SecretName": "postgresql-credentials",
+    "StagingDb.Mode": "applied",
+    "StagingDb.Engine": "postgresql",
+    "StagingDb.Port": "5432",
+    "StagingDb.Service": "staging-db",
 }
 
 BASE = {
@@ -59,8 +63,12 @@ SCENARIOS = {
         "StagingDbEngine": "mysql",
         "VpcSubnetIds": ["subnet-0123456789abcdef0"],
         "VpcSecurityGroupIds": ["sg-0123456789abcdef0"],
+        "IntegrationTestVpcId": "vpc-0123456789abcdef0",
+        "IntegrationTestSubnetIds": ["subnet-0123456789abcdef1", "subnet-0123456789abcdef2"],
+        "IntegrationTestSecurityGroupIds": ["sg-0123456789abcdef1"],
     },
     "destination bucket in AWS, all defaults": dict(BASE),
+    "plan only, no cluster": {**BASE, "StagingDbPlanOnly": "true"},
 }
 
 PSEUDO = {

@@ -415,6 +415,42 @@ async fn a_volume_that_does_not_exist_is_a_configuration_error() {
     );
 }
 
+#[tokio::test]
+async fn with_require_cluster_no_cluster_fails_unless_a_plan_is_asked_for() {
+    let Some(ec2) = Ec2::connect("deploy-staging-db requireCluster").await else {
+        return;
+    };
+    let run = unique("interlock-require");
+    let volume = ec2.staging_volume(&run).await;
+    // As the stack configures the function: requireCluster in SNAPSTAGE_DEFAULTS.
+    let defaults = [("SNAPSTAGE_DEFAULTS", r#"{"requireCluster": true}"#)];
+    let (out, r) = ec2.run_env(&json!({"executionId": run, "volumeId": volume}), &defaults);
+    let msg = refused(&out, &r);
+    assert!(
+        msg.starts_with("no cluster is configured, and requireCluster is true")
+            && msg.contains("EksClusterName")
+            && msg.contains("dryRun: true"),
+        "{msg}"
+    );
+    // Teardown and sweep without a cluster would only plan: refused the same way.
+    for request in [
+        json!({"action": "teardown", "namespace": "snapstage-1a2b3c4d5e"}),
+        json!({"action": "sweep"}),
+    ] {
+        let (out, r) = run_with(&request.to_string(), &defaults);
+        assert!(
+            refused(&out, &r).starts_with("no cluster is configured, and requireCluster is true"),
+            "{request}: {r}"
+        );
+    }
+    let (out, r) = ec2.run_env(
+        &json!({"executionId": run, "volumeId": volume, "dryRun": true}),
+        &defaults,
+    );
+    assert!(out.status.success(), "{r}");
+    assert_eq!(r["outputVariables"]["Mode"], "plan", "{r}");
+}
+
 #[test]
 fn invalid_engine_is_a_configuration_error_naming_the_field() {
     let (out, r) =

@@ -72,6 +72,8 @@ pub const NO_CLUSTER: &str =
     "no cluster is configured: set the cluster parameter (e.g. in SNAPSTAGE_DEFAULTS) to apply";
 /// Why a run only plans with `dryRun`.
 pub const DRY_RUN: &str = "dryRun is true";
+/// Why a run without a cluster fails when `requireCluster` is set (the stack sets it).
+pub const CLUSTER_REQUIRED: &str = "no cluster is configured, and requireCluster is true (the stack sets it so that a pipeline never passes without a database): set the cluster parameter (the stack's EksClusterName) to deploy, or ask for a plan explicitly with dryRun: true (the stack's StagingDbPlanOnly)";
 
 /// A validated plan: the objects and the requests that would apply them.
 #[derive(Debug, Clone)]
@@ -110,6 +112,9 @@ pub async fn step(
         step.params.fetched_template = Some(text);
     }
     let Some(cluster) = step.params.cluster.clone() else {
+        if step.params.require_cluster && !step.params.dry_run {
+            return Err(Error::Configuration(CLUSTER_REQUIRED.into()));
+        }
         return match step.params.action {
             Action::Deploy => plan_step(step, NO_CLUSTER, volumes, None).await,
             Action::Teardown | Action::Sweep => teardown::plan_only(&step.params),

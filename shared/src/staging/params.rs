@@ -108,6 +108,10 @@ pub struct Params {
     /// volume is imported only when `allowUnmanagedVolume` names it.
     #[serde(default)]
     pub flasharray: Option<ArrayAccess>,
+    /// True: without a cluster a deploy (or teardown, sweep) fails with a ConfigurationError
+    /// instead of only planning; `dryRun: true` still plans. The stack sets it.
+    #[serde(default)]
+    pub require_cluster: bool,
     /// The text of an artifact template, fetched by the step before validation.
     #[serde(skip)]
     pub fetched_template: Option<TemplateText>,
@@ -1076,8 +1080,11 @@ mod tests {
 
     #[test]
     fn the_interlock_parameters_are_checked_where_they_are_written() {
-        let s = spec(json!({"volumeId": "vol-0123abcd", "allowUnmanagedVolume": "vol-0123abcd"}))
-            .unwrap();
+        let s = spec(
+            json!({"volumeId": "vol-0123abcd", "allowUnmanagedVolume": "vol-0123abcd",
+                            "requireCluster": true}),
+        )
+        .unwrap();
         assert_eq!(s.allow_unmanaged.as_deref(), Some("vol-0123abcd"));
         assert_eq!(s.array, None);
         let e = err(json!({"volumeId": "vol-0123abcd", "allowUnmanagedVolume": " "}));
@@ -1105,6 +1112,10 @@ mod tests {
         assert!(
             e.starts_with("request.flasharray.protectionGroup: unknown field"),
             "{e}"
+        );
+        assert!(
+            err(json!({"volumeId": "vol-0123abcd", "requireCluster": "yes"}))
+                .starts_with("request.requireCluster: invalid type")
         );
     }
 
