@@ -300,12 +300,16 @@ def seed_moto(cloud: str, onprem: str) -> dict:
     s3o = boto3.client("s3", endpoint_url=onprem, region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     s3o.create_bucket(Bucket="bench-dry-dst")
-    return {"volume": vol, "snapshot": snap}
+    # deploy-staging-db's interlock reads the volume it imports (DescribeVolumes): one that is
+    # not production, named by allowUnmanagedVolume in its event.
+    staging = ec2.create_volume(AvailabilityZone="us-east-1a", Size=20, VolumeType="gp3")["VolumeId"]
+    return {"volume": vol, "snapshot": snap, "staging_volume": staging}
 
 
 def cold_events(seed: dict, onprem: str) -> dict[str, bytes]:
     deploy = json.loads((ROOT / "events/direct/deploy-staging-db.json").read_text())
     deploy.pop("executionId", None)
+    deploy["volumeId"] = deploy["allowUnmanagedVolume"] = seed["staging_volume"]
     ev = {
         "snapshot-production": {"volumeIds": [seed["volume"]], "dryRun": True},
         "restore-to-staging": {"snapshotId": seed["snapshot"], "availabilityZone": "us-east-1a", "dryRun": True},
