@@ -626,14 +626,7 @@ impl Session {
         query: &Query<'_>,
         body: &B,
     ) -> Result<Vec<T>> {
-        let path = self.path(rel);
-        let body = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
-        let a = self
-            .client
-            .execute(Method::POST, &path, query, self.auth_headers(), Some(body))
-            .await?;
-        let out: Items<T> = parse(a, &format!("POST {path}"))?;
-        Ok(out.items)
+        self.send(Method::POST, rel, query, body).await
     }
 
     /// A PATCH that answers with `items`.
@@ -643,14 +636,7 @@ impl Session {
         query: &Query<'_>,
         body: &B,
     ) -> Result<Vec<T>> {
-        let path = self.path(rel);
-        let body = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
-        let a = self
-            .client
-            .execute(Method::PATCH, &path, query, self.auth_headers(), Some(body))
-            .await?;
-        let out: Items<T> = parse(a, &format!("PATCH {path}"))?;
-        Ok(out.items)
+        self.send(Method::PATCH, rel, query, body).await
     }
 
     /// A PUT that answers with `items`.
@@ -660,13 +646,25 @@ impl Session {
         query: &Query<'_>,
         body: &B,
     ) -> Result<Vec<T>> {
+        self.send(Method::PUT, rel, query, body).await
+    }
+
+    /// `method` with a JSON body, answered with `items`.
+    async fn send<T: DeserializeOwned, B: Serialize>(
+        &self,
+        method: Method,
+        rel: &str,
+        query: &Query<'_>,
+        body: &B,
+    ) -> Result<Vec<T>> {
         let path = self.path(rel);
         let body = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+        let what = format!("{method} {path}");
         let a = self
             .client
-            .execute(Method::PUT, &path, query, self.auth_headers(), Some(body))
+            .execute(method, &path, query, self.auth_headers(), Some(body))
             .await?;
-        let out: Items<T> = parse(a, &format!("PUT {path}"))?;
+        let out: Items<T> = parse(a, &what)?;
         Ok(out.items)
     }
 
