@@ -207,6 +207,49 @@ async fn masking_and_migration_run_as_real_jobs_before_the_deploy_succeeds() {
     let run = run_one(&jobs, &invoker, "deploy-staging-db", &deploy).await;
     assert_eq!(run.variable("Step", "MigrationResult"), Some("succeeded"));
     let ns = run.variable("Step", "Namespace").unwrap().to_string();
+    // Isolation until masked, as the API server stored it: closed from the first apply, opened
+    // only after the Job controller recorded the masking Job complete.
+    assert_eq!(run.variable("Step", "NetworkAccess"), Some("networkpolicy"));
+    let mut policies: Vec<String> = k
+        .list("networkpolicies", Some(&ns))
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    policies.sort();
+    assert_eq!(
+        policies,
+        [
+            "staging-db-access",
+            "staging-db-egress",
+            "staging-db-isolation"
+        ]
+    );
+    let isolation = k
+        .get_json("networkpolicy", Some(&ns), "staging-db-isolation")
+        .unwrap();
+    assert_eq!(isolation["spec"]["podSelector"], json!({}), "{isolation}");
+    let namespace = k.get_json("namespace", None, &ns).unwrap();
+    let access = k
+        .get_json("networkpolicy", Some(&ns), "staging-db-access")
+        .unwrap();
+    let masking = k.get_json("job", Some(&ns), "staging-db-masking").unwrap();
+    let time = |v: &Value| -> k8s_openapi::jiff::Timestamp { v.as_str().unwrap().parse().unwrap() };
+    assert!(
+        time(&isolation["metadata"]["creationTimestamp"])
+            <= time(&masking["metadata"]["creationTimestamp"])
+            && time(&namespace["metadata"]["creationTimestamp"])
+                <= time(&isolation["metadata"]["creationTimestamp"]),
+        "closed before anything ran: {isolation} {masking}"
+    );
+    assert!(
+        time(&access["metadata"]["creationTimestamp"])
+            >= time(&masking["status"]["completionTime"]),
+        "opened only after masking completed: {access} {masking}"
+    );
+    assert_eq!(
+        access["spec"]["ingress"][0]["ports"][0]["port"], 5432,
+        "{access}"
+    );
     for job in ["staging-db-masking", "staging-db-migration"] {
         let j = k.get_json("job", Some(&ns), job).unwrap();
         assert_eq!(j["status"]["succeeded"], 1, "{j}");

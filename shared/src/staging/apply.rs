@@ -82,13 +82,15 @@ pub fn apply_request<K: Object>(obj: &K, field_manager: &str) -> Result<ApplyReq
     })
 }
 
-/// The requests for every object, in apply order: Namespace, Secret, PV, PVC, then Service and
-/// StatefulSet (or the template's objects).
+/// The requests for every object, in apply order: Namespace, the isolating NetworkPolicies,
+/// Secret, PV, PVC, then Service and StatefulSet (or the template's objects), and last the
+/// NetworkPolicy that opens the database once masking succeeded.
 pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequest>> {
-    let mut out = vec![
-        apply_request(&r.namespace, field_manager)?,
-        apply_request(&r.secret, field_manager)?,
-    ];
+    let mut out = vec![apply_request(&r.namespace, field_manager)?];
+    for policy in &r.network.isolation {
+        out.push(apply_request(policy, field_manager)?);
+    }
+    out.push(apply_request(&r.secret, field_manager)?);
     if let Some(pv) = &r.persistent_volume {
         out.push(apply_request(pv, field_manager)?);
     }
@@ -105,6 +107,10 @@ pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequ
                 out.push(o.apply_request(field_manager)?);
             }
         }
+    }
+    // Once masking succeeded (at once without masking).
+    if let Some(policy) = &r.network.access {
+        out.push(apply_request(policy, field_manager)?);
     }
     Ok(out)
 }
@@ -126,11 +132,21 @@ mod tests {
             lines,
             [
                 format!("PATCH /api/v1/namespaces/{ns}{q}"),
+                format!(
+                    "PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-isolation{q}"
+                ),
+                format!(
+                    "PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-egress{q}"
+                ),
                 format!("PATCH /api/v1/namespaces/{ns}/secrets/staging-db-credentials{q}"),
                 format!("PATCH /api/v1/persistentvolumes/{ns}-data{q}"),
                 format!("PATCH /api/v1/namespaces/{ns}/persistentvolumeclaims/staging-db-data{q}"),
                 format!("PATCH /api/v1/namespaces/{ns}/services/staging-db{q}"),
                 format!("PATCH /apis/apps/v1/namespaces/{ns}/statefulsets/staging-db{q}"),
+                // Applied once masking succeeded.
+                format!(
+                    "PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-access{q}"
+                ),
             ]
         );
         for r in &p.requests {

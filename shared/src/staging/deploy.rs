@@ -4,9 +4,9 @@
 //!
 //! | phase | this invocation | next |
 //! | --- | --- | --- |
-//! | (none) | check ownership, apply Namespace, Secret (new credentials only if it does not exist), PV, PVC, Service, StatefulSet | `ready` |
+//! | (none) | check ownership, apply Namespace, the isolating NetworkPolicies ([`super::network`]), Secret (new credentials only if it does not exist), PV, PVC, Service, StatefulSet | `ready` |
 //! | `ready` | PVC Bound, StatefulSet ready and current, pod Ready (its init container `credentials-reset` set the staging password first, [`super::reset`]); fail at once on a pull/crash failure, at `readyTimeoutMinutes` otherwise | `masking`, `migration` or done |
-//! | `masking` | the masking Job's result | `migration` or done |
+//! | `masking` | the masking Job's result; on success `staging-db-access` opens the database (at `ready` already when no masking is configured) | `migration` or done |
 //! | `migration` | the migration Job's result (`MigrationResult`) | done |
 //!
 //! Any failure after the apply deletes the namespace this run created (`onFailure: "teardown"`,
@@ -19,6 +19,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     Event, Namespace, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ use super::credentials::{self, Credentials};
 use super::guard;
 use super::jobs::{self, JobKind};
 use super::kubeapi;
+use super::network;
 use super::ownership;
 use super::params::OnFailure;
 use super::params::VolumeSource;
@@ -227,6 +229,15 @@ async fn apply_objects(
         manager,
     )
     .await?;
+    // Closed before anything runs in the namespace: the restored data is unmasked.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
+    for policy in &r.network.isolation {
+        kubeapi::apply(&policies, policy, manager).await?;
+        kinds.push(format!(
+            "NetworkPolicy {}",
+            policy.metadata.name.as_deref().unwrap_or_default()
+        ));
+    }
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let kept = match namespace_existed {
@@ -526,6 +537,11 @@ async fn next(
     now: Timestamp,
     migration: Option<MigrationResult>,
 ) -> Result<Outcome> {
+    // Masking succeeded (or none is configured): the database may be reached now.
+    let opened = match (s.phase, plan.spec.masking.is_some()) {
+        (Phase::Masking, _) | (Phase::Ready, false) => open_access(client, plan).await?,
+        _ => None,
+    };
     let Some(kind) = job_after(plan, s.phase) else {
         return finish(client, plan, s, now, migration).await;
     };
@@ -546,12 +562,27 @@ async fn next(
         Phase::Ready => "the database is ready",
         _ => "masking succeeded",
     };
+    let opened = opened.map(|o| format!("; {o}")).unwrap_or_default();
     continue_with(
         plan,
         state,
         now,
-        format!("{why}; started Job {}", kind.job_name()),
+        format!("{why}{opened}; started Job {}", kind.job_name()),
     )
+}
+
+/// Applies `staging-db-access`: what it opened, or `None` without NetworkPolicies.
+async fn open_access(client: &kube::Client, plan: &Plan) -> Result<Option<String>> {
+    let Some(policy) = &plan.rendered.network.access else {
+        return Ok(None);
+    };
+    let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &plan.spec.namespace);
+    kubeapi::apply(&api, policy, &plan.spec.field_manager).await?;
+    Ok(Some(format!(
+        "NetworkPolicy {} opened the database {}",
+        network::ACCESS,
+        plan.spec.network_policy.describe_access()
+    )))
 }
 
 /// What the migration check said.
@@ -670,6 +701,18 @@ fn done(plan: &Plan, s: &DeployState, migration: Option<MigrationResult>) -> Out
     if spec.masking.is_some() {
         summary.push_str("; data masked");
     }
+    let access = match spec.network_policy.enabled {
+        true => {
+            summary.push_str(&format!(
+                "; reachable {} (NetworkPolicy {})",
+                spec.network_policy.describe_access(),
+                network::ACCESS
+            ));
+            "networkpolicy"
+        }
+        false => "cluster-default",
+    };
+    outputs.insert("NetworkAccess".into(), access.into());
     if let Some(m) = migration {
         let result = if m.succeeded { "succeeded" } else { "failed" };
         outputs.insert("MigrationResult".into(), result.into());

@@ -8,6 +8,32 @@
 
 use serde::Deserialize;
 
+/// The options every PostgreSQL server snapstage starts on a copy of production's data runs with
+/// (the database container and the credentials reset), whatever production's `postgresql.conf`
+/// and `postgresql.auto.conf` on the restored volume say, so that the copy never acts as
+/// production: it archives no WAL (production's `archive_command` would write this copy's
+/// segments into production's archive, under the names production is about to use), streams from
+/// no primary and holds no primary's slot (a copy of a standby), waits for no synchronous standby
+/// (every commit would hang), and runs no logical-replication subscription (it would consume
+/// production's slot on the publisher).
+macro_rules! postgresql_isolation {
+    () => {
+        "-c archive_mode=off -c primary_conninfo= -c primary_slot_name= -c synchronous_standby_names= -c max_logical_replication_workers=0"
+    };
+}
+pub(crate) use postgresql_isolation;
+
+/// The same for MySQL and MariaDB (`loose-`: each server ignores the names it does not know —
+/// MySQL ≥ 8.0.26 `skip-replica-start`, MariaDB `skip-slave-start`): no replication thread
+/// connects to production's primary with the credentials the copy holds, and a member of a
+/// group replication group does not rejoin production's group.
+macro_rules! mysql_isolation {
+    () => {
+        "--loose-skip-replica-start --loose-skip-slave-start --loose-group-replication-start-on-boot=OFF"
+    };
+}
+pub(crate) use mysql_isolation;
+
 /// The Secret keys the StatefulSet reads.
 pub const SECRET_KEY_USERNAME: &str = "username";
 pub const SECRET_KEY_PASSWORD: &str = "password";
@@ -95,6 +121,20 @@ impl Engine {
             ],
         };
         cmd.into_iter().map(String::from).collect()
+    }
+
+    /// The database container's arguments: the server options that keep a copy of production
+    /// from acting as production (see [`postgresql_isolation`], [`mysql_isolation`]). The
+    /// official images take options as arguments (`docker-entrypoint.sh`: an argument that
+    /// starts with `-` is an option of the server). MongoDB's image starts a standalone `mongod`
+    /// (no `--replSet`): a copy of a replica set member joins no set.
+    pub fn server_args(self) -> Vec<String> {
+        let options: &str = match self {
+            Self::Postgresql => postgresql_isolation!(),
+            Self::Mysql => mysql_isolation!(),
+            Self::Mongodb => "",
+        };
+        options.split_whitespace().map(String::from).collect()
     }
 
     /// The container's environment. Credentials only ever come from the Secret.

@@ -49,6 +49,7 @@ pub mod guard;
 pub mod jobs;
 pub mod kubeapi;
 pub mod names;
+pub mod network;
 pub mod ownership;
 pub mod params;
 pub mod readiness;
@@ -219,7 +220,12 @@ impl Plan {
         let expires_at = Timestamp::from_second(expires)
             .map_err(|e| Error::Internal(format!("expiry time: {e}")))?
             .to_string();
-        let rendered = render::render(&spec, &expires_at)?;
+        let mut rendered = render::render(&spec, &expires_at)?;
+        let (_, port) = rendered.endpoint(spec.engine);
+        rendered.network = render::NetworkPolicies {
+            isolation: network::isolation(&spec),
+            access: network::access(&spec, port),
+        };
         validate::check(&rendered)?;
         let requests = apply::apply_requests(&rendered, &spec.field_manager)?;
         Ok(Plan {
@@ -318,6 +324,9 @@ impl Plan {
         let r = &self.rendered;
         let mut out = String::new();
         doc(&mut out, &r.namespace)?;
+        for policy in &r.network.isolation {
+            doc(&mut out, policy)?;
+        }
         doc(&mut out, &r.secret)?;
         if let Some(pv) = &r.persistent_volume {
             doc(&mut out, pv)?;
@@ -336,6 +345,10 @@ impl Plan {
                     out.push_str(&o.to_yaml()?);
                 }
             }
+        }
+        // Applied once masking succeeded (at once without masking).
+        if let Some(policy) = &r.network.access {
+            doc(&mut out, policy)?;
         }
         Ok(out)
     }
@@ -398,7 +411,7 @@ mod tests {
         assert_eq!(o["SecretName"], "staging-db-credentials");
         assert_eq!(o["Engine"], "postgresql");
         assert_eq!(o["Mode"], "plan");
-        assert_eq!(o["ManifestCount"], "6");
+        assert_eq!(o["ManifestCount"], "9");
         assert_eq!(o["ExpiresAt"], "2025-06-02T12:00:00Z");
         crate::codepipeline::validate_output_variables(&o).unwrap();
         let Outcome::Done { summary, outputs } = p.outcome(NO_CLUSTER) else {
@@ -406,7 +419,7 @@ mod tests {
         };
         assert_eq!(outputs, o);
         assert!(
-            summary.starts_with("PLAN ONLY — no cluster changed: 6 manifests rendered and validated (no cluster is configured: set the cluster parameter"),
+            summary.starts_with("PLAN ONLY — no cluster changed: 9 manifests rendered and validated (no cluster is configured: set the cluster parameter"),
             "{summary}"
         );
         assert!(summary.contains("vol-0123456789abcdef0"), "{summary}");
@@ -427,15 +440,15 @@ mod tests {
         let count = |v| plan_for(v).outputs()["ManifestCount"].clone();
         assert_eq!(
             count(json!({"backend": "pure-csi", "volumeId": "staging-db-01"})),
-            "6"
+            "9"
         );
         assert_eq!(
             count(json!({"backend": "csi", "snapshotName": "prod-snap"})),
-            "5"
+            "8"
         );
         assert_eq!(
             count(json!({"backend": "px-csi", "volumeId": "pod::vol"})),
-            "5"
+            "8"
         );
     }
 
@@ -460,21 +473,24 @@ mod tests {
         let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
-        assert_eq!(docs.len(), 6);
+        assert_eq!(docs.len(), 9);
         let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
         assert_eq!(
             kinds,
             [
                 "Namespace",
+                "NetworkPolicy",
+                "NetworkPolicy",
                 "Secret",
                 "PersistentVolume",
                 "PersistentVolumeClaim",
                 "Service",
-                "StatefulSet"
+                "StatefulSet",
+                "NetworkPolicy"
             ]
         );
         let sts: k8s_openapi::api::apps::v1::StatefulSet =
-            serde_json::from_value(docs[5].clone()).unwrap();
+            serde_json::from_value(docs[7].clone()).unwrap();
         assert_eq!(sts, p.rendered.b().stateful_set);
     }
 

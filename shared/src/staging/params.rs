@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::engine::Engine;
 use super::names;
+use super::network::NetworkPolicyParams;
 use super::template::{TemplateParam, TemplateText};
 use crate::cluster::ClusterConfig;
 use crate::contract::Execution;
@@ -112,6 +113,10 @@ pub struct Params {
     /// instead of only planning; `dryRun: true` still plans. The stack sets it.
     #[serde(default)]
     pub require_cluster: bool,
+    /// The staging namespace's NetworkPolicies: closed until masking succeeded, then open to
+    /// `allowFrom` (see [`super::network`]).
+    #[serde(default)]
+    pub network_policy: Option<NetworkPolicyParams>,
     /// The text of an artifact template, fetched by the step before validation.
     #[serde(skip)]
     pub fetched_template: Option<TemplateText>,
@@ -304,6 +309,8 @@ pub struct Spec {
     pub allow_unmanaged: Option<String>,
     /// `flasharray`: where the interlock reads an array volume's tags.
     pub array: Option<ArrayAccess>,
+    /// The NetworkPolicies (on unless `networkPolicy.enabled` is false).
+    pub network_policy: NetworkPolicyParams,
 }
 
 impl Params {
@@ -368,6 +375,8 @@ impl Params {
             }
         }
         let template = self.template_text()?;
+        let network_policy = self.network_policy.clone().unwrap_or_default();
+        network_policy.validate()?;
         if self.masking.as_ref().is_some_and(|m| m.allow_failure) {
             return Err(Error::parameter(
                 "masking.allowFailure",
@@ -417,6 +426,7 @@ impl Params {
                 .unwrap_or_else(|| super::credentials::username(self.engine).to_string()),
             allow_unmanaged: self.allow_unmanaged_volume,
             array: self.flasharray,
+            network_policy,
         })
     }
 

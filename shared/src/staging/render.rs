@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Service, ServicePort, ServiceSpec, TypedLocalObjectReference, Volume,
     VolumeMount, VolumeNodeAffinity, VolumeResourceRequirements,
 };
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -83,6 +84,17 @@ pub struct Rendered {
     /// The PVC the database mounts.
     pub claim_name: String,
     pub workload: Workload,
+    /// Filled by [`super::Plan::build`] from [`super::network`].
+    pub network: NetworkPolicies,
+}
+
+/// The staging namespace's NetworkPolicies (see [`super::network`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetworkPolicies {
+    /// Applied with the Namespace.
+    pub isolation: Vec<NetworkPolicy>,
+    /// Applied once masking succeeded.
+    pub access: Option<NetworkPolicy>,
 }
 
 /// What runs the database.
@@ -140,6 +152,7 @@ pub fn render(spec: &Spec, expires_at: &str) -> Result<Rendered> {
         claim: claim(spec),
         claim_name: spec.volume.claim_name().to_string(),
         workload,
+        network: NetworkPolicies::default(),
     })
 }
 
@@ -379,9 +392,11 @@ fn container(spec: &Spec) -> Container {
             EnvSource::SecretKey(key) => secret_env(name, SECRET_NAME, key),
         })
         .collect();
+    let args = engine.server_args();
     Container {
         name: CONTAINER_NAME.into(),
         image: Some(spec.image.clone()),
+        args: (!args.is_empty()).then_some(args),
         image_pull_policy: Some("IfNotPresent".into()),
         ports: Some(vec![ContainerPort {
             name: Some(port_name(engine)),
@@ -649,8 +664,8 @@ mod tests {
         assert!(r.claim.is_none() && r.persistent_volume.is_none());
         assert_eq!(
             p.manifest_count(),
-            4,
-            "Namespace, Secret, Service, StatefulSet"
+            7,
+            "Namespace, 2 NetworkPolicies, Secret, Service, StatefulSet, the access NetworkPolicy"
         );
         let pod = r
             .b()
@@ -753,6 +768,75 @@ mod tests {
             }
             assert!(c.image.as_deref().is_some_and(|i| !i.is_empty()));
         }
+    }
+
+    #[test]
+    fn the_database_container_keeps_the_copy_from_acting_as_production() {
+        for (engine, options, reset_has) in [
+            (
+                "postgresql",
+                vec![
+                    "archive_mode=off",
+                    "primary_conninfo=",
+                    "primary_slot_name=",
+                    "synchronous_standby_names=",
+                    "max_logical_replication_workers=0",
+                ],
+                "-c archive_mode=off -c primary_conninfo=",
+            ),
+            (
+                "mysql",
+                vec![
+                    "--loose-skip-replica-start",
+                    "--loose-skip-slave-start",
+                    "--loose-group-replication-start-on-boot=OFF",
+                ],
+                "--loose-skip-replica-start --loose-skip-slave-start",
+            ),
+        ] {
+            let r =
+                plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": engine})).rendered;
+            let pod = r
+                .b()
+                .stateful_set
+                .spec
+                .clone()
+                .unwrap()
+                .template
+                .spec
+                .unwrap();
+            let args = pod.containers[0].args.clone().unwrap();
+            // The images' entrypoints pass arguments that start with `-` to the server; no
+            // command override (the entrypoint still runs).
+            assert!(
+                pod.containers[0].command.is_none() && args[0].starts_with('-'),
+                "{args:?}"
+            );
+            for o in options {
+                assert!(args.iter().any(|a| a == o), "{engine}: {o} in {args:?}");
+            }
+            let reset = &pod.init_containers.unwrap()[0];
+            assert!(
+                reset.command.as_ref().unwrap()[2].contains(reset_has),
+                "the reset's local-only server is isolated too"
+            );
+        }
+        let r =
+            plan_for(json!({"volumeId": "vol-0123456789abcdef0", "engine": "mongodb"})).rendered;
+        let c = &r
+            .b()
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0];
+        assert_eq!(
+            c.args, None,
+            "mongod starts standalone: it joins no replica set"
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //!
 //! | engine | local-only start | on the data |
 //! | --- | --- | --- |
-//! | PostgreSQL | `postgres -c listen_addresses=` (no TCP), a unix socket in a private `mktemp -d` directory, a temporary `hba_file` with `local all all trust`; `archive_mode=off`, statements never logged | `ALTER ROLE <user> LOGIN PASSWORD … VALID UNTIL 'infinity'`; `ALTER ROLE … PASSWORD NULL` for every other login role with a password |
-//! | MySQL / MariaDB | `mysqld --skip-grant-tables --skip-networking`, the socket in a private directory, persisted variables not loaded | `FLUSH PRIVILEGES` (loads the grant tables, which `ALTER USER` needs), `ALTER USER <user>@<host> IDENTIFIED BY … ACCOUNT UNLOCK` for every host of the user, `ALTER USER … ACCOUNT LOCK` for every other account (system accounts and MariaDB roles excepted) |
+//! | PostgreSQL | `postgres -c listen_addresses=` (no TCP), a unix socket in a private `mktemp -d` directory, a temporary `hba_file` with `local all all trust`; no archiving, no replication (as the staging server: [`super::engine::Engine::server_args`]), statements never logged | `ALTER ROLE <user> LOGIN PASSWORD … VALID UNTIL 'infinity'`; `ALTER ROLE … PASSWORD NULL` for every other login role with a password; `ALTER SYSTEM RESET primary_conninfo, primary_slot_name` |
+//! | MySQL / MariaDB | `mysqld --skip-grant-tables --skip-networking`, the socket in a private directory, persisted variables not loaded, no replication thread started | `RESET REPLICA ALL` on a copy of a replica (production's source and its replication password are forgotten); `FLUSH PRIVILEGES` (loads the grant tables, which `ALTER USER` needs), `ALTER USER <user>@<host> IDENTIFIED BY … ACCOUNT UNLOCK` for every host of the user, `ALTER USER … ACCOUNT LOCK` for every other account (system accounts and MariaDB roles excepted) |
 //! | MongoDB | `mongod` without `--auth`, bound to the pod's loopback only (nothing else runs in the pod yet) | `updateUser` of the staging user in `admin`; every other user gets a random password nobody knows |
 //!
 //! The password reaches the engine through the environment (`secretKeyRef`) and the client's
@@ -32,7 +32,9 @@
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, VolumeMount};
 
-use super::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
+use super::engine::{
+    Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME, mysql_isolation, postgresql_isolation,
+};
 use super::params::Spec;
 use super::render::{self, SECRET_NAME};
 use crate::error::{Error, Result};
@@ -106,10 +108,13 @@ const POSTGRESQL: &str = concat!(
     "run=$(mktemp -d)\n",
     "printf 'local all all trust\\n' >\"$run/pg_hba.conf\"\n",
     "export PGHOST=\"$run\" PGPORT=\"$DB_PORT\" PGDATABASE=template1\n",
-    // No TCP listener, the socket in a private directory, trust only on that socket. Production's
-    // archive_command never runs here, and no statement (they hold the password) is logged.
+    // No TCP listener, the socket in a private directory, trust only on that socket; isolated
+    // from production as the staging server is (no archiving, no replication), and no statement
+    // (they hold the password) is logged.
     "postgres -D \"$data\" -c listen_addresses= -c \"port=$DB_PORT\" -c \"unix_socket_directories=$run\" -c \"hba_file=$run/pg_hba.conf\" \\\n",
-    "  -c ssl=off -c archive_mode=off -c log_statement=none -c log_min_error_statement=panic -c log_min_duration_statement=-1 &\n",
+    "  -c ssl=off ",
+    postgresql_isolation!(),
+    " -c log_statement=none -c log_min_error_statement=panic -c log_min_duration_statement=-1 &\n",
     "pid=$!\n",
     "wait_for pg_isready --quiet --username=\"$DB_USERNAME\"\n",
     "sql() { psql --no-psqlrc --quiet --no-password --set=ON_ERROR_STOP=1 \"$@\"; }\n",
@@ -123,6 +128,10 @@ const POSTGRESQL: &str = concat!(
     "SELECT coalesce(string_agg(rolname, ', ' ORDER BY rolname), 'none') AS others FROM pg_authid WHERE rolcanlogin AND rolpassword IS NOT NULL AND rolname <> :'new_user' \\gset\n",
     "ALTER ROLE :\"new_user\" WITH LOGIN PASSWORD :'new_password' VALID UNTIL 'infinity';\n",
     "SELECT format('ALTER ROLE %I WITH PASSWORD NULL', rolname) FROM pg_authid WHERE rolcanlogin AND rolpassword IS NOT NULL AND rolname <> :'new_user' \\gexec\n",
+    // A copy of a standby: the connection to production's primary (it may hold the replication
+    // password) leaves postgresql.auto.conf.
+    "ALTER SYSTEM RESET primary_conninfo;\n",
+    "ALTER SYSTEM RESET primary_slot_name;\n",
     "\\echo credentials reset: password of :new_user set; production passwords removed from: :others\n",
     "SQL\n",
     "msg='PostgreSQL did not shut down cleanly'\n",
@@ -142,7 +151,9 @@ const MYSQL: &str = concat!(
     // No network, no grant tables (no password asked), the socket in a private directory; the
     // persisted variables of the restored data (mysqld-auto.cnf) cannot turn networking back on.
     "mysqld --datadir=\"$data\" --skip-grant-tables --skip-networking --socket=\"$sock\" --pid-file=\"$run/mysqld.pid\" \\\n",
-    "  --general-log=0 --loose-mysqlx=OFF --loose-persisted-globals-load=OFF &\n",
+    "  --general-log=0 --loose-mysqlx=OFF --loose-persisted-globals-load=OFF ",
+    mysql_isolation!(),
+    " &\n",
     "pid=$!\n",
     "sql() { mysql --socket=\"$sock\" --user=root --batch --raw --skip-column-names \"$@\"; }\n",
     "wait_for sql -e 'SELECT 1'\n",
@@ -153,6 +164,11 @@ const MYSQL: &str = concat!(
     "targets=$(accounts \"user = '$DB_USERNAME'\")\n",
     "[ -n \"$targets\" ] || fail 3 \"the restored data has no MySQL user $DB_USERNAME (databaseUser)\"\n",
     "others=$(accounts \"user <> '$DB_USERNAME' AND user NOT IN ('mysql.sys', 'mysql.session', 'mysql.infoschema', 'mariadb.sys') $roles\")\n",
+    // A copy of a replica: its connection to production's source (host, replication user and
+    // password, in master.info or mysql.slave_master_info) is forgotten.
+    "msg=\"forgetting production's replication source failed (RESET REPLICA ALL needs MySQL 8.0.22 or MariaDB 10.5 and later; the mysql client's error is above)\"\n",
+    "source=\n",
+    "if [ -n \"$(sql -e 'SHOW REPLICA STATUS')\" ]; then sql -e 'RESET REPLICA ALL'; source='; replication source forgotten'; fi\n",
     "IFS='\n'\n",
     "msg=\"setting the password of $DB_USERNAME failed (the mysql client's error is above)\"\n",
     "{\n",
@@ -165,7 +181,7 @@ const MYSQL: &str = concat!(
     "locked=$(printf '%s, ' $others)\n",
     "set_on=${set_on%, }\n",
     "locked=${locked%, }\n",
-    "echo \"credentials reset: password of $DB_USERNAME set on $set_on; accounts locked: ${locked:-none}\"\n",
+    "echo \"credentials reset: password of $DB_USERNAME set on $set_on; accounts locked: ${locked:-none}$source\"\n",
     "msg='the MySQL server did not shut down cleanly'\n",
     "stop\n",
     "msg=\n",

@@ -63,20 +63,34 @@ impl Postgres {
 
     /// Starts the server of `data` on a free loopback port (its socket in `scratch`).
     pub fn start(e: &Engines, data: &Path, scratch: &Path, name: &str) -> Self {
+        Self::start_with(e, data, scratch, name, &[])
+    }
+
+    /// [`Postgres::start`] with `options` last, as the official image's entrypoint passes a
+    /// container's arguments that start with `-` to the server (`postgres "$@"`).
+    pub fn start_with(
+        e: &Engines,
+        data: &Path,
+        scratch: &Path,
+        name: &str,
+        options: &[String],
+    ) -> Self {
         let port = free_port();
+        let mut args: Vec<String> = vec![
+            "-D".into(),
+            data.display().to_string(),
+            "-c".into(),
+            "listen_addresses=127.0.0.1".into(),
+            "-c".into(),
+            format!("port={port}"),
+            "-c".into(),
+            format!("unix_socket_directories={}", scratch.display()),
+        ];
+        args.extend(options.iter().cloned());
         let server = Server::spawn(
             name,
             &e.pg_bin.join("postgres"),
-            &[
-                "-D".into(),
-                data.display().to_string(),
-                "-c".into(),
-                "listen_addresses=127.0.0.1".into(),
-                "-c".into(),
-                format!("port={port}"),
-                "-c".into(),
-                format!("unix_socket_directories={}", scratch.display()),
-            ],
+            &args,
             &[("PATH", e.image_path()), ("LANG", "C.UTF-8".into())],
             scratch.join(format!("{}.log", name.replace(' ', "-"))),
         );
@@ -136,7 +150,18 @@ impl Mariadb {
     /// `mariadb-install-db` of a new data directory, started; root is reachable on the socket
     /// without a password until [`Mariadb::sql_root`]'s setup gives it one.
     pub fn init(e: &Engines, data: &Path, scratch: &Path) -> Self {
-        let log = scratch.join("install-db.log");
+        Self::init_with(e, data, scratch, "production mariadb", &[])
+    }
+
+    /// [`Mariadb::init`], the server started as `name` with `options`.
+    pub fn init_with(
+        e: &Engines,
+        data: &Path,
+        scratch: &Path,
+        name: &str,
+        options: &[String],
+    ) -> Self {
+        let log = scratch.join(format!("install-db-{}.log", name.replace(' ', "-")));
         let mut install = Server::spawn(
             "mariadb-install-db",
             Path::new("/usr/bin/mariadb-install-db"),
@@ -161,28 +186,42 @@ impl Mariadb {
             "mariadb-install-db failed: {}",
             install.log_text()
         );
-        Self::start(e, data, scratch, "production mariadb")
+        Self::start_with(e, data, scratch, name, options)
     }
 
     /// Starts the server of `data` on a free loopback port, with the machine's configuration (as
     /// the image's), its socket in `scratch`.
     pub fn start(e: &Engines, data: &Path, scratch: &Path, name: &str) -> Self {
+        Self::start_with(e, data, scratch, name, &[])
+    }
+
+    /// [`Mariadb::start`] with `options` last, as the official image's entrypoint passes a
+    /// container's arguments that start with `-` to the server (`mariadbd "$@"`).
+    pub fn start_with(
+        e: &Engines,
+        data: &Path,
+        scratch: &Path,
+        name: &str,
+        options: &[String],
+    ) -> Self {
         let port = free_port();
         let slug = name.replace(' ', "-");
         let socket = scratch.join(format!("{slug}.sock"));
+        let mut args = vec![
+            format!("--datadir={}", data.display()),
+            format!("--port={port}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--socket={}", socket.display()),
+            format!(
+                "--pid-file={}",
+                scratch.join(format!("{slug}.pid")).display()
+            ),
+        ];
+        args.extend(options.iter().cloned());
         let server = Server::spawn(
             name,
             &e.mysql_sbin.join("mariadbd"),
-            &[
-                format!("--datadir={}", data.display()),
-                format!("--port={port}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--socket={}", socket.display()),
-                format!(
-                    "--pid-file={}",
-                    scratch.join(format!("{slug}.pid")).display()
-                ),
-            ],
+            &args,
             &[("PATH", e.image_path()), ("HOME", "/".into())],
             scratch.join(format!("{slug}.log")),
         );

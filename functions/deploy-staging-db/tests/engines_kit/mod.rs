@@ -11,6 +11,7 @@
 
 pub mod instance;
 pub mod pod;
+pub mod staging;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

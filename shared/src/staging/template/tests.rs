@@ -105,14 +105,17 @@ fn the_example_renders_into_typed_objects_in_the_staging_namespace() {
         lines,
         [
             format!("Namespace {ns}"),
+            // A template's pods are the user's: no egress policy for "the database pod".
+            "NetworkPolicy staging-db-isolation".into(),
             "Secret staging-db-credentials".into(),
             format!("PersistentVolume {ns}-data"),
             "PersistentVolumeClaim staging-db-data".into(),
             "Service postgres".into(),
             "StatefulSet postgres".into(),
+            "NetworkPolicy staging-db-access".into(),
         ]
     );
-    assert_eq!(o["ManifestCount"], "6");
+    assert_eq!(o["ManifestCount"], "8");
     assert!(p.to_yaml().unwrap().contains("claimName: staging-db-data"));
 }
 
