@@ -121,6 +121,12 @@ fn p_in(resource: &str, name: &str) -> String {
 fn p_sts() -> String {
     format!("/apis/apps/v1/namespaces/{}/statefulsets/staging-db", ns())
 }
+fn p_np(name: &str) -> String {
+    format!(
+        "/apis/networking.k8s.io/v1/namespaces/{}/networkpolicies/{name}",
+        ns()
+    )
+}
 fn p_job(name: &str) -> String {
     format!("/apis/batch/v1/namespaces/{}/jobs/{name}", ns())
 }
@@ -238,6 +244,20 @@ async fn apply_fresh_creates_everything_with_new_credentials_and_waits() {
                 EXPIRES
             );
         }),
+        // Closed before anything runs in it: only snapstage's Jobs may connect.
+        X::apply(&p_np("staging-db-isolation")).body(|b| {
+            assert_eq!(b["spec"]["podSelector"], json!({}));
+            assert_eq!(b["spec"]["policyTypes"], json!(["Ingress"]));
+            let from = &b["spec"]["ingress"][0]["from"][0]["podSelector"];
+            assert_eq!(
+                from["matchExpressions"][0]["values"],
+                json!(["masking", "migration"])
+            );
+        }),
+        X::apply(&p_np("staging-db-egress")).body(|b| {
+            assert_eq!(b["spec"]["policyTypes"], json!(["Egress"]));
+            assert_eq!(b["spec"]["egress"][0]["ports"][0]["port"], 53);
+        }),
         // The namespace is new: no Secret can exist, credentials are generated.
         X::apply(&p_in("secrets", "staging-db-credentials")).body(move |b| {
             assert_eq!(b["data"]["username"], "cG9zdGdyZXM=", "base64 of postgres");
@@ -249,7 +269,7 @@ async fn apply_fresh_creates_everything_with_new_credentials_and_waits() {
     exchanges.extend(apply_rest());
     let (r, seen) = play(request(json!({})), None, exchanges).await;
     let (summary, percent, state) = continued(r.unwrap());
-    assert_eq!(seen.len(), 8, "{seen:#?}");
+    assert_eq!(seen.len(), 10, "{seen:#?}");
     assert!(
         seen[2].ends_with("?&force=true&fieldManager=snapstage-deploy-staging-db"),
         "{seen:#?}"
@@ -273,6 +293,8 @@ async fn existing_secret_is_never_regenerated() {
         X::get(&p_ns()).ok(o::staging_namespace(&ns, &label(), EXPIRES)),
         X::get(&p_pv()).ok(o::persistent_volume(&format!("{ns}-data"), &ns, &label())),
         X::apply(&p_ns()),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         // A retry: the Secret is read and kept; no apply of it follows.
         X::get(&p_in("secrets", "staging-db-credentials")).ok(o::secret(&ns)),
     ];
@@ -310,6 +332,8 @@ fn redeploy_exchanges(execution: &str, expires: &str, want_expiry: &'static str)
             );
             assert_eq!(b["metadata"]["labels"]["snapstage.io/execution"], label());
         }),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         X::get(&p_in("secrets", "staging-db-credentials")).ok(o::secret(&ns)),
     ];
     exchanges.extend(apply_rest());
@@ -383,6 +407,12 @@ async fn an_existing_pvc_from_restore_is_mounted_not_created() {
             assert_eq!(ann["snapstage.io/existing-claim"], "restored-db");
             assert_eq!(ann["snapstage.io/source"], "csi-pvc:restored-db");
         }),
+        X::apply(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-isolation"
+        )),
+        X::apply(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-egress"
+        )),
         X::get(&format!(
             "/api/v1/namespaces/{ns}/secrets/staging-db-credentials"
         ))
@@ -432,6 +462,9 @@ async fn an_existing_pvc_from_restore_is_mounted_not_created() {
         .ok(o::stateful_set(ns, 1, 1, 1)),
         X::get(&format!("/api/v1/namespaces/{ns}/pods/staging-db-0"))
             .ok(o::pod(ns, o::running_pod_status(true))),
+        X::apply(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-access"
+        )),
     ];
     let (r, _) = play(existing_pvc_request(), Some(state), exchanges).await;
     let (summary, outputs) = done(r.unwrap());
@@ -516,6 +549,12 @@ async fn an_existing_pvc_without_this_runs_staging_mark_is_refused_unless_named(
         X::get(&pvc_path).ok(velero),
         X::get(&format!("/api/v1/namespaces/{ns}")).ok(o::staging_namespace(ns, "4e570e", EXPIRES)),
         X::apply(&format!("/api/v1/namespaces/{ns}")),
+        X::apply(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-isolation"
+        )),
+        X::apply(&format!(
+            "/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-egress"
+        )),
         X::get(&format!(
             "/api/v1/namespaces/{ns}/secrets/staging-db-credentials"
         ))
@@ -583,6 +622,8 @@ async fn another_runs_ebs_volume_is_refused_and_imported_only_when_named() {
         X::get(&p_ns()).not_found(),
         X::get(&p_pv()).not_found(),
         X::apply(&p_ns()),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         X::apply(&p_in("secrets", "staging-db-credentials")),
     ];
     exchanges.extend(apply_rest());
@@ -643,6 +684,8 @@ async fn a_volume_snapshot_must_be_this_runs_staging_snapshot() {
         X::get(&snap_path).ok(staging_snapshot("orders-staging", KEY)),
         X::get(&p_ns()).not_found(),
         X::apply(&p_ns()),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         X::apply(&p_in("secrets", "staging-db-credentials")),
         X::apply(&p_in("persistentvolumeclaims", "staging-db-data")).body(|b| {
             assert_eq!(b["spec"]["dataSource"]["name"], "orders-staging");
@@ -785,6 +828,8 @@ async fn an_array_volume_is_read_on_the_array_and_in_the_cluster() {
         X::get(&p_ns()).not_found(),
         X::get(&p_pv()).not_found(),
         X::apply(&p_ns()),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         X::apply(&p_in("secrets", "staging-db-credentials")),
         X::apply(&p_pv()).body(|b| {
             assert_eq!(b["spec"]["csi"]["driver"], "pure-csi");
@@ -919,6 +964,7 @@ async fn a_user_template_is_applied_after_snapstage_s_objects() {
         X::get(&p_ns()).not_found(),
         X::get(&p_pv()).not_found(),
         X::apply(&p_ns()),
+        X::apply(&p_np("staging-db-isolation")),
         X::apply(&p_in("secrets", "staging-db-credentials")),
     ];
     exchanges.extend(apply_rest().into_iter().take(2)); // PV, PVC
@@ -1003,6 +1049,11 @@ async fn a_user_template_is_ready_when_its_workload_and_pods_are() {
             "v1",
             vec![o::pod(&ns, o::running_pod_status(true))],
         )),
+        // A template's pods and ports are the user's: the policy opens every pod.
+        X::apply(&p_np("staging-db-access")).body(|b| {
+            assert_eq!(b["spec"]["podSelector"], json!({}));
+            assert!(b["spec"]["ingress"][0].get("ports").is_none(), "{b}");
+        }),
     ];
     let (r, _) = play(
         template_request(),
@@ -1016,7 +1067,7 @@ async fn a_user_template_is_ready_when_its_workload_and_pods_are() {
         outputs["Endpoint"],
         format!("db.{ns}.svc.cluster.local:5432")
     );
-    assert_eq!(outputs["ManifestCount"], "7");
+    assert_eq!(outputs["ManifestCount"], "9");
     assert!(
         summary.starts_with(&format!("staging postgresql ready: db.{ns}")),
         "{summary}"
@@ -1079,6 +1130,8 @@ async fn the_reset_needs_no_production_secret_and_adminsecret_is_refused() {
         X::get(&p_ns()).not_found(),
         X::get(&p_pv()).not_found(),
         X::apply(&p_ns()),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         X::apply(&p_in("secrets", "staging-db-credentials")).body(|b| {
             assert_eq!(
                 b["data"]["username"], "YXBw",
@@ -1122,7 +1175,7 @@ async fn the_reset_needs_no_production_secret_and_adminsecret_is_refused() {
     exchanges.extend(rest);
     let (r, seen) = play(reset_request(json!({})), None, exchanges).await;
     let (summary, _, _) = continued(r.unwrap());
-    assert_eq!(seen.len(), 8, "no other object: {seen:#?}");
+    assert_eq!(seen.len(), 10, "no other object: {seen:#?}");
     assert!(
         !seen.iter().any(|s| s.contains("staging-db-admin")),
         "{seen:#?}"
@@ -1159,7 +1212,7 @@ async fn ready_after_the_reset_masks_then_publishes() {
     let (r, _) = play(
         reset_request(json!({})),
         Some(state("ready", minutes_ago(3), true)),
-        ready_exchanges(),
+        then(ready_exchanges(), vec![open_access()]),
     )
     .await;
     let (summary, outputs) = done(r.unwrap());
@@ -1237,6 +1290,8 @@ async fn a_known_pipeline_labels_the_namespace_not_healthy_until_published() {
             assert_eq!(labels["snapstage.io/pipeline"], pipeline_label());
             assert_eq!(labels["snapstage.io/healthy"], "false");
         }),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         X::apply(&p_in("secrets", "staging-db-credentials")),
     ];
     exchanges.extend(apply_rest());
@@ -1252,22 +1307,25 @@ async fn a_known_pipeline_labels_the_namespace_not_healthy_until_published() {
     let ns = ns();
     let exchanges = then(
         ready_exchanges(),
-        vec![X::merge(&p_ns()).body(move |b| {
-            assert_eq!(
-                b["metadata"]["labels"],
-                json!({"snapstage.io/healthy": "true"})
-            );
-            let ann = &b["metadata"]["annotations"];
-            assert_eq!(ann["snapstage.io/healthy-at"], NOW);
-            let published: Value =
-                serde_json::from_str(ann["snapstage.io/outputs"].as_str().unwrap()).unwrap();
-            assert_eq!(
-                published,
-                json!({"Namespace": ns, "Service": "staging-db", "Port": "5432",
+        vec![
+            open_access(),
+            X::merge(&p_ns()).body(move |b| {
+                assert_eq!(
+                    b["metadata"]["labels"],
+                    json!({"snapstage.io/healthy": "true"})
+                );
+                let ann = &b["metadata"]["annotations"];
+                assert_eq!(ann["snapstage.io/healthy-at"], NOW);
+                let published: Value =
+                    serde_json::from_str(ann["snapstage.io/outputs"].as_str().unwrap()).unwrap();
+                assert_eq!(
+                    published,
+                    json!({"Namespace": ns, "Service": "staging-db", "Port": "5432",
                        "Endpoint": format!("staging-db.{ns}.svc.cluster.local:5432"),
                        "SecretName": "staging-db-credentials"})
-            );
-        })],
+                );
+            }),
+        ],
     );
     let (r, _) = play(
         request(json!({})),
@@ -1429,6 +1487,20 @@ async fn generation_not_observed_is_not_ready() {
     );
 }
 
+/// `staging-db-access`: the database published (after masking, or at once without it).
+fn open_access() -> X {
+    X::apply(&p_np("staging-db-access")).body(|b| {
+        assert_eq!(b["kind"], "NetworkPolicy");
+        let rule = &b["spec"]["ingress"][0];
+        assert_eq!(rule["ports"][0]["port"], 5432);
+        assert!(rule.get("from").is_none(), "from anywhere by default: {b}");
+        assert_eq!(
+            b["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            "database"
+        );
+    })
+}
+
 fn ready_exchanges() -> Vec<X> {
     let ns = ns();
     vec![
@@ -1444,11 +1516,18 @@ async fn ready_is_done_with_the_outputs() {
     let (r, _) = play(
         request(json!({})),
         Some(state("ready", minutes_ago(3), true)),
-        ready_exchanges(),
+        then(ready_exchanges(), vec![open_access()]),
     )
     .await;
     let (summary, outputs) = done(r.unwrap());
     assert_eq!(outputs["Mode"], "applied");
+    assert_eq!(outputs["NetworkAccess"], "networkpolicy");
+    assert!(
+        summary.contains(
+            "reachable from anywhere in the cluster's network (NetworkPolicy staging-db-access)"
+        ),
+        "{summary}"
+    );
     assert_eq!(outputs["Namespace"], ns);
     assert_eq!(outputs["Service"], "staging-db");
     assert_eq!(
@@ -1708,6 +1787,8 @@ async fn conflict_on_apply_is_reported_clearly_and_cleaned_up() {
         X::get(&p_ns()).not_found(),
         X::get(&p_pv()).not_found(),
         X::apply(&p_ns()),
+        X::apply(&p_np("staging-db-isolation")),
+        X::apply(&p_np("staging-db-egress")),
         X::apply(&p_in("secrets", "staging-db-credentials")),
         X::apply(&p_pv()),
         X::apply(&p_in("persistentvolumeclaims", "staging-db-data")),
@@ -1841,26 +1922,29 @@ async fn ready_starts_the_masking_job_before_publishing() {
 #[tokio::test]
 async fn masking_job_succeeded_publishes() {
     let ns = ns();
-    let exchanges = vec![X::get(&p_job("staging-db-masking")).ok(o::job(
-        &ns,
-        "staging-db-masking",
-        vec![
-            o::condition(
-                "SuccessCriteriaMet",
-                "True",
-                Some("CompletionsReached"),
-                Some("Reached expected number of succeeded pods"),
-            ),
-            o::condition(
-                "Complete",
-                "True",
-                Some("CompletionsReached"),
-                Some("Reached expected number of succeeded pods"),
-            ),
-        ],
-        1,
-        0,
-    ))];
+    let exchanges = vec![
+        X::get(&p_job("staging-db-masking")).ok(o::job(
+            &ns,
+            "staging-db-masking",
+            vec![
+                o::condition(
+                    "SuccessCriteriaMet",
+                    "True",
+                    Some("CompletionsReached"),
+                    Some("Reached expected number of succeeded pods"),
+                ),
+                o::condition(
+                    "Complete",
+                    "True",
+                    Some("CompletionsReached"),
+                    Some("Reached expected number of succeeded pods"),
+                ),
+            ],
+            1,
+            0,
+        )),
+        open_access(),
+    ];
     let (r, _) = play(
         request(masking()),
         Some(state("masking", minutes_ago(2), true)),
