@@ -52,14 +52,13 @@ impl NetworkPolicyParams {
                         "expected a NetworkPolicy peer: ipBlock (e.g. {\"cidr\": \"10.0.0.0/16\"}), namespaceSelector or podSelector",
                     ));
                 }
-                (Some(b), None, None) => {
-                    if !is_cidr(&b.cidr) {
-                        return Err(Error::parameter(
-                            format!("{field}.ipBlock.cidr"),
-                            format!("expected a CIDR like \"10.0.0.0/16\", got {:?}", b.cidr),
-                        ));
-                    }
+                (Some(b), None, None) if !is_cidr(&b.cidr) => {
+                    return Err(Error::parameter(
+                        format!("{field}.ipBlock.cidr"),
+                        format!("expected a CIDR like \"10.0.0.0/16\", got {:?}", b.cidr),
+                    ));
                 }
+                (Some(_), None, None) => {}
                 (Some(_), _, _) => {
                     return Err(Error::parameter(
                         field,
