@@ -324,7 +324,8 @@ fn mariadb_copy_of_a_replica_never_replicates_from_production() {
     let ran = run(&pod, &reset, &s.world(&e, &staging_vol, &[]));
     assert_eq!(ran.code, 0, "{}", ran.output());
     assert!(
-        ran.stdout.contains("; replication source forgotten"),
+        ran.stdout
+            .contains("; replication source and relay logs forgotten"),
         "{}",
         ran.output()
     );

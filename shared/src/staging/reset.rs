@@ -168,7 +168,12 @@ const MYSQL: &str = concat!(
     // password, in master.info or mysql.slave_master_info) is forgotten.
     "msg=\"forgetting production's replication source failed (RESET REPLICA ALL needs MySQL 8.0.22 or MariaDB 10.5 and later; the mysql client's error is above)\"\n",
     "source=\n",
-    "if [ -n \"$(sql -e 'SHOW REPLICA STATUS')\" ]; then sql -e 'RESET REPLICA ALL'; source='; replication source forgotten'; fi\n",
+    // Its relay logs too: they hold production's statements (CREATE USER … IDENTIFIED BY …), and
+    // RESET knows only those named after this server's host, not production's pod.
+    "if [ -n \"$(sql -e 'SHOW REPLICA STATUS')\" ]; then\n",
+    "  sql -e 'RESET REPLICA ALL'; set +f; rm -f -- \"$data\"/*-relay-bin.[0-9]* \"$data\"/*-relay-bin.index; set -f\n",
+    "  source='; replication source and relay logs forgotten'\n",
+    "fi\n",
     "IFS='\n'\n",
     "msg=\"setting the password of $DB_USERNAME failed (the mysql client's error is above)\"\n",
     "{\n",
