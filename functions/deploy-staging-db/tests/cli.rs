@@ -163,7 +163,9 @@ async fn valid_request_prints_the_plan_and_its_outputs() {
     assert_eq!(o["Port"], "5432");
     assert_eq!(o["Service"], "staging-db");
     assert_eq!(o["SecretName"], "staging-db-credentials");
-    assert_eq!(o["ManifestCount"], "6");
+    // Namespace, Secret, PV, PVC, Service, StatefulSet and the three NetworkPolicies:
+    // the namespace closed until masked, the database's egress, the access opened after.
+    assert_eq!(o["ManifestCount"], "9");
     let ns = o["Namespace"].as_str().unwrap();
     assert!(ns.starts_with("snapstage-") && ns.len() <= 63, "{ns}");
     assert_eq!(
@@ -172,7 +174,7 @@ async fn valid_request_prints_the_plan_and_its_outputs() {
     );
     let summary = r["summary"].as_str().unwrap();
     assert!(
-        summary.starts_with("PLAN ONLY — no cluster changed: 6 manifests rendered and validated"),
+        summary.starts_with("PLAN ONLY — no cluster changed: 9 manifests rendered and validated"),
         "{summary}"
     );
     assert!(
@@ -190,6 +192,8 @@ async fn valid_request_prints_the_plan_and_its_outputs() {
         ),
         format!("PATCH /api/v1/persistentvolumes/{ns}-data?"),
         format!("PATCH /apis/apps/v1/namespaces/{ns}/statefulsets/staging-db?"),
+        format!("PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-isolation?"),
+        format!("PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-access?"),
     ] {
         assert!(log.contains(&path), "missing {path} in log:\n{log}");
     }
@@ -623,8 +627,8 @@ fn a_template_sample_plans_the_template_s_objects_on_the_existing_pvc() {
         "postgres.snapstage-demo-template.svc.cluster.local:5432"
     );
     assert_eq!(
-        o["ManifestCount"], "4",
-        "Namespace, Secret, Service, StatefulSet"
+        o["ManifestCount"], "6",
+        "Namespace, Secret, Service, StatefulSet, the isolation and access NetworkPolicies"
     );
     let summary = r["summary"].as_str().unwrap();
     assert!(
