@@ -192,8 +192,12 @@ async fn valid_request_prints_the_plan_and_its_outputs() {
         ),
         format!("PATCH /api/v1/persistentvolumes/{ns}-data?"),
         format!("PATCH /apis/apps/v1/namespaces/{ns}/statefulsets/staging-db?"),
-        format!("PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-isolation?"),
-        format!("PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-access?"),
+        format!(
+            "PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-isolation?"
+        ),
+        format!(
+            "PATCH /apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/staging-db-access?"
+        ),
     ] {
         assert!(log.contains(&path), "missing {path} in log:\n{log}");
     }
