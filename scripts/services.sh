@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Starts/stops the local services the tests and the demo use, on loopback only:
 #   moto "cloud"   (EC2/EBS, S3, STS, Secrets Manager, SSM)  127.0.0.1:$SNAPSTAGE_MOTO_CLOUD_PORT   (5100)
-#   moto "on-prem" (S3 standing in for MinIO/FlashBlade)     127.0.0.1:$SNAPSTAGE_MOTO_ONPREM_PORT  (5101)
+#   moto "on-prem" (S3, with IAM for per-user keys)          127.0.0.1:$SNAPSTAGE_MOTO_ONPREM_PORT  (5101)
+#   versitygw      (a real on-prem S3 server, scripts/onprem-s3.sh)  127.0.0.1:$SNAPSTAGE_ONPREM_S3_PORT (5102);
+#                  built from its Go module the first time. SNAPSTAGE_VERSITYGW=0 leaves it out.
 #   the local Kubernetes control plane of real components (scripts/localkube.sh: kube-apiserver,
 #   etcd, controllers, KWOK, snapshot-controller, CSI sidecars) 127.0.0.1:5120-5125; built from Go
 #   modules the first time. SNAPSTAGE_LOCALKUBE=0 leaves it out (its tests then SKIP, or fail
@@ -47,6 +49,13 @@ case "${1:-}" in
     start_moto moto-cloud "$CLOUD_PORT"
     start_moto moto-onprem "$ONPREM_PORT"
     echo "services: moto cloud :$CLOUD_PORT, moto on-prem :$ONPREM_PORT" >&2
+    if [ "${SNAPSTAGE_VERSITYGW:-1}" != 0 ]; then
+      if command -v go >/dev/null || [ "${CI:-}" = true ]; then
+        scripts/onprem-s3.sh start
+      else
+        echo "services: go not found: versitygw is not started (its tests print SKIP; install Go ≥ 1.25)" >&2
+      fi
+    fi
     if [ "${SNAPSTAGE_LOCALKUBE:-1}" != 0 ]; then
       if command -v go >/dev/null || [ "${CI:-}" = true ]; then
         scripts/localkube.sh start
@@ -58,12 +67,14 @@ case "${1:-}" in
   stop)
     stop_one moto-cloud
     stop_one moto-onprem
+    scripts/onprem-s3.sh stop
     scripts/localkube.sh stop
     ;;
   status)
     for s in moto-cloud moto-onprem; do
       if [ -f "$RUN/$s.pid" ] && kill -0 "$(cat "$RUN/$s.pid")" 2>/dev/null; then echo "$s running"; else echo "$s stopped"; fi
     done
+    scripts/onprem-s3.sh status
     scripts/localkube.sh status
     ;;
   env)
@@ -77,6 +88,7 @@ export AWS_REGION=us-east-1
 export AWS_DEFAULT_REGION=us-east-1
 export AWS_EC2_METADATA_DISABLED=true
 ENV
+    scripts/onprem-s3.sh env
     if [ "${SNAPSTAGE_LOCALKUBE:-1}" != 0 ] && [[ "$(scripts/localkube.sh status)" == *"kube-apiserver running"* ]]; then
       scripts/localkube.sh env
     fi

@@ -39,6 +39,22 @@ pub fn moto(test: &str) -> Option<Moto> {
     }
 }
 
+/// The real on-prem S3 server `make test` starts beside moto (versitygw, `scripts/onprem-s3.sh`):
+/// its endpoint from `SNAPSTAGE_ONPREM_S3`, or `None` after printing why it is skipped (a
+/// failure under `CI=true`). Its root user's keys are the tests' `testing` / `testing`.
+pub fn onprem_s3(test: &str) -> Option<String> {
+    match std::env::var("SNAPSTAGE_ONPREM_S3") {
+        Ok(e) if !e.is_empty() => Some(e),
+        _ => {
+            skip(&format!(
+                "{test} on versitygw: SNAPSTAGE_ONPREM_S3 is not set \
+                 (run `make test`, or scripts/services.sh start; eval \"$(scripts/services.sh env)\")"
+            ));
+            None
+        }
+    }
+}
+
 /// Prints `SKIP: <why>` where it is seen even when the test harness captures output (a direct
 /// write to stderr, not `eprintln!`): a skipped test is never silent. Under `CI=true` a missing
 /// service is a failure, never a skip: this panics there.
