@@ -300,7 +300,7 @@ async fn cut<B: Backend>(
     }
     if !made.is_empty() {
         return apart(format!(
-            "an earlier try of this run made the snapshots of {} only; the others are snapshotted one by one",
+            "an earlier try of this run made the snapshots of {} only",
             made.join(", ")
         ));
     }
