@@ -80,6 +80,7 @@ trait Fixture {
             description: None,
             copy_to: None,
             retain: None,
+            consistent_group: None,
             dry_run: false,
         }
     }

@@ -89,6 +89,7 @@ fn snapshot_params() -> SnapshotParams {
         description: None,
         copy_to: None,
         retain: None,
+        consistent_group: None,
         dry_run: false,
     }
 }

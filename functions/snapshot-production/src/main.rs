@@ -13,8 +13,8 @@ use snapstage::{Function, Outcome, Result, Step};
 const ABOUT: About = About {
     summary: "Takes a block-level snapshot of the production database volume(s), tagged/labelled with the
 pipeline run so a retried or duplicated invocation reuses it. Production I/O is never paused: EBS and CSI
-snapshots are online and crash-consistent (per volume, unless a FlashArray protection group or a CSI
-VolumeGroupSnapshot cuts them together); optional hooks make them app-consistent by running a command in
+snapshots are online and crash-consistent (per volume, unless one call cuts them at one point in time:
+EBS CreateSnapshots of one instance's volumes, a FlashArray protection group, a CSI VolumeGroupSnapshot); optional hooks make them app-consistent by running a command in
 the database's pod before creation (fsfreeze -f, fsyncLock) and always its undo after. Answers InProgress
 with a continuation token until every snapshot completes.",
     parameters: "  volumeIds      1-16 production volumes: [\"vol-…\"] (ebs), array volume names (flasharray),
@@ -28,12 +28,16 @@ with a continuation token until every snapshot completes.",
                   namespace, snapshotClass?, groupSnapshotClass? (with selector: one VolumeGroupSnapshot)}
   hooks          {pod | podSelector, namespace?, container?, pre: [\"fsfreeze\",\"-f\",\"/data\"],
                   post: [\"fsfreeze\",\"-u\",\"/data\"], timeoutSeconds? (30), cluster? (default csi.cluster)}
+  consistentGroup  several volumes at one point in time: true = required (else a ConfigurationError
+                 saying why, e.g. EBS volumes on two instances), false = one snapshot per volume,
+                 unset = one point in time when possible, else per volume and the summary says so
   description    snapshot description (default: \"snapstage <execution>\")
   copyTo         ebs: {\"region\": \"us-west-2\", \"kmsKeyId\": \"…\"?}: copy each snapshot to another region
                  once complete (waited for the same way; a retry reuses the run's copy)
   retain         keep the newest N snapstage snapshots per volume, delete older ones snapstage made
   dryRun         true: report what would be done, change nothing",
     outputs: "  SnapshotId  SnapshotIds  SnapshotTime  SourceVolumeIds  Backend
+  PointInTime (group: one point in time for all volumes; per-volume: not; single: one volume)
   (CopiedSnapshotIds CopyRegion with copyTo; SnapshotsDeleted with retain; AppConsistent when hooks ran;
   DryRun when dryRun)",
 };

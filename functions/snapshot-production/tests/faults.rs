@@ -165,6 +165,59 @@ async fn a_lost_create_answer_does_not_make_a_second_snapshot() {
     assert_eq!(r.output("SnapshotId"), snaps[0]);
 }
 
+/// The same for CreateSnapshots (several volumes of one instance at one point in time): no
+/// client token either, so a lost answer must not make a second group.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_group_create_answer_does_not_make_a_second_group() {
+    let Some(url) = moto() else { return };
+    let ec2 = ec2(&url).await;
+    let r = ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let instance = r.instances()[0].instance_id().unwrap().to_string();
+    let mut vols = Vec::new();
+    for device in ["/dev/sdf", "/dev/sdg"] {
+        let v = production_volume(&ec2).await;
+        ec2.attach_volume()
+            .volume_id(&v)
+            .instance_id(&instance)
+            .device(device)
+            .send()
+            .await
+            .unwrap();
+        vols.push(v);
+    }
+    let run_id = unique("faults-lost-group");
+    let proxy = FaultProxy::start(&url).unwrap();
+    proxy.add(Rule::new("CreateSnapshots", Fault::LoseAnswer, 1));
+
+    let r = run(
+        &proxy.url,
+        &json!({"volumeIds": vols, "executionId": run_id, "consistentGroup": true}),
+        &[],
+        &[],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}\n{}", r.last(), r.stderr);
+    assert_eq!(proxy.count("CreateSnapshots"), 1, "{:?}", proxy.seen());
+    assert_eq!(r.output("PointInTime"), "group");
+    let mut snaps = snapshots_of_run(&ec2, &run_id).await;
+    snaps.sort();
+    let mut reported: Vec<String> = r
+        .output("SnapshotIds")
+        .split(',')
+        .map(String::from)
+        .collect();
+    reported.sort();
+    assert_eq!(snaps, reported, "one group after a lost answer");
+    assert_eq!(snaps.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_that_never_comes_is_cut_by_the_attempt_timeout_and_retried() {
     let Some(url) = moto() else { return };

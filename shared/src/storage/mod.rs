@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::Execution;
 use crate::error::{Error, Result};
+use crate::interlock::BoxFuture;
 
 pub mod csi;
 pub mod ebs;
@@ -181,6 +182,53 @@ pub struct VolumeSpec {
     pub volume_type: String,
 }
 
+/// Whether several sources can be cut at one point in time by one call ([`PointInTime::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupPlan {
+    /// One call snapshots exactly these sources together: they are all on `host` (EBS: the
+    /// instance they are attached to).
+    Together { host: String },
+    /// Not possible; `why` says which source is where, for the user to act on.
+    Apart { why: String },
+}
+
+/// What this run already made of a group's sources ([`PointInTime::find`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundGroup {
+    /// This run's snapshot of each source, in the order of the sources (`None`: not made yet).
+    pub snapshots: Vec<Option<SnapshotInfo>>,
+    /// All of them were made by one group call (one point in time).
+    pub together: bool,
+}
+
+/// A backend that can snapshot several of its sources at one point in time with one call (EBS:
+/// `CreateSnapshots` of the volumes of one instance). Reached through [`Backend::point_in_time`];
+/// backends that cut groups their own way (a FlashArray protection group, a CSI
+/// VolumeGroupSnapshot) or not at all do not implement it.
+pub trait PointInTime: Send + Sync {
+    /// Whether `sources` can be snapshotted together, and where they are.
+    fn plan<'a>(&'a self, sources: &'a [String]) -> BoxFuture<'a, Result<GroupPlan>>;
+
+    /// The snapshots this run already made of `sources` (by its tags), and whether they are one
+    /// group.
+    fn find<'a>(
+        &'a self,
+        sources: &'a [String],
+        execution: &'a Execution,
+    ) -> BoxFuture<'a, Result<FoundGroup>>;
+
+    /// Snapshots exactly `sources` (all on `host`) with one call, tagged with the run as
+    /// [`Backend::create_snapshot`] tags a snapshot; returns them in the order of `sources`. A
+    /// retried try finds the run's group instead of making a second one.
+    fn create<'a>(
+        &'a self,
+        sources: &'a [String],
+        host: &'a str,
+        execution: &'a Execution,
+        description: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SnapshotInfo>>>;
+}
+
 /// A storage backend: snapshots of production sources, staging volumes from snapshots.
 pub trait Backend: Send + Sync {
     /// `ebs`, `csi`, `flasharray`: reported as the `Backend` output variable.
@@ -292,6 +340,12 @@ pub trait Backend: Send + Sync {
     /// Deletes a snapshot snapstage made. Implementations check the tags/labels again right
     /// before deleting and refuse ([`Error::Refused`]) a snapshot snapstage did not make.
     fn delete_snapshot(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Several sources at one point in time with one call, when the backend can ([`PointInTime`]).
+    /// Default: it cannot; each source is snapshotted on its own.
+    fn point_in_time(&self) -> Option<&dyn PointInTime> {
+        None
+    }
 
     /// Output variables a finished restore reports besides `VolumeId` (CSI: `PvcName`,
     /// `SnapshotName`, `Namespace`, for `#{Restore.PvcName}` downstream). Default: none.

@@ -15,7 +15,7 @@ use super::ebs::Ebs;
 use super::flasharray::{
     ApiToken, Client as FaClient, Config as FaConfig, FlashArray, ReplicaSource,
 };
-use super::{Backend, BackendKind, CopyTarget, SnapshotInfo, VolumeInfo, VolumeSpec};
+use super::{Backend, BackendKind, CopyTarget, PointInTime, SnapshotInfo, VolumeInfo, VolumeSpec};
 use crate::contract::Execution;
 use crate::error::{Error, Result};
 
@@ -283,6 +283,9 @@ impl Backend for AnyBackend {
     }
     fn restore_outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)> {
         each!(self, b => b.restore_outputs(volume))
+    }
+    fn point_in_time(&self) -> Option<&dyn PointInTime> {
+        each!(self, b => b.point_in_time())
     }
 }
 

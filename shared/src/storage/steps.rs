@@ -11,10 +11,10 @@ use super::csi::CsiParams;
 use super::hooks::{HookParams, Hooks};
 use super::open::{BackendChoice, FlashArrayParams};
 use super::{
-    Backend, BackendKind, CopyTarget, SnapshotInfo, SnapshotState, VolumeSpec, VolumeState,
-    is_production,
+    Backend, BackendKind, CopyTarget, GroupPlan, SnapshotInfo, SnapshotState, VolumeSpec,
+    VolumeState, is_production,
 };
-use crate::contract::{Outcome, Step};
+use crate::contract::{Execution, Outcome, Step};
 use crate::error::{Error, Result};
 
 /// `snapshot-production` parameters.
@@ -39,6 +39,12 @@ pub struct SnapshotParams {
     /// Commands run in the database's pod around snapshot creation (app-consistent snapshots).
     #[serde(default)]
     pub hooks: Option<HookParams>,
+    /// Several volumes at one point in time. `true`: required; one call cuts them all (EBS:
+    /// CreateSnapshots of the one instance they are attached to) or the step fails saying why.
+    /// `false`: each volume on its own. Unset: one point in time when the backend can, otherwise
+    /// each volume on its own and the summary says so (`PointInTime` output).
+    #[serde(default)]
+    pub consistent_group: Option<bool>,
     /// Snapshot description; defaults to one naming the run.
     #[serde(default)]
     pub description: Option<String>,
@@ -128,6 +134,29 @@ impl SnapshotParams {
         if let Some(h) = &self.hooks {
             h.validate(self.csi.as_ref())?;
         }
+        match (self.consistent_group, self.native_group()) {
+            (Some(false), Some(group)) => {
+                return Err(Error::parameter(
+                    "consistentGroup",
+                    format!(
+                        "false asks for one snapshot per volume, but {group} snapshots as one group; remove one of them"
+                    ),
+                ));
+            }
+            (Some(true), None) if self.backend == BackendKind::FlashArray => {
+                return Err(Error::parameter(
+                    "consistentGroup",
+                    "backend \"flasharray\" cuts several volumes at one point in time through a protection group: give flasharray.protectionGroup instead of volumeIds",
+                ));
+            }
+            (Some(true), None) if self.backend == BackendKind::Csi => {
+                return Err(Error::parameter(
+                    "consistentGroup",
+                    "backend \"csi\" cuts several PVCs at one point in time with a VolumeGroupSnapshot: give csi.groupSnapshotClass and a selector instead of volumeIds",
+                ));
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -141,6 +170,159 @@ impl SnapshotParams {
 
     fn protection_group(&self) -> Option<&str> {
         self.flasharray.as_ref()?.protection_group.as_deref()
+    }
+
+    /// The parameter that makes the backend cut its own group (one point in time), if any.
+    fn native_group(&self) -> Option<&'static str> {
+        if self.protection_group().is_some() {
+            Some("flasharray.protectionGroup")
+        } else if self
+            .csi
+            .as_ref()
+            .is_some_and(|c| c.group_snapshot_class.is_some())
+        {
+            Some("csi.groupSnapshotClass")
+        } else {
+            None
+        }
+    }
+}
+
+/// `PointInTime` output: several volumes cut by one call.
+const GROUP: &str = "group";
+/// `PointInTime` output: several volumes, each snapshotted on its own.
+const PER_VOLUME: &str = "per-volume";
+/// `PointInTime` output: one volume.
+const SINGLE: &str = "single";
+
+/// What the parameters alone imply: the backend's own group, one volume, or (also for tokens
+/// from before the `PointInTime` output) one by one.
+fn implied_point_in_time(p: &SnapshotParams, sources: &[String]) -> &'static str {
+    if p.native_group().is_some() {
+        GROUP
+    } else if sources.len() == 1 {
+        SINGLE
+    } else {
+        PER_VOLUME
+    }
+}
+
+/// How a run cuts its snapshots, and what an earlier try of it already made.
+struct Cut {
+    /// This run's snapshot of each source already made, in the order of the sources.
+    found: Vec<Option<SnapshotInfo>>,
+    /// One call of the backend's [`super::PointInTime`] on this host makes the missing ones.
+    host: Option<String>,
+    /// [`GROUP`], [`PER_VOLUME`] or [`SINGLE`].
+    point_in_time: &'static str,
+    /// Why several volumes are not one point in time ([`PER_VOLUME`]).
+    why: Option<String>,
+}
+
+/// Decides how this run cuts `sources` (reads only): one group call when the backend can and
+/// `consistentGroup` is not false; otherwise one snapshot per source. What an earlier try of
+/// the run made is reused; a partial set is completed one by one, or refused when
+/// `consistentGroup` is true (its snapshots would not be one point in time).
+async fn cut<B: Backend>(
+    backend: &B,
+    p: &SnapshotParams,
+    sources: &[String],
+    ex: &Execution,
+) -> Result<Cut> {
+    let required = p.consistent_group == Some(true);
+    let group_call = backend.point_in_time().filter(|_| {
+        sources.len() > 1 && p.consistent_group != Some(false) && p.native_group().is_none()
+    });
+    let Some(group_call) = group_call else {
+        let mut found = Vec::with_capacity(sources.len());
+        for v in sources {
+            found.push(backend.find_snapshot(v, ex).await?);
+        }
+        let implied = implied_point_in_time(p, sources);
+        let (point_in_time, why) = if implied != PER_VOLUME {
+            (implied, None)
+        } else if required {
+            return Err(Error::parameter(
+                "consistentGroup",
+                format!(
+                    "backend {:?} cannot snapshot several volumes at one point in time; snapshot one volume per step or set consistentGroup false",
+                    backend.name()
+                ),
+            ));
+        } else if p.consistent_group == Some(false) {
+            (PER_VOLUME, Some("consistentGroup is false".to_string()))
+        } else {
+            (
+                PER_VOLUME,
+                Some(format!(
+                    "backend {:?} snapshots each volume on its own",
+                    backend.name()
+                )),
+            )
+        };
+        return Ok(Cut {
+            found,
+            host: None,
+            point_in_time,
+            why,
+        });
+    };
+    let found = group_call.find(sources, ex).await?;
+    let made: Vec<&str> = sources
+        .iter()
+        .zip(&found.snapshots)
+        .filter(|(_, s)| s.is_some())
+        .map(|(v, _)| v.as_str())
+        .collect();
+    let apart = |why: String| -> Result<Cut> {
+        if required {
+            return Err(Error::Refused(format!(
+                "consistentGroup is true, but {why}: they are not one point in time; start a new pipeline run (a new execution) for a new group"
+            )));
+        }
+        Ok(Cut {
+            found: found.snapshots.clone(),
+            host: None,
+            point_in_time: PER_VOLUME,
+            why: Some(why),
+        })
+    };
+    if made.len() == sources.len() {
+        if found.together {
+            return Ok(Cut {
+                found: found.snapshots,
+                host: None,
+                point_in_time: GROUP,
+                why: None,
+            });
+        }
+        return apart("an earlier try of this run snapshotted the volumes one by one".into());
+    }
+    if !made.is_empty() {
+        return apart(format!(
+            "an earlier try of this run made the snapshots of {} only",
+            made.join(", ")
+        ));
+    }
+    match group_call.plan(sources).await? {
+        GroupPlan::Together { host } => Ok(Cut {
+            found: found.snapshots,
+            host: Some(host),
+            point_in_time: GROUP,
+            why: None,
+        }),
+        GroupPlan::Apart { why } if required => Err(Error::parameter(
+            "consistentGroup",
+            format!(
+                "true needs all of volumeIds cut at one point in time, but {why}; snapshot the volumes of each instance in a step of its own, or set consistentGroup false to accept snapshots that are not one point in time"
+            ),
+        )),
+        GroupPlan::Apart { why } => Ok(Cut {
+            found: found.snapshots,
+            host: None,
+            point_in_time: PER_VOLUME,
+            why: Some(why),
+        }),
     }
 }
 
@@ -201,6 +383,12 @@ struct SnapshotState_ {
     /// The app-consistency hooks ran around creation (they never run again for the run).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     hooks: bool,
+    /// `group`, `per-volume` or `single` (the `PointInTime` output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    point_in_time: Option<String>,
+    /// Why several volumes are not one point in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    why: Option<String>,
 }
 
 fn resume<T: for<'de> Deserialize<'de>>(state: Option<Value>) -> Result<Option<T>> {
@@ -247,9 +435,19 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
     if p.dry_run {
         let sources = sources(backend, p).await?;
         let mut lines = Vec::new();
-        for v in &sources {
+        let cut = cut(backend, p, &sources, ex).await?;
+        lines.push(match (&cut.host, &cut.why) {
+            (Some(host), _) => format!(
+                "would snapshot {} together at one point in time (one call on {host})",
+                sources.join(", ")
+            ),
+            (None, Some(why)) => {
+                format!("would snapshot each volume on its own, NOT at one point in time ({why})")
+            }
+            (None, None) => format!("point in time: {}", cut.point_in_time),
+        });
+        for (v, existing) in sources.iter().zip(cut.found) {
             let size = backend.describe_source(v).await?;
-            let existing = backend.find_snapshot(v, ex).await?;
             lines.push(match existing {
                 Some(s) => format!("{v}: would reuse {} made by this run", s.id),
                 None => format!(
@@ -272,6 +470,7 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
             ("DryRun".to_string(), "true".to_string()),
             ("Backend".to_string(), backend.name().to_string()),
             ("SourceVolumeIds".to_string(), sources.join(",")),
+            ("PointInTime".to_string(), cut.point_in_time.to_string()),
         ]);
         if let Some(h) = &p.hooks {
             lines.push(h.describe(p.csi.as_ref()));
@@ -282,7 +481,7 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
         });
     }
 
-    let (sources, ids, copies, hooks_ran) = match state {
+    let (sources, ids, copies, hooks_ran, point_in_time, why) = match state {
         Some(s) => {
             let sources = if s.sources.is_empty() {
                 p.volume_ids.clone()
@@ -294,7 +493,7 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                     "continuationToken: volume list changed since the run started".into(),
                 ));
             }
-            (sources, s.ids, s.copies, s.hooks)
+            (sources, s.ids, s.copies, s.hooks, s.point_in_time, s.why)
         }
         None => {
             let sources = sources(backend, p).await?;
@@ -303,16 +502,23 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                 .clone()
                 .unwrap_or_else(|| format!("snapstage {}", ex.key));
             // What this run made already (a retry): reused, and no hooks for it.
-            let mut found = Vec::with_capacity(sources.len());
-            for v in &sources {
-                let existing = backend.find_snapshot(v, ex).await?;
-                if let Some(s) = &existing {
+            let Cut {
+                found,
+                host,
+                point_in_time,
+                why,
+            } = cut(backend, p, &sources, ex).await?;
+            for (v, s) in sources.iter().zip(&found) {
+                if let Some(s) = s {
                     tracing::info!(snapshot = %s.id, volume = %v, "reusing this run's snapshot");
                 }
-                found.push(existing);
             }
             let missing = found.iter().any(Option::is_none);
             let create = async {
+                if let (Some(host), Some(group_call)) = (&host, backend.point_in_time()) {
+                    let made = group_call.create(&sources, host, ex, &description).await?;
+                    return Ok(made.into_iter().map(|s| s.id).collect());
+                }
                 let mut ids = Vec::with_capacity(sources.len());
                 for (v, existing) in sources.iter().zip(found) {
                     let snap = match existing {
@@ -327,7 +533,10 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                 Some(h) if missing => (h.around(create).await?, true),
                 _ => (create.await?, false),
             };
-            (sources, ids, Vec::new(), ran)
+            // Kept in the state only when it is not what the parameters imply.
+            let point_in_time = (point_in_time != implied_point_in_time(p, &sources))
+                .then(|| point_in_time.to_string());
+            (sources, ids, Vec::new(), ran, point_in_time, why)
         }
     };
 
@@ -372,6 +581,8 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                 sources,
                 copies,
                 hooks: hooks_ran,
+                point_in_time,
+                why,
             })
             .map_err(|e| Error::Internal(e.to_string()))?,
         });
@@ -429,6 +640,8 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                     sources,
                     copies,
                     hooks: hooks_ran,
+                    point_in_time,
+                    why,
                 })
                 .map_err(|e| Error::Internal(e.to_string()))?,
             });
@@ -483,6 +696,19 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
         outputs.insert("AppConsistent".into(), "true".into());
         summary.push_str("; app-consistent (pre/post hooks ran around creation)");
     }
+    let point_in_time =
+        point_in_time.unwrap_or_else(|| implied_point_in_time(p, &sources).to_string());
+    match (point_in_time.as_str(), &why) {
+        (GROUP, _) if sources.len() > 1 => {
+            summary.push_str("; one point in time for all volumes (snapshotted together)");
+        }
+        (PER_VOLUME, why) => summary.push_str(&format!(
+            "; NOT one point in time: each volume was snapshotted on its own{}",
+            why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+        )),
+        _ => {}
+    }
+    outputs.insert("PointInTime".into(), point_in_time);
     let outputs = outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     Ok(Outcome::Done { summary, outputs })
 }
@@ -1054,6 +1280,7 @@ mod step_tests {
             description: None,
             copy_to: None,
             retain: None,
+            consistent_group: None,
             dry_run: false,
         }
     }
@@ -1212,6 +1439,77 @@ mod step_tests {
         };
         assert_eq!(outputs["DryRun"], "true");
         assert!(b.snapshots.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn several_volumes_cut_one_by_one_say_so_and_consistent_group_refuses_them() {
+        let b = Slow {
+            polls_to_ready: 1,
+            ..Default::default()
+        };
+        let seen = drive(
+            |s| snapshot_step(&b, s),
+            snap_params(&["vol-01", "vol-02"]),
+            "run-1",
+        )
+        .await
+        .unwrap();
+        let Outcome::Done { outputs, summary } = seen.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(outputs["PointInTime"], "per-volume");
+        assert!(summary.contains("NOT one point in time"), "{summary}");
+
+        let mut p = snap_params(&["vol-03", "vol-04"]);
+        p.consistent_group = Some(true);
+        let e = drive(|s| snapshot_step(&b, s), p, "run-2")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.failure_kind(),
+            crate::error::FailureKind::ConfigurationError
+        );
+        assert!(e.to_string().starts_with("consistentGroup: "), "{e}");
+        assert_eq!(b.snapshots.lock().unwrap().len(), 2, "nothing more made");
+
+        let seen = drive(|s| snapshot_step(&b, s), snap_params(&["vol-05"]), "run-3")
+            .await
+            .unwrap();
+        let Outcome::Done { outputs, .. } = seen.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(outputs["PointInTime"], "single");
+    }
+
+    #[test]
+    fn consistent_group_names_the_way_each_backend_cuts_a_group() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<SnapshotParams>(v).unwrap();
+        let fa = serde_json::json!({"endpoint": "https://fa", "apiTokenSecret": "s"});
+        let e = parse(
+            serde_json::json!({"backend": "flasharray", "flasharray": fa,
+            "volumeIds": ["a", "b"], "consistentGroup": true}),
+        )
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("flasharray.protectionGroup"), "{e}");
+        let mut with_pg = fa.clone();
+        with_pg["protectionGroup"] = "pg-orders".into();
+        parse(
+            serde_json::json!({"backend": "flasharray", "flasharray": with_pg,
+            "consistentGroup": true}),
+        )
+        .validate()
+        .unwrap();
+        let e = parse(
+            serde_json::json!({"backend": "flasharray", "flasharray": with_pg,
+            "consistentGroup": false}),
+        )
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().starts_with("consistentGroup: false"), "{e}");
+        parse(serde_json::json!({"volumeIds": ["vol-01", "vol-02"], "consistentGroup": true}))
+            .validate()
+            .unwrap();
     }
 
     fn hooked(vols: &[&str]) -> SnapshotParams {
