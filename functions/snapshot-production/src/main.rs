@@ -27,7 +27,9 @@ with a continuation token until every snapshot completes.",
   csi            {cluster: {\"eks\": {\"name\": …}} | {\"kubeconfigSecret\": …} | \"inCluster\",
                   namespace, snapshotClass?, groupSnapshotClass? (with selector: one VolumeGroupSnapshot)}
   hooks          {pod | podSelector, namespace?, container?, pre: [\"fsfreeze\",\"-f\",\"/data\"],
-                  post: [\"fsfreeze\",\"-u\",\"/data\"], timeoutSeconds? (30), cluster? (default csi.cluster)}
+                  post: [\"fsfreeze\",\"-u\",\"/data\"] | session: {command, freeze, thaw, marker?}
+                  (one exec held open from the confirmed freeze until the snapshots are cut, e.g.
+                  FLUSH TABLES WITH READ LOCK), timeoutSeconds? (30), cluster? (default csi.cluster)}
   description    snapshot description (default: \"snapstage <execution>\")
   copyTo         ebs: {\"region\": \"us-west-2\", \"kmsKeyId\": \"…\"?}: copy each snapshot to another region
                  once complete (waited for the same way; a retry reuses the run's copy)

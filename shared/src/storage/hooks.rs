@@ -15,6 +15,9 @@
 //!   the step and says the application may still be paused.
 //! - Hooks run only around snapshot *creation* (the first invocation of a run): a block snapshot
 //!   is point-in-time when it is cut, so the later "still pending" invocations run nothing.
+//! - Or `session` instead of `pre`/`post`: one exec per pod held open from a confirmed freeze
+//!   until the snapshots are cut, for a lock that lives only as long as its session (MySQL's
+//!   `FLUSH TABLES WITH READ LOCK`); always released, bounded by `timeoutSeconds` (see [`session`]).
 //! - Every command is bounded by `timeoutSeconds` (default 30, at most 300).
 //! - The cluster and namespace come from `hooks.cluster` / `hooks.namespace`, else from the `csi`
 //!   section.

@@ -481,7 +481,7 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
     }
     if hooks_ran {
         outputs.insert("AppConsistent".into(), "true".into());
-        summary.push_str("; app-consistent (pre/post hooks ran around creation)");
+        summary.push_str("; app-consistent (hooks ran around creation)");
     }
     let outputs = outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     Ok(Outcome::Done { summary, outputs })

@@ -5,7 +5,7 @@
 //!
 //! ```json
 //! "hooks": {"pod": "orders-db-0",
-//!           "session": {"command": ["sh", "-c", "exec mariadb -uroot -p\"$MARIADB_ROOT_PASSWORD\" --batch --unbuffered --skip-reconnect"],
+//!           "session": {"command": ["sh", "-c", "MYSQL_PWD=\"$MARIADB_ROOT_PASSWORD\" exec mariadb -uroot --batch --unbuffered --skip-reconnect"],
 //!                       "freeze": "FLUSH TABLES WITH READ LOCK;", "thaw": "UNLOCK TABLES;"},
 //!           "timeoutSeconds": 30}
 //! ```
