@@ -314,14 +314,14 @@ async fn a_session_hook_holds_flush_tables_with_read_lock_until_the_snapshot_is_
 
     // Creating the snapshots hangs: cut short at timeoutSeconds, the lock released.
     let server = ExecServer::start("v5.channel.k8s.io", vec![Script::Spawn]).await;
-    let h = db.hooks(&server, 2, db.session(FTWRL));
+    let h = db.hooks(&server, 3, db.session(FTWRL));
     let e = h
         .around(std::future::pending::<Result<()>>())
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("creating the snapshots did not finish within 2 s (hooks.timeoutSeconds) of the freeze and was cut short to release the lock"),
+        e.contains("creating the snapshots did not finish within 3 s (hooks.timeoutSeconds) of the freeze and was cut short to release the lock"),
         "{e}"
     );
     assert!(

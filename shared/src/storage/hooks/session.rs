@@ -198,8 +198,10 @@ enum Marked {
     Yes,
     /// The session ended first.
     Ended,
-    /// Not by the deadline, or the statement could not be written: why.
-    No(String),
+    /// Not by the deadline.
+    Timeout,
+    /// The statements could not be written: why.
+    NotSent(String),
 }
 
 /// How a session's release went.
@@ -208,8 +210,8 @@ enum Released {
     Confirmed,
     /// The session had ended before the thaw (so had its connection, and its lock): why.
     Ended(String),
-    /// Neither, within the bound: why. The exec was dropped.
-    Unconfirmed(String),
+    /// Neither, within the bound (or why not, if known). The exec was dropped.
+    Unconfirmed(Option<String>),
 }
 
 impl Session {
@@ -247,7 +249,7 @@ impl Session {
             Ok(Ok(seen)) if seen.marked.as_deref() == Some(awaited) => Marked::Yes,
             // Ended (a closed watch: the drain task is gone, so the stream ended too).
             Ok(_) => Marked::Ended,
-            Err(_) => Marked::No("timeout".into()),
+            Err(_) => Marked::Timeout,
         }
     }
 
@@ -260,7 +262,7 @@ impl Session {
     ) -> Result<Marked> {
         Ok(match self.send(statement, spec, deadline).await? {
             Ok(awaited) => self.confirm(&awaited, deadline).await,
-            Err(why) => Marked::No(why),
+            Err(why) => Marked::NotSent(why),
         })
     }
 
@@ -304,7 +306,7 @@ impl Session {
             let _ = timeout_at(short(deadline), stdin.shutdown()).await;
         }
         if let Released::Confirmed = outcome {
-            let ending = self.ending(deadline).await;
+            let ending = self.ending(short(deadline)).await;
             tracing::info!(pod = %self.pod, ending = %ending, "session hook: thaw confirmed, the lock is released");
         }
         drop(self.proc.take());
@@ -343,11 +345,12 @@ async fn release_all(
             Ok(Ok(Some(awaited))) => match s.confirm(&awaited, deadline).await {
                 Marked::Yes => Released::Confirmed,
                 Marked::Ended => Released::Ended(s.ending(short(deadline)).await),
-                Marked::No(why) => Released::Unconfirmed(why),
+                Marked::Timeout => Released::Unconfirmed(None),
+                Marked::NotSent(why) => Released::Unconfirmed(Some(why)),
             },
             Ok(Ok(None)) => Released::Ended(s.ending(short(deadline)).await),
-            Ok(Err(why)) => Released::Unconfirmed(why),
-            Err(e) => Released::Unconfirmed(e.to_string()),
+            Ok(Err(why)) => Released::Unconfirmed(Some(why)),
+            Err(e) => Released::Unconfirmed(Some(e.to_string())),
         };
         released.push(s.close(outcome, deadline).await);
     }
@@ -372,8 +375,9 @@ fn summarize(released: &[(String, Released)], namespace: &str, limit: Duration) 
                 "the session in pod {namespace}/{pod} ended before its thaw ({why}), and its lock with it — maybe before the snapshots were cut"
             )),
             Released::Unconfirmed(why) => {
+                let why = why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default();
                 notes.push(format!(
-                    "the thaw in pod {namespace}/{pod} was not confirmed within {} s ({why}); its exec was closed, which ends a client that exits when its input ends (and with its connection, its lock), but production may still be locked — check it now",
+                    "the thaw in pod {namespace}/{pod} was not confirmed within {} s{why}; its exec was closed, which ends a client that exits when its input ends (and with its connection, its lock), but production may still be locked — check it now",
                     limit.as_secs()
                 ));
             }
@@ -458,13 +462,13 @@ impl Hooks {
                     )),
                 ))
             }
-            Ok(Marked::No(why)) if why == "timeout" => Err((
+            Ok(Marked::Timeout) => Err((
                 Some(session),
                 failed(format!(
                     "the freeze of the {what} was not confirmed within {limit} s (hooks.timeoutSeconds)"
                 )),
             )),
-            Ok(Marked::No(why)) => Err((
+            Ok(Marked::NotSent(why)) => Err((
                 Some(session),
                 failed(format!("the freeze of the {what} was not sent: {why}")),
             )),
