@@ -314,6 +314,19 @@ impl Session {
     }
 }
 
+/// `command` for messages, a password given as `-pSECRET` or `--password=SECRET` left out (the
+/// README says to keep it in the container's environment instead).
+fn redacted(command: &[String]) -> Vec<String> {
+    command
+        .iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, _)) if k == "--password" => format!("{k}=…"),
+            _ if a.starts_with("-p") && a.len() > 2 => "-p…".to_string(),
+            _ => a.clone(),
+        })
+        .collect()
+}
+
 /// `deadline`, or 5 s from now if sooner: for a session that has already ended.
 fn short(deadline: Instant) -> Instant {
     deadline.min(Instant::now() + Duration::from_secs(5))
@@ -409,7 +422,7 @@ impl Hooks {
     ) -> std::result::Result<Session, (Option<Session>, Error)> {
         let what = format!(
             "session hook {} in pod {}/{pod}",
-            shown(&spec.command),
+            shown(&redacted(&spec.command)),
             self.namespace
         );
         let mut ap = AttachParams::default()

@@ -258,6 +258,29 @@ async fn a_freeze_that_never_confirms_takes_no_snapshot_and_says_production_may_
     );
 }
 
+#[tokio::test]
+async fn a_password_in_the_session_command_stays_out_of_the_message() {
+    let server = ExecServer::start("v5.channel.k8s.io", vec![Script::Spawn]).await;
+    let mut p = sh_session("exit 3", 5);
+    p.session.as_mut().unwrap().command = vec![
+        "sh".into(),
+        "-c".into(),
+        "exec sh".into(),
+        "-pS3cret".into(),
+        "--password=S3cret".into(),
+    ];
+    let e = hooks(&server, p)
+        .around(async { Ok(()) })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("hooks: the session hook [\"sh\", \"-c\", \"exec sh\", \"-p…\", \"--password=…\"] in pod prod/orders-db-0 ended before its freeze was confirmed: exit code 3"),
+        "{e}"
+    );
+    assert!(!e.contains("S3cret"), "{e}");
+}
+
 #[test]
 fn session_parameters_are_checked_with_field_names() {
     let base = || {
