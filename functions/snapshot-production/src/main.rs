@@ -27,7 +27,9 @@ with a continuation token until every snapshot completes.",
   csi            {cluster: {\"eks\": {\"name\": …}} | {\"kubeconfigSecret\": …} | \"inCluster\",
                   namespace, snapshotClass?, groupSnapshotClass? (with selector: one VolumeGroupSnapshot)}
   hooks          {pod | podSelector, namespace?, container?, pre: [\"fsfreeze\",\"-f\",\"/data\"],
-                  post: [\"fsfreeze\",\"-u\",\"/data\"], timeoutSeconds? (30), cluster? (default csi.cluster)}
+                  post: [\"fsfreeze\",\"-u\",\"/data\"] | session: {command, freeze, thaw, marker?}
+                  (one exec held open from the confirmed freeze until the snapshots are cut, e.g.
+                  FLUSH TABLES WITH READ LOCK), timeoutSeconds? (30), cluster? (default csi.cluster)}
   consistentGroup  several volumes at one point in time: true = required (else a ConfigurationError
                  saying why, e.g. EBS volumes on two instances), false = one snapshot per volume,
                  unset = one point in time when possible, else per volume and the summary says so

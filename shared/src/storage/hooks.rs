@@ -15,6 +15,9 @@
 //!   the step and says the application may still be paused.
 //! - Hooks run only around snapshot *creation* (the first invocation of a run): a block snapshot
 //!   is point-in-time when it is cut, so the later "still pending" invocations run nothing.
+//! - Or `session` instead of `pre`/`post`: one exec per pod held open from a confirmed freeze
+//!   until the snapshots are cut, for a lock that lives only as long as its session (MySQL's
+//!   `FLUSH TABLES WITH READ LOCK`); always released, bounded by `timeoutSeconds` (see [`session`]).
 //! - Every command is bounded by `timeoutSeconds` (default 30, at most 300).
 //! - The cluster and namespace come from `hooks.cluster` / `hooks.namespace`, else from the `csi`
 //!   section.
@@ -63,6 +66,10 @@ pub struct HookParams {
     /// Runs after, always once `pre` ran, e.g. `["fsfreeze", "-u", "/data"]`.
     #[serde(default)]
     pub post: Vec<String>,
+    /// Or one session held open from the freeze until the snapshots are cut (instead of `pre`
+    /// and `post`): see [`SessionHook`].
+    #[serde(default)]
+    pub session: Option<SessionHook>,
     #[serde(default)]
     pub timeout_seconds: Option<u32>,
     /// Default: `csi.cluster`.
@@ -106,10 +113,18 @@ impl HookParams {
             }
             _ => {}
         }
-        if self.pre.is_empty() && self.post.is_empty() {
+        if let Some(session) = &self.session {
+            if !self.pre.is_empty() || !self.post.is_empty() {
+                return Err(Error::parameter(
+                    "hooks.session",
+                    "give either hooks.session (one session held open until the snapshots are cut, e.g. a MySQL client holding FLUSH TABLES WITH READ LOCK) or hooks.pre and hooks.post (commands run one by one), not both",
+                ));
+            }
+            session.validate()?;
+        } else if self.pre.is_empty() && self.post.is_empty() {
             return Err(Error::parameter(
                 "hooks.pre",
-                "missing: a command as a list, e.g. [\"fsfreeze\", \"-f\", \"/data\"]",
+                "missing: a command as a list, e.g. [\"fsfreeze\", \"-f\", \"/data\"] (or hooks.session, for a lock that must stay held in one session)",
             ));
         }
         if !self.pre.is_empty() && self.post.is_empty() {
@@ -178,11 +193,20 @@ impl HookParams {
             (_, Some(s)) => format!("the running pods {s:?} selects in {ns}"),
             _ => String::new(),
         };
-        format!(
-            "would run pre {} and post {} in {pods}",
-            shown(&self.pre),
-            shown(&self.post)
-        )
+        match &self.session {
+            Some(s) => format!(
+                "would hold a session {} in {pods}: freeze {:?} until the snapshots are cut, then thaw {:?} (at most {} s)",
+                shown(&s.command),
+                s.freeze,
+                s.thaw,
+                self.timeout().as_secs()
+            ),
+            None => format!(
+                "would run pre {} and post {} in {pods}",
+                shown(&self.pre),
+                shown(&self.post)
+            ),
+        }
     }
 }
 
@@ -298,8 +322,13 @@ impl Hooks {
     }
 
     /// Runs `pre` in every pod, then `work` (only if every `pre` succeeded), then `post` in every
-    /// pod where `pre` was started — whatever `pre` and `work` did.
+    /// pod where `pre` was started — whatever `pre` and `work` did. With `session`, holds a
+    /// session in every pod from its confirmed freeze until `work` is done, then releases them
+    /// (see [`session`]).
     pub async fn around<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        if let Some(spec) = &self.params.session {
+            return self.around_session(spec, work).await;
+        }
         let pods = self.pods().await?;
         let mut started: Vec<&str> = Vec::new();
         let mut pre_failed = None;
@@ -462,7 +491,12 @@ async fn tail(reader: Option<impl tokio::io::AsyncRead + Unpin>) -> String {
     String::from_utf8_lossy(&kept).into_owned()
 }
 
+pub mod session;
+pub use session::SessionHook;
+
 #[cfg(test)]
 pub(crate) mod exec_server;
+#[cfg(test)]
+mod mariadb_tests;
 #[cfg(test)]
 mod tests;

@@ -694,7 +694,7 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
     }
     if hooks_ran {
         outputs.insert("AppConsistent".into(), "true".into());
-        summary.push_str("; app-consistent (pre/post hooks ran around creation)");
+        summary.push_str("; app-consistent (hooks ran around creation)");
     }
     let point_in_time =
         point_in_time.unwrap_or_else(|| implied_point_in_time(p, &sources).to_string());

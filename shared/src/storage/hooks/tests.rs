@@ -197,3 +197,121 @@ fn parameters_are_checked_with_field_names() {
     );
     assert_eq!(freeze().timeout(), Duration::from_secs(5));
 }
+
+fn sh_session(freeze: &str, timeout: u32) -> HookParams {
+    params(
+        json!({"pod": "orders-db-0", "namespace": "prod", "cluster": "inCluster",
+        "timeoutSeconds": timeout,
+        "session": {"command": ["sh"], "freeze": freeze, "thaw": "echo thawed >&2",
+            "marker": "echo snapstage-marker-{nonce}"}}),
+    )
+}
+
+#[tokio::test]
+async fn a_session_hook_is_one_exec_with_stdin_open_around_the_work() {
+    let server = ExecServer::start("v5.channel.k8s.io", vec![Script::Spawn]).await;
+    let h = hooks(&server, sh_session("echo frozen", 5));
+    let out = h
+        .around(async {
+            // The freeze was confirmed and the session is still open: one exec so far.
+            assert_eq!(server.seen().len(), 1);
+            Ok("snap-1")
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, "snap-1");
+    assert_eq!(
+        server.seen(),
+        [
+            "/api/v1/namespaces/prod/pods/orders-db-0/exec?&stdin=true&stdout=true&stderr=true&command=sh"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_freeze_that_never_confirms_takes_no_snapshot_and_says_production_may_be_locked() {
+    let server = ExecServer::start("v5.channel.k8s.io", vec![Script::Spawn]).await;
+    // The freeze blocks past the timeout (as FLUSH TABLES WITH READ LOCK behind a long query).
+    let h = hooks(&server, sh_session("sleep 4", 1));
+    let ran = AtomicUsize::new(0);
+    let e = h
+        .around(async {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "no snapshot without a confirmed freeze"
+    );
+    assert_eq!(e.failure_kind(), FailureKind::JobFailed);
+    let e = e.to_string();
+    assert!(
+        e.starts_with("hooks: the freeze of the session hook [\"sh\"] in pod prod/orders-db-0 was not confirmed within 1 s (hooks.timeoutSeconds); no snapshot was taken; the thaw in pod prod/orders-db-0 was not confirmed within 1 s"),
+        "{e}"
+    );
+    assert!(
+        e.contains("production may still be locked — check it now"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn a_password_in_the_session_command_stays_out_of_the_message() {
+    let server = ExecServer::start("v5.channel.k8s.io", vec![Script::Spawn]).await;
+    let mut p = sh_session("exit 3", 5);
+    p.session.as_mut().unwrap().command = vec![
+        "sh".into(),
+        "-c".into(),
+        "exec sh".into(),
+        "-pS3cret".into(),
+        "--password=S3cret".into(),
+    ];
+    let e = hooks(&server, p)
+        .around(async { Ok(()) })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("hooks: the session hook [\"sh\", \"-c\", \"exec sh\", \"-p…\", \"--password=…\"] in pod prod/orders-db-0 ended before its freeze was confirmed: exit code 3"),
+        "{e}"
+    );
+    assert!(!e.contains("S3cret"), "{e}");
+}
+
+#[test]
+fn session_parameters_are_checked_with_field_names() {
+    let base = || {
+        json!({"pod": "db-0", "namespace": "p", "cluster": "inCluster",
+            "session": {"command": ["mariadb", "--batch"], "freeze": "FLUSH TABLES WITH READ LOCK;", "thaw": "UNLOCK TABLES;"}})
+    };
+    params(base()).validate(None).unwrap();
+    let err = |v| params(v).validate(None).unwrap_err().to_string();
+    let mut both = base();
+    both["pre"] = json!(["sync"]);
+    assert!(
+        err(both).starts_with("hooks.session: give either hooks.session"),
+        "the two forms are exclusive"
+    );
+    let mut no_command = base();
+    no_command["session"]["command"] = json!([]);
+    assert!(err(no_command).starts_with("hooks.session.command: missing"));
+    let mut no_freeze = base();
+    no_freeze["session"]["freeze"] = json!(" ");
+    assert!(err(no_freeze).starts_with("hooks.session.freeze: missing"));
+    let mut no_thaw = base();
+    no_thaw["session"]["thaw"] = json!("");
+    assert!(err(no_thaw).starts_with("hooks.session.thaw: missing"));
+    let mut bad_marker = base();
+    bad_marker["session"]["marker"] = json!("SELECT 'done';");
+    assert!(err(bad_marker).starts_with("hooks.session.marker: expected a statement that prints \"snapstage-marker-\" followed by {nonce}"));
+    let mut unknown = base();
+    unknown["session"]["frozenWhen"] = json!("x");
+    assert!(serde_json::from_value::<HookParams>(unknown).is_err());
+    assert_eq!(
+        params(base()).describe(None),
+        "would hold a session [\"mariadb\", \"--batch\"] in pod p/db-0: freeze \"FLUSH TABLES WITH READ LOCK;\" until the snapshots are cut, then thaw \"UNLOCK TABLES;\" (at most 30 s)"
+    );
+}
