@@ -16,7 +16,7 @@ use fixtures::{Exchange as X, serve};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use snapstage::contract::{Deadline, Execution, Outcome, Step};
-use snapstage::interlock::{KnownVolumes, Marker, Marks, VolumeMarks};
+use snapstage::interlock::{Deletion, KnownVolumes, Marker, Marks, VolumeMarks};
 use snapstage::params::{Layer, merge};
 use snapstage::staging::{self, Params, names};
 use snapstage::{Error, FailureKind, Result};
@@ -2223,6 +2223,88 @@ async fn teardown_keeps_a_production_or_protected_volume_and_one_mounted_elsewhe
     assert!(
         summary.contains(
             "kept EBS volume vol-0123456789abcdef0: PersistentVolume orders-db mounts it too"
+        ),
+        "{summary}"
+    );
+}
+
+/// EC2 as it answers while the staging volume is still attached to the node.
+struct Attached(KnownVolumes);
+
+impl VolumeMarks for Attached {
+    fn marks<'a>(
+        &'a self,
+        volume: snapstage::interlock::VolumeRef<'a>,
+    ) -> snapstage::interlock::BoxFuture<'a, Result<Option<Marks>>> {
+        self.0.marks(volume)
+    }
+
+    fn delete_staging<'a>(
+        &'a self,
+        _: snapstage::interlock::VolumeRef<'a>,
+        _: bool,
+    ) -> snapstage::interlock::BoxFuture<'a, Result<Deletion>> {
+        Box::pin(async { Ok(Deletion::Waiting("in-use: i-0abc attached".into())) })
+    }
+}
+
+#[tokio::test]
+async fn teardown_continues_while_the_volume_is_attached_keeping_its_pv_object() {
+    let ns = ns();
+    let mut exchanges = teardown_with_volume_exchanges(vec![]);
+    exchanges.pop(); // no DELETE of the PV: it records the volume's id until the volume is deleted
+    let (r, seen) = play_on(
+        &Attached(this_runs_volume()),
+        json!({"action": "teardown", "namespace": ns}),
+        None,
+        exchanges,
+    )
+    .await;
+    let (summary, _, state) = continued(r.unwrap());
+    assert!(
+        summary.contains(
+            "waiting for EBS volume vol-0123456789abcdef0 to be detached (in-use: i-0abc attached)"
+        ),
+        "{summary}"
+    );
+    assert_eq!(state["waitingSince"], NOW);
+    assert!(
+        !seen
+            .iter()
+            .any(|s| s.contains("DELETE /api/v1/persistentvolumes")),
+        "{seen:#?}"
+    );
+    // Half an hour later the namespace is gone and the volume still attached: teardown finishes
+    // and leaves the volume and its PV object to the sweep.
+    let leftover = vec![
+        X::get(&p_ns()).not_found(),
+        X::list(
+            "/api/v1/persistentvolumes",
+            &[("labelSelector", "app.kubernetes.io/managed-by=snapstage")],
+        )
+        .ok(o::list(
+            "PersistentVolume",
+            "v1",
+            vec![o::persistent_volume(&format!("{ns}-data"), &ns, &label())],
+        )),
+        X::list("/api/v1/persistentvolumes", &[]).ok(o::list(
+            "PersistentVolume",
+            "v1",
+            vec![o::persistent_volume(&format!("{ns}-data"), &ns, &label())],
+        )),
+    ];
+    let (r, _) = play_on(
+        &Attached(this_runs_volume()),
+        json!({"action": "teardown", "namespace": ns}),
+        Some(json!({"waitingSince": "2025-06-01T11:29:00Z"})),
+        leftover,
+    )
+    .await;
+    let (summary, outputs) = done(r.unwrap());
+    assert_eq!(outputs["VolumesWaiting"], "1");
+    assert!(
+        summary.contains(
+            "still attached after 30 min: the sweep deletes vol-0123456789abcdef0 once detached"
         ),
         "{summary}"
     );
