@@ -5,6 +5,7 @@ For a few sets of sample stack parameters it resolves, offline, each function's 
 and the pipeline's UserParameters / CodeBuild EnvironmentVariables (Ref, Fn::Sub, Fn::Join, Fn::If
 and the Conditions), then:
   - every value must be valid JSON of the right shape; UserParameters at most 1000 characters;
+  - the pipeline's snapshot action keeps the stack's SnapshotRetain snapshots (`retain`);
   - each function's real binary (target/debug/<name>, from `cargo build`) must accept the merged
     parameters: a direct request with dryRun=true and AWS endpoints pointed at a closed loopback
     port must fail, if at all, for the unreachable endpoint and never with ConfigurationError
@@ -69,6 +70,7 @@ SCENARIOS = {
     },
     "destination bucket in AWS, all defaults": dict(BASE),
     "plan only, no cluster": {**BASE, "StagingDbPlanOnly": "true"},
+    "snapshots kept for a month": {**BASE, "SnapshotRetain": "30"},
 }
 
 PSEUDO = {
@@ -289,6 +291,14 @@ def main():
             else:
                 print(f"ok: {where}: parameters accepted ({result.get('status')}"
                       f"{', ' + result.get('failureType') if result.get('failureType') else ''})")
+        # Snapshot retention is a stack parameter: the pipeline's snapshot action keeps that many.
+        retain = user_params.get("SnapshotProductionFunction", {}).get("retain")
+        want = int(r.params["SnapshotRetain"]) if "SnapshotRetain" in r.params else None
+        if want is None:
+            findings.append(f"[{scenario}] the stack has no SnapshotRetain parameter: snapshots pile up")
+        elif retain != want:
+            findings.append(f"[{scenario}] pipeline SnapshotProduction: retain is {retain!r}, "
+                            f"expected the stack's SnapshotRetain ({want})")
     for f in findings:
         print(f"FINDING: {f}")
     return 1 if findings else 0

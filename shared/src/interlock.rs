@@ -104,9 +104,74 @@ pub enum VolumeRef<'a> {
     },
 }
 
-/// Reads the marks of a volume from its backend; `None` when it does not exist.
+/// Reads the marks of a volume from its backend; `None` when it does not exist. Teardown and
+/// the sweep delete a staging volume through the same access ([`VolumeMarks::delete_staging`]).
 pub trait VolumeMarks: Send + Sync {
     fn marks<'a>(&'a self, volume: VolumeRef<'a>) -> BoxFuture<'a, Result<Option<Marks>>>;
+
+    /// Deletes `volume` if [`deletable`] allows it, its marks read again right before; once it
+    /// is detached (EBS `available`; FlashArray: no host connection). FlashArray destroys it (the
+    /// array eradicates it after its own delay). `dry_run`: reads, deletes nothing. What cannot
+    /// delete keeps every volume.
+    fn delete_staging<'a>(
+        &'a self,
+        volume: VolumeRef<'a>,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<Deletion>> {
+        let _ = (volume, dry_run);
+        Box::pin(async {
+            Ok(Deletion::Kept(
+                "nothing here can delete volumes (no EC2 or array access)".into(),
+            ))
+        })
+    }
+}
+
+/// The tag (on the volume, or on a protection group that holds it) that keeps a staging volume
+/// from being deleted by teardown and the sweep: value `true`.
+pub const DELETION_PROTECTION_TAG: &str = "snapstage:deletion-protection";
+
+/// What teardown / the sweep did with a staging volume (or would do, in a dry run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// Deleted (EBS), or destroyed (FlashArray: eradicated by the array after its delay).
+    Deleted,
+    /// Dry run: it would be deleted.
+    WouldDelete,
+    /// It no longer exists (or is already being deleted / destroyed).
+    Gone,
+    /// Still attached: deleted by a later teardown invocation or sweep. Says how it is attached.
+    Waiting(String),
+    /// Kept, and why (not snapstage's staging volume, production, deletion-protected, ...).
+    Kept(String),
+}
+
+/// The rule for deleting a volume teardown removes: it carries snapstage's staging mark
+/// (managed-by snapstage, role staging, a run), no production marker anywhere, and no
+/// [`DELETION_PROTECTION_TAG`]. `Err` says why it is kept.
+pub fn deletable(marks: &Marks) -> std::result::Result<(), String> {
+    if let Some(m) = marks.production_marker() {
+        return Err(format!(
+            "it is marked production ({} {}={}); snapstage never deletes a production volume",
+            m.on, m.key, m.value
+        ));
+    }
+    if let Some(m) = marks
+        .markers
+        .iter()
+        .find(|m| m.key == DELETION_PROTECTION_TAG && m.value.eq_ignore_ascii_case("true"))
+    {
+        return Err(format!(
+            "deletion-protected ({} {}={}); remove the tag to let teardown delete it",
+            m.on, m.key, m.value
+        ));
+    }
+    if marks.staging_run.is_none() {
+        return Err(
+            "it does not carry snapstage's staging mark (snapstage:managed-by=snapstage, snapstage:role=staging, snapstage:execution): snapstage deletes only volumes restore-to-staging made".into(),
+        );
+    }
+    Ok(())
 }
 
 /// Reads nothing: every volume is unknown (plan-only tools that have no AWS access).
@@ -163,6 +228,26 @@ impl VolumeMarks for KnownVolumes {
         };
         let found = self.0.iter().find(|(v, _)| v == id).map(|(_, m)| m.clone());
         Box::pin(async move { Ok(found) })
+    }
+
+    /// Deletes nothing: answers what teardown does with a detached volume of these marks
+    /// ([`deletable`]), for tests of what teardown says and sends to the cluster.
+    fn delete_staging<'a>(
+        &'a self,
+        volume: VolumeRef<'a>,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<Deletion>> {
+        let marks = self.marks(volume);
+        Box::pin(async move {
+            Ok(match marks.await? {
+                None => Deletion::Gone,
+                Some(m) => match deletable(&m) {
+                    Err(why) => Deletion::Kept(why),
+                    Ok(()) if dry_run => Deletion::WouldDelete,
+                    Ok(()) => Deletion::Deleted,
+                },
+            })
+        })
     }
 }
 
@@ -463,6 +548,38 @@ mod tests {
                 "allowUnmanagedVolume: names \"vol-2\", but the volume to import is \"vol-1\""
             ),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn only_an_unprotected_staging_volume_without_production_marker_is_deletable() {
+        let run = job().key;
+        assert_eq!(deletable(&staging(&run)), Ok(()));
+        let mut prod = staging(&run);
+        prod.markers
+            .push(Marker::new("protection group pg-orders tag", "env", "prod"));
+        assert!(deletable(&prod).unwrap_err().contains("marked production"));
+        let mut protected = staging(&run);
+        protected
+            .markers
+            .push(Marker::new("tag", DELETION_PROTECTION_TAG, "True"));
+        assert!(
+            deletable(&protected)
+                .unwrap_err()
+                .starts_with("deletion-protected (tag snapstage:deletion-protection=True)")
+        );
+        let mut off = staging(&run);
+        off.markers
+            .push(Marker::new("tag", DELETION_PROTECTION_TAG, "false"));
+        assert_eq!(deletable(&off), Ok(()));
+        let bare = Marks {
+            what: "EBS volume vol-1".into(),
+            ..Marks::default()
+        };
+        assert!(
+            deletable(&bare)
+                .unwrap_err()
+                .contains("does not carry snapstage's staging mark")
         );
     }
 

@@ -30,6 +30,8 @@ Control endpoints (not part of the FlashArray API):
                                        (tags: [{"key", "value", "namespace"?}])
     POST   /_double/config            {"array"?, "versions": [...], "transfer_step": 0.25,
                                        "max_page_size": n}
+    POST   /_double/connections       {"array"?, "volume": "name", "count": n} (hosts connected;
+                                       a connected volume cannot be destroyed)
 
 Usage: flasharray.py [--array NAME=PORT ...] [--api-token TOKEN] [--spec PATH]
 Prints one JSON line `{"arrays": {"NAME": PORT, ...}}` on stdout when ready.
@@ -533,6 +535,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 for t in g.get("tags", []):
                     put_tag(arr.pgroup_tags, arr.pgroups[g["name"]], t)
             return 200, {"array": state_of(arr)}
+        if path == "/_double/connections" and method == "POST":
+            vol = arr.volumes.get(doc.get("volume"))
+            if vol is None:
+                return 404, {"error": f"no volume {doc.get('volume')!r}"}
+            vol["connection_count"] = int(doc.get("count", 0))
+            return 200, {"array": state_of(arr)}
         if path == "/_double/config" and method == "POST":
             if "versions" in doc:
                 arr.versions = list(doc["versions"])
@@ -667,6 +675,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._list(arr, query, arr.volumes, "Volume", render_volume, sources=None)
         if rel == "/volumes" and method == "POST":
             return self._post_volume(arr, query, body)
+        if rel == "/volumes" and method == "PATCH":
+            return self._patch_volume(arr, query, body)
         if rel == "/volume-snapshots" and method == "GET":
             return self._list(arr, query, arr.vsnaps, "Snapshot", render_vsnap, sources=arr.volumes)
         if rel == "/volume-snapshots" and method == "POST":
@@ -851,6 +861,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     # -- POSTs --
 
+    def _patch_volume(self, arr, query, body):
+        """Destroy (or recover) volumes: {"destroyed": bool}; nothing else is implemented."""
+        names = csv(query, "names")
+        if not names or query.get("ids") is not None:
+            raise ApiError(400, "Exactly one of names or ids is required.", violation=True)
+        body = body or {}
+        if set(body) - {"destroyed"}:
+            raise ApiError(501, f"The double implements only destroyed, not {sorted(set(body) - {'destroyed'})}.", violation=True)
+        out = []
+        for n in names:
+            vol = arr.volumes.get(n)
+            if vol is None:
+                raise ApiError(400, "Volume does not exist.", context=n)
+            if body.get("destroyed") and vol.get("connection_count", 0) > 0:
+                raise ApiError(400, "Volume has host or host group connections.", context=n)
+            if "destroyed" in body:
+                vol["destroyed"] = bool(body["destroyed"])
+            out.append(render_volume(vol))
+        arr.counters["volume_patches"] = arr.counters.get("volume_patches", 0) + 1
+        return 200, {"items": out}, {}
+
     def _patch_vsnap(self, arr, query, body):
         names = csv(query, "names")
         if not names:
@@ -1032,6 +1063,7 @@ def put_tag(tags: dict, obj: dict, t: dict) -> dict:
 
 def render_volume(v: dict) -> dict:
     out = {k: v[k] for k in ("id", "name", "serial", "created", "destroyed", "provisioned", "subtype")}
+    out["connection_count"] = v.get("connection_count", 0)
     if v.get("source"):
         out["source"] = dict(v["source"])
     return out
@@ -1056,6 +1088,7 @@ def state_of(a: Array) -> dict:
         "versions": a.versions,
         "volumes": {n: render_volume(v) | {"overwritten": v.get("overwritten", 0)} for n, v in a.volumes.items()},
         "volume_snapshots": sorted(a.vsnaps),
+        "destroyed_volumes": sorted(n for n, v in a.volumes.items() if v.get("destroyed")),
         "destroyed_volume_snapshots": sorted(n for n, s in a.vsnaps.items() if s.get("destroyed")),
         "protection_groups": {n: {"volumes": g["volumes"], "targets": g["targets"]} for n, g in a.pgroups.items()},
         "volume_tags": {n: {f"{ns}/{k}": t["value"] for (ns, k), t in tags.items()} for n, tags in a.volume_tags.items()},

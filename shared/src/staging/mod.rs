@@ -144,7 +144,8 @@ pub fn check_request(params: Params, execution: &Execution, now: Timestamp) -> R
 }
 
 /// One step against a cluster: deploy (or resume one), teardown, or sweep. `now` is the clock;
-/// `volumes` reads the imported volume's tags for the production interlock ([`guard`]).
+/// `volumes` reads the imported volume's tags for the production interlock ([`guard`]), and
+/// deletes the staging volumes teardown and the sweep remove ([`teardown`]).
 pub async fn run(
     client: &kube::Client,
     step: Step<Params>,
@@ -171,9 +172,20 @@ pub async fn run(
             };
             deploy::deploy(client, &plan, state, now, first).await
         }
-        Action::Teardown => teardown::teardown(client, &step.params).await,
-        Action::Sweep => {
-            teardown::sweep(client, step.params.dry_run, now, step.deadline, step.state).await
+        Action::Teardown | Action::Sweep => {
+            let storage = teardown::Storage {
+                volumes,
+                array: step.params.flasharray.as_ref(),
+            };
+            match step.params.action {
+                Action::Teardown => {
+                    teardown::teardown(client, &step.params, storage, step.state, now).await
+                }
+                _ => {
+                    let dry_run = step.params.dry_run;
+                    teardown::sweep(client, storage, dry_run, now, step.deadline, step.state).await
+                }
+            }
         }
     }
 }

@@ -4,9 +4,23 @@
 //!
 //! Only namespaces labelled `app.kubernetes.io/managed-by=snapstage` and not labelled production
 //! are deleted, each with a UID precondition (exactly the namespace that was checked). The static
-//! PersistentVolumes of a run are cluster-scoped and `Retain`: their objects are deleted too
-//! (selected by the run's `snapstage.io/execution` label and reserved for a claim in that
-//! namespace); the volumes behind them are left to their owner.
+//! PersistentVolumes of a run are cluster-scoped and `Retain`: selected by the run's
+//! `snapstage.io/execution` label and reserved for a claim in that namespace.
+//!
+//! Teardown and the sweep also delete the staging volume behind each of those PVs ([`Storage`]),
+//! when and only when [`crate::interlock::deletable`] allows it, its tags read again right
+//! before: snapstage's staging mark, no production marker, no `snapstage:deletion-protection=true`;
+//! and no other PersistentVolume mounts it. EBS: DeleteVolume once it is `available`; FlashArray
+//! (`pure-csi`, with `flasharray`): destroyed once no host is connected, eradicated by the array
+//! after its own delay. The PV object is the record of the volume's id: it is deleted only once
+//! the volume is deleted, gone or kept for good, so a retry (or the next sweep, which also takes
+//! the PVs whose namespace no longer exists) finds every volume still to delete. An attached
+//! volume is never waited for in a sleep: teardown continues (a continuation) for up to
+//! [`WAIT_FOR_DETACH`], the sweep leaves it to its next run. A failed deploy's teardown
+//! (`onFailure`) deletes PV objects only: a retried deploy imports the same volume again.
+//!
+//! A PVC restored by the `csi` backend (`snapshotName`, or `pvcName` that snapstage made) is
+//! deleted with the namespace; its volume follows its StorageClass's `reclaimPolicy`.
 //!
 //! A namespace whose database mounted an existing PVC (`pvcName`, annotation
 //! `snapstage.io/existing-claim`) is deleted only when that PVC carries snapstage's label too:
@@ -15,7 +29,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
@@ -23,41 +37,126 @@ use super::kubeapi;
 use super::ownership;
 use super::params::{Action, Params};
 use super::render::{
-    ANNOTATION_EXISTING_CLAIM, ANNOTATION_EXPIRES_AT, LABEL_EXECUTION, LABEL_MANAGED_BY, MANAGED_BY,
+    ANNOTATION_EXISTING_CLAIM, ANNOTATION_EXPIRES_AT, EBS_CSI_DRIVER, LABEL_EXECUTION,
+    LABEL_MANAGED_BY, MANAGED_BY, PURE_CSI_DRIVER,
 };
 use crate::contract::{Deadline, Outcome};
 use crate::error::{Error, Result};
+use crate::interlock::{ArrayAccess, DELETION_PROTECTION_TAG, Deletion, VolumeMarks, VolumeRef};
 
 /// Time kept back before the deadline while sweeping.
 const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(20);
 /// Namespaces named in the sweep's output.
 const MAX_LISTED: usize = 40;
 
+/// How long teardown goes on checking (through continuations) for attached staging volumes to
+/// be detached before it leaves them, with their PV objects, to the sweep.
+pub const WAIT_FOR_DETACH: SignedDuration = SignedDuration::from_mins(30);
+
+/// Where teardown and the sweep delete the staging volumes behind a run's PVs: the interlock's
+/// access (EC2; the array `flasharray` names, for `pure-csi` PVs).
+#[derive(Clone, Copy)]
+pub struct Storage<'a> {
+    pub volumes: &'a dyn VolumeMarks,
+    pub array: Option<&'a ArrayAccess>,
+}
+
+/// What happened to the staging volume behind one PersistentVolume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeOutcome {
+    /// The PersistentVolume object.
+    pub pv: String,
+    /// `ebs`, `flasharray`, or the CSI driver.
+    pub backend: String,
+    /// The volume id / array volume name (the PV's `volumeHandle`).
+    pub id: String,
+    pub deletion: Deletion,
+}
+
+impl VolumeOutcome {
+    fn what(&self) -> String {
+        match self.backend.as_str() {
+            "ebs" => format!("EBS volume {}", self.id),
+            "flasharray" => format!("FlashArray volume {}", self.id),
+            other => format!("{other} volume {}", self.id),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let what = self.what();
+        let array = self.backend == "flasharray";
+        match &self.deletion {
+            Deletion::Deleted if array => format!(
+                "destroyed {what} (the array eradicates it after its eradication delay; recoverable until then)"
+            ),
+            Deletion::Deleted => format!("deleted {what}"),
+            Deletion::WouldDelete if array => format!("would destroy {what}"),
+            Deletion::WouldDelete => format!("would delete {what}"),
+            Deletion::Gone => format!("{what} is already deleted"),
+            Deletion::Waiting(how) => format!(
+                "waiting for {what} to be detached ({how}); PersistentVolume {} is kept until it is deleted",
+                self.pv
+            ),
+            Deletion::Kept(why) => format!("kept {what}: {why}"),
+        }
+    }
+}
+
 /// What removing one staging namespace did (or would do, in a dry run).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Removal {
     pub namespace: String,
-    /// False when it was already being deleted.
+    /// False when it was already being deleted, or no longer exists.
     pub namespace_deleted: bool,
+    /// True when the namespace no longer exists (teardown finishing what an earlier one began).
+    pub namespace_missing: bool,
+    /// The PersistentVolume objects deleted.
     pub volumes: Vec<String>,
+    /// The staging volumes behind them (teardown and the sweep; not `onFailure`).
+    pub storage: Vec<VolumeOutcome>,
 }
 
 impl Removal {
     pub fn describe(&self, dry_run: bool) -> String {
         let verb = if dry_run { "would delete" } else { "deleted" };
-        let ns = if self.namespace_deleted {
+        let ns = if self.namespace_missing {
+            format!("namespace {} does not exist", self.namespace)
+        } else if self.namespace_deleted {
             format!("{verb} namespace {}", self.namespace)
         } else {
             format!("namespace {} is already being deleted", self.namespace)
         };
-        if self.volumes.is_empty() {
+        let mut out = if self.volumes.is_empty() {
             ns
-        } else {
+        } else if self.storage.is_empty() {
             format!(
                 "{ns} and {verb} PersistentVolume object(s) {} (Retain: the volumes stay)",
                 self.volumes.join(", ")
             )
+        } else {
+            format!(
+                "{ns} and {verb} PersistentVolume object(s) {}",
+                self.volumes.join(", ")
+            )
+        };
+        for v in &self.storage {
+            out.push_str("; ");
+            out.push_str(&v.describe());
         }
+        out
+    }
+
+    fn count(&self, f: impl Fn(&Deletion) -> bool) -> usize {
+        self.storage.iter().filter(|v| f(&v.deletion)).count()
+    }
+
+    /// The volumes still attached.
+    pub fn waiting(&self) -> Vec<&str> {
+        self.storage
+            .iter()
+            .filter(|v| matches!(v.deletion, Deletion::Waiting(_)))
+            .map(|v| v.id.as_str())
+            .collect()
     }
 }
 
@@ -68,22 +167,122 @@ async fn volumes_of(client: &kube::Client, ns: &Namespace) -> Result<Vec<Persist
     let Some(execution) = ownership::execution_of(&ns.metadata) else {
         return Ok(Vec::new());
     };
-    let api: Api<PersistentVolume> = Api::all(client.clone());
     let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_EXECUTION}={execution}");
-    let pvs = kubeapi::list(&api, &ListParams::default().labels(&selector)).await?;
+    pvs_reserved_in(client, &selector, |n| n == name).await
+}
+
+/// snapstage's PersistentVolumes (selected by `selector`, managed by snapstage, not production)
+/// reserved for a claim in a namespace `claimed_in` accepts.
+async fn pvs_reserved_in(
+    client: &kube::Client,
+    selector: &str,
+    claimed_in: impl Fn(&str) -> bool,
+) -> Result<Vec<PersistentVolume>> {
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    let pvs = kubeapi::list(&api, &ListParams::default().labels(selector)).await?;
     Ok(pvs
         .into_iter()
         .filter(|pv| {
-            let reserved_here = pv
-                .spec
-                .as_ref()
-                .and_then(|s| s.claim_ref.as_ref())
-                .is_some_and(|c| c.namespace.as_deref() == Some(name));
-            reserved_here
+            claim_namespace(pv).is_some_and(&claimed_in)
                 && ownership::is_managed(&pv.metadata)
                 && !ownership::is_production(&pv.metadata)
         })
         .collect())
+}
+
+fn claim_namespace(pv: &PersistentVolume) -> Option<&str> {
+    pv.spec.as_ref()?.claim_ref.as_ref()?.namespace.as_deref()
+}
+
+/// The CSI driver and volume handle of a PV.
+fn handle_of(pv: &PersistentVolume) -> Option<(&str, &str)> {
+    let csi = pv.spec.as_ref()?.csi.as_ref()?;
+    Some((csi.driver.as_str(), csi.volume_handle.as_str()))
+}
+
+/// Deletes (or keeps, or waits for) the staging volume behind `pv`. `all` is every PV in the
+/// cluster: a volume another PV mounts too is kept.
+async fn clean_volume(
+    storage: Storage<'_>,
+    pv: &PersistentVolume,
+    all: &[PersistentVolume],
+    dry_run: bool,
+) -> Result<VolumeOutcome> {
+    let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    let (driver, handle) = handle_of(pv).unwrap_or_default();
+    let backend = match driver {
+        EBS_CSI_DRIVER => "ebs",
+        PURE_CSI_DRIVER => "flasharray",
+        "" => "unknown",
+        other => other,
+    };
+    let outcome = |deletion| VolumeOutcome {
+        pv: pv_name.clone(),
+        backend: backend.to_string(),
+        id: handle.to_string(),
+        deletion,
+    };
+    let volume = match (driver, storage.array) {
+        (EBS_CSI_DRIVER, _) => VolumeRef::Ebs(handle),
+        (PURE_CSI_DRIVER, Some(access)) => VolumeRef::FlashArray {
+            volume: handle,
+            access,
+        },
+        (PURE_CSI_DRIVER, None) => {
+            return Ok(outcome(Deletion::Kept(
+                "its tags cannot be read without the array: give flasharray {\"endpoint\", \"apiTokenSecret\"} (an array user that may destroy volumes) to let teardown destroy it".into(),
+            )));
+        }
+        _ => {
+            return Ok(outcome(Deletion::Kept(
+                "not an EBS or FlashArray volume restore-to-staging makes".into(),
+            )));
+        }
+    };
+    if let Some(other) = all.iter().find(|o| {
+        o.metadata.name.as_deref() != Some(pv_name.as_str())
+            && handle_of(o) == Some((driver, handle))
+    }) {
+        return Ok(outcome(Deletion::Kept(format!(
+            "PersistentVolume {} mounts it too",
+            other.metadata.name.as_deref().unwrap_or_default()
+        ))));
+    }
+    Ok(outcome(
+        storage.volumes.delete_staging(volume, dry_run).await?,
+    ))
+}
+
+/// Deletes the staging volumes behind `pvs` (with `storage`), then each PV object whose volume
+/// is settled (deleted, gone or kept): one still attached keeps its PV, the record of its id.
+async fn release(
+    client: &kube::Client,
+    pvs: &[PersistentVolume],
+    dry_run: bool,
+    storage: Option<Storage<'_>>,
+    removal: &mut Removal,
+) -> Result<()> {
+    let api: Api<PersistentVolume> = Api::all(client.clone());
+    let all = match (storage, pvs.is_empty()) {
+        (Some(_), false) => kubeapi::list(&api, &ListParams::default()).await?,
+        _ => Vec::new(),
+    };
+    for pv in pvs {
+        let pv_name = pv.metadata.name.clone().unwrap_or_default();
+        if let Some(storage) = storage {
+            let outcome = clean_volume(storage, pv, &all, dry_run).await?;
+            let attached = matches!(outcome.deletion, Deletion::Waiting(_));
+            removal.storage.push(outcome);
+            if attached {
+                continue;
+            }
+        }
+        if !dry_run {
+            kubeapi::delete(&api, &pv_name, pv.metadata.uid.clone()).await?;
+        }
+        removal.volumes.push(pv_name);
+    }
+    Ok(())
 }
 
 /// Refuses to delete a namespace that holds an existing PVC (`pvcName`) snapstage did not make.
@@ -110,8 +309,14 @@ async fn check_existing_claim(client: &kube::Client, ns: &Namespace) -> Result<(
     }
 }
 
-/// Deletes a staging namespace snapstage made, and its PV objects. Refuses anything else.
-pub async fn remove(client: &kube::Client, ns: &Namespace, dry_run: bool) -> Result<Removal> {
+/// Deletes a staging namespace snapstage made, its PV objects and, with `storage`, the staging
+/// volumes behind them. Refuses anything else.
+pub async fn remove(
+    client: &kube::Client,
+    ns: &Namespace,
+    dry_run: bool,
+    storage: Option<Storage<'_>>,
+) -> Result<Removal> {
     ownership::check("Namespace", &ns.metadata, "delete")?;
     check_existing_claim(client, ns).await?;
     let name = ns.metadata.name.clone().unwrap_or_default();
@@ -120,68 +325,122 @@ pub async fn remove(client: &kube::Client, ns: &Namespace, dry_run: bool) -> Res
     let mut removal = Removal {
         namespace: name.clone(),
         namespace_deleted: !terminating,
-        volumes: volumes
-            .iter()
-            .filter_map(|pv| pv.metadata.name.clone())
-            .collect(),
+        ..Removal::default()
     };
-    if dry_run {
-        return Ok(removal);
-    }
-    if !terminating {
+    // The namespace first: its pods go, and the volumes are detached.
+    if !dry_run && !terminating {
         let api: Api<Namespace> = Api::all(client.clone());
         removal.namespace_deleted = kubeapi::delete(&api, &name, ns.metadata.uid.clone()).await?;
     }
-    let api: Api<PersistentVolume> = Api::all(client.clone());
-    for pv in &volumes {
-        let pv_name = pv.metadata.name.clone().unwrap_or_default();
-        kubeapi::delete(&api, &pv_name, pv.metadata.uid.clone()).await?;
+    release(client, &volumes, dry_run, storage, &mut removal).await?;
+    if !dry_run {
+        tracing::info!(namespace = %name, volumes = removal.volumes.len(), "staging namespace deleted");
     }
-    tracing::info!(namespace = %name, volumes = removal.volumes.len(), "staging namespace deleted");
     Ok(removal)
 }
 
-/// Reads `name` and removes it; `None` when it does not exist.
+/// Reads `name` and removes it (PV objects only: `onFailure`); `None` when it does not exist.
 pub async fn remove_by_name(client: &kube::Client, name: &str) -> Result<Option<Removal>> {
     let api: Api<Namespace> = Api::all(client.clone());
     match kubeapi::get_opt(&api, name).await? {
-        Some(ns) => remove(client, &ns, false).await.map(Some),
+        Some(ns) => remove(client, &ns, false, None).await.map(Some),
         None => Ok(None),
     }
+}
+
+/// What is left of a namespace that no longer exists: snapstage's PVs reserved in it, and the
+/// staging volumes behind them (an earlier teardown deleted the namespace; a volume was attached).
+async fn remove_leftovers(
+    client: &kube::Client,
+    name: &str,
+    dry_run: bool,
+    storage: Storage<'_>,
+) -> Result<Removal> {
+    let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
+    let pvs = pvs_reserved_in(client, &selector, |n| n == name).await?;
+    let mut removal = Removal {
+        namespace: name.to_string(),
+        namespace_missing: true,
+        ..Removal::default()
+    };
+    release(client, &pvs, dry_run, Some(storage), &mut removal).await?;
+    Ok(removal)
 }
 
 fn mode(dry_run: bool) -> String {
     if dry_run { "dry-run" } else { "applied" }.to_string()
 }
 
-/// `action: "teardown"`: deletes the named staging namespace.
-pub async fn teardown(client: &kube::Client, params: &Params) -> Result<Outcome> {
+/// The outputs every teardown and sweep gives about staging volumes.
+fn volume_outputs(outputs: &mut BTreeMap<String, String>, removals: &[&Removal]) {
+    let count =
+        |f: &dyn Fn(&Deletion) -> bool| -> usize { removals.iter().map(|r| r.count(f)).sum() };
+    let deleted = count(&|d| matches!(d, Deletion::Deleted | Deletion::WouldDelete));
+    let kept = count(&|d| matches!(d, Deletion::Kept(_)));
+    let waiting: Vec<&str> = removals.iter().flat_map(|r| r.waiting()).collect();
+    outputs.insert("VolumesDeleted".into(), deleted.to_string());
+    outputs.insert("VolumesKept".into(), kept.to_string());
+    outputs.insert("VolumesWaiting".into(), waiting.len().to_string());
+}
+
+/// `action: "teardown"`: deletes the named staging namespace, its PV objects and the staging
+/// volumes behind them. While a volume is still attached it continues (no sleep), for up to
+/// [`WAIT_FOR_DETACH`] from the first wait (`state`), then leaves it to the sweep.
+pub async fn teardown(
+    client: &kube::Client,
+    params: &Params,
+    storage: Storage<'_>,
+    state: Option<serde_json::Value>,
+    now: Timestamp,
+) -> Result<Outcome> {
     let name = namespace_param(params)?;
     let api: Api<Namespace> = Api::all(client.clone());
-    let (summary, deleted, volumes) = match kubeapi::get_opt(&api, name).await? {
-        None => (
-            format!("namespace {name} does not exist (already deleted): nothing to do"),
-            false,
-            0,
-        ),
-        Some(ns) => {
-            let r = remove(client, &ns, params.dry_run).await?;
-            (
-                r.describe(params.dry_run),
-                r.namespace_deleted,
-                r.volumes.len(),
-            )
-        }
+    let dry_run = params.dry_run;
+    let removal = match kubeapi::get_opt(&api, name).await? {
+        None => remove_leftovers(client, name, dry_run, storage).await?,
+        Some(ns) => remove(client, &ns, dry_run, Some(storage)).await?,
     };
+    let waiting = removal.waiting();
+    let mut summary =
+        if removal.namespace_missing && removal.volumes.is_empty() && waiting.is_empty() {
+            format!("namespace {name} does not exist (already deleted): nothing to do")
+        } else {
+            removal.describe(dry_run)
+        };
+    if !waiting.is_empty() && !dry_run {
+        let since = state
+            .as_ref()
+            .and_then(|s| s.get("waitingSince"))
+            .and_then(serde_json::Value::as_str)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or(now);
+        if now.duration_since(since) < WAIT_FOR_DETACH {
+            return Ok(Outcome::Continue {
+                summary: crate::codepipeline::truncate(&format!("{summary}; checking again"), 2000),
+                percent: 50,
+                state: json!({ "waitingSince": since.to_string() }),
+            });
+        }
+        summary.push_str(&format!(
+            "; still attached after {} min: the sweep deletes {} once detached",
+            WAIT_FOR_DETACH.as_mins(),
+            waiting.join(", ")
+        ));
+    }
+    let mut outputs = BTreeMap::from([
+        ("Action".into(), Action::Teardown.as_str().into()),
+        ("Namespace".into(), name.to_string()),
+        ("Deleted".into(), removal.namespace_deleted.to_string()),
+        (
+            "PersistentVolumesDeleted".into(),
+            removal.volumes.len().to_string(),
+        ),
+        ("Mode".into(), mode(dry_run)),
+    ]);
+    volume_outputs(&mut outputs, &[&removal]);
     Ok(Outcome::Done {
-        summary,
-        outputs: BTreeMap::from([
-            ("Action".into(), Action::Teardown.as_str().into()),
-            ("Namespace".into(), name.to_string()),
-            ("Deleted".into(), deleted.to_string()),
-            ("PersistentVolumesDeleted".into(), volumes.to_string()),
-            ("Mode".into(), mode(params.dry_run)),
-        ]),
+        summary: crate::codepipeline::truncate(&summary, 2000),
+        outputs,
     })
 }
 
@@ -204,9 +463,12 @@ pub fn expires_at(ns: &Namespace) -> Option<Timestamp> {
         .ok()
 }
 
-/// `action: "sweep"`: deletes every snapstage namespace whose expiry has passed.
+/// `action: "sweep"`: deletes every snapstage namespace whose expiry has passed, with its PV
+/// objects and staging volumes; then the PVs left by namespaces that no longer exist (volumes
+/// that were still attached) and their volumes. A volume still attached waits for the next sweep.
 pub async fn sweep(
     client: &kube::Client,
+    storage: Storage<'_>,
     dry_run: bool,
     now: Timestamp,
     deadline: Deadline,
@@ -220,6 +482,11 @@ pub async fn sweep(
         .and_then(|s| s.get("swept"))
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0);
+    let continuing = |swept: u64| Outcome::Continue {
+        summary: format!("sweep: {swept} expired namespace(s) deleted so far; continuing"),
+        percent: 50,
+        state: json!({ "swept": swept }),
+    };
     let (mut removed, mut kept, mut skipped) = (Vec::new(), 0usize, Vec::new());
     for ns in &all {
         let name = ns.metadata.name.clone().unwrap_or_default();
@@ -232,15 +499,9 @@ pub async fn sweep(
             Some(t) if t > now => kept += 1,
             Some(_) => {
                 if !dry_run && deadline.near(SWEEP_MARGIN) {
-                    return Ok(Outcome::Continue {
-                        summary: format!(
-                            "sweep: {swept} expired namespace(s) deleted so far; continuing"
-                        ),
-                        percent: 50,
-                        state: json!({ "swept": swept }),
-                    });
+                    return Ok(continuing(swept));
                 }
-                let r = match remove(client, ns, dry_run).await {
+                let r = match remove(client, ns, dry_run, Some(storage)).await {
                     Ok(r) => r,
                     Err(Error::Refused(why)) => {
                         skipped.push(format!("{name} ({why})"));
@@ -255,6 +516,21 @@ pub async fn sweep(
             }
         }
     }
+    // PVs whose namespace is gone: an earlier teardown or sweep left them for their volumes.
+    let mut leftovers = Vec::new();
+    let pvs = pvs_reserved_in(client, &selector, |_| true).await?;
+    let mut namespaces: Vec<&str> = pvs.iter().filter_map(claim_namespace).collect();
+    namespaces.sort_unstable();
+    namespaces.dedup();
+    for name in namespaces {
+        if kubeapi::get_opt(&api, name).await?.is_some() {
+            continue;
+        }
+        if !dry_run && deadline.near(SWEEP_MARGIN) {
+            return Ok(continuing(swept));
+        }
+        leftovers.push(remove_leftovers(client, name, dry_run, storage).await?);
+    }
     let verb = if dry_run { "would delete" } else { "deleted" };
     let names: Vec<&str> = removed.iter().map(|r| r.namespace.as_str()).collect();
     let mut summary = format!(
@@ -266,6 +542,11 @@ pub async fn sweep(
             format!(" ({})", names.join(", "))
         }
     );
+    for r in removed.iter().chain(&leftovers) {
+        for v in &r.storage {
+            summary.push_str(&format!("; {}: {}", r.namespace, v.describe()));
+        }
+    }
     if !skipped.is_empty() {
         summary.push_str(&format!("; skipped {}", skipped.join(", ")));
     }
@@ -282,6 +563,8 @@ pub async fn sweep(
     if !listed.is_empty() {
         outputs.insert("Namespaces".into(), listed.join(","));
     }
+    let every: Vec<&Removal> = removed.iter().chain(&leftovers).collect();
+    volume_outputs(&mut outputs, &every);
     Ok(Outcome::Done {
         summary: crate::codepipeline::truncate(&summary, 2000),
         outputs,
@@ -295,14 +578,14 @@ pub fn plan_only(params: &Params) -> Result<Outcome> {
             let name = namespace_param(params)?;
             (
                 format!(
-                    "teardown would delete namespace {name} and its PersistentVolume objects, if it is labelled {LABEL_MANAGED_BY}={MANAGED_BY} and not production"
+                    "teardown would delete namespace {name}, its PersistentVolume objects and the staging volumes behind them, if it is labelled {LABEL_MANAGED_BY}={MANAGED_BY} and not production (a volume only when it carries snapstage's staging mark, no production marker and no {DELETION_PROTECTION_TAG}=true)"
                 ),
                 BTreeMap::from([("Namespace".to_string(), name.to_string())]),
             )
         }
         _ => (
             format!(
-                "sweep would delete every namespace labelled {LABEL_MANAGED_BY}={MANAGED_BY} whose {ANNOTATION_EXPIRES_AT} has passed, and its PersistentVolume objects"
+                "sweep would delete every namespace labelled {LABEL_MANAGED_BY}={MANAGED_BY} whose {ANNOTATION_EXPIRES_AT} has passed, its PersistentVolume objects and the staging volumes behind them (a volume only when it carries snapstage's staging mark, no production marker and no {DELETION_PROTECTION_TAG}=true)"
             ),
             BTreeMap::new(),
         ),

@@ -291,7 +291,8 @@ impl Backend for AnyBackend {
 
 /// The production interlock's reads for deploy-staging-db ([`crate::interlock::VolumeMarks`]):
 /// an EBS volume's tags with the function's role; an array volume's tags (and its protection
-/// groups') with the API token `flasharray` names, logged in and out for the one read.
+/// groups') with the API token `flasharray` names, logged in and out for the one read. Teardown
+/// and the sweep delete staging volumes through the same access.
 pub struct ImportMarks {
     sdk: aws_config::SdkConfig,
 }
@@ -316,14 +317,7 @@ impl crate::interlock::VolumeMarks for ImportMarks {
                         .await
                 }
                 VolumeRef::FlashArray { volume, access } => {
-                    let params = FlashArrayParams {
-                        endpoint: access.endpoint.clone(),
-                        api_token_secret: access.api_token_secret.clone(),
-                        ca_bundle: access.ca_bundle.clone(),
-                        protection_group: None,
-                        replicated_from: None,
-                    };
-                    let array = open_flasharray(&params, &self.sdk).await?;
+                    let array = open_flasharray(&array_params(access), &self.sdk).await?;
                     let marks = array.marks(volume).await;
                     if let Err(e) = (*array).close().await {
                         tracing::warn!(error = %e, "FlashArray logout failed; the session expires on its own");
@@ -332,5 +326,41 @@ impl crate::interlock::VolumeMarks for ImportMarks {
                 }
             }
         })
+    }
+
+    fn delete_staging<'a>(
+        &'a self,
+        volume: crate::interlock::VolumeRef<'a>,
+        dry_run: bool,
+    ) -> crate::interlock::BoxFuture<'a, Result<crate::interlock::Deletion>> {
+        use crate::interlock::VolumeRef;
+        Box::pin(async move {
+            match volume {
+                VolumeRef::Ebs(id) => {
+                    Ebs::new(aws_sdk_ec2::Client::new(&self.sdk))
+                        .delete_staging(id, dry_run)
+                        .await
+                }
+                VolumeRef::FlashArray { volume, access } => {
+                    let array = open_flasharray(&array_params(access), &self.sdk).await?;
+                    let deleted = array.delete_staging(volume, dry_run).await;
+                    if let Err(e) = (*array).close().await {
+                        tracing::warn!(error = %e, "FlashArray logout failed; the session expires on its own");
+                    }
+                    deleted
+                }
+            }
+        })
+    }
+}
+
+/// The `flasharray` section of deploy-staging-db as the backend's parameters.
+fn array_params(access: &crate::interlock::ArrayAccess) -> FlashArrayParams {
+    FlashArrayParams {
+        endpoint: access.endpoint.clone(),
+        api_token_secret: access.api_token_secret.clone(),
+        ca_bundle: access.ca_bundle.clone(),
+        protection_group: None,
+        replicated_from: None,
     }
 }

@@ -16,7 +16,7 @@ use super::client::{BACKEND, Client, Session, is_already_exists};
 use super::model::{ProtectionGroupSnapshot, Tag, TagBatch, Transfer, Volume, VolumeSnapshot};
 use crate::contract::Execution;
 use crate::error::{Error, Result};
-use crate::interlock::{Marker, Marks};
+use crate::interlock::{Deletion, Marker, Marks};
 use crate::storage::{
     Backend, MANAGED_BY, SnapshotInfo, SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE,
     VolumeInfo, VolumeSpec, VolumeState, execution_tag,
@@ -485,6 +485,45 @@ impl FlashArray {
             markers,
             staging_run: tag(TAG_EXECUTION).filter(|_| staging),
         }))
+    }
+
+    /// Teardown's deletion of a staging volume ([`crate::interlock::VolumeMarks::delete_staging`]):
+    /// its tags (and its protection groups') read again now; destroyed only when
+    /// [`crate::interlock::deletable`] allows it and no host is connected. Destroyed, not
+    /// eradicated: the array eradicates it after its own delay (recoverable until then).
+    pub async fn delete_staging(&self, volume: &str, dry_run: bool) -> Result<Deletion> {
+        let s = self.session().await?;
+        let found = match s.volumes(&[volume]).await {
+            Ok(v) => v,
+            Err(Error::NotFound { .. }) => return Ok(Deletion::Gone),
+            Err(e) => return Err(e),
+        };
+        let Some(v) = found
+            .into_iter()
+            .find(|v| v.name == volume && v.destroyed != Some(true))
+        else {
+            return Ok(Deletion::Gone);
+        };
+        let Some(marks) = self.marks(volume).await? else {
+            return Ok(Deletion::Gone);
+        };
+        if let Err(why) = crate::interlock::deletable(&marks) {
+            return Ok(Deletion::Kept(why));
+        }
+        if let Some(n) = v.connection_count.filter(|n| *n > 0) {
+            return Ok(Deletion::Waiting(format!(
+                "connected to {n} host(s) or host group(s)"
+            )));
+        }
+        if dry_run {
+            return Ok(Deletion::WouldDelete);
+        }
+        s.destroy_volume(volume).await?;
+        tracing::info!(
+            volume,
+            "destroyed staging FlashArray volume (teardown; recoverable until the array eradicates it)"
+        );
+        Ok(Deletion::Deleted)
     }
 }
 

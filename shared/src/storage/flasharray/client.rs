@@ -713,6 +713,19 @@ impl Session {
         Self::one(items, "POST /volumes")
     }
 
+    /// `PATCH /volumes?names=V` with `{"destroyed": true}`: destroys the volume. The array keeps
+    /// it recoverable for its eradication delay (24 h by default); nothing is eradicated here.
+    pub async fn destroy_volume(&self, name: &str) -> Result<Volume> {
+        let items = self
+            .patch(
+                "/volumes",
+                &vec![("names", name.to_string())],
+                &serde_json::json!({"destroyed": true}),
+            )
+            .await?;
+        Self::one(items, "PATCH /volumes")
+    }
+
     // -- tags, protection group membership --
 
     /// `GET /volumes/tags?resource_names=...`: every tag of those volumes, any namespace.

@@ -74,6 +74,9 @@ pub struct Volume {
     pub provisioned: Option<i64>,
     #[serde(default)]
     pub serial: Option<String>,
+    /// Hosts and host groups connected to it (a connected volume cannot be destroyed).
+    #[serde(default)]
+    pub connection_count: Option<i64>,
     /// The originating volume or snapshot of a copy.
     #[serde(default)]
     pub source: Option<Reference>,
