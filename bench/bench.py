@@ -790,7 +790,7 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                  f"Complete = the destination listing has every key and the total byte count. CPU = the "
                  f"tool's own user + system time (wait4); the two servers share the same 2 cores. "
                  f"MB = 10^6 bytes.\n")
-        if len(tp["variants"]) > 1:
+        if "s3s-fs + TCP_NODELAY" in tp["variants"]:
             L.append("Two server variants: s3s-fs 0.14.1 as it is, which does not set TCP_NODELAY, so a response "
                      "body smaller than the MSS that follows its headers in a second write waits for the client's "
                      "delayed ACK (~40 ms on Linux: seen with strace on about half of the small GETs); and the same "
