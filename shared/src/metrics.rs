@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::codepipeline::JobResult;
+use crate::codepipeline::{JobResult, truncate};
 use crate::contract::{Handled, Measured};
 use crate::error::{Error, Result};
 
@@ -206,7 +206,8 @@ pub fn document(namespace: &str, function: &str, m: &Measured, now: SystemTime) 
         Handled::Job {
             job_id, delivered, ..
         } => {
-            root.insert("JobId".into(), job_id.as_str().into());
+            // A UUID from CodePipeline; cut, should a hostile payload send a huge one.
+            root.insert("JobId".into(), truncate(job_id, 100).into());
             if delivered.is_err() {
                 by_function.push(metric(&mut root, "ResultsNotDelivered", Unit::Count, 1.0));
             }
