@@ -1,7 +1,8 @@
 //! The continuation token: the state a step needs to resume, carried by CodePipeline (or by the
 //! caller of a direct request) between invocations.
 //!
-//! Format: `ss1.` + base64url-nopad(JSON `{"f": function, "e": execution key, "n": stalls, "s": state}`),
+//! Format: `ss1.` + base64url-nopad(JSON `{"f": function, "e": execution key, "n": stalls, "s": state,
+//! "t": when the run's first invocation started}`),
 //! at most 2048 characters. The `ss1` prefix is the version: a token from another version or another
 //! function is a clear ConfigurationError, never a silent restart.
 
@@ -28,6 +29,10 @@ pub struct Continuation {
     /// The step's own resume state.
     #[serde(rename = "s")]
     pub state: serde_json::Value,
+    /// When the run's first invocation started, in milliseconds since the epoch (the `RunDuration`
+    /// metric). Absent in tokens issued before it was added: those runs report no duration.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
 }
 
 impl Continuation {
@@ -78,6 +83,7 @@ mod tests {
             execution: "exec-1".into(),
             stalls: 1,
             state: json!({"snapshots": ["snap-1"]}),
+            started_ms: Some(1_765_100_000_000),
         };
         let t = c.encode().unwrap();
         assert!(t.starts_with("ss1."));
@@ -87,6 +93,17 @@ mod tests {
             e.to_string().contains("issued by \"snapshot-production\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tokens_without_a_start_time_still_decode() {
+        // A token issued before `t` existed: {"f":"f","e":"e","n":0,"s":{}}
+        let old = format!(
+            "{PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(br#"{"f":"f","e":"e","n":0,"s":{}}"#)
+        );
+        let c = Continuation::decode(&old, "f").unwrap();
+        assert_eq!((c.execution.as_str(), c.started_ms), ("e", None));
     }
 
     #[test]
@@ -108,6 +125,7 @@ mod tests {
             execution: "e".into(),
             stalls: 0,
             state: json!("x".repeat(2000)),
+            started_ms: None,
         };
         assert!(c.encode().is_err());
     }

@@ -161,6 +161,18 @@ impl Handled {
     }
 }
 
+/// A handled payload with what the metrics need to know about it ([`crate::metrics`]).
+#[derive(Debug)]
+pub struct Measured {
+    pub handled: Handled,
+    /// The invocation's wall time, the result's delivery to CodePipeline included.
+    pub step: Duration,
+    /// When the run's first invocation started (milliseconds since the epoch): this invocation's
+    /// start for a new run, the continuation token's for a resumed one; `None` when the token
+    /// predates it or could not be read.
+    pub run_started_ms: Option<u64>,
+}
+
 /// Facts about the invocation that do not come from the payload.
 #[derive(Debug, Clone)]
 pub struct InvocationMeta {
@@ -216,6 +228,27 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
 
     /// Handles one payload. Never panics; a payload with a job id always yields `Handled::Job`.
     pub async fn handle(&self, raw: Value, meta: InvocationMeta) -> Handled {
+        self.handle_measured(raw, meta).await.handled
+    }
+
+    /// [`Contract::handle`], timed, with the run's start.
+    pub async fn handle_measured(&self, raw: Value, meta: InvocationMeta) -> Measured {
+        let clock = std::time::Instant::now();
+        let mut run_started_ms = Some(epoch_ms(SystemTime::now()));
+        let handled = self.handle_inner(raw, meta, &mut run_started_ms).await;
+        Measured {
+            handled,
+            step: clock.elapsed(),
+            run_started_ms,
+        }
+    }
+
+    async fn handle_inner(
+        &self,
+        raw: Value,
+        meta: InvocationMeta,
+        run_started_ms: &mut Option<u64>,
+    ) -> Handled {
         let settings = match &self.settings {
             Ok(s) => s.clone(),
             Err(e) => {
@@ -233,7 +266,9 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
         let deadline = deadline_from(meta.deadline, settings.safety_margin);
 
         if let Some(job_id) = invocation::job_id(&raw).map(str::to_string) {
-            let result = self.run_job(&job_id, &raw, &settings, deadline).await;
+            let result = self
+                .run_job(&job_id, &raw, &settings, deadline, run_started_ms)
+                .await;
             return self.finish_job(job_id, result, meta.deadline).await;
         }
 
@@ -253,7 +288,15 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                 };
                 let key = execution.key.clone();
                 let result = self
-                    .run_parsed(&settings, None, execution, None, None, deadline)
+                    .run_parsed(
+                        &settings,
+                        None,
+                        execution,
+                        None,
+                        None,
+                        deadline,
+                        run_started_ms,
+                    )
                     .await;
                 Handled::Direct {
                     execution: key,
@@ -283,6 +326,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                         d.continuation_token,
                         None,
                         deadline,
+                        run_started_ms,
                     )
                     .await;
                 Handled::Direct {
@@ -299,6 +343,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
         raw: &Value,
         settings: &Settings,
         deadline: tokio::time::Instant,
+        run_started_ms: &mut Option<u64>,
     ) -> JobResult {
         let ev = match invocation::classify(raw, &settings.trigger_filter) {
             Ok(Invocation::Job(ev)) => ev,
@@ -311,6 +356,10 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
             Err(e) => return JobResult::failed(&e, job_id),
         };
         let data = ev.job.data;
+        if data.continuation_token.is_some() {
+            // Resumed: the run's start is in the token, read once parameters are.
+            *run_started_ms = None;
+        }
         let layer = match params::user_parameters(
             data.action_configuration
                 .configuration
@@ -386,10 +435,12 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
             data.continuation_token,
             Some(artifacts),
             deadline,
+            run_started_ms,
         )
         .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_parsed(
         &self,
         settings: &Settings,
@@ -398,9 +449,17 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
         token: Option<String>,
         artifacts: Option<JobArtifacts>,
         deadline: tokio::time::Instant,
+        run_started_ms: &mut Option<u64>,
     ) -> JobResult {
         self.run_parsed_with(
-            settings, layer, execution, false, token, artifacts, deadline,
+            settings,
+            layer,
+            execution,
+            false,
+            token,
+            artifacts,
+            deadline,
+            run_started_ms,
         )
         .await
     }
@@ -416,7 +475,12 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
         token: Option<String>,
         artifacts: Option<JobArtifacts>,
         deadline: tokio::time::Instant,
+        run_started_ms: &mut Option<u64>,
     ) -> JobResult {
+        if token.is_some() {
+            // A resumed run started when its token says (read below); an unreadable token, never.
+            *run_started_ms = None;
+        }
         let mut layers = vec![settings.defaults.clone()];
         layers.extend(layer);
         let params: F::Params = match params::merge(&layers) {
@@ -439,6 +503,10 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
             _ => execution,
         };
         let stalls = resume.as_ref().map_or(0, |c| c.stalls);
+        if let Some(c) = &resume {
+            *run_started_ms = c.started_ms;
+        }
+        let started_ms = *run_started_ms;
         let state = resume.map(|c| c.state);
 
         let step = Step {
@@ -455,7 +523,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
             task.abort();
         }
         match joined {
-            Ok(Ok(Ok(outcome))) => shape(F::NAME, &execution, outcome),
+            Ok(Ok(Ok(outcome))) => shape(F::NAME, &execution, started_ms, outcome),
             Ok(Ok(Err(e))) => {
                 tracing::warn!(execution = %execution.key, failure = %e.failure_kind(), error = %e, "step failed");
                 JobResult::failed(&e, &execution.key)
@@ -484,6 +552,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                     execution: execution.key.clone(),
                     stalls,
                     state: state.unwrap_or(Value::Null),
+                    started_ms,
                 };
                 match c.encode() {
                     Ok(token) => JobResult::InProgress {
@@ -551,7 +620,12 @@ fn job_execution(job_id: &str) -> Execution {
     }
 }
 
-fn shape(function: &str, execution: &Execution, outcome: Outcome) -> JobResult {
+fn shape(
+    function: &str,
+    execution: &Execution,
+    started_ms: Option<u64>,
+    outcome: Outcome,
+) -> JobResult {
     match outcome {
         Outcome::Done { summary, outputs } => match validate_output_variables(&outputs) {
             Ok(()) => JobResult::Succeeded {
@@ -571,6 +645,7 @@ fn shape(function: &str, execution: &Execution, outcome: Outcome) -> JobResult {
                 execution: execution.key.clone(),
                 stalls: 0,
                 state,
+                started_ms,
             };
             match c.encode() {
                 Ok(token) => JobResult::InProgress {
@@ -596,6 +671,12 @@ fn panic_message(join: tokio::task::JoinError) -> String {
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic payload".into());
     crate::codepipeline::truncate(&msg, 500)
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn deadline_from(at: SystemTime, margin: Duration) -> tokio::time::Instant {

@@ -17,6 +17,7 @@ use crate::codepipeline::{CodePipelineReporter, JobResult};
 use crate::contract::{
     Contract, Function, Handled, InvocationMeta, Settings, deadline_from_epoch_ms,
 };
+use crate::metrics::Metrics;
 
 /// Per-function text for `--help`.
 pub struct About {
@@ -60,6 +61,11 @@ pub fn main<F: Function>(
         }
     };
     init_tracing(lambda);
+    // Metrics never stop a job: an unusable setting is logged and the default kept.
+    let metrics = Metrics::from_env(lambda, |k| std::env::var(k).ok()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "metrics setting ignored");
+        Metrics::default_for(lambda)
+    });
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -80,22 +86,30 @@ pub fn main<F: Function>(
             settings,
         ));
         match cli {
-            None => serve_lambda(contract).await,
-            Some(a) => run_cli(contract, a).await,
+            None => serve_lambda(contract, metrics).await,
+            Some(a) => run_cli(contract, a, &metrics).await,
         }
     })
 }
 
-async fn serve_lambda<F: Function>(contract: Arc<Contract<F, CodePipelineReporter>>) -> ExitCode {
+async fn serve_lambda<F: Function>(
+    contract: Arc<Contract<F, CodePipelineReporter>>,
+    metrics: Metrics,
+) -> ExitCode {
     use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
+    let metrics = Arc::new(metrics);
     let handler = service_fn(move |ev: LambdaEvent<Value>| {
         let contract = Arc::clone(&contract);
+        let metrics = Arc::clone(&metrics);
         async move {
             let meta = InvocationMeta {
                 request_id: ev.context.request_id.clone(),
                 deadline: deadline_from_epoch_ms(ev.context.deadline),
             };
-            let handled = contract.handle(ev.payload, meta).await;
+            let measured = contract.handle_measured(ev.payload, meta).await;
+            // Before the response: Lambda may freeze the process once it has it.
+            metrics.emit(F::NAME, &measured);
+            let handled = measured.handled;
             let body = handled.to_json(F::NAME);
             match &handled {
                 // Lambda retries an async invocation that errors: only when CodePipeline did not
@@ -196,6 +210,7 @@ impl CliArgs {
 async fn run_cli<F: Function>(
     contract: Arc<Contract<F, CodePipelineReporter>>,
     args: CliArgs,
+    metrics: &Metrics,
 ) -> ExitCode {
     let text = match read_event(&args.event) {
         Ok(t) => t,
@@ -221,7 +236,9 @@ async fn run_cli<F: Function>(
             request_id: request_id.clone(),
             deadline: SystemTime::now() + args.budget,
         };
-        let handled = contract.handle(raw.clone(), meta).await;
+        let measured = contract.handle_measured(raw.clone(), meta).await;
+        metrics.emit(F::NAME, &measured);
+        let handled = measured.handled;
         let out = handled.to_json(F::NAME);
         println!("{out}");
         match handled {
@@ -354,6 +371,9 @@ OUTPUT VARIABLES:
 {outputs}
 
 The result is printed on stdout as JSON; logs go to stderr (RUST_LOG sets the level).
+Metrics: SNAPSTAGE_METRICS=emf writes one CloudWatch embedded-metric-format line per step to
+stderr (under Lambda they are on by default, on stdout; SNAPSTAGE_METRICS=off turns them off);
+SNAPSTAGE_METRICS_NAMESPACE sets the namespace (default snapstage).
 AWS endpoints: AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_<SERVICE> (e.g. AWS_ENDPOINT_URL_CODEPIPELINE).
 
 EXIT STATUS:

@@ -9,6 +9,7 @@
 //! | [`params`] | parameter sources and merging |
 //! | [`continuation`] | the versioned continuation token |
 //! | [`entry`] | `main` for every function: Lambda Runtime API or CLI |
+//! | [`metrics`] | CloudWatch metrics in the embedded metric format, one document per invocation |
 //! | [`aws`] | the one `SdkConfig` builder |
 //! | [`digest`] | SHA-256 (ring's assembly) for content and names |
 //! | [`error`] | the error type and its CodePipeline failure types |
@@ -34,6 +35,7 @@ pub mod invocation;
 /// Test support: a Kubernetes API server double at the HTTP level (exact request scenarios).
 #[cfg(any(test, feature = "kube-fixture"))]
 pub mod kube_fixture;
+pub mod metrics;
 pub mod params;
 pub mod replicate;
 pub mod staging;

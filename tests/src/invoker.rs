@@ -389,6 +389,10 @@ impl LambdaInvoker {
             .append(true)
             .open(&log)
             .map_err(|e| Error::Setup(format!("opening {}: {e}", log.display())))?;
+        // stdout too, as Lambda sends both streams to the log group: the metrics (EMF) are there.
+        let stdout = file
+            .try_clone()
+            .map_err(|e| Error::Setup(format!("opening {}: {e}", log.display())))?;
         let mut cmd = self.functions.command(function)?;
         cmd.env(
             "AWS_LAMBDA_RUNTIME_API",
@@ -398,7 +402,7 @@ impl LambdaInvoker {
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .stderr(file);
         let child = cmd
             .spawn()

@@ -134,10 +134,45 @@ async fn cli_invoker_failure_stops_the_pipeline() {
 async fn lambda_invoker_follows_continuations_and_passes_variables() {
     let jobs = JobService::start().await.unwrap();
     let functions = Functions::new(bin_dir(), &jobs.url);
+    let log = common::scratch("lambda_continuations").join(format!("{FAKE}.log"));
+    let _ = std::fs::remove_file(&log);
     let Some(invoker) = lambda_invoker(functions, "lambda_continuations").await else {
         return;
     };
     continuation_and_variables(&jobs, &invoker).await;
+
+    // Under Lambda the metrics are on: one EMF document per invocation in the function's log,
+    // a standalone JSON line, each run's end with its duration from the first invocation.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let docs: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.contains("\"_aws\""))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let outcomes: Vec<&str> = docs
+        .iter()
+        .map(|d| d["Outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "continued",
+            "continued",
+            "succeeded",
+            "continued",
+            "succeeded"
+        ],
+        "{text}"
+    );
+    for d in &docs {
+        assert_eq!(d["Function"], FAKE);
+        assert_eq!(d["_aws"]["CloudWatchMetrics"][0]["Namespace"], "snapstage");
+        assert_eq!(
+            d["RunDuration"].is_number(),
+            d["Outcome"] == "succeeded",
+            "{d}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -315,6 +315,7 @@ async fn token_from_another_function_is_a_configuration_error() {
         execution: "e".into(),
         stalls: 0,
         state: json!({}),
+        started_ms: None,
     };
     let c = Contract::new(Probe, Recorder::default(), settings());
     run(&c, job("{}", Some(&other.encode().unwrap())), 60).await;
@@ -466,4 +467,44 @@ fn lambda_deadlines_in_epoch_ms_or_as_an_emulator_budget() {
         left > Duration::from_secs(590) && left <= Duration::from_secs(600),
         "{left:?}"
     );
+}
+
+#[tokio::test]
+async fn the_run_start_is_carried_by_continuations_and_stalls() {
+    // Three steps, then a stalled one: every invocation reports the first one's start.
+    let mut token: Option<String> = None;
+    let mut starts = vec![];
+    for params in [r#"{"steps": 3}"#, r#"{"steps": 3}"#, r#"{"mode": "hang"}"#] {
+        let c = Contract::new(Probe, Recorder::default(), settings());
+        let m = c
+            .handle_measured(job(params, token.as_deref()), meta(15))
+            .await;
+        starts.push(m.run_started_ms);
+        if let JobResult::InProgress {
+            continuation_token, ..
+        } = one_result(&c)
+        {
+            token = Some(continuation_token);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = starts[0].expect("a new run starts now");
+    assert_eq!(starts, vec![Some(first); 3]);
+    let c = Continuation::decode(token.as_deref().unwrap(), "probe").unwrap();
+    assert_eq!((c.stalls, c.started_ms), (1, Some(first)));
+
+    // A token from before the start was recorded: no start, still resumed.
+    let old = Continuation {
+        started_ms: None,
+        ..c
+    };
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    let m = c
+        .handle_measured(
+            job(r#"{"steps": 2}"#, Some(&old.encode().unwrap())),
+            meta(60),
+        )
+        .await;
+    assert_eq!(m.run_started_ms, None);
+    assert!(matches!(one_result(&c), JobResult::Succeeded { .. }));
 }
