@@ -4,7 +4,7 @@
 #   versitygw   http://127.0.0.1:$SNAPSTAGE_ONPREM_S3_PORT (5102), buckets are directories under
 #               .run/versitygw/data, object metadata (ETag, user metadata) in extended attributes
 # Built once from the Go module pinned in tools/s3/go.mod into .tools/versitygw-<version>/ (cold:
-# about 3 min on 2 cores; later runs reuse it). MinIO's server, the other obvious choice, is
+# 9 min measured on 2 busy cores; later runs reuse it). MinIO's server, the other obvious choice, is
 # AGPL-licensed, which this project does not take in.
 #
 # Usage: scripts/onprem-s3.sh build|start|stop|status|env
@@ -24,7 +24,7 @@ log() { echo "onprem-s3: $*" >&2; }
 build() {
   [ -x "$BIN/versitygw" ] && return 0
   command -v go >/dev/null || { log "go is required to build versitygw (Go ≥ 1.25)"; exit 1; }
-  log "building versitygw $VERSION into ${BIN#"$ROOT"/} (once; about 3 min on 2 cores cold)"
+  log "building versitygw $VERSION into ${BIN#"$ROOT"/} (once; measured 9 min cold on 2 busy cores, seconds with a warm Go build cache)"
   local t=$SECONDS
   mkdir -p "$BIN.partial"
   (cd "$MOD" && go build -trimpath -ldflags="-s -w" -o "$BIN.partial/versitygw" github.com/versity/versitygw/cmd/versitygw)
