@@ -29,6 +29,8 @@ const CLUSTER: &str = "snapstage-staging-cluster";
 const SECRET: &str = "staging-db-credentials";
 const SERVICE: &str = "staging-db";
 const DB_USER: &str = "staging_app";
+/// What deploy-staging-db publishes as `Port` for PostgreSQL: the Service's port.
+const PUBLISHED_PORT: u16 = 5432;
 /// The official database images' user (scripts/engines.sh makes one with this uid).
 const DB_UID: u32 = 999;
 const INSTALL: &str =
@@ -429,8 +431,8 @@ fn host_address() -> Option<String> {
 }
 
 /// The namespace the deploy made, as the admin: the credentials Secret (its password `password`),
-/// a second Secret with a wrong password, the Endpoints of `SERVICE` (`host:port`), and a
-/// ServiceAccount that may only get Secrets and Endpoints there. Returns its token.
+/// a second Secret with a wrong password, `SERVICE` and its Endpoints (`host:port`), and a
+/// ServiceAccount that may only get Secrets, Services and Endpoints there. Returns its token.
 fn staging_namespace(k: &LocalKube, ns: &str, password: &str, host: &str, port: u16) -> String {
     k.apply(
         &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}).to_string(),
@@ -456,6 +458,16 @@ fn staging_namespace(k: &LocalKube, ns: &str, password: &str, host: &str, port: 
     }
     let secret = k.get_json("secret", Some(ns), SECRET).unwrap();
     assert!(secret["data"]["password"].is_string(), "{secret}");
+    // The deploy's Service publishes the engine's port (the Port output); its target is the pod's
+    // port, here the server's real one. No selector: its Endpoints are the ones below (the pod
+    // address a CodeBuild project in the VPC connects to), named after the Service port.
+    k.apply(
+        &json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": SERVICE, "namespace": ns},
+            "spec": {"ports": [{"name": "postgresql", "port": PUBLISHED_PORT,
+                                "targetPort": port, "protocol": "TCP"}]}})
+        .to_string(),
+    );
     k.apply(
         &json!({"apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"name": SERVICE, "namespace": ns},
@@ -469,7 +481,7 @@ fn staging_namespace(k: &LocalKube, ns: &str, password: &str, host: &str, port: 
              "metadata": {"name": "integration-test", "namespace": ns}},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
              "metadata": {"name": "integration-test", "namespace": ns},
-             "rules": [{"apiGroups": [""], "resources": ["secrets", "endpoints"], "verbs": ["get"]}]},
+             "rules": [{"apiGroups": [""], "resources": ["secrets", "services", "endpoints"], "verbs": ["get"]}]},
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
              "metadata": {"name": "integration-test", "namespace": ns},
              "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "integration-test"},
@@ -525,7 +537,7 @@ fn applied_mode_queries_the_staging_postgres_with_the_secrets_credentials() {
     };
     let dir = TempDir::new("itest-applied");
     let bin = stubs(&dir.0, &cluster);
-    let port = pg.port.to_string();
+    let port = PUBLISHED_PORT.to_string();
 
     // The deploy's Secret: the server answers, and nothing secret is printed.
     let run = run_stage(
@@ -538,7 +550,7 @@ fn applied_mode_queries_the_staging_postgres_with_the_secrets_credentials() {
     assert!(run.output.contains("PASSED"), "{}", run.output);
     assert!(
         run.output
-            .contains(&format!("connecting to {host}:{port} as {DB_USER}")),
+            .contains(&format!("connecting to {host}:{} as {DB_USER}", pg.port)),
         "{}",
         run.output
     );
