@@ -2,9 +2,11 @@
 //! the buildspec's command block is read from `infra/template.yaml` at test time (never a copy)
 //! and run under bash, against
 //! - a real kube-apiserver (`scripts/localkube.sh`) holding the credentials Secret (base64 `data`,
-//!   as Kubernetes stores it) and the Service's Endpoints, read with the token of a
-//!   ServiceAccount that may only get those two kinds in that namespace (RBAC decides);
-//! - a real PostgreSQL server (Debian's, as the database user uid 999) with a scram password;
+//!   as Kubernetes stores it), the Service and its Endpoints (this machine's non-loopback
+//!   address: the API server refuses loopback ones), read with the token of a ServiceAccount that
+//!   may only get those three kinds in that namespace (RBAC decides);
+//! - a real PostgreSQL server (Debian's, as the database user uid 999) with a scram password, on
+//!   another port than the published Service port (a pod's own port, as a Service may target);
 //! - stand-ins first on `PATH` for what only AWS has: `aws` (EKS `describe-cluster` and
 //!   `get-token`, answering only the exact arguments the buildspec must pass) and `dnf` (a no-op
 //!   that records what it was asked to install).
@@ -546,7 +548,18 @@ fn applied_mode_queries_the_staging_postgres_with_the_secrets_credentials() {
         &stage_env("applied", "false", &port, SECRET, &ns),
     );
     assert_eq!(run.code, 0, "{}", run.output);
-    assert!(run.output.contains("PostgreSQL 15"), "{}", run.output);
+    // `select version()` answers "PostgreSQL <version> ...", the version the server reports.
+    let version = Command::new(pg_bin.join("postgres"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout);
+    let version = version.split_whitespace().nth(2).unwrap();
+    assert!(
+        run.output.contains(&format!("PostgreSQL {version} ")),
+        "{}",
+        run.output
+    );
     assert!(run.output.contains("PASSED"), "{}", run.output);
     assert!(
         run.output
