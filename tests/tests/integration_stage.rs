@@ -2,11 +2,13 @@
 //! the buildspec's command block is read from `infra/template.yaml` at test time (never a copy)
 //! and run under bash, against
 //! - a real kube-apiserver (`scripts/localkube.sh`) holding the credentials Secret (base64 `data`,
-//!   as Kubernetes stores it), the Service and its Endpoints (this machine's non-loopback
-//!   address: the API server refuses loopback ones), read with the token of a ServiceAccount that
-//!   may only get those three kinds in that namespace (RBAC decides);
+//!   as Kubernetes stores it), the Service and its Endpoints, read with the token of a
+//!   ServiceAccount that may only get those three kinds in that namespace (RBAC decides);
 //! - a real PostgreSQL server (Debian's, as the database user uid 999) with a scram password, on
-//!   another port than the published Service port (a pod's own port, as a Service may target);
+//!   another port than the published Service port (a pod's own port, as a Service may target),
+//!   on a test host of its own: a network namespace this test makes, joined to this one by a veth
+//!   pair (the API server refuses loopback addresses in Endpoints, and the stage connects to the
+//!   pod address the Endpoints name, as CodeBuild in the VPC does);
 //! - stand-ins first on `PATH` for what only AWS has: `aws` (EKS `describe-cluster` and
 //!   `get-token`, answering only the exact arguments the buildspec must pass) and `dnf` (a no-op
 //!   that records what it was asked to install).
@@ -296,7 +298,8 @@ fn postgres_bin(test: &str) -> Option<PathBuf> {
 }
 
 /// A PostgreSQL server of its own, as uid 999: `initdb` into a temporary directory with `DB_USER`
-/// and a scram password, listening on `host` (and loopback) on a free port. Killed when dropped.
+/// and a scram password, listening on the test host's address on a free port, reachable from this
+/// namespace's end of the veth pair only. Killed when dropped.
 struct Postgres {
     child: Child,
     port: u16,
@@ -304,7 +307,18 @@ struct Postgres {
 }
 
 fn as_db_user(program: &Path) -> Command {
-    let mut c = Command::new("setpriv");
+    db_user_command(Command::new("setpriv"), program)
+}
+
+/// [`as_db_user`] on the test host `netns`.
+fn as_db_user_on(netns: &str, program: &Path) -> Command {
+    let mut ip = Command::new(IP);
+    ip.args(["netns", "exec", netns, "setpriv"]);
+    db_user_command(ip, program)
+}
+
+/// `setpriv`'s arguments to run `program` as the database user, with a clean environment.
+fn db_user_command(mut c: Command, program: &Path) -> Command {
     c.args([
         format!("--reuid={DB_UID}"),
         format!("--regid={DB_UID}"),
@@ -313,6 +327,7 @@ fn as_db_user(program: &Path) -> Command {
     ])
     .arg(program)
     .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
     .env("LANG", "C.UTF-8")
     .current_dir("/")
     .stdin(Stdio::null());
@@ -320,7 +335,12 @@ fn as_db_user(program: &Path) -> Command {
 }
 
 impl Postgres {
-    fn start(bin: &Path, password: &str, host: &str) -> Self {
+    fn start(bin: &Path, password: &str, host: &TestHost) -> Self {
+        let (netns, peer, host) = (
+            host.name.as_str(),
+            host.peer.as_str(),
+            host.address.as_str(),
+        );
         let dir = TempDir::new("itest-pg");
         let owner = |p: &Path| std::os::unix::fs::chown(p, Some(DB_UID), Some(DB_UID)).unwrap();
         owner(&dir.0);
@@ -345,14 +365,14 @@ impl Postgres {
             String::from_utf8_lossy(&out.stderr)
         );
         fs::remove_file(&pwfile).unwrap();
-        // The stage connects to the Endpoints address (Kubernetes refuses loopback ones there).
+        // The stage connects to the Endpoints address, from this namespace's end of the pair.
         let mut hba = fs::OpenOptions::new()
             .append(true)
             .open(data.join("pg_hba.conf"))
             .unwrap();
         std::io::Write::write_all(
             &mut hba,
-            format!("host all all {host}/32 scram-sha-256\n").as_bytes(),
+            format!("host all all {peer}/32 scram-sha-256\n").as_bytes(),
         )
         .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -361,10 +381,11 @@ impl Postgres {
             .unwrap()
             .port();
         let log = fs::File::create(dir.0.join("postgres.log")).unwrap();
-        let mut cmd = as_db_user(&bin.join("postgres"));
+        // `ip netns exec` execs the server in the test host's namespace: its pid is the server's.
+        let mut cmd = as_db_user_on(netns, &bin.join("postgres"));
         cmd.arg("-D")
             .arg(&data)
-            .args(["-c", &format!("listen_addresses=127.0.0.1,{host}")])
+            .args(["-c", &format!("listen_addresses={host}")])
             .args(["-c", &format!("port={port}")])
             .args([
                 "-c",
@@ -419,17 +440,72 @@ impl Drop for Postgres {
     }
 }
 
-/// This machine's first non-loopback IPv4 address: what the Endpoints name (a pod address in the
-/// VPC on EKS). The API server refuses loopback addresses in Endpoints.
-fn host_address() -> Option<String> {
-    let out = Command::new("hostname").arg("-I").output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|a| {
-            a.parse::<std::net::Ipv4Addr>()
-                .is_ok_and(|ip| !ip.is_loopback() && !ip.is_link_local())
-        })
-        .map(String::from)
+/// `ip` from iproute2.
+const IP: &str = "/usr/sbin/ip";
+
+/// A test host: a network namespace of this test's own, joined to this one by a veth pair; the
+/// database listens there on `address`, the stage connects from `peer` (this namespace's end).
+/// The namespace (and with it the pair) is deleted when dropped.
+struct TestHost {
+    name: String,
+    address: String,
+    peer: String,
+}
+
+impl TestHost {
+    /// `None` after printing SKIP when `ip` is missing (a failure under CI=true).
+    fn new(test: &str) -> Option<Self> {
+        if !Path::new(IP).exists() {
+            skip(&format!(
+                "{test}: no {IP} for the test host's network namespace (install with: apt-get install iproute2)"
+            ));
+            return None;
+        }
+        let id = std::process::id() % 10_000;
+        let subnet = 100 + std::process::id() % 150;
+        let host = Self {
+            name: format!("snapstage-itest-{id}"),
+            address: format!("10.213.{subnet}.2"),
+            peer: format!("10.213.{subnet}.1"),
+        };
+        let (outside, inside) = (format!("ssit{id}h"), format!("ssit{id}n"));
+        let ns = host.name.as_str();
+        for args in [
+            vec!["netns", "add", ns],
+            vec![
+                "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+            ],
+            vec!["link", "set", &inside, "netns", ns],
+            vec!["addr", "add", &format!("{}/30", host.peer), "dev", &outside],
+            vec!["link", "set", &outside, "up"],
+            vec![
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/30", host.address),
+                "dev",
+                &inside,
+            ],
+            vec!["-n", ns, "link", "set", &inside, "up"],
+            vec!["-n", ns, "link", "set", "lo", "up"],
+        ] {
+            let out = Command::new(IP).args(&args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Some(host)
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        let _ = Command::new(IP).args(["netns", "del", &self.name]).status();
+    }
 }
 
 /// The namespace the deploy made, as the admin: the credentials Secret (its password `password`),
@@ -515,14 +591,12 @@ fn applied_mode_queries_the_staging_postgres_with_the_secrets_credentials() {
     let Some(pg_bin) = postgres_bin(TEST) else {
         return;
     };
-    let Some(host) = host_address() else {
-        skip(&format!(
-            "{TEST}: this machine has no non-loopback IPv4 address for the Endpoints"
-        ));
+    let Some(test_host) = TestHost::new(TEST) else {
         return;
     };
+    let host = test_host.address.clone();
     let password = unique("pw-Staging_DB");
-    let pg = Postgres::start(&pg_bin, &password, &host);
+    let pg = Postgres::start(&pg_bin, &password, &test_host);
     let ns = unique("itest");
     let token = staging_namespace(&k, &ns, &password, &host, pg.port);
 
