@@ -521,6 +521,13 @@ def ensure_dataset(s3, objs: list[tuple[str, int]]) -> float:
         pass
     except Exception as e:  # noqa: BLE001 - any listing failure: (re)create
         log(f"listing the data set failed ({e}); creating it")
+    else:
+        # Keys of another data set (a smaller run's) left under the prefix: removed, not counted.
+        extra = sorted(have[2] - want[2])
+        for i in range(0, len(extra), 1000):
+            s3.delete_objects(Bucket=DATA_BUCKET, Delete={"Objects": [{"Key": k} for k in extra[i:i + 1000]]})
+        if extra:
+            log(f"removed {len(extra)} objects of another data set")
     t = time.monotonic()
     try:
         s3.create_bucket(Bucket=DATA_BUCKET)
