@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use snapstage::FailureKind;
-use snapstage::continuation::Continuation;
+use snapstage::job::continuation::Continuation;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else {

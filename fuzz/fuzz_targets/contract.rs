@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
-use snapstage::codepipeline::{JobReporter, JobResult, PipelineContext};
-use snapstage::contract::{Contract, Handled, InvocationMeta, Settings};
+use snapstage::job::codepipeline::{JobReporter, JobResult, PipelineContext};
+use snapstage::job::contract::{Contract, Handled, InvocationMeta, Settings};
 use snapstage::storage::steps::{RestoreParams, SnapshotParams};
 use snapstage::{Function, Outcome, Result, Step};
 
@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let Some(w) = world() else { return };
-    let id = snapstage::invocation::job_id(&raw).map(str::to_string);
+    let id = snapstage::job::invocation::job_id(&raw).map(str::to_string);
     let meta = || InvocationMeta {
         request_id: format!("fuzz-{}", N.fetch_add(1, Ordering::Relaxed)),
         deadline: SystemTime::now() + Duration::from_secs(60),

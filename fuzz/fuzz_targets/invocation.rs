@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use snapstage::codecommit::TriggerFilter;
-use snapstage::invocation::{Invocation, classify, job_id};
+use snapstage::job::codecommit::TriggerFilter;
+use snapstage::job::invocation::{Invocation, classify, job_id};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = serde_json::from_slice::<serde_json::Value>(data) else {

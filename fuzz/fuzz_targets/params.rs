@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use snapstage::params::{DEFAULTS_ENV, Layer, env_defaults, merge, user_parameters};
+use snapstage::job::params::{DEFAULTS_ENV, Layer, env_defaults, merge, user_parameters};
 use snapstage::storage::steps::{RestoreParams, SnapshotParams};
 use snapstage::{Error, Execution, Result};
 

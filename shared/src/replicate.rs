@@ -51,9 +51,9 @@ pub use params::{
     destination_credentials, parse_credentials,
 };
 
-use crate::codepipeline::ArtifactCredentials;
-use crate::contract::{JobArtifacts, Outcome, Step};
 use crate::error::{Error, Result, aws_error};
+use crate::job::codepipeline::ArtifactCredentials;
+use crate::job::contract::{JobArtifacts, Outcome, Step};
 use copy::{Ctx, Sink};
 use journal::{Journal, Store};
 use local::Index;

@@ -7,10 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use snapstage::codecommit::TriggerFilter;
-use snapstage::contract::Execution;
-use snapstage::invocation::{Invocation, classify};
-use snapstage::params::{Layer, merge, user_parameters};
+use snapstage::job::codecommit::TriggerFilter;
+use snapstage::job::contract::Execution;
+use snapstage::job::invocation::{Invocation, classify};
+use snapstage::job::params::{Layer, merge, user_parameters};
 use snapstage::storage::steps::{RestoreParams, SnapshotParams};
 use snapstage::{FailureKind, Result};
 

@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use snapstage::codepipeline::{JobReporter, JobResult, PipelineContext};
-use snapstage::contract::{Contract, Handled, InvocationMeta, Settings};
-use snapstage::invocation::job_id;
+use snapstage::job::codepipeline::{JobReporter, JobResult, PipelineContext};
+use snapstage::job::contract::{Contract, Handled, InvocationMeta, Settings};
+use snapstage::job::invocation::job_id;
 use snapstage::storage::steps::{RestoreParams, SnapshotParams};
 use snapstage::{Function, Outcome, Result, Step};
 

@@ -56,7 +56,7 @@ pub fn artifact_credentials() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use snapstage::codepipeline::JobEvent;
+    use snapstage::job::codepipeline::JobEvent;
 
     #[test]
     fn event_parses_as_the_core_job_event() {

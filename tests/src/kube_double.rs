@@ -65,7 +65,7 @@ impl KubeDouble {
         }
         let doc: Value = serde_json::from_str(&line).expect("port line");
         let port = doc["port"].as_u64().expect("port") as u16;
-        snapstage::cluster::install_crypto_provider();
+        snapstage::kube::client::install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -80,11 +80,12 @@ impl KubeDouble {
     }
 
     /// A kube client for `url` (the double, or a fault proxy in front of it), default namespace
-    /// `default`, configured as snapstage's clients are ([`snapstage::cluster::tuned`]) but with
+    /// `default`, configured as snapstage's clients are ([`snapstage::kube::client::tuned`]) but with
     /// short timeouts so a hang costs a test seconds, not minutes.
     pub fn client_for(url: &str) -> kube::Client {
-        snapstage::cluster::install_crypto_provider();
-        let mut config = snapstage::cluster::tuned(kube::Config::new(url.parse().expect("url")));
+        snapstage::kube::client::install_crypto_provider();
+        let mut config =
+            snapstage::kube::client::tuned(kube::Config::new(url.parse().expect("url")));
         config.connect_timeout = Some(Duration::from_secs(2));
         config.read_timeout = Some(Duration::from_secs(2));
         config.write_timeout = Some(Duration::from_secs(2));

@@ -101,13 +101,13 @@ impl Timeline {
             let cells: Vec<&str> = r.iter().map(String::as_str).collect();
             out.push_str(&line(
                 &cells,
-                &snapstage::codepipeline::truncate(&one_line(&e.summary), SUMMARY_WIDTH),
+                &snapstage::job::codepipeline::truncate(&one_line(&e.summary), SUMMARY_WIDTH),
             ));
             for (k, v) in &e.variables {
                 out.push_str(&format!(
                     "{:indent$}{k} = {}\n",
                     "",
-                    snapstage::codepipeline::truncate(v, SUMMARY_WIDTH)
+                    snapstage::job::codepipeline::truncate(v, SUMMARY_WIDTH)
                 ));
             }
         }

@@ -18,14 +18,15 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use serde_json::{Value, json};
-use snapstage::cluster::ClusterConfig;
-use snapstage::contract::Deadline;
+use snapstage::interlock::markers::execution_tag;
+use snapstage::job::contract::Deadline;
+use snapstage::kube::client::ClusterConfig;
 use snapstage::storage::csi::{Csi, CsiParams};
 use snapstage::storage::ebs::Ebs;
 use snapstage::storage::flasharray::FlashArray;
 use snapstage::storage::open::FlashArrayParams;
 use snapstage::storage::steps::{RestoreParams, SnapshotParams, restore_step, snapshot_step};
-use snapstage::storage::{Backend, BackendKind, execution_tag};
+use snapstage::storage::{Backend, BackendKind};
 use snapstage::{Error, Execution, FailureKind, Outcome, Result, Step};
 use snapstage_localenv::flasharray_double::Double;
 use snapstage_localenv::kube_double::KubeDouble;
@@ -579,7 +580,7 @@ impl Fixture for CsiFixture {
             .collect()
     }
     async fn staging_volumes(&self, ex: &Execution) -> Vec<String> {
-        let label = snapstage::staging::names::execution_label(&ex.key);
+        let label = snapstage::kube::names::execution_label(&ex.key);
         self.double
             .objects("persistentvolumeclaims", Some(STAGING_NS))
             .await
@@ -731,11 +732,11 @@ impl LocalCsiFixture {
     async fn start(test: &str) -> Option<Self> {
         let kube = LocalKube::get(test)?;
         let path = kube.admin_kubeconfig();
-        let config = snapstage::cluster::kubeconfig::from_file(&path)
+        let config = snapstage::kube::client::kubeconfig::from_file(&path)
             .await
             .unwrap();
         let client =
-            snapstage::cluster::client(config, &ClusterConfig::KubeconfigFile(path)).unwrap();
+            snapstage::kube::client::client(config, &ClusterConfig::KubeconfigFile(path)).unwrap();
         let mut params = csi_params();
         params.namespace = LOCAL_PROD_NS.into();
         let backend = Csi::new(client.clone(), params.clone());
@@ -814,7 +815,7 @@ impl Fixture for LocalCsiFixture {
             .collect()
     }
     async fn staging_volumes(&self, ex: &Execution) -> Vec<String> {
-        let label = snapstage::staging::names::execution_label(&ex.key);
+        let label = snapstage::kube::names::execution_label(&ex.key);
         self.kube
             .list("persistentvolumeclaims", Some(STAGING_NS))
             .iter()

@@ -15,10 +15,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use snapstage::cluster::ClusterConfig;
-use snapstage::contract::Deadline;
-use snapstage::staging::kubeapi::ATTEMPTS;
-use snapstage::staging::names::execution_label;
+use snapstage::job::contract::Deadline;
+use snapstage::kube::api::ATTEMPTS;
+use snapstage::kube::client::ClusterConfig;
+use snapstage::kube::names::execution_label;
 use snapstage::storage::BackendKind;
 use snapstage::storage::csi::{Csi, CsiParams, snapshot_name};
 use snapstage::storage::steps::{RestoreParams, SnapshotParams, restore_step, snapshot_step};

@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::{bin_dir, lambda_invoker, moto};
 use corpus::{SECRET_KEY, SESSION_TOKEN};
 use serde_json::Value;
-use snapstage::invocation::job_id;
+use snapstage::job::invocation::job_id;
 use snapstage_localenv::invoker::{CliInvoker, Functions, Invoked, Invoker};
 use snapstage_localenv::jobservice::{JobOutcome, JobService, JobSpec, new_execution_id};
 

@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use snapstage::entry::About;
+use snapstage::job::entry::About;
 use snapstage::staging::{self, Params};
 use snapstage::storage::open::ImportMarks;
 use snapstage::{Function, Outcome, Result, Step};
@@ -127,7 +127,7 @@ const ABOUT: About = About {
 };
 
 fn main() -> ExitCode {
-    snapstage::entry::main::<DeployStagingDb>(&ABOUT, |sdk| DeployStagingDb {
+    snapstage::job::entry::main::<DeployStagingDb>(&ABOUT, |sdk| DeployStagingDb {
         sdk: sdk.clone(),
         volumes: ImportMarks::new(sdk),
     })

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use serde_json::{Value, json};
-use snapstage::codepipeline::{Artifact, ArtifactCredentials, ArtifactLocation, S3Location};
-use snapstage::contract::{Deadline, Execution, JobArtifacts, Outcome, Step};
-use snapstage::params::{Layer, merge};
+use snapstage::job::codepipeline::{Artifact, ArtifactCredentials, ArtifactLocation, S3Location};
+use snapstage::job::contract::{Deadline, Execution, JobArtifacts, Outcome, Step};
+use snapstage::job::params::{Layer, merge};
 use snapstage::staging::{self, Params};
 use snapstage::storage::open::ImportMarks;
 use snapstage_localenv::testkit::{self, unique};

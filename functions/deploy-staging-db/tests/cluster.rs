@@ -15,10 +15,11 @@ use fixtures::objects as o;
 use fixtures::{Exchange as X, serve};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
-use snapstage::contract::{Deadline, Execution, Outcome, Step};
 use snapstage::interlock::{Deletion, KnownVolumes, Marker, Marks, VolumeMarks};
-use snapstage::params::{Layer, merge};
-use snapstage::staging::{self, Params, names};
+use snapstage::job::contract::{Deadline, Execution, Outcome, Step};
+use snapstage::job::params::{Layer, merge};
+use snapstage::kube::names;
+use snapstage::staging::{self, Params};
 use snapstage::{Error, FailureKind, Result};
 
 const NOW: &str = "2025-06-01T12:00:00Z";
@@ -1539,7 +1540,7 @@ async fn ready_is_done_with_the_outputs() {
     assert_eq!(outputs["Engine"], "postgresql");
     assert_eq!(outputs["ExpiresAt"], EXPIRES);
     assert!(!outputs.contains_key("MigrationResult"));
-    snapstage::codepipeline::validate_output_variables(&outputs).unwrap();
+    snapstage::job::codepipeline::validate_output_variables(&outputs).unwrap();
     assert!(
         summary.starts_with("staging postgresql ready: staging-db."),
         "{summary}"

@@ -40,8 +40,8 @@ use fixtures::objects as o;
 use fixtures::{Exchange as X, serve};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
-use snapstage::contract::{Deadline, Outcome, Step};
 use snapstage::interlock::NoVolumeMarks;
+use snapstage::job::contract::{Deadline, Outcome, Step};
 use snapstage::staging;
 use snapstage::staging::jobs::JobKind;
 

@@ -20,10 +20,10 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use serde_json::{Value, json};
-use snapstage::cluster::{self, ClusterConfig};
-use snapstage::contract::{Deadline, Execution, Outcome, Step};
 use snapstage::interlock::NoVolumeMarks;
-use snapstage::params::{Layer, merge};
+use snapstage::job::contract::{Deadline, Execution, Outcome, Step};
+use snapstage::job::params::{Layer, merge};
+use snapstage::kube::client::{self, ClusterConfig};
 use snapstage::staging::{self, Params};
 
 fn step(request: Value, key: &str, state: Option<Value>) -> Step<Params> {
@@ -101,8 +101,8 @@ async fn plan_apply_check_teardown_on_a_real_cluster() {
             None => return,
         },
     };
-    let config = cluster::kubeconfig::from_file(&path).await.unwrap();
-    let client = cluster::client(config, &ClusterConfig::KubeconfigFile(path.clone())).unwrap();
+    let config = client::kubeconfig::from_file(&path).await.unwrap();
+    let client = client::client(config, &ClusterConfig::KubeconfigFile(path.clone())).unwrap();
 
     let stamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)

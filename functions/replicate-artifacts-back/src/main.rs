@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use snapstage::entry::About;
+use snapstage::job::entry::About;
 use snapstage::replicate;
 use snapstage::{Function, Outcome, Result, Step};
 
@@ -96,7 +96,7 @@ impl Function for ReplicateArtifactsBack {
 }
 
 fn main() -> ExitCode {
-    snapstage::entry::main(&ABOUT, |config| ReplicateArtifactsBack {
+    snapstage::job::entry::main(&ABOUT, |config| ReplicateArtifactsBack {
         s3: aws_sdk_s3::Client::new(config),
         secrets: aws_sdk_secretsmanager::Client::new(config),
         config: config.clone(),

@@ -1252,8 +1252,8 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
 /// The sample requests in events/ are requests this function accepts (no services needed).
 #[test]
 fn sample_events_are_valid_requests() {
-    use snapstage::invocation::{Invocation, classify};
-    use snapstage::params::{Layer, merge, user_parameters};
+    use snapstage::job::invocation::{Invocation, classify};
+    use snapstage::job::params::{Layer, merge, user_parameters};
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events");
     let read = |p: &str| -> Value {
         serde_json::from_str(&std::fs::read_to_string(format!("{root}/{p}")).unwrap()).unwrap()

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use snapstage::entry::About;
+use snapstage::job::entry::About;
 use snapstage::storage::open::open;
 use snapstage::storage::steps::{RestoreParams, restore_step};
 use snapstage::{Function, Outcome, Result, Step};
@@ -48,7 +48,7 @@ impl Function for RestoreToStaging {
 }
 
 fn main() -> ExitCode {
-    snapstage::entry::main(&ABOUT, |config| RestoreToStaging {
+    snapstage::job::entry::main(&ABOUT, |config| RestoreToStaging {
         sdk: config.clone(),
     })
 }

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use snapstage::entry::About;
+use snapstage::job::entry::About;
 use snapstage::storage::hooks::Hooks;
 use snapstage::storage::open::open;
 use snapstage::storage::steps::{SnapshotParams, needs_hooks, snapshot_step_with_hooks};
@@ -66,7 +66,7 @@ impl Function for SnapshotProduction {
 }
 
 fn main() -> ExitCode {
-    snapstage::entry::main(&ABOUT, |config| SnapshotProduction {
+    snapstage::job::entry::main(&ABOUT, |config| SnapshotProduction {
         sdk: config.clone(),
     })
 }

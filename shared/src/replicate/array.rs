@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::contract::{Outcome, Step};
 use crate::error::{Error, Result};
+use crate::job::contract::{Outcome, Step};
 use crate::storage::flasharray::{FlashArray, check_volume_name};
 use crate::storage::open::{BackendChoice, FlashArrayParams, open_flasharray};
 use crate::storage::{Backend, BackendKind, SnapshotState};

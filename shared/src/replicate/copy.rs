@@ -47,8 +47,8 @@ use super::journal::{Entry, Journal, Upload};
 use super::local::{self, Index, Indexed, PartialFile};
 use super::params::S3Destination;
 use super::{SHA256_METADATA, SOURCE_ETAG_METADATA};
-use crate::contract::Deadline;
 use crate::error::{DisplayChain, Error, Result, aws_error};
+use crate::job::contract::Deadline;
 
 /// Time kept back, between objects and parts, to checkpoint and answer before the deadline.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);

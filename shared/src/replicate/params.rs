@@ -534,7 +534,7 @@ mod tests {
     use serde_json::json;
 
     fn params(v: Value) -> Result<Target> {
-        crate::params::merge::<Params>(&[crate::params::Layer {
+        crate::job::params::merge::<Params>(&[crate::job::params::Layer {
             source: "request",
             values: v.as_object().unwrap().clone(),
         }])?

@@ -117,8 +117,8 @@ pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequ
 
 #[cfg(test)]
 mod tests {
+    use crate::kube::names::derived_namespace;
     use crate::staging::fixtures::plan_for;
-    use crate::staging::names::derived_namespace;
     use serde_json::json;
 
     #[test]

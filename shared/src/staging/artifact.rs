@@ -8,8 +8,8 @@ use std::io::Read;
 use aws_credential_types::Credentials;
 
 use super::template::{ArtifactFile, MAX_TEMPLATE_BYTES, TemplateText};
-use crate::contract::JobArtifacts;
 use crate::error::{Error, Result, aws_error};
+use crate::job::contract::JobArtifacts;
 
 /// The largest artifact read into memory to find the template in it.
 pub const MAX_ARTIFACT_BYTES: i64 = 256 * 1024 * 1024;
@@ -22,7 +22,7 @@ fn param(message: String) -> Error {
 fn choose<'a>(
     artifacts: &'a JobArtifacts,
     name: Option<&str>,
-) -> Result<&'a crate::codepipeline::Artifact> {
+) -> Result<&'a crate::job::codepipeline::Artifact> {
     let names: Vec<&str> = artifacts.inputs.iter().map(|a| a.name.as_str()).collect();
     match name {
         Some(n) => artifacts.inputs.iter().find(|a| a.name == n).ok_or_else(|| {
@@ -160,7 +160,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::codepipeline::{Artifact, ArtifactLocation, S3Location};
+    use crate::job::codepipeline::{Artifact, ArtifactLocation, S3Location};
 
     pub(crate) fn zip_of(files: &[(&str, &str)]) -> Vec<u8> {
         let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));

@@ -28,9 +28,7 @@ use super::Plan;
 use super::credentials::{self, Credentials};
 use super::guard;
 use super::jobs::{self, JobKind};
-use super::kubeapi;
 use super::network;
-use super::ownership;
 use super::params::OnFailure;
 use super::params::VolumeSource;
 use super::readiness::{self, Health, JobHealth};
@@ -38,10 +36,12 @@ use super::render::{SECRET_NAME, STATEFULSET_NAME, Workload};
 use super::rollback;
 use super::teardown;
 use super::template::TemplateObject;
-use crate::cluster::BACKEND;
-use crate::contract::{Execution, Outcome};
 use crate::error::{Error, Result};
 use crate::interlock::VolumeMarks;
+use crate::job::contract::{Execution, Outcome};
+use crate::kube::api;
+use crate::kube::client::BACKEND;
+use crate::kube::ownership;
 
 /// The `Mode` output once the database is deployed.
 pub const MODE_APPLIED: &str = "applied";
@@ -133,7 +133,7 @@ async fn start(
     let view = guard::ClusterView { client };
     let checked = guard::check(spec, first.execution, first.volumes, Some(view)).await?;
     let ns_api: Api<Namespace> = Api::all(client.clone());
-    let existing = kubeapi::get_opt(&ns_api, &spec.namespace).await?;
+    let existing = api::get_opt(&ns_api, &spec.namespace).await?;
     let created = match &existing {
         None => true,
         Some(ns) => {
@@ -165,7 +165,7 @@ async fn start(
     if let Some(pv) = &plan.rendered.persistent_volume {
         let api: Api<PersistentVolume> = Api::all(client.clone());
         let name = pv.metadata.name.as_deref().unwrap_or_default();
-        if let Some(found) = kubeapi::get_opt(&api, name).await? {
+        if let Some(found) = api::get_opt(&api, name).await? {
             ownership::check("PersistentVolume", &found.metadata, "apply")?;
         }
     }
@@ -206,8 +206,8 @@ fn existing_claim(plan: &Plan, claim: Option<&PersistentVolumeClaim>) -> String 
         true => format!("; mounting the existing PVC {name} (snapstage's)"),
         false => format!(
             "; mounting the existing PVC {name} (not labelled {}={}: teardown will not delete this namespace)",
-            super::render::LABEL_MANAGED_BY,
-            super::render::MANAGED_BY
+            crate::kube::labels::LABEL_MANAGED_BY,
+            crate::kube::labels::MANAGED_BY
         ),
     }
 }
@@ -223,7 +223,7 @@ async fn apply_objects(
     let manager = spec.field_manager.as_str();
     let ns = spec.namespace.as_str();
     let mut kinds: Vec<String> = vec!["Namespace".into()];
-    kubeapi::apply(
+    api::apply(
         &Api::<Namespace>::all(client.clone()),
         &r.namespace,
         manager,
@@ -232,7 +232,7 @@ async fn apply_objects(
     // Closed before anything runs in the namespace: the restored data is unmasked.
     let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), ns);
     for policy in &r.network.isolation {
-        kubeapi::apply(&policies, policy, manager).await?;
+        api::apply(&policies, policy, manager).await?;
         kinds.push(format!(
             "NetworkPolicy {}",
             policy.metadata.name.as_deref().unwrap_or_default()
@@ -241,7 +241,7 @@ async fn apply_objects(
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let kept = match namespace_existed {
-        true => kubeapi::get_opt(&secrets, SECRET_NAME).await?,
+        true => api::get_opt(&secrets, SECRET_NAME).await?,
         false => None,
     };
     let secret_note = match kept {
@@ -251,17 +251,17 @@ async fn apply_objects(
         }
         None => {
             let secret = Credentials::generate(&spec.database_user)?.into_secret(&r.secret);
-            kubeapi::apply(&secrets, &secret, manager).await?;
+            api::apply(&secrets, &secret, manager).await?;
             kinds.push("Secret".into());
             "new credentials in the Secret"
         }
     };
     if let Some(pv) = &r.persistent_volume {
-        kubeapi::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
+        api::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
         kinds.push("PersistentVolume".into());
     }
     if let Some(claim) = &r.claim {
-        kubeapi::apply(
+        api::apply(
             &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
             claim,
             manager,
@@ -271,13 +271,13 @@ async fn apply_objects(
     }
     match &r.workload {
         Workload::Builtin(b) => {
-            kubeapi::apply(
+            api::apply(
                 &Api::<Service>::namespaced(client.clone(), ns),
                 &b.service,
                 manager,
             )
             .await?;
-            kubeapi::apply(
+            api::apply(
                 &Api::<StatefulSet>::namespaced(client.clone(), ns),
                 &b.stateful_set,
                 manager,
@@ -372,7 +372,7 @@ async fn advance(
 async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
     let ns = plan.spec.namespace.as_str();
     let claim_name = plan.rendered.claim_name.as_str();
-    let pvc = kubeapi::get_opt(
+    let pvc = api::get_opt(
         &Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns),
         claim_name,
     )
@@ -394,7 +394,7 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
         }
     }
     if let Health::Waiting(why) = &claim {
-        let events = kubeapi::list(
+        let events = api::list(
             &Api::<Event>::namespaced(client.clone(), ns),
             &ListParams::default().fields(&format!(
                 "involvedObject.kind=PersistentVolumeClaim,involvedObject.name={claim_name}"
@@ -422,7 +422,7 @@ async fn check_ready(client: &kube::Client, plan: &Plan) -> Result<Health> {
 
 /// snapstage's StatefulSet and its pod `staging-db-0`.
 async fn builtin_health(client: &kube::Client, ns: &str) -> Result<(Vec<Health>, Vec<Health>)> {
-    let sts = kubeapi::get_opt(
+    let sts = api::get_opt(
         &Api::<StatefulSet>::namespaced(client.clone(), ns),
         STATEFULSET_NAME,
     )
@@ -433,7 +433,7 @@ async fn builtin_health(client: &kube::Client, ns: &str) -> Result<(Vec<Health>,
         ))
     })?;
     let pod_name = format!("{STATEFULSET_NAME}-0");
-    let pod = kubeapi::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
+    let pod = api::get_opt(&Api::<Pod>::namespaced(client.clone(), ns), &pod_name).await?;
     let pod_health = match &pod {
         Some(p) => readiness::pod_health(p),
         None => Health::Waiting(
@@ -454,7 +454,7 @@ async fn no_pods(
     kind: &str,
     name: &str,
 ) -> Result<Option<String>> {
-    let events = kubeapi::list(
+    let events = api::list(
         &Api::<Event>::namespaced(client.clone(), ns),
         &ListParams::default().fields(&format!(
             "involvedObject.kind={kind},involvedObject.name={name}"
@@ -484,12 +484,12 @@ async fn template_health(
         };
         workloads.push(match o {
             TemplateObject::StatefulSet(_) => readiness::stateful_set_health(
-                &kubeapi::get_opt(&Api::<StatefulSet>::namespaced(client.clone(), ns), name)
+                &api::get_opt(&Api::<StatefulSet>::namespaced(client.clone(), ns), name)
                     .await?
                     .ok_or_else(gone)?,
             ),
             _ => readiness::deployment_health(
-                &kubeapi::get_opt(&Api::<Deployment>::namespaced(client.clone(), ns), name)
+                &api::get_opt(&Api::<Deployment>::namespaced(client.clone(), ns), name)
                     .await?
                     .ok_or_else(gone)?,
             ),
@@ -500,7 +500,7 @@ async fn template_health(
             .flatten()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let found = kubeapi::list(
+        let found = api::list(
             &Api::<Pod>::namespaced(client.clone(), ns),
             &ListParams::default().labels(&labels.join(",")),
         )
@@ -548,7 +548,7 @@ async fn next(
     let job = jobs::render(&plan.spec, kind)
         .ok_or_else(|| Error::Internal(format!("the {} Job is not configured", kind.as_str())))?;
     let api: Api<Job> = Api::namespaced(client.clone(), &plan.spec.namespace);
-    kubeapi::apply(&api, &job, &plan.spec.field_manager).await?;
+    api::apply(&api, &job, &plan.spec.field_manager).await?;
     let state = DeployState {
         phase: match kind {
             JobKind::Masking => Phase::Masking,
@@ -577,7 +577,7 @@ async fn open_access(client: &kube::Client, plan: &Plan) -> Result<Option<String
         return Ok(None);
     };
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &plan.spec.namespace);
-    kubeapi::apply(&api, policy, &plan.spec.field_manager).await?;
+    api::apply(&api, policy, &plan.spec.field_manager).await?;
     Ok(Some(format!(
         "NetworkPolicy {} opened the database {}",
         network::ACCESS,
@@ -601,11 +601,11 @@ async fn check_job(
 ) -> Result<Outcome> {
     let ns = plan.spec.namespace.as_str();
     let name = kind.job_name();
-    let job = kubeapi::get_opt(&Api::<Job>::namespaced(client.clone(), ns), &name)
+    let job = api::get_opt(&Api::<Job>::namespaced(client.clone(), ns), &name)
         .await?
         .ok_or_else(|| failed(format!("Job {ns}/{name} is gone (deleted while it ran)")))?;
     let pods = || async {
-        kubeapi::list(
+        api::list(
             &Api::<Pod>::namespaced(client.clone(), ns),
             &ListParams::default().labels(&format!("{}={name}", jobs::LABEL_JOB_NAME)),
         )
@@ -719,7 +719,7 @@ fn done(plan: &Plan, s: &DeployState, migration: Option<MigrationResult>) -> Out
         summary.push_str(&format!("; migration check {result}: {}", m.detail));
     }
     Outcome::Done {
-        summary: crate::codepipeline::truncate(&summary, 2000),
+        summary: crate::job::codepipeline::truncate(&summary, 2000),
         outputs,
     }
 }

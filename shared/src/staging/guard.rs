@@ -21,17 +21,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
-use super::kubeapi;
-use super::ownership;
 use super::params::{Spec, VolumeSource};
-use super::render::{
-    ANNOTATION_EXECUTION_KEY, ANNOTATION_PX_PURE_VOLUME, LABEL_EXECUTION, LABEL_ROLE,
-    PURE_CSI_DRIVER, PVC_NAME, SNAPSHOT_API_GROUP,
-};
-use crate::cluster::BACKEND;
-use crate::contract::Execution;
+use super::render::{PURE_CSI_DRIVER, PVC_NAME, SNAPSHOT_API_GROUP};
 use crate::error::{Error, Result};
 use crate::interlock::{self, Import, Marker, Marks, VolumeMarks, VolumeRef};
+use crate::job::contract::Execution;
+use crate::kube::api;
+use crate::kube::client::BACKEND;
+use crate::kube::labels::{
+    ANNOTATION_EXECUTION_KEY, ANNOTATION_PX_PURE_VOLUME, LABEL_EXECUTION, LABEL_ROLE,
+};
+use crate::kube::ownership;
 
 /// What the check found: a note for the summary, and the PVC it read (`pvcName`), which the
 /// deploy mounts.
@@ -81,7 +81,7 @@ pub async fn check(
             };
             let api: Api<VolumeSnapshotMeta> =
                 Api::namespaced(view.client.clone(), &spec.namespace);
-            let found = kubeapi::get_opt(&api, snapshot).await?;
+            let found = api::get_opt(&api, snapshot).await?;
             let marks = found.map(|s| {
                 object_marks(
                     format!("VolumeSnapshot {}/{snapshot}", spec.namespace),
@@ -97,7 +97,7 @@ pub async fn check(
             };
             let ns = spec.namespace.as_str();
             let api: Api<PersistentVolumeClaim> = Api::namespaced(view.client.clone(), ns);
-            let found = kubeapi::get_opt(&api, claim).await?;
+            let found = api::get_opt(&api, claim).await?;
             let Some(pvc) = found else {
                 return Err(Error::NotFound {
                     backend: BACKEND,
@@ -160,8 +160,9 @@ fn object_marks(what: String, meta: &ObjectMeta, execution: &Execution) -> Marks
         .and_then(|a| a.get(ANNOTATION_EXECUTION_KEY))
         .cloned()
         .or_else(|| {
-            (labels.get(LABEL_EXECUTION) == Some(&super::names::execution_label(&execution.key)))
-                .then(|| execution.key.clone())
+            (labels.get(LABEL_EXECUTION)
+                == Some(&crate::kube::names::execution_label(&execution.key)))
+            .then(|| execution.key.clone())
         });
     Marks {
         what,
@@ -212,7 +213,7 @@ async fn array_volume(
         read.push(format!("the array's tags ({})", access.endpoint));
     }
     if let Some(view) = cluster {
-        let pvs = kubeapi::list(
+        let pvs = api::list(
             &Api::<PersistentVolume>::all(view.client.clone()),
             &ListParams::default(),
         )

@@ -27,7 +27,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
 use super::params::{JobParams, Spec};
-use super::render::{self, LABEL_COMPONENT, SECRET_NAME, SERVICE_NAME};
+use super::render::{self, SECRET_NAME, SERVICE_NAME};
+use crate::kube::labels::LABEL_COMPONENT;
 
 pub const SCRIPTS_PATH: &str = "/scripts";
 /// The label the Job controller puts on its pods.

@@ -36,9 +36,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::contract::{Execution, Outcome, Step};
 use crate::error::{Error, Result};
 use crate::interlock::VolumeMarks;
+use crate::job::contract::{Execution, Outcome, Step};
 
 pub mod apply;
 pub mod artifact;
@@ -47,10 +47,7 @@ pub mod deploy;
 pub mod engine;
 pub mod guard;
 pub mod jobs;
-pub mod kubeapi;
-pub mod names;
 pub mod network;
-pub mod ownership;
 pub mod params;
 pub mod readiness;
 pub mod render;
@@ -125,11 +122,11 @@ pub async fn step(
         // The cluster is read (never changed) only when the imported volume lives there.
         let client = match step.params.backend {
             Backend::Ebs => None,
-            _ => Some(crate::cluster::connect(&cluster, sdk).await?),
+            _ => Some(crate::kube::client::connect(&cluster, sdk).await?),
         };
         return plan_step(step, DRY_RUN, volumes, client.as_ref()).await;
     }
-    let client = crate::cluster::connect(&cluster, sdk).await?;
+    let client = crate::kube::client::connect(&cluster, sdk).await?;
     tracing::info!(cluster = %cluster.describe(), action = step.params.action.as_str(), "connected");
     run(&client, step, Timestamp::now(), volumes).await
 }
@@ -221,7 +218,7 @@ pub async fn plan_step(
         return Err(Error::Internal("a plan finishes in one step".into()));
     };
     Ok(Outcome::Done {
-        summary: crate::codepipeline::truncate(&format!("{summary} {}.", checked.note), 2000),
+        summary: crate::job::codepipeline::truncate(&format!("{summary} {}.", checked.note), 2000),
         outputs,
     })
 }
@@ -370,7 +367,7 @@ impl Plan {
 #[cfg(test)]
 pub(crate) mod fixtures {
     use super::*;
-    use crate::params::{Layer, merge};
+    use crate::job::params::{Layer, merge};
     use serde_json::Value;
 
     pub const NOW: &str = "2025-06-01T12:00:00Z";
@@ -411,7 +408,7 @@ mod tests {
         let p = plan_for(
             json!({"volumeId": "vol-0123456789abcdef0", "availabilityZone": "us-east-1a"}),
         );
-        let ns = names::derived_namespace("direct/fixture");
+        let ns = crate::kube::names::derived_namespace("direct/fixture");
         let o = p.outputs();
         assert_eq!(o["Namespace"], ns);
         assert_eq!(o["Service"], "staging-db");
@@ -425,7 +422,7 @@ mod tests {
         assert_eq!(o["Mode"], "plan");
         assert_eq!(o["ManifestCount"], "9");
         assert_eq!(o["ExpiresAt"], "2025-06-02T12:00:00Z");
-        crate::codepipeline::validate_output_variables(&o).unwrap();
+        crate::job::codepipeline::validate_output_variables(&o).unwrap();
         let Outcome::Done { summary, outputs } = p.outcome(NO_CLUSTER) else {
             panic!("plan mode finishes in one step")
         };
@@ -443,7 +440,10 @@ mod tests {
     fn ttl_sets_the_expiry_annotation() {
         let p = plan_for(json!({"volumeId": "vol-0123456789abcdef0", "ttlHours": 720}));
         let ann = p.rendered.namespace.metadata.annotations.clone().unwrap();
-        assert_eq!(ann[render::ANNOTATION_EXPIRES_AT], "2025-07-01T12:00:00Z");
+        assert_eq!(
+            ann[crate::kube::labels::ANNOTATION_EXPIRES_AT],
+            "2025-07-01T12:00:00Z"
+        );
         assert_eq!(p.expires_at, "2025-07-01T12:00:00Z");
     }
 

@@ -7,13 +7,13 @@
 use serde::Deserialize;
 
 use super::engine::Engine;
-use super::names;
 use super::network::NetworkPolicyParams;
 use super::template::{TemplateParam, TemplateText};
-use crate::cluster::ClusterConfig;
-use crate::contract::Execution;
 use crate::error::{Error, Result};
 use crate::interlock::{ArrayAccess, OVERRIDE_PARAM};
+use crate::job::contract::Execution;
+use crate::kube::client::ClusterConfig;
+use crate::kube::names;
 
 pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
 pub const DEFAULT_TTL_HOURS: u16 = 24;
@@ -842,7 +842,7 @@ impl Default for TtlHours {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{Layer, merge};
+    use crate::job::params::{Layer, merge};
     use serde_json::{Value, json};
 
     fn parse(v: Value) -> Result<Params> {

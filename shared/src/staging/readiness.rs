@@ -33,7 +33,7 @@ const CONFIG_FAILURES: [&str; 2] = ["CreateContainerConfigError", "CreateContain
 const MAX_DETAIL: usize = 300;
 
 fn short(s: &str) -> String {
-    crate::codepipeline::truncate(s.trim(), MAX_DETAIL)
+    crate::job::codepipeline::truncate(s.trim(), MAX_DETAIL)
 }
 
 pub fn claim_health(pvc: &PersistentVolumeClaim) -> Health {

@@ -33,6 +33,12 @@ use super::engine::{Engine, EnvSource};
 use super::params::{Spec, VolumeSource};
 use super::template::{self, TemplateObject};
 use crate::error::Result;
+use crate::kube::labels::{
+    ANNOTATION_CREDENTIALS, ANNOTATION_EXECUTION_KEY, ANNOTATION_EXISTING_CLAIM,
+    ANNOTATION_EXPIRES_AT, ANNOTATION_PX_PURE_VOLUME, ANNOTATION_SOURCE, ANNOTATION_TTL_HOURS,
+    LABEL_COMMIT, LABEL_COMPONENT, LABEL_EXECUTION, LABEL_HEALTHY, LABEL_INSTANCE,
+    LABEL_MANAGED_BY, LABEL_NAME, LABEL_PART_OF, LABEL_PIPELINE, LABEL_ROLE, MANAGED_BY,
+};
 
 pub const INSTANCE: &str = "staging-db";
 pub const SERVICE_NAME: &str = INSTANCE;
@@ -41,32 +47,6 @@ pub const PVC_NAME: &str = "staging-db-data";
 pub const SECRET_NAME: &str = "staging-db-credentials";
 pub const CONTAINER_NAME: &str = "db";
 pub const DATA_VOLUME: &str = "data";
-
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-pub const LABEL_NAME: &str = "app.kubernetes.io/name";
-pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
-pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
-pub const LABEL_PART_OF: &str = "app.kubernetes.io/part-of";
-pub const LABEL_EXECUTION: &str = "snapstage.io/execution";
-pub const LABEL_COMMIT: &str = "snapstage.io/commit";
-pub const LABEL_ROLE: &str = "snapstage.io/role";
-/// On the namespace: a hash of the pipeline it belongs to (rollback finds its siblings).
-pub const LABEL_PIPELINE: &str = "snapstage.io/pipeline";
-/// On the namespace: `"true"` once the deploy succeeded; `"false"` from each apply until then.
-pub const LABEL_HEALTHY: &str = "snapstage.io/healthy";
-/// When the namespace's database was published (RFC 3339).
-pub const ANNOTATION_HEALTHY_AT: &str = "snapstage.io/healthy-at";
-/// What was published: `{"Namespace", "Service", "Endpoint", "Port", "SecretName"}` as JSON.
-pub const ANNOTATION_OUTPUTS: &str = "snapstage.io/outputs";
-pub const ANNOTATION_EXPIRES_AT: &str = "snapstage.io/expires-at";
-pub const ANNOTATION_TTL_HOURS: &str = "snapstage.io/ttl-hours";
-pub const ANNOTATION_EXECUTION_KEY: &str = "snapstage.io/execution-key";
-pub const ANNOTATION_SOURCE: &str = "snapstage.io/source";
-/// On the namespace when the database mounts an existing PVC (`pvcName`): teardown checks it.
-pub const ANNOTATION_EXISTING_CLAIM: &str = "snapstage.io/existing-claim";
-pub const ANNOTATION_CREDENTIALS: &str = "snapstage.io/credentials";
-pub const ANNOTATION_PX_PURE_VOLUME: &str = "portworx.io/pure-volume-name";
-pub const MANAGED_BY: &str = "snapstage";
 
 pub const EBS_CSI_DRIVER: &str = "ebs.csi.aws.com";
 pub const EBS_ZONE_KEY: &str = "topology.ebs.csi.aws.com/zone";
@@ -700,7 +680,7 @@ mod tests {
         assert_eq!(labels["snapstage.io/role"], "staging");
         assert_eq!(
             labels["snapstage.io/execution"],
-            crate::staging::names::execution_label("direct/fixture")
+            crate::kube::names::execution_label("direct/fixture")
         );
         assert!(
             !labels.contains_key("snapstage.io/commit"),

@@ -16,15 +16,15 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
 use super::Plan;
-use super::kubeapi;
-use super::ownership;
-use super::render::{
-    ANNOTATION_HEALTHY_AT, ANNOTATION_OUTPUTS, LABEL_HEALTHY, LABEL_MANAGED_BY, LABEL_PIPELINE,
-    MANAGED_BY,
-};
 use super::teardown;
-use crate::cluster::kube_error;
 use crate::error::Result;
+use crate::kube::api;
+use crate::kube::client::kube_error;
+use crate::kube::labels::MANAGED_BY;
+use crate::kube::labels::{
+    ANNOTATION_HEALTHY_AT, ANNOTATION_OUTPUTS, LABEL_HEALTHY, LABEL_MANAGED_BY, LABEL_PIPELINE,
+};
+use crate::kube::ownership;
 
 /// The outputs a healthy environment published and a rollback re-publishes.
 pub const PUBLISHED: [&str; 5] = ["Namespace", "Service", "Endpoint", "Port", "SecretName"];
@@ -96,7 +96,7 @@ pub async fn previous_healthy(
     let api: Api<Namespace> = Api::all(client.clone());
     let selector =
         format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_PIPELINE}={pipeline},{LABEL_HEALTHY}=true");
-    let found = kubeapi::list(&api, &ListParams::default().labels(&selector)).await?;
+    let found = api::list(&api, &ListParams::default().labels(&selector)).await?;
     let mut candidates: Vec<Previous> = found
         .iter()
         .filter(|ns| {

@@ -33,16 +33,17 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-use super::kubeapi;
-use super::ownership;
 use super::params::{Action, Params};
-use super::render::{
-    ANNOTATION_EXISTING_CLAIM, ANNOTATION_EXPIRES_AT, EBS_CSI_DRIVER, LABEL_EXECUTION,
-    LABEL_MANAGED_BY, MANAGED_BY, PURE_CSI_DRIVER,
-};
-use crate::contract::{Deadline, Outcome};
+use super::render::{EBS_CSI_DRIVER, PURE_CSI_DRIVER};
 use crate::error::{Error, Result};
 use crate::interlock::{ArrayAccess, DELETION_PROTECTION_TAG, Deletion, VolumeMarks, VolumeRef};
+use crate::job::contract::{Deadline, Outcome};
+use crate::kube::api;
+use crate::kube::labels::MANAGED_BY;
+use crate::kube::labels::{
+    ANNOTATION_EXISTING_CLAIM, ANNOTATION_EXPIRES_AT, LABEL_EXECUTION, LABEL_MANAGED_BY,
+};
+use crate::kube::ownership;
 
 /// Time kept back before the deadline while sweeping.
 const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(20);
@@ -179,7 +180,7 @@ async fn pvs_reserved_in(
     claimed_in: impl Fn(&str) -> bool,
 ) -> Result<Vec<PersistentVolume>> {
     let api: Api<PersistentVolume> = Api::all(client.clone());
-    let pvs = kubeapi::list(&api, &ListParams::default().labels(selector)).await?;
+    let pvs = api::list(&api, &ListParams::default().labels(selector)).await?;
     Ok(pvs
         .into_iter()
         .filter(|pv| {
@@ -264,7 +265,7 @@ async fn release(
 ) -> Result<()> {
     let api: Api<PersistentVolume> = Api::all(client.clone());
     let all = match (storage, pvs.is_empty()) {
-        (Some(_), false) => kubeapi::list(&api, &ListParams::default()).await?,
+        (Some(_), false) => api::list(&api, &ListParams::default()).await?,
         _ => Vec::new(),
     };
     for pv in pvs {
@@ -278,7 +279,7 @@ async fn release(
             }
         }
         if !dry_run {
-            kubeapi::delete(&api, &pv_name, pv.metadata.uid.clone()).await?;
+            api::delete(&api, &pv_name, pv.metadata.uid.clone()).await?;
         }
         removal.volumes.push(pv_name);
     }
@@ -297,7 +298,7 @@ async fn check_existing_claim(client: &kube::Client, ns: &Namespace) -> Result<(
         return Ok(());
     };
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), name);
-    match kubeapi::get_opt(&api, claim).await? {
+    match api::get_opt(&api, claim).await? {
         Some(pvc)
             if !ownership::is_managed(&pvc.metadata) || ownership::is_production(&pvc.metadata) =>
         {
@@ -330,7 +331,7 @@ pub async fn remove(
     // The namespace first: its pods go, and the volumes are detached.
     if !dry_run && !terminating {
         let api: Api<Namespace> = Api::all(client.clone());
-        removal.namespace_deleted = kubeapi::delete(&api, &name, ns.metadata.uid.clone()).await?;
+        removal.namespace_deleted = api::delete(&api, &name, ns.metadata.uid.clone()).await?;
     }
     release(client, &volumes, dry_run, storage, &mut removal).await?;
     if !dry_run {
@@ -342,7 +343,7 @@ pub async fn remove(
 /// Reads `name` and removes it (PV objects only: `onFailure`); `None` when it does not exist.
 pub async fn remove_by_name(client: &kube::Client, name: &str) -> Result<Option<Removal>> {
     let api: Api<Namespace> = Api::all(client.clone());
-    match kubeapi::get_opt(&api, name).await? {
+    match api::get_opt(&api, name).await? {
         Some(ns) => remove(client, &ns, false, None).await.map(Some),
         None => Ok(None),
     }
@@ -396,7 +397,7 @@ pub async fn teardown(
     let name = namespace_param(params)?;
     let api: Api<Namespace> = Api::all(client.clone());
     let dry_run = params.dry_run;
-    let removal = match kubeapi::get_opt(&api, name).await? {
+    let removal = match api::get_opt(&api, name).await? {
         None => remove_leftovers(client, name, dry_run, storage).await?,
         Some(ns) => remove(client, &ns, dry_run, Some(storage)).await?,
     };
@@ -416,7 +417,10 @@ pub async fn teardown(
             .unwrap_or(now);
         if now.duration_since(since) < WAIT_FOR_DETACH {
             return Ok(Outcome::Continue {
-                summary: crate::codepipeline::truncate(&format!("{summary}; checking again"), 2000),
+                summary: crate::job::codepipeline::truncate(
+                    &format!("{summary}; checking again"),
+                    2000,
+                ),
                 percent: 50,
                 state: json!({ "waitingSince": since.to_string() }),
             });
@@ -439,7 +443,7 @@ pub async fn teardown(
     ]);
     volume_outputs(&mut outputs, &[&removal]);
     Ok(Outcome::Done {
-        summary: crate::codepipeline::truncate(&summary, 2000),
+        summary: crate::job::codepipeline::truncate(&summary, 2000),
         outputs,
     })
 }
@@ -476,7 +480,7 @@ pub async fn sweep(
 ) -> Result<Outcome> {
     let api: Api<Namespace> = Api::all(client.clone());
     let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
-    let all = kubeapi::list(&api, &ListParams::default().labels(&selector)).await?;
+    let all = api::list(&api, &ListParams::default().labels(&selector)).await?;
     let mut swept: u64 = state
         .as_ref()
         .and_then(|s| s.get("swept"))
@@ -523,7 +527,7 @@ pub async fn sweep(
     namespaces.sort_unstable();
     namespaces.dedup();
     for name in namespaces {
-        if kubeapi::get_opt(&api, name).await?.is_some() {
+        if api::get_opt(&api, name).await?.is_some() {
             continue;
         }
         if !dry_run && deadline.near(SWEEP_MARGIN) {
@@ -566,7 +570,7 @@ pub async fn sweep(
     let every: Vec<&Removal> = removed.iter().chain(&leftovers).collect();
     volume_outputs(&mut outputs, &every);
     Ok(Outcome::Done {
-        summary: crate::codepipeline::truncate(&summary, 2000),
+        summary: crate::job::codepipeline::truncate(&summary, 2000),
         outputs,
     })
 }

@@ -294,7 +294,7 @@ impl TemplateObject {
 
     /// Applies it (server-side, forced) in its namespace.
     pub async fn apply(&self, client: &kube::Client, field_manager: &str) -> Result<()> {
-        use super::kubeapi::apply;
+        use crate::kube::api::apply;
         use kube::Api;
         let ns = self.meta().namespace.as_deref().unwrap_or_default();
         match self {
@@ -601,9 +601,9 @@ pub fn render(t: &TemplateText, spec: &Spec) -> Result<Vec<TemplateObject>> {
 fn template_labels(spec: &Spec) -> BTreeMap<String, String> {
     let mut l = render::app_labels(spec);
     for k in [
-        render::LABEL_NAME,
-        render::LABEL_INSTANCE,
-        render::LABEL_COMPONENT,
+        crate::kube::labels::LABEL_NAME,
+        crate::kube::labels::LABEL_INSTANCE,
+        crate::kube::labels::LABEL_COMPONENT,
     ] {
         l.remove(k);
     }

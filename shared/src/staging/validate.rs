@@ -10,9 +10,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::names;
 use super::render::{Builtin, Rendered, Workload, persistent_volume_name};
 use crate::error::{Error, Result};
+use crate::kube::names;
 
 /// A Kubernetes object type snapstage renders.
 pub trait Object:

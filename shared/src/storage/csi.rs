@@ -43,26 +43,23 @@ use self::model::{
     VolumeSnapshotSource, VolumeSnapshotSpec,
 };
 use super::{Backend, SnapshotInfo, SnapshotState, VolumeInfo, VolumeSpec, VolumeState};
-use crate::cluster::{ClusterConfig, kube_error};
-use crate::contract::Execution;
 use crate::error::{Error, Result};
-use crate::staging::kubeapi;
-use crate::staging::names::{execution_label, quantity_bytes};
-use crate::staging::ownership;
-use crate::staging::render::{
+use crate::job::contract::Execution;
+use crate::kube::api;
+use crate::kube::client::{ClusterConfig, kube_error};
+use crate::kube::labels::MANAGED_BY;
+use crate::kube::labels::{
     ANNOTATION_EXECUTION_KEY, LABEL_EXECUTION, LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_ROLE,
-    MANAGED_BY,
 };
+use crate::kube::labels::{LABEL_SOURCE, ROLE_SNAPSHOT, ROLE_STAGING};
+use crate::kube::names::{execution_label, quantity_bytes};
+use crate::kube::ownership;
 
 pub mod model;
 
 const B: &str = "csi";
 /// The field manager of the server-side applies this backend makes (the staging namespace).
 pub const FIELD_MANAGER: &str = "snapstage-restore-to-staging";
-/// The PVC a snapshot was made of (a label value: the name, or a hashed form of a long name).
-pub const LABEL_SOURCE: &str = "snapstage.io/source";
-pub const ROLE_SNAPSHOT: &str = "snapshot";
-pub const ROLE_STAGING: &str = "staging";
 const GIB: f64 = 1_073_741_824.0;
 const MAX_NAME: usize = 253;
 const MAX_LABEL: usize = 63;
@@ -149,7 +146,7 @@ fn check_name(field: &str, value: &str) -> Result<()> {
 }
 
 fn check_label_name(field: &str, value: &str) -> Result<()> {
-    if crate::staging::names::is_dns1123_label(value) {
+    if crate::kube::names::is_dns1123_label(value) {
         Ok(())
     } else {
         Err(Error::parameter(
@@ -272,13 +269,13 @@ where
     let name = obj.meta().name.clone().unwrap_or_default();
     let what = object::<K>(api.namespace(), &name);
     let params = PostParams::default();
-    match kubeapi::retrying(|| api.create(&params, obj)).await {
+    match api::retrying(|| api.create(&params, obj)).await {
         Ok(k) => {
             tracing::info!(object = %what, "created");
             Ok((k, true))
         }
         Err(kube::Error::Api(s)) if s.code == 409 => {
-            let k = kubeapi::retrying(|| api.get(&name))
+            let k = api::retrying(|| api.get(&name))
                 .await
                 .map_err(|e| kube_error(&format!("reading {what} (it exists already)"), e))?;
             let mine = ownership::execution_of(obj.meta());
@@ -469,7 +466,7 @@ impl Csi {
     async fn resolve(&self, id: &str) -> Result<Option<VolumeSnapshot>> {
         match parse_id(id) {
             SnapshotId::Single(name) => {
-                let s = kubeapi::get_opt(&self.snapshots(), name).await?;
+                let s = api::get_opt(&self.snapshots(), name).await?;
                 s.map(Some).ok_or_else(|| Error::NotFound {
                     backend: B,
                     message: format!(
@@ -479,7 +476,7 @@ impl Csi {
                 })
             }
             SnapshotId::Member { group, pvc } => {
-                let all = kubeapi::list(&self.snapshots(), &ListParams::default()).await?;
+                let all = api::list(&self.snapshots(), &ListParams::default()).await?;
                 Ok(all.into_iter().find(|s| is_member(s, group, pvc)))
             }
         }
@@ -487,7 +484,7 @@ impl Csi {
 
     async fn group_info(&self, group: &str, pvc: &str) -> Result<SnapshotInfo> {
         let id = format!("{group}/{pvc}");
-        let g = kubeapi::get_opt(&self.groups(), group)
+        let g = api::get_opt(&self.groups(), group)
             .await?
             .ok_or_else(|| Error::NotFound {
                 backend: B,
@@ -534,7 +531,7 @@ impl Csi {
         &self,
         source: &str,
     ) -> Result<Vec<(Option<Time>, String, SnapshotInfo)>> {
-        let groups = kubeapi::list(
+        let groups = api::list(
             &self.groups(),
             &ListParams::default().labels(&format!(
                 "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ROLE}={ROLE_SNAPSHOT}"
@@ -548,7 +545,7 @@ impl Csi {
         if groups.is_empty() {
             return Ok(Vec::new());
         }
-        let all = kubeapi::list(&self.snapshots(), &ListParams::default()).await?;
+        let all = api::list(&self.snapshots(), &ListParams::default()).await?;
         Ok(groups
             .into_iter()
             .filter_map(|g| {
@@ -569,7 +566,7 @@ impl Csi {
 
     /// Retention of a group snapshot: the whole VolumeGroupSnapshot, only if snapstage took it.
     async fn delete_group(&self, group: &str) -> Result<()> {
-        let Some(g) = kubeapi::get_opt(&self.groups(), group).await? else {
+        let Some(g) = api::get_opt(&self.groups(), group).await? else {
             return Ok(());
         };
         ours("VolumeGroupSnapshot", &g.metadata, "delete it")?;
@@ -578,7 +575,7 @@ impl Csi {
                 "VolumeGroupSnapshot {group} is not labelled {LABEL_ROLE}={ROLE_SNAPSHOT}; retention deletes only production snapshots snapstage took"
             )));
         }
-        kubeapi::delete(&self.groups(), group, g.metadata.uid.clone()).await?;
+        api::delete(&self.groups(), group, g.metadata.uid.clone()).await?;
         tracing::info!(group, "retention: deleted group snapshot and its members");
         Ok(())
     }
@@ -594,7 +591,7 @@ impl Csi {
             )));
         }
         let name = pvc.metadata.name.as_deref().unwrap_or_default();
-        let pods = kubeapi::list(&self.staging::<Pod>()?, &ListParams::default()).await?;
+        let pods = api::list(&self.staging::<Pod>()?, &ListParams::default()).await?;
         for pod in pods {
             let mounts = pod
                 .spec
@@ -624,7 +621,7 @@ impl Csi {
     async fn ensure_staging_namespace(&self, execution: &Execution) -> Result<()> {
         let ns = self.staging_namespace()?;
         let api: Api<Namespace> = Api::all(self.client.clone());
-        match kubeapi::get_opt(&api, ns).await? {
+        match api::get_opt(&api, ns).await? {
             Some(existing) => {
                 if ownership::is_production(&existing.metadata) {
                     return Err(Error::Refused(format!(
@@ -638,7 +635,7 @@ impl Csi {
                     metadata: meta(ns, None, execution, ROLE_STAGING, None),
                     ..Default::default()
                 };
-                kubeapi::apply(&api, &obj, FIELD_MANAGER).await?;
+                api::apply(&api, &obj, FIELD_MANAGER).await?;
                 tracing::info!(namespace = ns, "created the staging namespace");
                 Ok(())
             }
@@ -656,20 +653,18 @@ impl Csi {
             VolumeState::Failed(format!("PVC {name} is Lost (its volume is gone)"))
         } else {
             match &source {
-                Some(snap) => {
-                    match kubeapi::get_opt(&self.staging::<VolumeSnapshot>()?, snap).await? {
-                        None => VolumeState::Failed(format!(
-                            "the staging VolumeSnapshot {snap} of PVC {name} is gone"
-                        )),
-                        Some(s) => match snapshot_state(&s) {
-                            SnapshotState::Ready => VolumeState::Available,
-                            SnapshotState::Pending { .. } => VolumeState::Creating,
-                            SnapshotState::Failed(why) => {
-                                VolumeState::Failed(format!("staging VolumeSnapshot {snap}: {why}"))
-                            }
-                        },
-                    }
-                }
+                Some(snap) => match api::get_opt(&self.staging::<VolumeSnapshot>()?, snap).await? {
+                    None => VolumeState::Failed(format!(
+                        "the staging VolumeSnapshot {snap} of PVC {name} is gone"
+                    )),
+                    Some(s) => match snapshot_state(&s) {
+                        SnapshotState::Ready => VolumeState::Available,
+                        SnapshotState::Pending { .. } => VolumeState::Creating,
+                        SnapshotState::Failed(why) => {
+                            VolumeState::Failed(format!("staging VolumeSnapshot {snap}: {why}"))
+                        }
+                    },
+                },
                 None => VolumeState::Failed(format!("PVC {name} has no dataSource")),
             }
         };
@@ -704,7 +699,7 @@ impl Backend for Csi {
     async fn describe_source(&self, source: &str) -> Result<Option<i64>> {
         let api: Api<PersistentVolumeClaim> =
             Api::namespaced(self.client.clone(), &self.params.namespace);
-        let pvc = kubeapi::get_opt(&api, source)
+        let pvc = api::get_opt(&api, source)
             .await?
             .ok_or_else(|| Error::NotFound {
                 backend: B,
@@ -733,13 +728,13 @@ impl Backend for Csi {
     ) -> Result<Option<SnapshotInfo>> {
         if self.params.group_snapshot_class.is_some() {
             let group = group_snapshot_name(execution);
-            return match kubeapi::get_opt(&self.groups(), &group).await? {
+            return match api::get_opt(&self.groups(), &group).await? {
                 Some(_) => Ok(Some(self.group_info(&group, source).await?)),
                 None => Ok(None),
             };
         }
         let name = snapshot_name(source, execution);
-        match kubeapi::get_opt(&self.snapshots(), &name).await? {
+        match api::get_opt(&self.snapshots(), &name).await? {
             Some(s) => {
                 ours("VolumeSnapshot", &s.metadata, "reuse it")?;
                 Ok(Some(snapshot_info(&name, &s)))
@@ -854,7 +849,7 @@ impl Backend for Csi {
             "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_EXECUTION}={},{LABEL_ROLE}={ROLE_STAGING}",
             execution_label(&execution.key)
         );
-        let mut found = kubeapi::list(&api, &ListParams::default().labels(&selector)).await?;
+        let mut found = api::list(&api, &ListParams::default().labels(&selector)).await?;
         found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         match found.first() {
             Some(pvc) => {
@@ -893,7 +888,7 @@ impl Backend for Csi {
                 ),
             })?;
         let contents: Api<VolumeSnapshotContent> = Api::all(self.client.clone());
-        let content = kubeapi::get_opt(&contents, &content_name)
+        let content = api::get_opt(&contents, &content_name)
             .await?
             .ok_or_else(|| Error::Backend {
                 backend: B,
@@ -937,7 +932,7 @@ impl Backend for Csi {
         // Interlock first: nothing is created when the target is refused.
         self.ensure_staging_namespace(execution).await?;
         let claims = self.staging::<PersistentVolumeClaim>()?;
-        if let Some(existing) = kubeapi::get_opt(&claims, &name).await? {
+        if let Some(existing) = api::get_opt(&claims, &name).await? {
             self.check_claim(&existing).await?;
             return self.volume_info(&existing).await;
         }
@@ -1028,7 +1023,7 @@ impl Backend for Csi {
 
     async fn volume(&self, id: &str) -> Result<VolumeInfo> {
         let api = self.staging::<PersistentVolumeClaim>()?;
-        let pvc = kubeapi::get_opt(&api, id)
+        let pvc = api::get_opt(&api, id)
             .await?
             .ok_or_else(|| Error::NotFound {
                 backend: B,
@@ -1080,14 +1075,14 @@ impl Backend for Csi {
         }
         let api: Api<PersistentVolumeClaim> =
             Api::namespaced(self.client.clone(), &self.params.namespace);
-        let found = kubeapi::list(&api, &ListParams::default().labels(selector)).await?;
+        let found = api::list(&api, &ListParams::default().labels(selector)).await?;
         let mut names: Vec<String> = found.into_iter().filter_map(|p| p.metadata.name).collect();
         names.sort();
         Ok(names)
     }
 
     async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
-        let found = kubeapi::list(
+        let found = api::list(
             &self.snapshots(),
             &ListParams::default().labels(&Self::source_selector(source)),
         )
@@ -1118,7 +1113,7 @@ impl Backend for Csi {
             // on its own, and deletes the members (owned by the group) with the group.
             SnapshotId::Member { group, .. } => return self.delete_group(group).await,
         };
-        let Some(s) = kubeapi::get_opt(&self.snapshots(), name).await? else {
+        let Some(s) = api::get_opt(&self.snapshots(), name).await? else {
             return Ok(());
         };
         ours("VolumeSnapshot", &s.metadata, "delete it")?;
@@ -1127,7 +1122,7 @@ impl Backend for Csi {
                 "VolumeSnapshot {name} is not labelled {LABEL_ROLE}={ROLE_SNAPSHOT}; retention deletes only production snapshots snapstage took"
             )));
         }
-        kubeapi::delete(&self.snapshots(), name, s.metadata.uid.clone()).await?;
+        api::delete(&self.snapshots(), name, s.metadata.uid.clone()).await?;
         tracing::info!(snapshot = name, "retention: deleted");
         Ok(())
     }

@@ -7,13 +7,15 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_smithy_types::date_time::Format;
 
 use super::{
-    Backend, BoxFuture, CopyTarget, FoundGroup, GroupPlan, MANAGED_BY, PointInTime, SnapshotInfo,
-    SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE, TAG_SOURCE, VolumeInfo, VolumeSpec,
-    VolumeState, check_id, execution_tag,
+    Backend, BoxFuture, CopyTarget, FoundGroup, GroupPlan, PointInTime, SnapshotInfo,
+    SnapshotState, VolumeInfo, VolumeSpec, VolumeState, check_id,
 };
-use crate::contract::Execution;
 use crate::error::{Error, Result, aws_error};
 use crate::interlock::Deletion;
+use crate::interlock::markers::{
+    MANAGED_BY, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE, TAG_SOURCE, execution_tag,
+};
+use crate::job::contract::Execution;
 
 const B: &str = "ebs";
 

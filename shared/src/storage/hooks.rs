@@ -32,9 +32,9 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
 
 use super::csi::{CsiParams, is_object_name};
-use crate::cluster::{ClusterConfig, kube_error};
 use crate::error::{Error, Result};
-use crate::staging::kubeapi;
+use crate::kube::api;
+use crate::kube::client::{ClusterConfig, kube_error};
 
 const B: &str = "hooks";
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
@@ -150,7 +150,7 @@ impl HookParams {
             ));
         }
         if let Some(c) = &self.container
-            && !crate::staging::names::is_dns1123_label(c)
+            && !crate::kube::names::is_dns1123_label(c)
         {
             return Err(Error::parameter(
                 "hooks.container",
@@ -158,7 +158,7 @@ impl HookParams {
             ));
         }
         match (&self.namespace, csi) {
-            (Some(ns), _) if !crate::staging::names::is_dns1123_label(ns) => {
+            (Some(ns), _) if !crate::kube::names::is_dns1123_label(ns) => {
                 return Err(Error::parameter(
                     "hooks.namespace",
                     format!("expected a namespace name, got {ns:?}"),
@@ -278,7 +278,7 @@ impl Hooks {
             .clone()
             .or(csi.map(|c| c.namespace.clone()))
             .ok_or_else(|| Error::parameter("hooks.namespace", "missing"))?;
-        let client = crate::cluster::connect(cluster, sdk).await?;
+        let client = crate::kube::client::connect(cluster, sdk).await?;
         Ok(Self::new(client, namespace, params.clone()))
     }
 
@@ -292,8 +292,7 @@ impl Hooks {
             return Ok(vec![p.clone()]);
         }
         let selector = self.params.pod_selector.clone().unwrap_or_default();
-        let pods =
-            kubeapi::list(&self.pods_api(), &ListParams::default().labels(&selector)).await?;
+        let pods = api::list(&self.pods_api(), &ListParams::default().labels(&selector)).await?;
         let mut names: Vec<String> = pods
             .into_iter()
             .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))

@@ -16,8 +16,8 @@ use super::flasharray::{
     ApiToken, Client as FaClient, Config as FaConfig, FlashArray, ReplicaSource,
 };
 use super::{Backend, BackendKind, CopyTarget, PointInTime, SnapshotInfo, VolumeInfo, VolumeSpec};
-use crate::contract::Execution;
 use crate::error::{Error, Result};
+use crate::job::contract::Execution;
 
 /// How to reach a FlashArray or Cloud Block Store (`flasharray` parameter section).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +131,7 @@ impl BackendChoice<'_> {
 pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Result<AnyBackend> {
     choice.validate()?;
     if let (BackendKind::Csi, Some(csi)) = (choice.kind, choice.csi) {
-        let client = crate::cluster::connect(&csi.cluster, sdk).await?;
+        let client = crate::kube::client::connect(&csi.cluster, sdk).await?;
         return Ok(AnyBackend::Csi(Box::new(Csi::new(client, csi.clone()))));
     }
     match (choice.kind, choice.flasharray) {

@@ -12,10 +12,11 @@ use super::hooks::{HookParams, Hooks};
 use super::open::{BackendChoice, FlashArrayParams};
 use super::{
     Backend, BackendKind, CopyTarget, GroupPlan, SnapshotInfo, SnapshotState, VolumeSpec,
-    VolumeState, is_production,
+    VolumeState,
 };
-use crate::contract::{Execution, Outcome, Step};
 use crate::error::{Error, Result};
+use crate::interlock::markers::is_production;
+use crate::job::contract::{Execution, Outcome, Step};
 
 /// `snapshot-production` parameters.
 #[derive(Debug, Clone, Deserialize)]
@@ -992,7 +993,7 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{Layer, merge};
+    use crate::job::params::{Layer, merge};
     use serde_json::json;
 
     fn parse<P: serde::de::DeserializeOwned>(v: Value) -> Result<P> {
@@ -1116,7 +1117,7 @@ mod step_tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::contract::{Deadline, Execution};
+    use crate::job::contract::{Deadline, Execution};
     use crate::storage::{SnapshotInfo, VolumeInfo};
 
     #[derive(Default)]

@@ -1,5 +1,5 @@
 //! A tiny function for testing the local pipeline: it answers through the real job contract
-//! (`snapstage::entry::main`), continues `rounds` times (default 1) before it succeeds, and
+//! (`snapstage::job::entry::main`), continues `rounds` times (default 1) before it succeeds, and
 //! fails with a ConfigurationError when `fail` is set.
 //!
 //! UserParameters: `{"message": "hi", "rounds": 1, "fail": "reason", "workMs": 5}` (all optional).
@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use snapstage::entry::About;
+use snapstage::job::entry::About;
 use snapstage::{Error, Function, Outcome, Result, Step};
 
 #[derive(Debug, Deserialize)]
@@ -70,7 +70,7 @@ impl Function for Fake {
 }
 
 fn main() -> ExitCode {
-    snapstage::entry::main(
+    snapstage::job::entry::main(
         &About {
             summary: "A test function: continues `rounds` times, then echoes `message`.",
             parameters: "  message   text to echo (default empty)\n  rounds    continuations before success (default 1)\n  fail      fail with this reason (ConfigurationError)\n  workMs    simulated work per step in milliseconds (default 0)\n",

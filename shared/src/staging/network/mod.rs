@@ -26,9 +26,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::params::Spec;
-use super::render::{
-    self, INSTANCE, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY,
-};
+use super::render::{self, INSTANCE};
+use crate::kube::labels::MANAGED_BY;
+use crate::kube::labels::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY};
 
 pub const ISOLATION: &str = "staging-db-isolation";
 pub const EGRESS: &str = "staging-db-egress";

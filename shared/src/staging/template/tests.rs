@@ -1,8 +1,8 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::kube::names;
 use crate::staging::fixtures::{plan_for, try_plan};
-use crate::staging::names;
 use crate::staging::render::Workload;
 
 /// The example shipped in infra/k8s/templates/.

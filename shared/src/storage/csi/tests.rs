@@ -10,10 +10,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::contract::{Deadline, Outcome, Step};
 use crate::error::FailureKind;
-use crate::kube_fixture::{Exchange as X, Server, status_json};
-use crate::params::{Layer, merge};
+use crate::job::contract::{Deadline, Outcome, Step};
+use crate::job::params::{Layer, merge};
+use crate::kube::fixture::{Exchange as X, Server, status_json};
 use crate::storage::steps::{RestoreParams, SnapshotParams, restore_step, snapshot_step};
 
 const KEY: &str = "direct/csi-fixture";
@@ -25,7 +25,7 @@ const PVCS: &str = "/api/v1/namespaces/prod/persistentvolumeclaims";
 const HANDLE: &str = "snap-0a1b2c3d4e5f60718";
 
 fn serve(exchanges: Vec<X>) -> (kube::Client, Server) {
-    crate::kube_fixture::serve(FIELD_MANAGER, exchanges)
+    crate::kube::fixture::serve(FIELD_MANAGER, exchanges)
 }
 
 fn ex() -> Execution {
@@ -1066,7 +1066,7 @@ fn names_are_valid_stable_and_bounded() {
     assert_eq!(source_label("db"), "db");
     let l = source_label(&long);
     assert!(
-        l.len() <= 63 && crate::staging::names::is_label_value(&l),
+        l.len() <= 63 && crate::kube::names::is_label_value(&l),
         "{l}"
     );
     assert!(!is_object_name("Bad_Name") && !is_object_name("a..b") && !is_object_name("-a"));

@@ -14,13 +14,13 @@ use tokio::sync::OnceCell;
 
 use super::client::{BACKEND, Client, Session, is_already_exists};
 use super::model::{ProtectionGroupSnapshot, Tag, TagBatch, Transfer, Volume, VolumeSnapshot};
-use crate::contract::Execution;
 use crate::error::{Error, Result};
-use crate::interlock::{Deletion, Marker, Marks};
-use crate::storage::{
-    Backend, MANAGED_BY, SnapshotInfo, SnapshotState, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE,
-    VolumeInfo, VolumeSpec, VolumeState, execution_tag,
+use crate::interlock::markers::{
+    MANAGED_BY, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE, execution_tag,
 };
+use crate::interlock::{Deletion, Marker, Marks};
+use crate::job::contract::Execution;
+use crate::storage::{Backend, SnapshotInfo, SnapshotState, VolumeInfo, VolumeSpec, VolumeState};
 
 /// Every suffix snapstage gives a snapshot starts with this.
 pub const SUFFIX_PREFIX: &str = "snapstage-";

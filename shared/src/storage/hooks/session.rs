@@ -35,8 +35,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use super::{B, Hooks, TAIL, annotate, exit_reason, shown};
-use crate::cluster::kube_error;
 use crate::error::{Error, Result};
+use crate::kube::client::kube_error;
 
 /// The output a marker statement prints: this, then its nonce.
 pub const MARKER_PREFIX: &str = "snapstage-marker-";

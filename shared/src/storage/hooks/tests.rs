@@ -137,7 +137,7 @@ async fn a_hook_that_hangs_is_stopped_by_the_timeout_and_post_still_runs() {
 
 #[tokio::test]
 async fn a_pod_selector_picks_the_running_pods_in_name_order() {
-    use crate::kube_fixture::{Exchange as X, serve};
+    use crate::kube::fixture::{Exchange as X, serve};
     let pod = |name: &str, phase: &str| {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "prod"},
             "status": {"phase": phase}})

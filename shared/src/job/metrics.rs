@@ -23,9 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::codepipeline::{JobResult, truncate};
-use crate::contract::{Handled, Measured};
 use crate::error::{Error, Result};
+use crate::job::codepipeline::{JobResult, truncate};
+use crate::job::contract::{Handled, Measured};
 
 /// The namespace unless `SNAPSTAGE_METRICS_NAMESPACE` names another.
 pub const DEFAULT_NAMESPACE: &str = "snapstage";

@@ -5,13 +5,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::render::{LABEL_EXECUTION, LABEL_MANAGED_BY, MANAGED_BY};
 use crate::error::{Error, Result};
+use crate::kube::labels::MANAGED_BY;
+use crate::kube::labels::{LABEL_EXECUTION, LABEL_MANAGED_BY};
 
 /// True when any label marks the object as production (`env=production`,
 /// `snapstage.io/role=prod`, `app.kubernetes.io/environment=Production`, ...).
 pub fn is_production(meta: &ObjectMeta) -> bool {
-    crate::storage::is_production(labels(meta).iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    crate::interlock::markers::is_production(
+        labels(meta).iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
 }
 
 /// True when snapstage made the object.

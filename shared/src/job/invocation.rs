@@ -11,10 +11,10 @@
 
 use serde_json::{Map, Value};
 
-use crate::codecommit::{self, Ignored, Trigger, TriggerFilter};
-use crate::codepipeline::JobEvent;
 use crate::error::{Error, Result};
-use crate::params::kind_of;
+use crate::job::codecommit::{self, Ignored, Trigger, TriggerFilter};
+use crate::job::codepipeline::JobEvent;
+use crate::job::params::kind_of;
 
 pub const JOB_KEY: &str = "CodePipeline.job";
 /// Keys of a direct request that are not parameters.

@@ -1,5 +1,5 @@
 //! An EKS cluster's client configuration: `eks:DescribeCluster` gives the endpoint and the CA
-//! (base64 PEM), [`crate::eks::token_for`] the bearer token. The pieces are assembled as an
+//! (base64 PEM), [`crate::kube::eks_token::token_for`] the bearer token. The pieces are assembled as an
 //! in-memory kubeconfig so kube parses the CA exactly as it would from a file.
 
 use aws_sdk_eks::operation::describe_cluster::DescribeClusterError;
@@ -121,6 +121,6 @@ pub async fn config(cluster: &EksCluster, sdk: &aws_config::SdkConfig) -> Result
         message: format!("DescribeCluster {}: no cluster in the answer", cluster.name),
     })?;
     let endpoint = endpoint_of(&cluster.name, described)?;
-    let token = crate::eks::token_for(&sdk, &cluster.name).await?;
+    let token = crate::kube::eks_token::token_for(&sdk, &cluster.name).await?;
     config_from(&endpoint, &token).await
 }

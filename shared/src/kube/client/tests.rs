@@ -265,6 +265,6 @@ fn clients_have_bounded_timeouts_and_no_unbounded_retry_layer() {
     assert_eq!(c.read_timeout, Some(READ_TIMEOUT));
     assert!(
         !c.default_retry,
-        "kube's default retry waits up to 1000 s per try; kubeapi::retrying is bounded"
+        "kube's default retry waits up to 1000 s per try; api::retrying is bounded"
     );
 }

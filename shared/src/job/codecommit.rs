@@ -218,9 +218,10 @@ mod tests {
 
     #[test]
     fn documented_merge_event_triggers_on_its_branch() {
-        let raw: serde_json::Value =
-            serde_json::from_str(include_str!("../../events/codecommit/reference-merge.json"))
-                .unwrap();
+        let raw: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../events/codecommit/reference-merge.json"
+        ))
+        .unwrap();
         let t = evaluate(&raw, &filter(&["myBranch"])).unwrap().unwrap();
         assert_eq!(t.repository, "MyDemoRepo");
         assert_eq!(t.commit_id, "7f0103fMERGE");
@@ -231,9 +232,10 @@ mod tests {
 
     #[test]
     fn deleted_branches_and_tags_are_ignored_with_a_reason() {
-        let mut raw: serde_json::Value =
-            serde_json::from_str(include_str!("../../events/codecommit/branch-deleted.json"))
-                .unwrap();
+        let mut raw: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../events/codecommit/branch-deleted.json"
+        ))
+        .unwrap();
         let i = evaluate(&raw, &filter(&["main"])).unwrap().unwrap_err();
         assert!(i.0.contains("deleted"), "{i:?}");
         raw["detail"]["referenceType"] = json!("tag");
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn merged_pull_request_triggers_unmerged_does_not() {
         let mut raw: serde_json::Value = serde_json::from_str(include_str!(
-            "../../events/codecommit/pull-request-merged.json"
+            "../../../events/codecommit/pull-request-merged.json"
         ))
         .unwrap();
         let t = evaluate(&raw, &filter(&["main"])).unwrap().unwrap();

@@ -20,14 +20,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::codecommit::TriggerFilter;
-use crate::codepipeline::{
+use crate::error::{Error, Result};
+use crate::job::codecommit::TriggerFilter;
+use crate::job::codepipeline::{
     Artifact, ArtifactCredentials, EncryptionKey, JobReporter, JobResult, validate_output_variables,
 };
-use crate::continuation::Continuation;
-use crate::error::{Error, Result};
-use crate::invocation::{self, Invocation};
-use crate::params::{self, Layer};
+use crate::job::continuation::Continuation;
+use crate::job::invocation::{self, Invocation};
+use crate::job::params::{self, Layer};
 
 /// Invocations in a row that may hit the deadline before the job fails.
 pub const MAX_STALLS: u32 = 3;
@@ -161,7 +161,7 @@ impl Handled {
     }
 }
 
-/// A handled payload with what the metrics need to know about it ([`crate::metrics`]).
+/// A handled payload with what the metrics need to know about it ([`crate::job::metrics`]).
 #[derive(Debug)]
 pub struct Measured {
     pub handled: Handled,
@@ -670,7 +670,7 @@ fn panic_message(join: tokio::task::JoinError) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic payload".into());
-    crate::codepipeline::truncate(&msg, 500)
+    crate::job::codepipeline::truncate(&msg, 500)
 }
 
 fn epoch_ms(t: SystemTime) -> u64 {

@@ -13,11 +13,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 
-use crate::codepipeline::{CodePipelineReporter, JobResult};
-use crate::contract::{
+use crate::job::codepipeline::{CodePipelineReporter, JobResult};
+use crate::job::contract::{
     Contract, Function, Handled, InvocationMeta, Settings, deadline_from_epoch_ms,
 };
-use crate::metrics::Metrics;
+use crate::job::metrics::Metrics;
 
 /// Per-function text for `--help`.
 pub struct About {
@@ -415,7 +415,7 @@ mod tests {
                 );
                 if rust_log.is_some_and(|l| l.contains("trace")) {
                     assert!(
-                        tracing::enabled!(target: "snapstage::contract", tracing::Level::TRACE)
+                        tracing::enabled!(target: "snapstage::job::contract", tracing::Level::TRACE)
                             || rust_log.is_some_and(|l| !l.contains("snapstage") && l != "trace"),
                         "{rust_log:?}: everything else keeps its level"
                     );

@@ -10,8 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
-use crate::codepipeline::MAX_CONTINUATION_TOKEN;
 use crate::error::{Error, Result};
+use crate::job::codepipeline::MAX_CONTINUATION_TOKEN;
 
 const PREFIX: &str = "ss1.";
 

@@ -3,7 +3,7 @@
 //!
 //! | `cluster` parameter | how |
 //! | --- | --- |
-//! | `{"eks": {"name": "...", "region": "..."?}}` | `eks:DescribeCluster` → endpoint + CA; bearer token from [`crate::eks::token_for`], new every invocation (private endpoints work from the VPC) |
+//! | `{"eks": {"name": "...", "region": "..."?}}` | `eks:DescribeCluster` → endpoint + CA; bearer token from [`crate::kube::eks_token::token_for`], new every invocation (private endpoints work from the VPC) |
 //! | `{"kubeconfigSecret": "arn-or-name"}` | a kubeconfig (YAML) in Secrets Manager, its current context |
 //! | `{"kubeconfigFile": "/path"}` | a kubeconfig file, its current context |
 //! | `"inCluster"` | the pod's service account (`KUBERNETES_SERVICE_HOST`) |
@@ -98,7 +98,7 @@ pub async fn connect(cluster: &ClusterConfig, sdk: &aws_config::SdkConfig) -> Re
 /// snapstage's settings on a client configuration: bounded connect and read timeouts, and no
 /// retry layer of kube's own. kube 5's default retry (`default_retry`) re-sends 429/503/504 up
 /// to 15 times with exponential backoff capped at 1000 s — far past a Lambda's 15 minutes — so
-/// it is off: [`crate::staging::kubeapi::retrying`] retries instead, a bounded number of times,
+/// it is off: [`crate::kube::api::retrying`] retries instead, a bounded number of times,
 /// 5xx and lost connections included.
 pub fn tuned(mut config: kube::Config) -> kube::Config {
     config.connect_timeout = Some(CONNECT_TIMEOUT);

@@ -18,8 +18,8 @@ use kube::api::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cluster::kube_error;
 use crate::error::Result;
+use crate::kube::client::kube_error;
 
 /// `ns/name` or `name`.
 fn object<K: Resource<DynamicType = ()>>(api: &Api<K>, name: &str) -> String {

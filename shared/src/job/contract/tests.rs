@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::*;
-use crate::codepipeline::PipelineContext;
 use crate::error::FailureKind;
+use crate::job::codepipeline::PipelineContext;
 
 #[derive(Default)]
 struct Recorder {
@@ -125,7 +125,7 @@ fn meta(secs: u64) -> InvocationMeta {
 
 fn job(user_parameters: &str, token: Option<&str>) -> Value {
     let mut ev: Value = serde_json::from_str(include_str!(
-        "../../../events/codepipeline/reference-job.json"
+        "../../../../events/codepipeline/reference-job.json"
     ))
     .unwrap();
     ev["CodePipeline.job"]["data"]["actionConfiguration"]["configuration"]["UserParameters"] =
@@ -426,15 +426,17 @@ async fn direct_requests_answer_the_caller_and_never_call_codepipeline() {
 async fn codecommit_events_are_keyed_by_commit_or_ignored_with_reason() {
     let c = Contract::new(Probe, Recorder::default(), settings());
     let raw: Value =
-        serde_json::from_str(include_str!("../../../events/codecommit/push-main.json")).unwrap();
+        serde_json::from_str(include_str!("../../../../events/codecommit/push-main.json")).unwrap();
     let v = run(&c, raw, 60).await.to_json("probe");
     assert_eq!(v["status"], "Succeeded", "{v}");
     assert_eq!(
         v["executionId"],
         "codecommit/shop-api/a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
     );
-    let raw: Value =
-        serde_json::from_str(include_str!("../../../events/codecommit/tag-created.json")).unwrap();
+    let raw: Value = serde_json::from_str(include_str!(
+        "../../../../events/codecommit/tag-created.json"
+    ))
+    .unwrap();
     let v = run(&c, raw, 60).await.to_json("probe");
     assert_eq!(v["status"], "Ignored");
 }

@@ -8,7 +8,7 @@
 //! adds what the cluster says (the PVC's or VolumeSnapshot's labels, PVs that mount the same
 //! array volume); [`decide`] applies one rule to both:
 //!
-//! 1. a production marker anywhere ([`crate::storage::is_production`]: `env=production`, ...,
+//! 1. a production marker anywhere ([`is_production`]: `env=production`, ...,
 //!    and `SNAPSTAGE_PRODUCTION_MARKERS`) refuses, whatever else is said;
 //! 2. a snapstage staging volume of this run ([`same_run`]) is accepted;
 //! 3. anything else is accepted only when the override parameter names exactly that volume.
@@ -21,8 +21,12 @@ use std::pin::Pin;
 
 use serde::Deserialize;
 
-use crate::contract::Execution;
 use crate::error::{Error, Result};
+use crate::job::contract::Execution;
+
+pub mod markers;
+
+pub use markers::{execution_tag, is_production};
 
 /// The parameter that names a volume without this run's staging mark, to import it anyway.
 pub const OVERRIDE_PARAM: &str = "allowUnmanagedVolume";
@@ -57,7 +61,7 @@ pub struct Marks {
     /// Every tag/label that may mark it production: its own and those of what it belongs to.
     pub markers: Vec<Marker>,
     /// Made by snapstage as a staging volume (managed-by snapstage, role staging): the run it
-    /// records, an execution key or its tag form ([`crate::storage::execution_tag`]).
+    /// records, an execution key or its tag form ([`execution_tag`]).
     pub staging_run: Option<String>,
 }
 
@@ -66,7 +70,7 @@ impl Marks {
     pub fn production_marker(&self) -> Option<&Marker> {
         self.markers
             .iter()
-            .find(|m| crate::storage::is_production([(m.key.as_str(), m.value.as_str())]))
+            .find(|m| is_production([(m.key.as_str(), m.value.as_str())]))
     }
 
     /// Adds what the cluster (or another source) says about the same volume.
@@ -268,7 +272,7 @@ fn pipeline_execution_prefix(execution: &Execution) -> Option<String> {
 /// is this run: the same key; or, for a CodePipeline job, another action of the same pipeline
 /// execution (restore-to-staging is one action, deploy-staging-db the next).
 pub fn same_run(recorded: &str, execution: &Execution) -> bool {
-    if recorded == execution.key || recorded == crate::storage::execution_tag(execution) {
+    if recorded == execution.key || recorded == execution_tag(execution) {
         return true;
     }
     let Some(prefix) = pipeline_execution_prefix(execution) else {
@@ -460,7 +464,7 @@ mod tests {
             "codepipeline",
             Some(&pipeline),
         );
-        let tag = crate::storage::execution_tag(&restore);
+        let tag = execution_tag(&restore);
         assert!(tag.contains('…'), "{tag}");
         assert!(same_run(&tag, &e));
         let other = ex(
@@ -468,7 +472,7 @@ mod tests {
             "codepipeline",
             Some(&"q".repeat(120)),
         );
-        assert!(!same_run(&crate::storage::execution_tag(&other), &e));
+        assert!(!same_run(&execution_tag(&other), &e));
     }
 
     #[test]

@@ -381,7 +381,7 @@ impl JobReporter for CodePipelineReporter {
 mod tests {
     use super::*;
 
-    const REFERENCE: &str = include_str!("../../events/codepipeline/reference-job.json");
+    const REFERENCE: &str = include_str!("../../../events/codepipeline/reference-job.json");
 
     #[test]
     fn reference_event_parses_with_encryption_key_and_continuation() {
