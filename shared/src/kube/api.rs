@@ -21,13 +21,17 @@ use serde::de::DeserializeOwned;
 use crate::error::Result;
 use crate::kube::client::kube_error;
 
-/// `ns/name` or `name`.
-fn object<K: Resource<DynamicType = ()>>(api: &Api<K>, name: &str) -> String {
+/// `Kind ns/name` or `Kind name`, for messages.
+pub fn describe<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> String {
     let kind = K::kind(&());
-    match api.namespace() {
+    match namespace {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
     }
+}
+
+fn object<K: Resource<DynamicType = ()>>(api: &Api<K>, name: &str) -> String {
+    describe::<K>(api.namespace(), name)
 }
 
 pub async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>>

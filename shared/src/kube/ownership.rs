@@ -35,18 +35,29 @@ fn labels(meta: &ObjectMeta) -> &BTreeMap<String, String> {
 /// Refuses an existing object snapstage may not take over or delete. `doing` is what would
 /// happen to it ("deploy into", "delete").
 pub fn check(kind: &str, meta: &ObjectMeta, doing: &str) -> Result<()> {
-    let name = meta.name.as_deref().unwrap_or_default();
     if is_production(meta) {
+        let name = meta.name.as_deref().unwrap_or_default();
         return Err(Error::Refused(format!(
             "{kind} {name} is labelled production; snapstage never touches production objects (will not {doing} it)"
         )));
     }
-    if !is_managed(meta) {
-        return Err(Error::Refused(format!(
-            "{kind} {name} exists and is not labelled {LABEL_MANAGED_BY}={MANAGED_BY}: snapstage only touches what it created, so it will not {doing} it; choose another name or delete it yourself"
-        )));
+    require_managed(kind, meta, doing)
+}
+
+/// Refuses an existing object that snapstage did not make (`doing` as in [`check`]).
+pub fn require_managed(kind: &str, meta: &ObjectMeta, doing: &str) -> Result<()> {
+    if is_managed(meta) {
+        return Ok(());
     }
-    Ok(())
+    let name = meta.name.as_deref().unwrap_or_default();
+    let ns = meta
+        .namespace
+        .as_deref()
+        .map(|n| format!("{n}/"))
+        .unwrap_or_default();
+    Err(Error::Refused(format!(
+        "{kind} {ns}{name} exists and is not labelled {LABEL_MANAGED_BY}={MANAGED_BY}: snapstage only touches what it created, so it will not {doing} it; choose another name or delete it yourself"
+    )))
 }
 
 #[cfg(test)]

@@ -52,7 +52,7 @@ use crate::kube::labels::{
     ANNOTATION_EXECUTION_KEY, LABEL_EXECUTION, LABEL_MANAGED_BY, LABEL_PART_OF, LABEL_ROLE,
 };
 use crate::kube::labels::{LABEL_SOURCE, ROLE_SNAPSHOT, ROLE_STAGING};
-use crate::kube::names::{execution_label, quantity_bytes};
+use crate::kube::names::{MAX_SUBDOMAIN, execution_label, is_dns1123_subdomain, quantity_bytes};
 use crate::kube::ownership;
 
 pub mod model;
@@ -61,7 +61,6 @@ const B: &str = "csi";
 /// The field manager of the server-side applies this backend makes (the staging namespace).
 pub const FIELD_MANAGER: &str = "snapstage-restore-to-staging";
 const GIB: f64 = 1_073_741_824.0;
-const MAX_NAME: usize = 253;
 const MAX_LABEL: usize = 63;
 
 /// How to reach the cluster and where things are (`csi` parameter section).
@@ -118,22 +117,8 @@ impl CsiParams {
     }
 }
 
-/// A Kubernetes object name as the API server checks it (IsDNS1123Subdomain): at most 253 of
-/// `[a-z0-9.-]`, dot-separated parts that start and end with a letter or digit.
-pub fn is_object_name(s: &str) -> bool {
-    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !s.is_empty()
-        && s.len() <= MAX_NAME
-        && s.split('.').all(|part| {
-            !part.is_empty()
-                && part.chars().all(|c| alnum(c) || c == '-')
-                && part.starts_with(alnum)
-                && part.ends_with(alnum)
-        })
-}
-
 fn check_name(field: &str, value: &str) -> Result<()> {
-    if is_object_name(value) {
+    if is_dns1123_subdomain(value) {
         Ok(())
     } else {
         Err(Error::parameter(
@@ -160,7 +145,7 @@ fn check_label_name(field: &str, value: &str) -> Result<()> {
 
 /// `<base><tail>`, the base cut so the whole stays a valid name of at most 253 characters.
 fn name_with_tail(base: &str, tail: &str) -> String {
-    let mut b: String = base.chars().take(MAX_NAME - tail.len()).collect();
+    let mut b: String = base.chars().take(MAX_SUBDOMAIN - tail.len()).collect();
     while b.ends_with(['-', '.']) {
         b.pop();
     }
@@ -251,13 +236,6 @@ fn gib(bytes: f64) -> i64 {
     (bytes / GIB).ceil() as i64
 }
 
-fn object<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) => format!("{} {ns}/{name}", K::kind(&())),
-        None => format!("{} {name}", K::kind(&())),
-    }
-}
-
 /// POST `obj` (retried when the API server may answer later); when it exists already, read the
 /// one there — this run's own create whose answer was lost, or an earlier invocation's — and
 /// take it only when it carries this run's execution label: an object of the name from another
@@ -267,7 +245,7 @@ where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    let what = object::<K>(api.namespace(), &name);
+    let what = api::describe::<K>(api.namespace(), &name);
     let params = PostParams::default();
     match api::retrying(|| api.create(&params, obj)).await {
         Ok(k) => {
@@ -291,22 +269,6 @@ where
         }
         Err(e) => Err(kube_error(&format!("creating {what}"), e)),
     }
-}
-
-/// Refuses an object that snapstage did not make.
-fn ours(kind: &str, meta: &ObjectMeta, doing: &str) -> Result<()> {
-    if ownership::is_managed(meta) {
-        return Ok(());
-    }
-    let name = meta.name.as_deref().unwrap_or_default();
-    let ns = meta
-        .namespace
-        .as_deref()
-        .map(|n| format!("{n}/"))
-        .unwrap_or_default();
-    Err(Error::Refused(format!(
-        "{kind} {ns}{name} exists and is not labelled {LABEL_MANAGED_BY}={MANAGED_BY}: snapstage only touches what it created, so it will not {doing}"
-    )))
 }
 
 /// The state a VolumeSnapshot's status gives.
@@ -569,7 +531,7 @@ impl Csi {
         let Some(g) = api::get_opt(&self.groups(), group).await? else {
             return Ok(());
         };
-        ours("VolumeGroupSnapshot", &g.metadata, "delete it")?;
+        ownership::require_managed("VolumeGroupSnapshot", &g.metadata, "delete")?;
         if label_of(&g.metadata, LABEL_ROLE) != Some(ROLE_SNAPSHOT) {
             return Err(Error::Refused(format!(
                 "VolumeGroupSnapshot {group} is not labelled {LABEL_ROLE}={ROLE_SNAPSHOT}; retention deletes only production snapshots snapstage took"
@@ -583,7 +545,7 @@ impl Csi {
     /// A PVC in the staging namespace is usable only if snapstage made it and no pod other than a
     /// snapstage staging pod mounts it.
     async fn check_claim(&self, pvc: &PersistentVolumeClaim) -> Result<()> {
-        ours("PersistentVolumeClaim", &pvc.metadata, "restore into it")?;
+        ownership::require_managed("PersistentVolumeClaim", &pvc.metadata, "restore into")?;
         if ownership::is_production(&pvc.metadata) {
             return Err(Error::Refused(format!(
                 "PersistentVolumeClaim {} is labelled production; restore-to-staging never writes to production",
@@ -628,7 +590,7 @@ impl Csi {
                         "staging namespace {ns} is labelled production; restore-to-staging never writes into production"
                     )));
                 }
-                ours("Namespace", &existing.metadata, "restore into it")
+                ownership::require_managed("Namespace", &existing.metadata, "restore into")
             }
             None => {
                 let obj = Namespace {
@@ -736,7 +698,7 @@ impl Backend for Csi {
         let name = snapshot_name(source, execution);
         match api::get_opt(&self.snapshots(), &name).await? {
             Some(s) => {
-                ours("VolumeSnapshot", &s.metadata, "reuse it")?;
+                ownership::require_managed("VolumeSnapshot", &s.metadata, "reuse")?;
                 Ok(Some(snapshot_info(&name, &s)))
             }
             None => Ok(None),
@@ -790,7 +752,7 @@ impl Backend for Csi {
                 status: None,
             };
             let (g, _) = create_or_read(&self.groups(), &group).await?;
-            ours("VolumeGroupSnapshot", &g.metadata, "reuse it")?;
+            ownership::require_managed("VolumeGroupSnapshot", &g.metadata, "reuse")?;
             return self.group_info(&name, source).await;
         }
         let name = snapshot_name(source, execution);
@@ -818,7 +780,7 @@ impl Backend for Csi {
             status: None,
         };
         let (s, _) = create_or_read(&self.snapshots(), &snap).await?;
-        ours("VolumeSnapshot", &s.metadata, "reuse it")?;
+        ownership::require_managed("VolumeSnapshot", &s.metadata, "reuse")?;
         Ok(snapshot_info(&name, &s))
     }
 
@@ -967,7 +929,7 @@ impl Backend for Csi {
             status: None,
         };
         let (c, _) = create_or_read(&contents, &staged_content).await?;
-        ours("VolumeSnapshotContent", &c.metadata, "bind it")?;
+        ownership::require_managed("VolumeSnapshotContent", &c.metadata, "bind")?;
         if c.spec.source.snapshot_handle.as_deref() != Some(handle.as_str()) {
             return Err(Error::Refused(format!(
                 "VolumeSnapshotContent {staged_content_name} exists with another snapshot handle; it is not this run's"
@@ -988,7 +950,7 @@ impl Backend for Csi {
             status: None,
         };
         let (s, _) = create_or_read(&self.staging::<VolumeSnapshot>()?, &staged).await?;
-        ours("VolumeSnapshot", &s.metadata, "restore from it")?;
+        ownership::require_managed("VolumeSnapshot", &s.metadata, "restore from")?;
 
         let claim = PersistentVolumeClaim {
             metadata: meta(&name, Some(&ns), execution, ROLE_STAGING, Some(&source_pvc)),
@@ -1050,8 +1012,10 @@ impl Backend for Csi {
 
     fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()> {
         let ok = match parse_id(id) {
-            SnapshotId::Single(name) => is_object_name(name),
-            SnapshotId::Member { group, pvc } => is_object_name(group) && is_object_name(pvc),
+            SnapshotId::Single(name) => is_dns1123_subdomain(name),
+            SnapshotId::Member { group, pvc } => {
+                is_dns1123_subdomain(group) && is_dns1123_subdomain(pvc)
+            }
         };
         if ok {
             Ok(())
@@ -1116,7 +1080,7 @@ impl Backend for Csi {
         let Some(s) = api::get_opt(&self.snapshots(), name).await? else {
             return Ok(());
         };
-        ours("VolumeSnapshot", &s.metadata, "delete it")?;
+        ownership::require_managed("VolumeSnapshot", &s.metadata, "delete")?;
         if label_of(&s.metadata, LABEL_ROLE) != Some(ROLE_SNAPSHOT) {
             return Err(Error::Refused(format!(
                 "VolumeSnapshot {name} is not labelled {LABEL_ROLE}={ROLE_SNAPSHOT}; retention deletes only production snapshots snapstage took"

@@ -31,10 +31,11 @@ use kube::api::{Api, AttachParams, ListParams};
 use serde::Deserialize;
 use tokio::io::AsyncReadExt as _;
 
-use super::csi::{CsiParams, is_object_name};
+use super::csi::CsiParams;
 use crate::error::{Error, Result};
 use crate::kube::api;
 use crate::kube::client::{ClusterConfig, kube_error};
+use crate::kube::names::is_dns1123_subdomain;
 
 const B: &str = "hooks";
 pub const DEFAULT_TIMEOUT_SECONDS: u32 = 30;
@@ -99,7 +100,7 @@ impl HookParams {
                     "missing: the pod to run the hooks in (or hooks.podSelector, e.g. \"app=orders-db\")",
                 ));
             }
-            (Some(p), None) if !is_object_name(p) => {
+            (Some(p), None) if !is_dns1123_subdomain(p) => {
                 return Err(Error::parameter(
                     "hooks.pod",
                     format!("expected a pod name, got {p:?}"),

@@ -1057,19 +1057,23 @@ async fn restore_conflicts_reuse_what_this_run_made() {
 fn names_are_valid_stable_and_bounded() {
     let n = snapshot_name("orders-db-data", &ex());
     assert_eq!(n, format!("orders-db-data-snapstage-{}", h()));
-    assert!(is_object_name(&n));
+    assert!(is_dns1123_subdomain(&n));
     let long = "a".repeat(250);
     let n = snapshot_name(&long, &ex());
-    assert!(n.len() <= 253 && is_object_name(&n), "{n}");
+    assert!(n.len() <= 253 && is_dns1123_subdomain(&n), "{n}");
     let c = staging_content_name(STAGING, &staged("orders-db-data"));
-    assert!(c.len() <= 253 && is_object_name(&c), "{c}");
+    assert!(c.len() <= 253 && is_dns1123_subdomain(&c), "{c}");
     assert_eq!(source_label("db"), "db");
     let l = source_label(&long);
     assert!(
         l.len() <= 63 && crate::kube::names::is_label_value(&l),
         "{l}"
     );
-    assert!(!is_object_name("Bad_Name") && !is_object_name("a..b") && !is_object_name("-a"));
+    assert!(
+        !is_dns1123_subdomain("Bad_Name")
+            && !is_dns1123_subdomain("a..b")
+            && !is_dns1123_subdomain("-a")
+    );
 }
 
 #[test]
