@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 use snapstage::interlock::NoVolumeMarks;
 use snapstage::job::contract::{Deadline, Outcome, Step};
 use snapstage::staging;
-use snapstage::staging::jobs::JobKind;
+use snapstage::staging::render::jobs::JobKind;
 
 // Production's passwords: none of them may work on staging, or appear in a staging object.
 const ADMIN_PASSWORD: &str = "Pr0d-Admin-7f3k";

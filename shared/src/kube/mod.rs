@@ -20,4 +20,5 @@ pub mod eks_token;
 pub mod fixture;
 pub mod labels;
 pub mod names;
+pub mod object;
 pub mod ownership;

@@ -7,9 +7,10 @@ use std::fmt;
 use kube::core::Request;
 use kube::core::params::{Patch, PatchParams};
 
-use super::render::{Rendered, Workload};
-use super::validate::Object;
 use crate::error::{Error, Result};
+use crate::kube::object::Object;
+use crate::staging::render::template::TemplateObject;
+use crate::staging::render::{Rendered, Workload};
 
 /// One request, as it would go to the API server.
 ///
@@ -113,6 +114,19 @@ pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequ
         out.push(apply_request(policy, field_manager)?);
     }
     Ok(out)
+}
+
+impl TemplateObject {
+    /// Its server-side apply request.
+    pub fn apply_request(&self, field_manager: &str) -> Result<ApplyRequest> {
+        match self {
+            Self::StatefulSet(o) => apply_request(o, field_manager),
+            Self::Deployment(o) => apply_request(o, field_manager),
+            Self::Service(o) => apply_request(o, field_manager),
+            Self::ConfigMap(o) => apply_request(o, field_manager),
+            Self::Secret(o) => apply_request(o, field_manager),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -249,7 +263,7 @@ spec:
     metadata: {labels: {app: tools}}
     spec: {containers: [{name: t, image: x}]}
 "#;
-        for (_, kind) in crate::staging::template::ALLOWED_KINDS {
+        for (_, kind) in crate::staging::render::template::ALLOWED_KINDS {
             assert!(template.contains(&format!("kind: {kind}\n")), "{kind}");
         }
         for request in [

@@ -7,9 +7,9 @@ use std::io::Read;
 
 use aws_credential_types::Credentials;
 
-use super::template::{ArtifactFile, MAX_TEMPLATE_BYTES, TemplateText};
 use crate::error::{Error, Result, aws_error};
 use crate::job::contract::JobArtifacts;
+use crate::staging::params::template::{ArtifactFile, MAX_TEMPLATE_BYTES, TemplateText};
 
 /// The largest artifact read into memory to find the template in it.
 pub const MAX_ARTIFACT_BYTES: i64 = 256 * 1024 * 1024;

@@ -7,8 +7,8 @@ use std::fmt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 
-use super::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
 use crate::error::{Error, Result};
+use crate::staging::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
 
 /// Characters of a generated password: letters and digits (safe in URIs and shells).
 const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";

@@ -4,8 +4,8 @@
 //!
 //! | phase | this invocation | next |
 //! | --- | --- | --- |
-//! | (none) | check ownership, apply Namespace, the isolating NetworkPolicies ([`super::network`]), Secret (new credentials only if it does not exist), PV, PVC, Service, StatefulSet | `ready` |
-//! | `ready` | PVC Bound, StatefulSet ready and current, pod Ready (its init container `credentials-reset` set the staging password first, [`super::reset`]); fail at once on a pull/crash failure, at `readyTimeoutMinutes` otherwise | `masking`, `migration` or done |
+//! | (none) | check ownership, apply Namespace, the isolating NetworkPolicies ([`crate::staging::render::network`]), Secret (new credentials only if it does not exist), PV, PVC, Service, StatefulSet | `ready` |
+//! | `ready` | PVC Bound, StatefulSet ready and current, pod Ready (its init container `credentials-reset` set the staging password first, [`crate::staging::render::reset`]); fail at once on a pull/crash failure, at `readyTimeoutMinutes` otherwise | `masking`, `migration` or done |
 //! | `masking` | the masking Job's result; on success `staging-db-access` opens the database (at `ready` already when no masking is configured) | `migration` or done |
 //! | `migration` | the migration Job's result (`MigrationResult`) | done |
 //!
@@ -24,24 +24,25 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
-use super::Plan;
-use super::credentials::{self, Credentials};
-use super::guard;
-use super::jobs::{self, JobKind};
-use super::network;
-use super::params::OnFailure;
-use super::params::VolumeSource;
-use super::readiness::{self, Health, JobHealth};
-use super::render::{SECRET_NAME, STATEFULSET_NAME, Workload};
-use super::rollback;
-use super::teardown;
-use super::template::TemplateObject;
 use crate::error::{Error, Result};
 use crate::interlock::VolumeMarks;
 use crate::job::contract::{Execution, Outcome};
 use crate::kube::api;
 use crate::kube::client::BACKEND;
 use crate::kube::ownership;
+use crate::staging::credentials::{self, Credentials};
+use crate::staging::guard;
+use crate::staging::objects::{SECRET_NAME, STATEFULSET_NAME};
+use crate::staging::params::OnFailure;
+use crate::staging::params::VolumeSource;
+use crate::staging::plan::Plan;
+use crate::staging::readiness::{self, Health, JobHealth};
+use crate::staging::render::Workload;
+use crate::staging::render::jobs::{self, JobKind};
+use crate::staging::render::network;
+use crate::staging::render::template::TemplateObject;
+use crate::staging::rollback;
+use crate::staging::teardown;
 
 /// The `Mode` output once the database is deployed.
 pub const MODE_APPLIED: &str = "applied";

@@ -21,8 +21,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 
-use super::params::{Spec, VolumeSource};
-use super::render::{PURE_CSI_DRIVER, PVC_NAME, SNAPSHOT_API_GROUP};
 use crate::error::{Error, Result};
 use crate::interlock::{self, Import, Marker, Marks, VolumeMarks, VolumeRef};
 use crate::job::contract::Execution;
@@ -32,6 +30,9 @@ use crate::kube::labels::{
     ANNOTATION_EXECUTION_KEY, ANNOTATION_PX_PURE_VOLUME, LABEL_EXECUTION, LABEL_ROLE,
 };
 use crate::kube::ownership;
+use crate::staging::objects::{PURE_CSI_DRIVER, PVC_NAME, SNAPSHOT_API_GROUP};
+use crate::staging::params::VolumeSource;
+use crate::staging::spec::Spec;
 
 /// What the check found: a note for the summary, and the PVC it read (`pvcName`), which the
 /// deploy mounts.

@@ -15,8 +15,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use super::Plan;
-use super::teardown;
 use crate::error::Result;
 use crate::kube::api;
 use crate::kube::client::kube_error;
@@ -25,6 +23,8 @@ use crate::kube::labels::{
     ANNOTATION_HEALTHY_AT, ANNOTATION_OUTPUTS, LABEL_HEALTHY, LABEL_MANAGED_BY, LABEL_PIPELINE,
 };
 use crate::kube::ownership;
+use crate::staging::plan::Plan;
+use crate::staging::teardown;
 
 /// The outputs a healthy environment published and a rollback re-publishes.
 pub const PUBLISHED: [&str; 5] = ["Namespace", "Service", "Endpoint", "Port", "SecretName"];

@@ -33,8 +33,6 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-use super::params::{Action, Params};
-use super::render::{EBS_CSI_DRIVER, PURE_CSI_DRIVER};
 use crate::error::{Error, Result};
 use crate::interlock::{ArrayAccess, DELETION_PROTECTION_TAG, Deletion, VolumeMarks, VolumeRef};
 use crate::job::contract::{Deadline, Outcome};
@@ -44,6 +42,8 @@ use crate::kube::labels::{
     ANNOTATION_EXISTING_CLAIM, ANNOTATION_EXPIRES_AT, LABEL_EXECUTION, LABEL_MANAGED_BY,
 };
 use crate::kube::ownership;
+use crate::staging::objects::{EBS_CSI_DRIVER, PURE_CSI_DRIVER};
+use crate::staging::params::{Action, Params};
 
 /// Time kept back before the deadline while sweeping.
 const SWEEP_MARGIN: std::time::Duration = std::time::Duration::from_secs(20);
@@ -595,11 +595,11 @@ pub fn plan_only(params: &Params) -> Result<Outcome> {
         ),
     };
     outputs.insert("Action".into(), params.action.as_str().into());
-    outputs.insert("Mode".into(), super::MODE_PLAN.into());
+    outputs.insert("Mode".into(), crate::staging::plan::MODE_PLAN.into());
     Ok(Outcome::Done {
         summary: format!(
             "PLAN ONLY — no cluster changed ({}): {what}.",
-            super::NO_CLUSTER
+            crate::staging::plan::NO_CLUSTER
         ),
         outputs,
     })

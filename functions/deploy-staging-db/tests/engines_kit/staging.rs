@@ -13,8 +13,9 @@ use serde_json::Value;
 use snapstage::job::contract::Execution;
 use snapstage::job::params::{Layer, merge};
 use snapstage::staging::credentials::Credentials;
-use snapstage::staging::jobs::{self, JobKind};
-use snapstage::staging::{self, Params, Plan};
+use snapstage::staging::plan::Plan;
+use snapstage::staging::render::jobs::{self, JobKind};
+use snapstage::staging::{self, Params};
 
 use super::pod::{self, Ran, World};
 use super::{Engines, TempDir, chown_db};

@@ -13,7 +13,7 @@
 //! `scriptsConfigMap` is mounted read-only at `/scripts`.
 //!
 //! They connect as the staging user with the generated password: the credentials reset
-//! ([`super::reset`]) set it on the restored data before the server started.
+//! ([`crate::staging::render::reset`]) set it on the restored data before the server started.
 
 use std::collections::BTreeMap;
 
@@ -25,10 +25,11 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
-use super::params::{JobParams, Spec};
-use super::render::{self, SECRET_NAME, SERVICE_NAME};
 use crate::kube::labels::LABEL_COMPONENT;
+use crate::staging::engine::{Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
+use crate::staging::objects::{SECRET_NAME, SERVICE_NAME};
+use crate::staging::params::JobParams;
+use crate::staging::spec::Spec;
 
 pub const SCRIPTS_PATH: &str = "/scripts";
 /// The label the Job controller puts on its pods.
@@ -61,7 +62,7 @@ impl JobKind {
 
     /// `staging-db-masking`, `staging-db-migration`.
     pub fn job_name(self) -> String {
-        format!("{}-{}", render::INSTANCE, self.as_str())
+        format!("{}-{}", crate::staging::objects::INSTANCE, self.as_str())
     }
 
     /// Its parameters in the spec, if configured.
@@ -82,7 +83,7 @@ fn literal(name: &str, value: String) -> EnvVar {
 }
 
 fn from_secret(name: &str, key: &str) -> EnvVar {
-    render::secret_env(name, SECRET_NAME, key)
+    crate::staging::render::parts::secret_env(name, SECRET_NAME, key)
 }
 
 /// The database's address and credentials, as the job's environment.
@@ -135,7 +136,7 @@ fn job(
     scripts_config_map: Option<&str>,
 ) -> Job {
     let name = kind.job_name();
-    let mut labels = render::app_labels(spec);
+    let mut labels = crate::staging::render::parts::app_labels(spec);
     labels.insert(LABEL_COMPONENT.into(), kind.as_str().into());
     let (volumes, mounts) = match scripts_config_map {
         Some(cm) => (
@@ -206,7 +207,9 @@ fn job(
                             limits: Some(quantities(&[("cpu", "1"), ("memory", "1Gi")])),
                             ..Default::default()
                         }),
-                        security_context: Some(render::restricted_container()),
+                        security_context: Some(
+                            crate::staging::render::parts::restricted_container(),
+                        ),
                         // A failed Job is reported with its last log lines (the check's own words).
                         termination_message_policy: Some("FallbackToLogsOnError".into()),
                         ..Default::default()
@@ -243,11 +246,8 @@ mod tests {
         let job = render(&s, JobKind::Masking).unwrap();
         assert_eq!(job.metadata.name.as_deref(), Some("staging-db-masking"));
         assert_eq!(job.metadata.namespace, Some(s.namespace.clone()));
-        crate::staging::validate::check_object(
-            &job,
-            crate::staging::validate::NameRule::Dns1123Subdomain,
-        )
-        .unwrap();
+        crate::kube::object::check_object(&job, crate::kube::object::NameRule::Dns1123Subdomain)
+            .unwrap();
         let js = job.spec.unwrap();
         assert_eq!(js.active_deadline_seconds, Some(3600));
         let pod = js.template.spec.unwrap();

@@ -6,7 +6,7 @@ use crate::staging::fixtures::{plan_for, try_plan};
 use crate::staging::render::Workload;
 
 /// The example shipped in infra/k8s/templates/.
-const EXAMPLE: &str = include_str!("../../../../infra/k8s/templates/postgresql.yaml");
+const EXAMPLE: &str = include_str!("../../../../../infra/k8s/templates/postgresql.yaml");
 
 fn request(template: &str) -> Value {
     json!({"volumeId": "vol-0123456789abcdef0", "template": {"inline": template}})

@@ -26,7 +26,7 @@
 //! - no object takes the name of snapstage's Secret.
 //!
 //! Unless `resetCredentials` is false, snapstage adds its credentials reset as the last init
-//! container of the workload that mounts the PVC ([`super::reset`]): the image, mount, user,
+//! container of the workload that mounts the PVC ([`crate::staging::render::reset`]): the image, mount, user,
 //! resources and (PostgreSQL) `PGDATA` of the container that mounts it.
 //!
 //! The namespace enforces the `restricted` Pod Security Standard: pods of a template must meet
@@ -41,14 +41,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::engine::{SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
-use super::params::Spec;
-use super::render::{self, SECRET_NAME};
-use super::validate::{self, NameRule, Object};
 use crate::error::{Error, Result};
-
-/// The longest template accepted.
-pub const MAX_TEMPLATE_BYTES: usize = 1024 * 1024;
+use crate::kube::object::{NameRule, Object, check_object};
+use crate::staging::engine::{SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME};
+use crate::staging::objects::SECRET_NAME;
+use crate::staging::params::template::TemplateText;
+use crate::staging::spec::Spec;
 
 /// The placeholders a template may use, and what they become.
 pub const PLACEHOLDERS: [(&str, &str); 11] = [
@@ -110,93 +108,6 @@ const CLUSTER_SCOPED: [&str; 12] = [
     "MutatingWebhookConfiguration",
     "ValidatingWebhookConfiguration",
 ];
-
-/// Where the template parameter says the YAML is.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub enum TemplateParam {
-    /// The YAML itself.
-    Inline(String),
-    /// A file path.
-    File(String),
-    /// A file inside a CodePipeline input artifact.
-    Artifact(ArtifactFile),
-}
-
-/// A file inside an input artifact (a zip).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ArtifactFile {
-    /// The path of the file inside the zip, e.g. `deploy/staging-db.yaml`.
-    pub path: String,
-    /// The input artifact's name; may be left out when there is exactly one.
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// A template's text and where it came from (said in errors and summaries).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TemplateText {
-    pub text: String,
-    pub source: String,
-}
-
-impl TemplateParam {
-    /// How errors name it: `template.inline`, `template.file /x.yaml`, ...
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Inline(_) => "template.inline".into(),
-            Self::File(p) => format!("template.file {p}"),
-            Self::Artifact(a) => match &a.name {
-                Some(n) => format!("template.artifact {n}:{}", a.path),
-                None => format!("template.artifact {}", a.path),
-            },
-        }
-    }
-
-    /// The text of an inline or file template; `None` for an artifact (fetched by the step).
-    pub fn read_local(&self) -> Result<Option<TemplateText>> {
-        let source = self.describe();
-        let text = match self {
-            Self::Inline(t) => t.clone(),
-            Self::File(path) => {
-                let meta = std::fs::metadata(path).map_err(|e| {
-                    Error::parameter("template.file", format!("cannot read {path:?}: {e}"))
-                })?;
-                if meta.len() > MAX_TEMPLATE_BYTES as u64 {
-                    return Err(too_big(&source, meta.len()));
-                }
-                std::fs::read_to_string(path).map_err(|e| {
-                    Error::parameter("template.file", format!("cannot read {path:?}: {e}"))
-                })?
-            }
-            Self::Artifact(_) => return Ok(None),
-        };
-        TemplateText::new(text, source).map(Some)
-    }
-}
-
-fn too_big(source: &str, len: u64) -> Error {
-    Error::parameter(
-        "template",
-        format!("{source}: {len} bytes; a template may have at most {MAX_TEMPLATE_BYTES}"),
-    )
-}
-
-impl TemplateText {
-    pub fn new(text: String, source: String) -> Result<Self> {
-        if text.len() > MAX_TEMPLATE_BYTES {
-            return Err(too_big(&source, text.len() as u64));
-        }
-        if text.trim().is_empty() {
-            return Err(Error::parameter(
-                "template",
-                format!("{source}: the template is empty"),
-            ));
-        }
-        Ok(Self { text, source })
-    }
-}
 
 /// One object of a template, typed.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,26 +180,14 @@ impl TemplateObject {
         }
     }
 
-    /// Checks it as [`validate::check_object`] does for snapstage's own objects.
+    /// Checks it as [`check_object`] does for snapstage's own objects.
     pub fn check(&self) -> Result<()> {
         match self {
-            Self::StatefulSet(o) => validate::check_object(o, NameRule::Dns1123Label),
-            Self::Deployment(o) => validate::check_object(o, NameRule::Dns1123Subdomain),
-            Self::Service(o) => validate::check_object(o, NameRule::Dns1035Label),
-            Self::ConfigMap(o) => validate::check_object(o, NameRule::Dns1123Subdomain),
-            Self::Secret(o) => validate::check_object(o, NameRule::Dns1123Subdomain),
-        }
-    }
-
-    /// Its server-side apply request.
-    pub fn apply_request(&self, field_manager: &str) -> Result<super::ApplyRequest> {
-        use super::apply::apply_request;
-        match self {
-            Self::StatefulSet(o) => apply_request(o, field_manager),
-            Self::Deployment(o) => apply_request(o, field_manager),
-            Self::Service(o) => apply_request(o, field_manager),
-            Self::ConfigMap(o) => apply_request(o, field_manager),
-            Self::Secret(o) => apply_request(o, field_manager),
+            Self::StatefulSet(o) => check_object(o, NameRule::Dns1123Label),
+            Self::Deployment(o) => check_object(o, NameRule::Dns1123Subdomain),
+            Self::Service(o) => check_object(o, NameRule::Dns1035Label),
+            Self::ConfigMap(o) => check_object(o, NameRule::Dns1123Subdomain),
+            Self::Secret(o) => check_object(o, NameRule::Dns1123Subdomain),
         }
     }
 
@@ -599,7 +498,7 @@ pub fn render(t: &TemplateText, spec: &Spec) -> Result<Vec<TemplateObject>> {
 /// snapstage's labels on every template object (its own `app.kubernetes.io/name`,
 /// `instance` and `component` are kept).
 fn template_labels(spec: &Spec) -> BTreeMap<String, String> {
-    let mut l = render::app_labels(spec);
+    let mut l = crate::staging::render::parts::app_labels(spec);
     for k in [
         crate::kube::labels::LABEL_NAME,
         crate::kube::labels::LABEL_INSTANCE,
@@ -624,7 +523,7 @@ fn mounts_claim(pod: &PodSpec, claim: &str) -> bool {
     })
 }
 
-/// Adds the credentials reset ([`super::reset`]) as the last init container of the first
+/// Adds the credentials reset ([`crate::staging::render::reset`]) as the last init container of the first
 /// workload that mounts the PVC.
 fn add_reset(objects: &mut [TemplateObject], spec: &Spec) -> Result<()> {
     let claim = spec.volume.claim_name();
@@ -634,7 +533,7 @@ fn add_reset(objects: &mut [TemplateObject], spec: &Spec) -> Result<()> {
             continue;
         };
         if mounts_claim(pod, claim) {
-            return super::reset::add_to(spec, pod, claim, &what);
+            return crate::staging::render::reset::add_to(spec, pod, claim, &what);
         }
     }
     Ok(())

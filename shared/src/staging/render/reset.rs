@@ -10,7 +10,7 @@
 //!
 //! | engine | local-only start | on the data |
 //! | --- | --- | --- |
-//! | PostgreSQL | `postgres -c listen_addresses=` (no TCP), a unix socket in a private `mktemp -d` directory, a temporary `hba_file` with `local all all trust`; no archiving, no replication (as the staging server: [`super::engine::Engine::server_args`]), statements never logged | `ALTER ROLE <user> LOGIN PASSWORD … VALID UNTIL 'infinity'`; `ALTER ROLE … PASSWORD NULL` for every other login role with a password; `ALTER SYSTEM RESET primary_conninfo, primary_slot_name` |
+//! | PostgreSQL | `postgres -c listen_addresses=` (no TCP), a unix socket in a private `mktemp -d` directory, a temporary `hba_file` with `local all all trust`; no archiving, no replication (as the staging server: [`crate::staging::engine::Engine::server_args`]), statements never logged | `ALTER ROLE <user> LOGIN PASSWORD … VALID UNTIL 'infinity'`; `ALTER ROLE … PASSWORD NULL` for every other login role with a password; `ALTER SYSTEM RESET primary_conninfo, primary_slot_name` |
 //! | MySQL / MariaDB | `mysqld --skip-grant-tables --skip-networking`, the socket in a private directory, persisted variables not loaded, no replication thread started | `RESET REPLICA ALL` on a copy of a replica (production's source and its replication password are forgotten); `FLUSH PRIVILEGES` (loads the grant tables, which `ALTER USER` needs), `ALTER USER <user>@<host> IDENTIFIED BY … ACCOUNT UNLOCK` for every host of the user, `ALTER USER … ACCOUNT LOCK` for every other account (system accounts and MariaDB roles excepted) |
 //! | MongoDB | `mongod` without `--auth`, bound to the pod's loopback only (nothing else runs in the pod yet) | `updateUser` of the staging user in `admin`; every other user gets a random password nobody knows |
 //!
@@ -32,12 +32,12 @@
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, VolumeMount};
 
-use super::engine::{
+use crate::error::{Error, Result};
+use crate::staging::engine::{
     Engine, SECRET_KEY_PASSWORD, SECRET_KEY_USERNAME, mysql_isolation, postgresql_isolation,
 };
-use super::params::Spec;
-use super::render::{self, SECRET_NAME};
-use crate::error::{Error, Result};
+use crate::staging::objects::SECRET_NAME;
+use crate::staging::spec::Spec;
 
 /// The init container's name.
 pub const CONTAINER_NAME: &str = "credentials-reset";
@@ -259,8 +259,8 @@ pub fn init_container(spec: &Spec, db: &Container, mount: &VolumeMount) -> Conta
             "DB_RESET_TIMEOUT_SECONDS",
             (u32::from(spec.ready_timeout_minutes) * 60).to_string(),
         ),
-        render::secret_env("DB_USERNAME", SECRET_NAME, SECRET_KEY_USERNAME),
-        render::secret_env("DB_PASSWORD", SECRET_NAME, SECRET_KEY_PASSWORD),
+        crate::staging::render::parts::secret_env("DB_USERNAME", SECRET_NAME, SECRET_KEY_USERNAME),
+        crate::staging::render::parts::secret_env("DB_PASSWORD", SECRET_NAME, SECRET_KEY_PASSWORD),
     ];
     Container {
         name: CONTAINER_NAME.into(),
@@ -273,7 +273,7 @@ pub fn init_container(spec: &Spec, db: &Container, mount: &VolumeMount) -> Conta
         security_context: Some(
             db.security_context
                 .clone()
-                .unwrap_or_else(render::restricted_container),
+                .unwrap_or_else(crate::staging::render::parts::restricted_container),
         ),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()

@@ -7,51 +7,51 @@
 //! | PersistentVolume | `<namespace>-data` | `ebs` / `pure-csi`: binds the restored volume statically |
 //! | PersistentVolumeClaim | `staging-db-data` | bound to the PV, or restoring the VolumeSnapshot (`csi`), or importing (`px-csi`); none with `pvcName` (the existing PVC is mounted) |
 //! | Service | `staging-db` | ClusterIP on the engine's port |
-//! | StatefulSet | `staging-db` | one replica mounting the PVC; first the init container `credentials-reset` ([`super::reset`]) unless `resetCredentials` is false |
+//! | StatefulSet | `staging-db` | one replica mounting the PVC; first the init container `credentials-reset` ([`crate::staging::render::reset`]) unless `resetCredentials` is false |
 //!
-//! With a user template ([`super::template`]) the template's objects replace the Service and
+//! With a user template ([`crate::staging::render::template`]) the template's objects replace the Service and
 //! the StatefulSet.
+
+pub mod jobs;
+pub mod network;
+pub mod parts;
+pub mod reset;
+pub mod template;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    CSIPersistentVolumeSource, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource,
-    ExecAction, Namespace, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PersistentVolumeSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, TypedLocalObjectReference, Volume,
-    VolumeMount, VolumeNodeAffinity, VolumeResourceRequirements,
+    CSIPersistentVolumeSource, Container, ContainerPort, EnvVar, ExecAction, Namespace,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectReference, PersistentVolume,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PersistentVolumeSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, Service, ServicePort, ServiceSpec,
+    TypedLocalObjectReference, Volume, VolumeMount, VolumeNodeAffinity, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::engine::{Engine, EnvSource};
-use super::params::{Spec, VolumeSource};
-use super::template::{self, TemplateObject};
+use self::parts::common_labels;
+use self::template::TemplateObject;
 use crate::error::Result;
 use crate::kube::labels::{
     ANNOTATION_CREDENTIALS, ANNOTATION_EXECUTION_KEY, ANNOTATION_EXISTING_CLAIM,
     ANNOTATION_EXPIRES_AT, ANNOTATION_PX_PURE_VOLUME, ANNOTATION_SOURCE, ANNOTATION_TTL_HOURS,
-    LABEL_COMMIT, LABEL_COMPONENT, LABEL_EXECUTION, LABEL_HEALTHY, LABEL_INSTANCE,
-    LABEL_MANAGED_BY, LABEL_NAME, LABEL_PART_OF, LABEL_PIPELINE, LABEL_ROLE, MANAGED_BY,
+    LABEL_HEALTHY, LABEL_PIPELINE,
 };
-
-pub const INSTANCE: &str = "staging-db";
-pub const SERVICE_NAME: &str = INSTANCE;
-pub const STATEFULSET_NAME: &str = INSTANCE;
-pub const PVC_NAME: &str = "staging-db-data";
-pub const SECRET_NAME: &str = "staging-db-credentials";
-pub const CONTAINER_NAME: &str = "db";
-pub const DATA_VOLUME: &str = "data";
-
-pub const EBS_CSI_DRIVER: &str = "ebs.csi.aws.com";
-pub const EBS_ZONE_KEY: &str = "topology.ebs.csi.aws.com/zone";
-pub const PURE_CSI_DRIVER: &str = "pure-csi";
-pub const SNAPSHOT_API_GROUP: &str = "snapshot.storage.k8s.io";
+use crate::staging::engine::{Engine, EnvSource};
+use crate::staging::objects::{
+    CONTAINER_NAME, DATA_VOLUME, EBS_CSI_DRIVER, EBS_ZONE_KEY, PURE_CSI_DRIVER, PVC_NAME,
+    SECRET_NAME, SERVICE_NAME, SNAPSHOT_API_GROUP, STATEFULSET_NAME,
+};
+use crate::staging::params::VolumeSource;
+use crate::staging::render::parts::{
+    app_labels, persistent_volume_name, restricted_container, secret_env, selector_labels,
+};
+use crate::staging::spec::Spec;
 
 /// The objects of one staging database, in the order they are applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,11 +64,11 @@ pub struct Rendered {
     /// The PVC the database mounts.
     pub claim_name: String,
     pub workload: Workload,
-    /// Filled by [`super::Plan::build`] from [`super::network`].
+    /// Filled by [`crate::staging::plan::Plan::build`] from [`crate::staging::render::network`].
     pub network: NetworkPolicies,
 }
 
-/// The staging namespace's NetworkPolicies (see [`super::network`]).
+/// The staging namespace's NetworkPolicies (see [`crate::staging::render::network`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetworkPolicies {
     /// Applied with the Namespace.
@@ -111,11 +111,6 @@ impl Rendered {
     }
 }
 
-/// The PersistentVolume's name: cluster-scoped, so it carries the namespace.
-pub fn persistent_volume_name(namespace: &str) -> String {
-    format!("{namespace}-data")
-}
-
 /// Renders every object (and the user's template, checked). `expires_at` is RFC 3339 (now + ttl).
 pub fn render(spec: &Spec, expires_at: &str) -> Result<Rendered> {
     let workload = match &spec.template {
@@ -134,34 +129,6 @@ pub fn render(spec: &Spec, expires_at: &str) -> Result<Rendered> {
         workload,
         network: NetworkPolicies::default(),
     })
-}
-
-fn common_labels(spec: &Spec) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::from([
-        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-        (LABEL_PART_OF.to_string(), MANAGED_BY.to_string()),
-        (LABEL_EXECUTION.to_string(), spec.execution_label.clone()),
-        (LABEL_ROLE.to_string(), "staging".to_string()),
-    ]);
-    if let Some(c) = &spec.commit {
-        l.insert(LABEL_COMMIT.to_string(), c.clone());
-    }
-    l
-}
-
-/// The labels that select the database pod.
-pub fn selector_labels(engine: Engine) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (LABEL_NAME.to_string(), engine.as_str().to_string()),
-        (LABEL_INSTANCE.to_string(), INSTANCE.to_string()),
-    ])
-}
-
-pub fn app_labels(spec: &Spec) -> BTreeMap<String, String> {
-    let mut l = common_labels(spec);
-    l.extend(selector_labels(spec.engine));
-    l.insert(LABEL_COMPONENT.to_string(), "database".to_string());
-    l
 }
 
 fn meta(spec: &Spec, name: &str, namespaced: bool) -> ObjectMeta {
@@ -404,44 +371,16 @@ fn container(spec: &Spec) -> Container {
     }
 }
 
-/// An environment variable from a key of a Secret (never a literal value).
-pub(crate) fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
-/// The container security context the `restricted` Pod Security Standard asks for.
-pub(crate) fn restricted_container() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        privileged: Some(false),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            add: None,
-        }),
-        ..Default::default()
-    }
-}
-
 fn stateful_set(spec: &Spec) -> StatefulSet {
     let uid = spec.engine.user_id();
     let mut template_labels = app_labels(spec);
     template_labels.extend(selector_labels(spec.engine));
     let db = container(spec);
-    // The credentials reset runs first, on the same volume (see `super::reset`).
+    // The credentials reset runs first, on the same volume (see `crate::staging::render::reset`).
     let init_containers = match (spec.reset_credentials, db.volume_mounts.as_deref()) {
-        (true, Some([mount, ..])) => Some(vec![super::reset::init_container(spec, &db, mount)]),
+        (true, Some([mount, ..])) => Some(vec![crate::staging::render::reset::init_container(
+            spec, &db, mount,
+        )]),
         _ => None,
     };
     StatefulSet {

@@ -25,20 +25,17 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::params::Spec;
-use super::render::{self, INSTANCE};
 use crate::kube::labels::MANAGED_BY;
 use crate::kube::labels::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY};
+use crate::staging::objects::INSTANCE;
+use crate::staging::spec::Spec;
 
 pub const ISOLATION: &str = "staging-db-isolation";
 pub const EGRESS: &str = "staging-db-egress";
 pub const ACCESS: &str = "staging-db-access";
 
-pub mod section;
-pub use section::NetworkPolicyParams;
-
 fn meta(spec: &Spec, name: &str) -> ObjectMeta {
-    let mut labels = render::app_labels(spec);
+    let mut labels = crate::staging::render::parts::app_labels(spec);
     labels.insert(LABEL_COMPONENT.into(), "network-policy".into());
     ObjectMeta {
         name: Some(name.into()),
@@ -57,7 +54,7 @@ fn selector(labels: BTreeMap<String, String>) -> LabelSelector {
 
 /// The built-in database pod: its selector labels and component.
 fn database_pod(spec: &Spec) -> LabelSelector {
-    let mut l = render::selector_labels(spec.engine);
+    let mut l = crate::staging::render::parts::selector_labels(spec.engine);
     l.insert(LABEL_COMPONENT.into(), "database".into());
     selector(l)
 }
@@ -165,7 +162,7 @@ mod tests {
 
     use super::*;
     use crate::staging::fixtures::plan_for;
-    use crate::staging::jobs::{self, JobKind};
+    use crate::staging::render::jobs::{self, JobKind};
 
     /// A label selector's meaning (matchLabels and `In` expressions).
     fn matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
