@@ -26,7 +26,7 @@ use snapstage::storage::ebs::Ebs;
 use snapstage::storage::flasharray::FlashArray;
 use snapstage::storage::open::FlashArrayParams;
 use snapstage::storage::steps::{RestoreParams, SnapshotParams, restore_step, snapshot_step};
-use snapstage::storage::{Backend, BackendKind};
+use snapstage::storage::{Backend, BackendKind, Retention};
 use snapstage::{Error, Execution, FailureKind, Outcome, Result, Step};
 use snapstage_localenv::flasharray_double::Double;
 use snapstage_localenv::kube_double::KubeDouble;
@@ -219,7 +219,11 @@ async fn suite<F: Fixture>(fx: &F) {
     assert_eq!(left, want, "{name}: retention deleted only {snap1}");
 
     // A foreign snapshot is refused by delete, whatever asks.
-    let e = fx.backend().delete_snapshot(&foreign).await.unwrap_err();
+    let retention = fx
+        .backend()
+        .retention()
+        .expect("every backend keeps retention");
+    let e = retention.delete_snapshot(&foreign).await.unwrap_err();
     assert!(matches!(e, Error::Refused(_)), "{name}: {e:?}");
 
     // A snapshot that does not exist is a configuration error naming the field.

@@ -42,8 +42,12 @@ use self::model::{
     VolumeGroupSnapshotSpec, VolumeSnapshot, VolumeSnapshotContent, VolumeSnapshotContentSpec,
     VolumeSnapshotSource, VolumeSnapshotSpec,
 };
-use super::{Backend, SnapshotInfo, SnapshotState, VolumeInfo, VolumeSpec, VolumeState};
+use super::{
+    Backend, RestoreOutputs, Retention, Selection, SnapshotInfo, SnapshotState, VolumeInfo,
+    VolumeSpec, VolumeState,
+};
 use crate::error::{Error, Result};
+use crate::interlock::BoxFuture;
 use crate::job::contract::Execution;
 use crate::kube::api;
 use crate::kube::client::{ClusterConfig, kube_error};
@@ -658,6 +662,18 @@ impl Backend for Csi {
         B
     }
 
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
+    fn selection(&self) -> Option<&dyn Selection> {
+        Some(self)
+    }
+
+    fn restore_outputs(&self) -> Option<&dyn RestoreOutputs> {
+        Some(self)
+    }
+
     async fn describe_source(&self, source: &str) -> Result<Option<i64>> {
         let api: Api<PersistentVolumeClaim> =
             Api::namespaced(self.client.clone(), &self.params.namespace);
@@ -1029,69 +1045,85 @@ impl Backend for Csi {
             ))
         }
     }
+}
 
-    async fn select_sources(&self, selector: &str) -> Result<Vec<String>> {
-        if self.params.group_snapshot_class.is_some() {
-            match_labels(selector)?;
-        }
-        if let Ok(mut s) = self.selector.lock() {
-            *s = Some(selector.to_string());
-        }
-        let api: Api<PersistentVolumeClaim> =
-            Api::namespaced(self.client.clone(), &self.params.namespace);
-        let found = api::list(&api, &ListParams::default().labels(selector)).await?;
-        let mut names: Vec<String> = found.into_iter().filter_map(|p| p.metadata.name).collect();
-        names.sort();
-        Ok(names)
+impl Retention for Csi {
+    fn managed_snapshots<'a>(
+        &'a self,
+        source: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SnapshotInfo>>> {
+        Box::pin(async move {
+            let found = api::list(
+                &self.snapshots(),
+                &ListParams::default().labels(&Self::source_selector(source)),
+            )
+            .await?;
+            let mut found: Vec<(Option<Time>, String, SnapshotInfo)> = found
+                .into_iter()
+                .filter(|s| {
+                    ownership::is_managed(&s.metadata)
+                        && s.spec.source.persistent_volume_claim_name.as_deref() == Some(source)
+                })
+                .map(|s| {
+                    let name = s.metadata.name.clone().unwrap_or_default();
+                    let info = snapshot_info(&name, &s);
+                    (s.metadata.creation_timestamp, name, info)
+                })
+                .collect();
+            if self.params.group_snapshot_class.is_some() {
+                found.extend(self.managed_group_members(source).await?);
+            }
+            found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
+            Ok(found.into_iter().map(|(_, _, info)| info).collect())
+        })
     }
 
-    async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
-        let found = api::list(
-            &self.snapshots(),
-            &ListParams::default().labels(&Self::source_selector(source)),
-        )
-        .await?;
-        let mut found: Vec<(Option<Time>, String, SnapshotInfo)> = found
-            .into_iter()
-            .filter(|s| {
-                ownership::is_managed(&s.metadata)
-                    && s.spec.source.persistent_volume_claim_name.as_deref() == Some(source)
-            })
-            .map(|s| {
-                let name = s.metadata.name.clone().unwrap_or_default();
-                let info = snapshot_info(&name, &s);
-                (s.metadata.creation_timestamp, name, info)
-            })
-            .collect();
-        if self.params.group_snapshot_class.is_some() {
-            found.extend(self.managed_group_members(source).await?);
-        }
-        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.cmp(&a.1)));
-        Ok(found.into_iter().map(|(_, _, info)| info).collect())
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let name = match parse_id(id) {
+                SnapshotId::Single(name) => name,
+                // A member goes with its group: the snapshot controller refuses to delete a member
+                // on its own, and deletes the members (owned by the group) with the group.
+                SnapshotId::Member { group, .. } => return self.delete_group(group).await,
+            };
+            let Some(s) = api::get_opt(&self.snapshots(), name).await? else {
+                return Ok(());
+            };
+            ownership::require_managed("VolumeSnapshot", &s.metadata, "delete")?;
+            if label_of(&s.metadata, LABEL_ROLE) != Some(ROLE_SNAPSHOT) {
+                return Err(Error::Refused(format!(
+                    "VolumeSnapshot {name} is not labelled {LABEL_ROLE}={ROLE_SNAPSHOT}; retention deletes only production snapshots snapstage took"
+                )));
+            }
+            api::delete(&self.snapshots(), name, s.metadata.uid.clone()).await?;
+            tracing::info!(snapshot = name, "retention: deleted");
+            Ok(())
+        })
     }
+}
 
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let name = match parse_id(id) {
-            SnapshotId::Single(name) => name,
-            // A member goes with its group: the snapshot controller refuses to delete a member
-            // on its own, and deletes the members (owned by the group) with the group.
-            SnapshotId::Member { group, .. } => return self.delete_group(group).await,
-        };
-        let Some(s) = api::get_opt(&self.snapshots(), name).await? else {
-            return Ok(());
-        };
-        ownership::require_managed("VolumeSnapshot", &s.metadata, "delete")?;
-        if label_of(&s.metadata, LABEL_ROLE) != Some(ROLE_SNAPSHOT) {
-            return Err(Error::Refused(format!(
-                "VolumeSnapshot {name} is not labelled {LABEL_ROLE}={ROLE_SNAPSHOT}; retention deletes only production snapshots snapstage took"
-            )));
-        }
-        api::delete(&self.snapshots(), name, s.metadata.uid.clone()).await?;
-        tracing::info!(snapshot = name, "retention: deleted");
-        Ok(())
+impl Selection for Csi {
+    fn select_sources<'a>(&'a self, selector: &'a str) -> BoxFuture<'a, Result<Vec<String>>> {
+        Box::pin(async move {
+            if self.params.group_snapshot_class.is_some() {
+                match_labels(selector)?;
+            }
+            if let Ok(mut s) = self.selector.lock() {
+                *s = Some(selector.to_string());
+            }
+            let api: Api<PersistentVolumeClaim> =
+                Api::namespaced(self.client.clone(), &self.params.namespace);
+            let found = api::list(&api, &ListParams::default().labels(selector)).await?;
+            let mut names: Vec<String> =
+                found.into_iter().filter_map(|p| p.metadata.name).collect();
+            names.sort();
+            Ok(names)
+        })
     }
+}
 
-    fn restore_outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)> {
+impl RestoreOutputs for Csi {
+    fn outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)> {
         vec![
             ("PvcName".into(), volume.id.clone()),
             (

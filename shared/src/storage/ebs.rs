@@ -7,14 +7,14 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_smithy_types::date_time::Format;
 
 use super::{
-    Backend, BoxFuture, CopyTarget, FoundGroup, GroupPlan, PointInTime, SnapshotInfo,
+    Backend, CopyTarget, FoundGroup, GroupPlan, PointInTime, RegionCopy, Retention, SnapshotInfo,
     SnapshotState, VolumeInfo, VolumeSpec, VolumeState, check_id,
 };
 use crate::error::{Error, Result, aws_error};
-use crate::interlock::Deletion;
 use crate::interlock::markers::{
     MANAGED_BY, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE, TAG_SOURCE, execution_tag,
 };
+use crate::interlock::{BoxFuture, Deletion};
 use crate::job::contract::Execution;
 
 const B: &str = "ebs";
@@ -652,7 +652,15 @@ impl Backend for Ebs {
         B
     }
 
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     fn point_in_time(&self) -> Option<&dyn PointInTime> {
+        Some(self)
+    }
+
+    fn region_copy(&self) -> Option<&dyn RegionCopy> {
         Some(self)
     }
 
@@ -864,142 +872,6 @@ impl Backend for Ebs {
         check_id(field, id, "snap-")
     }
 
-    async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
-        let mut pages = self
-            .ec2
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(filter("volume-id", source))
-            .filters(filter(&format!("tag:{TAG_MANAGED_BY}"), MANAGED_BY))
-            .into_paginator()
-            .send();
-        let mut found = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
-            for s in page.snapshots() {
-                // The filter is the server's; the tag is checked again here.
-                if managed(s.tags()) && s.volume_id() == Some(source) {
-                    found.push((s.start_time().copied(), snapshot_info(s)?));
-                }
-            }
-        }
-        found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.id.cmp(&a.1.id)));
-        Ok(found.into_iter().map(|(_, s)| s).collect())
-    }
-
-    async fn copy_to_region(
-        &self,
-        snapshot: &SnapshotInfo,
-        to: &CopyTarget,
-        execution: &Execution,
-    ) -> Result<SnapshotInfo> {
-        let dst = self.in_region(&to.region);
-        if let Some(copy) = find_copy(&dst, &snapshot.id, execution).await? {
-            tracing::info!(copy = %copy.id, region = %to.region, "reusing this run's snapshot copy");
-            return Ok(copy);
-        }
-        let source_region = self
-            .ec2
-            .config()
-            .region()
-            .map(|r| r.to_string())
-            .ok_or_else(|| {
-                Error::Configuration(
-                    "copyTo: the function has no region of its own (AWS_REGION)".into(),
-                )
-            })?;
-        if source_region == to.region {
-            return Err(Error::parameter(
-                "copyTo.region",
-                format!("{source_region} is the snapshot's own region; name another region"),
-            ));
-        }
-        // CopySnapshot takes no client token either: sent once per try, the run's copy looked up
-        // before trying again (as CreateSnapshot).
-        let (dst, source_region) = (&dst, source_region.as_str());
-        let sent = create_once_per_try(
-            "CopySnapshot",
-            move || async move {
-                dst.copy_snapshot()
-                    .source_region(source_region)
-                    .source_snapshot_id(&snapshot.id)
-                    .description(format!(
-                        "snapstage copy of {} from {source_region}",
-                        snapshot.id
-                    ))
-                    .set_encrypted(to.kms_key_id.as_ref().map(|_| true))
-                    .set_kms_key_id(to.kms_key_id.clone())
-                    .tag_specifications(run_tags_with(
-                        ResourceType::Snapshot,
-                        execution,
-                        "snapshot-copy",
-                        Some(&snapshot.source),
-                        &[(TAG_COPY_OF, &snapshot.id)],
-                    ))
-                    .customize()
-                    .config_override(single_try())
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(B, "CopySnapshot", e))
-            },
-            move || async move { find_copy(dst, &snapshot.id, execution).await },
-        )
-        .await?;
-        let out = match sent {
-            Created::Sent(out) => out,
-            Created::Found(found) => return Ok(found),
-        };
-        let id = out.snapshot_id().ok_or_else(|| Error::Backend {
-            backend: B,
-            message: "CopySnapshot returned no id".into(),
-        })?;
-        tracing::info!(copy = id, snapshot = %snapshot.id, region = %to.region, "copying EBS snapshot");
-        self.snapshot_in_region(id, to).await
-    }
-
-    async fn snapshot_in_region(&self, id: &str, to: &CopyTarget) -> Result<SnapshotInfo> {
-        let out = self
-            .in_region(&to.region)
-            .describe_snapshots()
-            .snapshot_ids(id)
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "DescribeSnapshots (copy region)", e))?;
-        let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
-            backend: B,
-            message: format!("snapshot {id} in {}", to.region),
-        })?;
-        snapshot_info(s)
-    }
-
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let out = self
-            .ec2
-            .describe_snapshots()
-            .snapshot_ids(id)
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
-        let Some(s) = out.snapshots().first() else {
-            return Ok(()); // already gone
-        };
-        if !managed(s.tags()) {
-            return Err(Error::Refused(format!(
-                "snapshot {id} does not carry {TAG_MANAGED_BY}={MANAGED_BY}; snapstage deletes only snapshots it made"
-            )));
-        }
-        match self.ec2.delete_snapshot().snapshot_id(id).send().await {
-            Ok(_) => {
-                tracing::info!(snapshot = id, "deleted EBS snapshot (retention)");
-                Ok(())
-            }
-            Err(e) => match aws_error(B, "DeleteSnapshot", e) {
-                Error::NotFound { .. } => Ok(()),
-                other => Err(other),
-            },
-        }
-    }
-
     async fn volume(&self, id: &str) -> Result<VolumeInfo> {
         let out = self
             .ec2
@@ -1013,6 +885,161 @@ impl Backend for Ebs {
             message: format!("volume {id}"),
         })?;
         volume_info(v)
+    }
+}
+
+impl Retention for Ebs {
+    fn managed_snapshots<'a>(
+        &'a self,
+        source: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SnapshotInfo>>> {
+        Box::pin(async move {
+            let mut pages = self
+                .ec2
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(filter("volume-id", source))
+                .filters(filter(&format!("tag:{TAG_MANAGED_BY}"), MANAGED_BY))
+                .into_paginator()
+                .send();
+            let mut found = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+                for s in page.snapshots() {
+                    // The filter is the server's; the tag is checked again here.
+                    if managed(s.tags()) && s.volume_id() == Some(source) {
+                        found.push((s.start_time().copied(), snapshot_info(s)?));
+                    }
+                }
+            }
+            found.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.id.cmp(&a.1.id)));
+            Ok(found.into_iter().map(|(_, s)| s).collect())
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let out = self
+                .ec2
+                .describe_snapshots()
+                .snapshot_ids(id)
+                .send()
+                .await
+                .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+            let Some(s) = out.snapshots().first() else {
+                return Ok(()); // already gone
+            };
+            if !managed(s.tags()) {
+                return Err(Error::Refused(format!(
+                    "snapshot {id} does not carry {TAG_MANAGED_BY}={MANAGED_BY}; snapstage deletes only snapshots it made"
+                )));
+            }
+            match self.ec2.delete_snapshot().snapshot_id(id).send().await {
+                Ok(_) => {
+                    tracing::info!(snapshot = id, "deleted EBS snapshot (retention)");
+                    Ok(())
+                }
+                Err(e) => match aws_error(B, "DeleteSnapshot", e) {
+                    Error::NotFound { .. } => Ok(()),
+                    other => Err(other),
+                },
+            }
+        })
+    }
+}
+
+impl RegionCopy for Ebs {
+    fn copy_to_region<'a>(
+        &'a self,
+        snapshot: &'a SnapshotInfo,
+        to: &'a CopyTarget,
+        execution: &'a Execution,
+    ) -> BoxFuture<'a, Result<SnapshotInfo>> {
+        Box::pin(async move {
+            let dst = self.in_region(&to.region);
+            if let Some(copy) = find_copy(&dst, &snapshot.id, execution).await? {
+                tracing::info!(copy = %copy.id, region = %to.region, "reusing this run's snapshot copy");
+                return Ok(copy);
+            }
+            let source_region = self
+                .ec2
+                .config()
+                .region()
+                .map(|r| r.to_string())
+                .ok_or_else(|| {
+                    Error::Configuration(
+                        "copyTo: the function has no region of its own (AWS_REGION)".into(),
+                    )
+                })?;
+            if source_region == to.region {
+                return Err(Error::parameter(
+                    "copyTo.region",
+                    format!("{source_region} is the snapshot's own region; name another region"),
+                ));
+            }
+            // CopySnapshot takes no client token either: sent once per try, the run's copy looked up
+            // before trying again (as CreateSnapshot).
+            let (dst, source_region) = (&dst, source_region.as_str());
+            let sent = create_once_per_try(
+                "CopySnapshot",
+                move || async move {
+                    dst.copy_snapshot()
+                        .source_region(source_region)
+                        .source_snapshot_id(&snapshot.id)
+                        .description(format!(
+                            "snapstage copy of {} from {source_region}",
+                            snapshot.id
+                        ))
+                        .set_encrypted(to.kms_key_id.as_ref().map(|_| true))
+                        .set_kms_key_id(to.kms_key_id.clone())
+                        .tag_specifications(run_tags_with(
+                            ResourceType::Snapshot,
+                            execution,
+                            "snapshot-copy",
+                            Some(&snapshot.source),
+                            &[(TAG_COPY_OF, &snapshot.id)],
+                        ))
+                        .customize()
+                        .config_override(single_try())
+                        .send()
+                        .await
+                        .map_err(|e| aws_error(B, "CopySnapshot", e))
+                },
+                move || async move { find_copy(dst, &snapshot.id, execution).await },
+            )
+            .await?;
+            let out = match sent {
+                Created::Sent(out) => out,
+                Created::Found(found) => return Ok(found),
+            };
+            let id = out.snapshot_id().ok_or_else(|| Error::Backend {
+                backend: B,
+                message: "CopySnapshot returned no id".into(),
+            })?;
+            tracing::info!(copy = id, snapshot = %snapshot.id, region = %to.region, "copying EBS snapshot");
+            self.snapshot_in_region(id, to).await
+        })
+    }
+
+    fn snapshot_in_region<'a>(
+        &'a self,
+        id: &'a str,
+        to: &'a CopyTarget,
+    ) -> BoxFuture<'a, Result<SnapshotInfo>> {
+        Box::pin(async move {
+            let out = self
+                .in_region(&to.region)
+                .describe_snapshots()
+                .snapshot_ids(id)
+                .send()
+                .await
+                .map_err(|e| aws_error(B, "DescribeSnapshots (copy region)", e))?;
+            let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
+                backend: B,
+                message: format!("snapshot {id} in {}", to.region),
+            })?;
+            snapshot_info(s)
+        })
     }
 }
 

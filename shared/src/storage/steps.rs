@@ -11,8 +11,8 @@ use super::csi::CsiParams;
 use super::hooks::{HookParams, Hooks};
 use super::open::{BackendChoice, FlashArrayParams};
 use super::{
-    Backend, BackendKind, CopyTarget, GroupPlan, SnapshotInfo, SnapshotState, VolumeSpec,
-    VolumeState,
+    Backend, BackendKind, CopyTarget, GroupPlan, Retention, SnapshotInfo, SnapshotState,
+    VolumeSpec, VolumeState,
 };
 use crate::error::{Error, Result};
 use crate::interlock::markers::is_production;
@@ -342,7 +342,16 @@ fn check_count(n: usize) -> Result<()> {
 async fn sources<B: Backend>(backend: &B, p: &SnapshotParams) -> Result<Vec<String>> {
     let sources = match &p.selector {
         Some(sel) => {
-            let found = backend.select_sources(sel).await?;
+            let Some(selection) = backend.selection() else {
+                return Err(Error::parameter(
+                    "selector",
+                    format!(
+                        "backend {:?} selects sources by name only; list them in volumeIds instead of selector {sel:?}",
+                        backend.name()
+                    ),
+                ));
+            };
+            let found = selection.select_sources(sel).await?;
             if found.is_empty() {
                 return Err(Error::parameter(
                     "selector",
@@ -457,7 +466,8 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                 ),
             });
             if let Some(n) = p.retain {
-                let old = retention_victims(backend.managed_snapshots(v).await?, n, None);
+                let old =
+                    retention_victims(retention(backend)?.managed_snapshots(v).await?, n, None);
                 if !old.is_empty() {
                     lines.push(format!(
                         "{v}: would delete {} older snapstage snapshot(s): {}",
@@ -593,15 +603,25 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
     // cannot be copied), and are waited for the same way.
     let mut copied = Vec::new();
     if let Some(to) = &p.copy_to {
+        let Some(copier) = backend.region_copy() else {
+            return Err(Error::parameter(
+                "copyTo",
+                format!(
+                    "backend {:?} cannot copy snapshots to region {}; remove copyTo",
+                    backend.name(),
+                    to.region
+                ),
+            ));
+        };
         let mut copies = copies;
         if copies.len() != snaps.len() {
             copies.clear();
             for s in &snaps {
-                copies.push(backend.copy_to_region(s, to, ex).await?.id);
+                copies.push(copier.copy_to_region(s, to, ex).await?.id);
             }
         }
         for id in &copies {
-            copied.push(backend.snapshot_in_region(id, to).await?);
+            copied.push(copier.snapshot_in_region(id, to).await?);
         }
         if let Some((c, why)) = copied.iter().find_map(|c| match &c.state {
             SnapshotState::Failed(why) => Some((c, why)),
@@ -652,11 +672,12 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
     let mut summary = format!("{} snapshot(s) ready: {}", snaps.len(), ids.join(", "));
     let mut deleted = Vec::new();
     if let Some(n) = p.retain {
+        let retention = retention(backend)?;
         let mut problems = Vec::new();
         for v in &sources {
-            let old = retention_victims(backend.managed_snapshots(v).await?, n, Some(&ids));
+            let old = retention_victims(retention.managed_snapshots(v).await?, n, Some(&ids));
             for id in old {
-                match backend.delete_snapshot(&id).await {
+                match retention.delete_snapshot(&id).await {
                     Ok(()) => deleted.push(id),
                     Err(e) => {
                         tracing::warn!(snapshot = %id, error = %e, "retention: not deleted");
@@ -712,6 +733,20 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
     outputs.insert("PointInTime".into(), point_in_time);
     let outputs = outputs.into_iter().filter(|(_, v)| !v.is_empty()).collect();
     Ok(Outcome::Done { summary, outputs })
+}
+
+/// The backend's [`Retention`], or the refusal of `retain` when the backend cannot list the
+/// snapshots it made.
+fn retention<B: Backend>(backend: &B) -> Result<&dyn Retention> {
+    backend.retention().ok_or_else(|| {
+        Error::parameter(
+            "retain",
+            format!(
+                "backend {:?} cannot list the snapshots snapstage made; remove retain",
+                backend.name()
+            ),
+        )
+    })
 }
 
 /// What retention deletes from `managed` (newest first): everything after the newest `keep`,
@@ -971,7 +1006,9 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
                 ),
                 ("Backend".to_string(), backend.name().to_string()),
             ]);
-            outputs.extend(backend.restore_outputs(&volume));
+            if let Some(extra) = backend.restore_outputs() {
+                outputs.extend(extra.outputs(&volume));
+            }
             Ok(Outcome::Done {
                 summary: format!(
                     "staging volume {} ready from {}{}",
@@ -1134,6 +1171,9 @@ mod step_tests {
         fn name(&self) -> &'static str {
             "slow"
         }
+        fn retention(&self) -> Option<&dyn Retention> {
+            Some(self)
+        }
         async fn describe_source(&self, _source: &str) -> Result<Option<i64>> {
             Ok(Some(20))
         }
@@ -1221,24 +1261,6 @@ mod step_tests {
         fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()> {
             crate::storage::check_id(field, id, "snap-")
         }
-        async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
-            let s = self.snapshots.lock().unwrap();
-            Ok(s.iter()
-                .rev()
-                .filter(|(i, _, _)| i.source == source && !self.foreign.contains(&i.id))
-                .map(|(i, _, _)| i.clone())
-                .collect())
-        }
-        async fn delete_snapshot(&self, id: &str) -> Result<()> {
-            if self.foreign.iter().any(|f| f == id) {
-                return Err(Error::Refused(format!("{id} is not snapstage's")));
-            }
-            self.snapshots
-                .lock()
-                .unwrap()
-                .retain(|(i, _, _)| i.id != id);
-            Ok(())
-        }
         async fn volume(&self, id: &str) -> Result<VolumeInfo> {
             let mut v = self.volumes.lock().unwrap();
             let Some((info, _, polls)) = v.iter_mut().find(|(i, _, _)| i.id == id) else {
@@ -1252,6 +1274,38 @@ mod step_tests {
                 info.state = VolumeState::Available;
             }
             Ok(info.clone())
+        }
+    }
+
+    impl Retention for Slow {
+        fn managed_snapshots<'a>(
+            &'a self,
+            source: &'a str,
+        ) -> crate::interlock::BoxFuture<'a, Result<Vec<SnapshotInfo>>> {
+            Box::pin(async move {
+                let s = self.snapshots.lock().unwrap();
+                Ok(s.iter()
+                    .rev()
+                    .filter(|(i, _, _)| i.source == source && !self.foreign.contains(&i.id))
+                    .map(|(i, _, _)| i.clone())
+                    .collect())
+            })
+        }
+
+        fn delete_snapshot<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> crate::interlock::BoxFuture<'a, Result<()>> {
+            Box::pin(async move {
+                if self.foreign.iter().any(|f| f == id) {
+                    return Err(Error::Refused(format!("{id} is not snapstage's")));
+                }
+                self.snapshots
+                    .lock()
+                    .unwrap()
+                    .retain(|(i, _, _)| i.id != id);
+                Ok(())
+            })
         }
     }
 

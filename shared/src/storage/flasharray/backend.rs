@@ -18,9 +18,11 @@ use crate::error::{Error, Result};
 use crate::interlock::markers::{
     MANAGED_BY, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE, execution_tag,
 };
-use crate::interlock::{Deletion, Marker, Marks};
+use crate::interlock::{BoxFuture, Deletion, Marker, Marks};
 use crate::job::contract::Execution;
-use crate::storage::{Backend, SnapshotInfo, SnapshotState, VolumeInfo, VolumeSpec, VolumeState};
+use crate::storage::{
+    Backend, Retention, SnapshotInfo, SnapshotState, VolumeInfo, VolumeSpec, VolumeState,
+};
 
 /// Every suffix snapstage gives a snapshot starts with this.
 pub const SUFFIX_PREFIX: &str = "snapstage-";
@@ -532,6 +534,10 @@ impl Backend for FlashArray {
         BACKEND
     }
 
+    fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
     async fn describe_source(&self, source: &str) -> Result<Option<i64>> {
         if self.is_pgroup(source) {
             return Ok(None);
@@ -707,49 +713,6 @@ impl Backend for FlashArray {
         }
     }
 
-    async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
-        if self.is_pgroup(source) {
-            return Err(Error::parameter(
-                "retain",
-                format!(
-                    "protection group {source} keeps snapshots by its own retention policy (snapstage snapshots it with apply_retention); remove retain"
-                ),
-            ));
-        }
-        let filter = format!("suffix='{SUFFIX_PREFIX}*'");
-        let snaps = self
-            .session()
-            .await?
-            .volume_snapshots_of(source, Some(&filter))
-            .await?;
-        // Newest first (the client sorts); the suffix is checked again here.
-        Ok(snaps
-            .iter()
-            .filter(|s| s.destroyed != Some(true) && made_by_snapstage(s))
-            .map(volume_snapshot_info)
-            .collect())
-    }
-
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        let Some(snap) = self.volume_snapshot(id).await? else {
-            return Ok(());
-        };
-        if snap.destroyed == Some(true) {
-            return Ok(());
-        }
-        if !made_by_snapstage(&snap) {
-            return Err(Error::Refused(format!(
-                "snapshot {id} has no {SUFFIX_PREFIX}* suffix; snapstage destroys only snapshots it made"
-            )));
-        }
-        self.session().await?.destroy_volume_snapshot(id).await?;
-        tracing::info!(
-            snapshot = id,
-            "destroyed FlashArray snapshot (retention; recoverable until eradicated)"
-        );
-        Ok(())
-    }
-
     async fn volume(&self, id: &str) -> Result<VolumeInfo> {
         let v = self
             .session()
@@ -763,6 +726,58 @@ impl Backend for FlashArray {
                 message: format!("volume {id}"),
             })?;
         Ok(volume_info(&v, None))
+    }
+}
+
+impl Retention for FlashArray {
+    fn managed_snapshots<'a>(
+        &'a self,
+        source: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<SnapshotInfo>>> {
+        Box::pin(async move {
+            if self.is_pgroup(source) {
+                return Err(Error::parameter(
+                    "retain",
+                    format!(
+                        "protection group {source} keeps snapshots by its own retention policy (snapstage snapshots it with apply_retention); remove retain"
+                    ),
+                ));
+            }
+            let filter = format!("suffix='{SUFFIX_PREFIX}*'");
+            let snaps = self
+                .session()
+                .await?
+                .volume_snapshots_of(source, Some(&filter))
+                .await?;
+            // Newest first (the client sorts); the suffix is checked again here.
+            Ok(snaps
+                .iter()
+                .filter(|s| s.destroyed != Some(true) && made_by_snapstage(s))
+                .map(volume_snapshot_info)
+                .collect())
+        })
+    }
+
+    fn delete_snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let Some(snap) = self.volume_snapshot(id).await? else {
+                return Ok(());
+            };
+            if snap.destroyed == Some(true) {
+                return Ok(());
+            }
+            if !made_by_snapstage(&snap) {
+                return Err(Error::Refused(format!(
+                    "snapshot {id} has no {SUFFIX_PREFIX}* suffix; snapstage destroys only snapshots it made"
+                )));
+            }
+            self.session().await?.destroy_volume_snapshot(id).await?;
+            tracing::info!(
+                snapshot = id,
+                "destroyed FlashArray snapshot (retention; recoverable until eradicated)"
+            );
+            Ok(())
+        })
     }
 }
 
