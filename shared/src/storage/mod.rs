@@ -1,13 +1,26 @@
-//! Snapshot and volume backends behind one small trait, and the two storage steps
-//! (`snapshot-production`, `restore-to-staging`) written once over it.
+//! Snapshot and volume backends behind one small trait and its capability traits, and the two
+//! storage steps (`snapshot-production`, `restore-to-staging`) written once over them.
 //!
-//! Every resource snapstage makes carries tags/labels that tie it to the run ([`TAG_EXECUTION`]),
-//! so a retried or duplicated invocation finds its own work instead of making a second one.
+//! Every resource snapstage makes carries tags/labels that tie it to the run
+//! ([`TAG_EXECUTION`](crate::interlock::markers::TAG_EXECUTION)), so a retried or duplicated
+//! invocation finds its own work instead of making a second one.
 //!
-//! Backends: [`ebs`] (EC2 API), [`flasharray`] (FlashArray / Cloud Block Store REST 2.x),
-//! [`csi`] (Kubernetes VolumeSnapshots, any CSI driver), chosen by [`open`] from the step's
-//! parameters. [`hooks`] makes a snapshot app-consistent by running commands in the database's
-//! pod around its creation, whatever the backend.
+//! | where | what |
+//! | --- | --- |
+//! | `mod.rs` | the shared types: [`SnapshotInfo`], [`VolumeInfo`], [`CopyTarget`], [`BackendKind`], [`check_id`] |
+//! | [`backend`] | the core [`Backend`] trait and the capability traits beside it: [`Retention`], [`PointInTime`], [`RegionCopy`], [`Selection`], [`RestoreOutputs`] |
+//! | [`open`] | one factory from configuration ([`open::open`]), [`open::AnyBackend`], the interlock's volume reads |
+//! | [`ebs`] | Amazon EBS over the EC2 API |
+//! | [`flasharray`] | Pure FlashArray / Cloud Block Store over REST 2.x |
+//! | [`csi`] | Kubernetes VolumeSnapshots, any CSI driver |
+//! | [`hooks`] | app-consistent snapshots: commands in the database's pod around creation, whatever the backend |
+//! | [`steps`] | the two storage steps: parameters, snapshot, restore |
+//!
+//! Each backend is a folder of the same shape: `mod.rs` (the type, its [`Backend`] and capability
+//! impls), `client.rs`/`api.rs` (the calls to the service), `model.rs` (wire types and their
+//! mapping to [`SnapshotInfo`]/[`VolumeInfo`]), `tests.rs` (unit tests), and files for what only
+//! it has (EBS `group.rs` and `region.rs`, CSI `restore.rs`, the interlock's `marks.rs`). The
+//! conformance suite every backend runs is `tests/tests/conformance.rs`.
 
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,7 @@ use crate::error::Result;
 impl Session {
     // -- volumes --
 
-    /// `GET /volumes?names=...` (each name must exist: a missing one is [`Error::NotFound`]).
+    /// `GET /volumes?names=...` (each name must exist: a missing one is [`Error::NotFound`](crate::Error::NotFound)).
     pub async fn volumes(&self, names: &[&str]) -> Result<Vec<Volume>> {
         self.get_page("/volumes", &vec![("names", names.join(","))])
             .await

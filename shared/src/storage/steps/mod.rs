@@ -1,7 +1,7 @@
 //! The two storage steps, written once over [`Backend`](super::Backend) and its capability
 //! traits: `snapshot-production` and `restore-to-staging`. Long waits never sleep: a step starts
 //! or checks the work once and returns `Outcome::Continue` with the ids it is waiting for (its
-//! state, read back by [`resume`] on the next invocation).
+//! state, read back by `resume` on the next invocation).
 //!
 //! | where | what |
 //! | --- | --- |
