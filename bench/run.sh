@@ -24,7 +24,7 @@ VENV=$OUT/venv
 mkdir -p "$OUT"
 
 for f in snapshot-production restore-to-staging deploy-staging-db replicate-artifacts-back; do
-  [ -x "$BIN_DIR/$f" ] || { echo "bench: $BIN_DIR/$f missing: cargo build --release --bins" >&2; exit 2; }
+  [ -x "$BIN_DIR/$f" ] || { echo "bench: $BIN_DIR/$f missing: make bench builds it (cargo build --release --bins -p <function>)" >&2; exit 2; }
 done
 
 # The peers' Python environment (kept apart from .venv: the kubernetes client pins differ).

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A small, faithful, stateful double of the Kubernetes API server, for what snapstage's CSI
-backend sends (shared/src/storage/csi.rs), plus a simulated CSI snapshot controller.
+backend sends (shared/src/storage/csi/), plus a simulated CSI snapshot controller.
 
 Resources (plain JSON, no protobuf, no watch):
 

@@ -1,5 +1,7 @@
-//! One conformance suite for every storage backend (as object_store does): the same scenarios,
-//! driven through the two storage steps exactly as the functions run them, against
+//! One conformance suite for every storage backend, as object_store's `integration.rs`: each
+//! behaviour is a small function over a backend's [`Fixture`], driven through the two storage
+//! steps exactly as the functions run them; each backend's test calls them with its
+//! [`Capabilities`] (run where the backend can, refused where it cannot), against
 //! - EBS on moto server (EC2 API over a real connection), and
 //! - FlashArray on the spec-validating FlashArray double, and
 //! - Kubernetes CSI on the Kubernetes API server double (its simulated snapshot controller), and
@@ -8,8 +10,9 @@
 //!
 //! Each backend's fixture counts resources through its own independent route (the EC2 API, the
 //! double's state, the real `kubectl`), never through the backend under test.
-//! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`) for EBS and `.venv` for the doubles; each
-//! part prints SKIP and returns otherwise.
+//! Needs `SNAPSTAGE_MOTO_CLOUD` (set by `make test`) for EBS, `.venv` for the doubles and the
+//! local control plane for CSI on real parts; each part prints SKIP and returns otherwise (fails
+//! under `CI=true`). Runs with a plain `cargo test` (the `tests` crate is a default member).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a test failure
 
@@ -26,7 +29,7 @@ use snapstage::storage::ebs::Ebs;
 use snapstage::storage::flasharray::FlashArray;
 use snapstage::storage::open::FlashArrayParams;
 use snapstage::storage::steps::{RestoreParams, SnapshotParams, restore_step, snapshot_step};
-use snapstage::storage::{Backend, BackendKind};
+use snapstage::storage::{Backend, BackendKind, CopyTarget, Retention};
 use snapstage::{Error, Execution, FailureKind, Outcome, Result, Step};
 use snapstage_localenv::flasharray_double::Double;
 use snapstage_localenv::kube_double::KubeDouble;
@@ -129,14 +132,97 @@ async fn snapshot<F: Fixture>(fx: &F, p: SnapshotParams, key: &str) -> BTreeMap<
         .0
 }
 
-/// The scenarios every backend must pass.
-async fn suite<F: Fixture>(fx: &F) {
-    let kind = fx.kind();
+/// What a backend can do beyond the core [`Backend`], as its test declares it (object_store's
+/// capability flags). The suite checks the backend's accessors agree, then runs the behaviours
+/// the flags allow and, for the ones they do not, that the step refuses the parameter.
+#[derive(Debug, Clone, Copy)]
+struct Capabilities {
+    /// [`Backend::retention`]: `retain`.
+    retention: bool,
+    /// [`Backend::point_in_time`]: several volumes in one call.
+    point_in_time: bool,
+    /// [`Backend::region_copy`]: `copyTo`.
+    region_copy: bool,
+    /// [`Backend::selection`]: `selector`.
+    selection: bool,
+    /// [`Backend::restore_outputs`]: outputs besides `VolumeId`.
+    restore_outputs: bool,
+}
+
+const EBS: Capabilities = Capabilities {
+    retention: true,
+    point_in_time: true,
+    region_copy: true,
+    selection: false,
+    restore_outputs: false,
+};
+const FLASHARRAY: Capabilities = Capabilities {
+    retention: true,
+    point_in_time: false,
+    region_copy: false,
+    selection: false,
+    restore_outputs: false,
+};
+const CSI: Capabilities = Capabilities {
+    retention: true,
+    point_in_time: false,
+    region_copy: false,
+    selection: true,
+    restore_outputs: true,
+};
+
+/// Every behaviour the backend's capabilities allow (as object_store's backend tests call the
+/// `integration` functions they support).
+async fn conformance<F: Fixture>(fx: &F, caps: Capabilities) {
+    capabilities_are_as_declared(fx, caps);
+    snapshot_is_idempotent(fx).await;
+    dry_run_changes_nothing(fx).await;
+    restore_is_idempotent_and_never_targets_production(fx, caps).await;
+    restore_picks_the_newest_snapstage_snapshot(fx).await;
+    if caps.retention {
+        retention_deletes_only_ours(fx).await;
+    }
+    if caps.region_copy {
+        region_copy(fx).await;
+    } else {
+        region_copy_is_refused(fx).await;
+    }
+    if !caps.selection {
+        selector_is_refused(fx).await;
+    }
+    a_missing_snapshot_is_a_configuration_error(fx).await;
+    an_id_of_another_shape_is_refused_before_any_call(fx).await;
+}
+
+/// The backend's capability accessors say what its test declares.
+fn capabilities_are_as_declared<F: Fixture>(fx: &F, caps: Capabilities) {
+    let b = fx.backend();
+    let name = b.name();
+    assert_eq!(b.retention().is_some(), caps.retention, "{name}: retention");
+    assert_eq!(
+        b.point_in_time().is_some(),
+        caps.point_in_time,
+        "{name}: point in time"
+    );
+    assert_eq!(
+        b.region_copy().is_some(),
+        caps.region_copy,
+        "{name}: region copy"
+    );
+    assert_eq!(b.selection().is_some(), caps.selection, "{name}: selection");
+    assert_eq!(
+        b.restore_outputs().is_some(),
+        caps.restore_outputs,
+        "{name}: restore outputs"
+    );
+}
+
+/// A snapshot is made once per execution: retries and duplicates reuse it. Returns the source
+/// and the snapshot.
+async fn snapshot_is_idempotent<F: Fixture>(fx: &F) -> (String, String) {
     let name = fx.backend().name();
     let source = fx.new_source().await;
     let run1 = unique("conf-run1");
-
-    // A snapshot is made once per execution: retries and duplicates reuse it.
     let out = snapshot(fx, fx.snapshot(&[&source]), &run1).await;
     let snap1 = out["SnapshotId"].clone();
     assert_eq!(out["Backend"], name);
@@ -149,8 +235,14 @@ async fn suite<F: Fixture>(fx: &F) {
         );
     }
     assert_eq!(fx.snapshots(&source).await, vec![snap1.clone()], "{name}");
+    (source, snap1)
+}
 
-    // Dry run changes nothing and says what it would do.
+/// Dry run changes nothing and says what it would do.
+async fn dry_run_changes_nothing<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    snapshot(fx, fx.snapshot(&[&source]), &unique("conf-before-dry")).await;
     let mut dry = fx.snapshot(&[&source]);
     dry.dry_run = true;
     let out = snapshot(fx, dry, &unique("conf-dry")).await;
@@ -160,8 +252,18 @@ async fn suite<F: Fixture>(fx: &F) {
         1,
         "{name}: dry run made nothing"
     );
+}
 
-    // Restore the named snapshot into a staging volume, once per execution.
+/// Restore the named snapshot into a staging volume, once per execution, never the production
+/// volume; a backend with restore outputs reports them.
+async fn restore_is_idempotent_and_never_targets_production<F: Fixture>(
+    fx: &F,
+    caps: Capabilities,
+) {
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    let snap1 =
+        snapshot(fx, fx.snapshot(&[&source]), &unique("conf-run1")).await["SnapshotId"].clone();
     let r1 = unique("conf-restore");
     let (out, _) = drive(
         |s| restore_step(fx.backend(), s),
@@ -173,6 +275,9 @@ async fn suite<F: Fixture>(fx: &F) {
     let vol = out["VolumeId"].clone();
     assert_eq!(out["SnapshotId"], snap1);
     assert_ne!(vol, source, "{name}: never the production volume");
+    if caps.restore_outputs {
+        assert_eq!(out["PvcName"], vol, "{name}: {out:?}");
+    }
     drive(
         |s| restore_step(fx.backend(), s),
         fx.restore(Some(&snap1), None),
@@ -185,13 +290,25 @@ async fn suite<F: Fixture>(fx: &F) {
         vec![vol.clone()],
         "{name}: a retried restore reuses its volume"
     );
+}
 
-    // A newer snapshot someone else made is never picked, nor deleted by retention.
-    let run2 = unique("conf-run2");
+/// Snapshots of two runs and, newest of all, one someone else made: returns them in that order.
+async fn two_runs_and_a_foreign_snapshot<F: Fixture>(fx: &F, source: &str) -> [String; 3] {
+    let snap1 =
+        snapshot(fx, fx.snapshot(&[source]), &unique("conf-run1")).await["SnapshotId"].clone();
     fx.tick().await;
-    let snap2 = snapshot(fx, fx.snapshot(&[&source]), &run2).await["SnapshotId"].clone();
+    let snap2 =
+        snapshot(fx, fx.snapshot(&[source]), &unique("conf-run2")).await["SnapshotId"].clone();
     fx.tick().await;
-    let foreign = fx.foreign_snapshot(&source).await;
+    let foreign = fx.foreign_snapshot(source).await;
+    [snap1, snap2, foreign]
+}
+
+/// A newer snapshot someone else made is never picked by `sourceVolumeId`.
+async fn restore_picks_the_newest_snapstage_snapshot<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    let [_, snap2, foreign] = two_runs_and_a_foreign_snapshot(fx, &source).await;
     let (out, _) = drive(
         |s| restore_step(fx.backend(), s),
         fx.restore(None, Some(&source)),
@@ -203,13 +320,18 @@ async fn suite<F: Fixture>(fx: &F) {
         out["SnapshotId"], snap2,
         "{name}: newest snapstage snapshot, not {foreign}"
     );
+}
 
-    // Retention: keep 2 → run1's snapshot goes; run2's, run3's and the foreign one stay.
+/// Retention: keep 2 → the oldest run's snapshot goes; the next run's, this run's and the
+/// foreign one stay. A foreign snapshot is refused by delete, whatever asks.
+async fn retention_deletes_only_ours<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    let [snap1, snap2, foreign] = two_runs_and_a_foreign_snapshot(fx, &source).await;
     let mut keep = fx.snapshot(&[&source]);
     keep.retain = Some(2);
-    let run3 = unique("conf-run3");
     fx.tick().await;
-    let out = snapshot(fx, keep, &run3).await;
+    let out = snapshot(fx, keep, &unique("conf-run3")).await;
     let snap3 = out["SnapshotId"].clone();
     assert_eq!(out["SnapshotsDeleted"], "1", "{name}");
     let mut left = fx.snapshots(&source).await;
@@ -218,12 +340,91 @@ async fn suite<F: Fixture>(fx: &F) {
     want.sort();
     assert_eq!(left, want, "{name}: retention deleted only {snap1}");
 
-    // A foreign snapshot is refused by delete, whatever asks.
-    let e = fx.backend().delete_snapshot(&foreign).await.unwrap_err();
+    let retention = fx.backend().retention().expect("declared: retention");
+    let e = retention.delete_snapshot(&foreign).await.unwrap_err();
     assert!(matches!(e, Error::Refused(_)), "{name}: {e:?}");
+}
 
-    // A snapshot that does not exist is a configuration error naming the field.
-    let missing = match kind {
+/// `copyTo`: each snapshot copied to the other region, once per execution.
+async fn region_copy<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    let mut p = fx.snapshot(&[&source]);
+    p.copy_to = Some(CopyTarget {
+        region: "us-west-2".into(),
+        kms_key_id: None,
+    });
+    let run = unique("conf-copy");
+    let out = snapshot(fx, p.clone(), &run).await;
+    assert_eq!(out["CopyRegion"], "us-west-2", "{name}: {out:?}");
+    let copy = out["CopiedSnapshotIds"].clone();
+    assert!(!copy.is_empty(), "{name}: {out:?}");
+    assert_ne!(
+        copy, out["SnapshotId"],
+        "{name}: a copy is a snapshot of its own"
+    );
+    let again = snapshot(fx, p, &run).await;
+    assert_eq!(
+        again["CopiedSnapshotIds"], copy,
+        "{name}: a retry reuses the run's copy"
+    );
+}
+
+/// `copyTo` on a backend without regions is a configuration error naming the parameter.
+async fn region_copy_is_refused<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    let mut p = fx.snapshot(&[&source]);
+    p.copy_to = Some(CopyTarget {
+        region: "us-west-2".into(),
+        kms_key_id: None,
+    });
+    let e = drive(
+        |s| snapshot_step(fx.backend(), s),
+        p,
+        &unique("conf-nocopy"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        e.failure_kind(),
+        FailureKind::ConfigurationError,
+        "{name}: {e}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("copyTo: backend {name:?} cannot copy")),
+        "{name}: {e}"
+    );
+}
+
+/// `selector` on a backend that selects by name only is a configuration error, before any
+/// snapshot.
+async fn selector_is_refused<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let mut p = fx.snapshot(&[]);
+    p.selector = Some("app=orders-db".into());
+    let e = drive(|s| snapshot_step(fx.backend(), s), p, &unique("conf-nosel"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.failure_kind(),
+        FailureKind::ConfigurationError,
+        "{name}: {e}"
+    );
+    assert!(
+        e.to_string().starts_with(&format!(
+            "selector: backend {name:?} selects sources by name only"
+        )),
+        "{name}: {e}"
+    );
+}
+
+/// A snapshot that does not exist is a configuration error naming the field.
+async fn a_missing_snapshot_is_a_configuration_error<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let source = fx.new_source().await;
+    let missing = match fx.kind() {
         BackendKind::Ebs => "snap-0123456789abcdef0".to_string(),
         _ => format!("{source}.snapstage-0000000000000000"),
     };
@@ -240,9 +441,12 @@ async fn suite<F: Fixture>(fx: &F) {
         "{name}: {e}"
     );
     assert!(e.to_string().starts_with("snapshotId:"), "{name}: {e}");
+}
 
-    // An id of another backend's shape is refused before any call, naming the field.
-    let wrong = match kind {
+/// An id of another backend's shape is refused before any call, naming the field.
+async fn an_id_of_another_shape_is_refused_before_any_call<F: Fixture>(fx: &F) {
+    let name = fx.backend().name();
+    let wrong = match fx.kind() {
         BackendKind::Ebs => "db.snapstage-1",
         // "snap-0123" is a valid VolumeSnapshot name: for CSI the wrong shape is a name the API
         // server would refuse.
@@ -360,7 +564,7 @@ async fn ebs_passes_the_suite() {
         return;
     };
     let fx = EbsFixture::on(&m).await;
-    suite(&fx).await;
+    conformance(&fx, EBS).await;
 }
 
 /// moto keeps EC2 start times to the second, so snapshots made within one second tie. Restore's
@@ -491,7 +695,7 @@ async fn flasharray_passes_the_suite() {
     };
     let backend = double.backend("fa");
     let fx = FlashArrayFixture { double, backend };
-    suite(&fx).await;
+    conformance(&fx, FLASHARRAY).await;
     fx.double.assert_no_violations().await;
 }
 
@@ -596,7 +800,7 @@ async fn csi_passes_the_suite() {
     let Some(fx) = CsiFixture::start().await else {
         return;
     };
-    suite(&fx).await;
+    conformance(&fx, CSI).await;
     // Each restore made exactly one pre-bound content, one staging VolumeSnapshot and one PVC,
     // and retention's Delete policy took the deleted snapshot's content with it.
     let staged = fx.double.names("volumesnapshots", Some(STAGING_NS)).await;
@@ -831,7 +1035,7 @@ async fn csi_on_the_local_control_plane_passes_the_suite() {
     else {
         return;
     };
-    suite(&fx).await;
+    conformance(&fx, CSI).await;
 }
 
 /// One VolumeGroupSnapshot by the real controllers: its members are the driver's snapshots of

@@ -118,7 +118,7 @@ impl Ec2 {
 }
 
 /// The tags restore-to-staging puts on the staging volume of run `execution`
-/// (`shared/src/storage/ebs.rs`).
+/// (`shared/src/storage/ebs/client.rs`).
 fn staging_tags(execution: &str) -> Vec<(&str, &str)> {
     vec![
         ("snapstage:managed-by", "snapstage"),

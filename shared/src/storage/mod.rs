@@ -1,28 +1,40 @@
-//! Snapshot and volume backends behind one small trait, and the two storage steps
-//! (`snapshot-production`, `restore-to-staging`) written once over it.
+//! Snapshot and volume backends behind one small trait and its capability traits, and the two
+//! storage steps (`snapshot-production`, `restore-to-staging`) written once over them.
 //!
-//! Every resource snapstage makes carries tags/labels that tie it to the run ([`TAG_EXECUTION`]),
-//! so a retried or duplicated invocation finds its own work instead of making a second one.
+//! Every resource snapstage makes carries tags/labels that tie it to the run
+//! ([`TAG_EXECUTION`](crate::interlock::markers::TAG_EXECUTION)), so a retried or duplicated
+//! invocation finds its own work instead of making a second one.
 //!
-//! Backends: [`ebs`] (EC2 API), [`flasharray`] (FlashArray / Cloud Block Store REST 2.x),
-//! [`csi`] (Kubernetes VolumeSnapshots, any CSI driver), chosen by [`open`] from the step's
-//! parameters. [`hooks`] makes a snapshot app-consistent by running commands in the database's
-//! pod around its creation, whatever the backend.
-
-use std::future::Future;
+//! | where | what |
+//! | --- | --- |
+//! | `mod.rs` | the shared types: [`SnapshotInfo`], [`VolumeInfo`], [`CopyTarget`], [`BackendKind`], [`check_id`] |
+//! | [`backend`] | the core [`Backend`] trait and the capability traits beside it: [`Retention`], [`PointInTime`], [`RegionCopy`], [`Selection`], [`RestoreOutputs`] |
+//! | [`open`] | one factory from configuration ([`open::open`]), [`open::AnyBackend`], the interlock's volume reads |
+//! | [`ebs`] | Amazon EBS over the EC2 API |
+//! | [`flasharray`] | Pure FlashArray / Cloud Block Store over REST 2.x |
+//! | [`csi`] | Kubernetes VolumeSnapshots, any CSI driver |
+//! | [`hooks`] | app-consistent snapshots: commands in the database's pod around creation, whatever the backend |
+//! | [`steps`] | the two storage steps: parameters, snapshot, restore |
+//!
+//! Each backend is a folder of the same shape: `mod.rs` (the type, its [`Backend`] and capability
+//! impls), `client.rs`/`api.rs` (the calls to the service), `model.rs` (wire types and their
+//! mapping to [`SnapshotInfo`]/[`VolumeInfo`]), `tests.rs` (unit tests), and files for what only
+//! it has (EBS `group.rs` and `region.rs`, CSI `restore.rs`, the interlock's `marks.rs`). The
+//! conformance suite every backend runs is `tests/tests/conformance.rs`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::interlock::BoxFuture;
-use crate::job::contract::Execution;
 
+pub mod backend;
 pub mod csi;
 pub mod ebs;
 pub mod flasharray;
 pub mod hooks;
 pub mod open;
 pub mod steps;
+
+pub use backend::{Backend, PointInTime, RegionCopy, RestoreOutputs, Retention, Selection};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotState {
@@ -122,160 +134,6 @@ pub struct FoundGroup {
     pub snapshots: Vec<Option<SnapshotInfo>>,
     /// All of them were made by one group call (one point in time).
     pub together: bool,
-}
-
-/// A backend that can snapshot several of its sources at one point in time with one call (EBS:
-/// `CreateSnapshots` of the volumes of one instance). Reached through [`Backend::point_in_time`];
-/// backends that cut groups their own way (a FlashArray protection group, a CSI
-/// VolumeGroupSnapshot) or not at all do not implement it.
-pub trait PointInTime: Send + Sync {
-    /// Whether `sources` can be snapshotted together, and where they are.
-    fn plan<'a>(&'a self, sources: &'a [String]) -> BoxFuture<'a, Result<GroupPlan>>;
-
-    /// The snapshots this run already made of `sources` (by its tags), and whether they are one
-    /// group.
-    fn find<'a>(
-        &'a self,
-        sources: &'a [String],
-        execution: &'a Execution,
-    ) -> BoxFuture<'a, Result<FoundGroup>>;
-
-    /// Snapshots exactly `sources` (all on `host`) with one call, tagged with the run as
-    /// [`Backend::create_snapshot`] tags a snapshot; returns them in the order of `sources`. A
-    /// retried try finds the run's group instead of making a second one.
-    fn create<'a>(
-        &'a self,
-        sources: &'a [String],
-        host: &'a str,
-        execution: &'a Execution,
-        description: &'a str,
-    ) -> BoxFuture<'a, Result<Vec<SnapshotInfo>>>;
-}
-
-/// A storage backend: snapshots of production sources, staging volumes from snapshots.
-pub trait Backend: Send + Sync {
-    /// `ebs`, `csi`, `flasharray`: reported as the `Backend` output variable.
-    fn name(&self) -> &'static str;
-
-    /// Checks a production source exists; returns its size in GiB when known.
-    fn describe_source(&self, source: &str) -> impl Future<Output = Result<Option<i64>>> + Send;
-
-    /// The snapshot this run already made of `source`, if any.
-    fn find_snapshot(
-        &self,
-        source: &str,
-        execution: &Execution,
-    ) -> impl Future<Output = Result<Option<SnapshotInfo>>> + Send;
-
-    fn create_snapshot(
-        &self,
-        source: &str,
-        execution: &Execution,
-        description: &str,
-    ) -> impl Future<Output = Result<SnapshotInfo>> + Send;
-
-    fn snapshot(&self, id: &str) -> impl Future<Output = Result<SnapshotInfo>> + Send;
-
-    /// The newest completed snapshot of `source` that snapstage made.
-    fn newest_snapshot(
-        &self,
-        source: &str,
-    ) -> impl Future<Output = Result<Option<SnapshotInfo>>> + Send;
-
-    /// The staging volume this run already made, if any.
-    fn find_volume(
-        &self,
-        execution: &Execution,
-    ) -> impl Future<Output = Result<Option<VolumeInfo>>> + Send;
-
-    fn create_volume(
-        &self,
-        snapshot: &SnapshotInfo,
-        spec: &VolumeSpec,
-        execution: &Execution,
-    ) -> impl Future<Output = Result<VolumeInfo>> + Send;
-
-    fn volume(&self, id: &str) -> impl Future<Output = Result<VolumeInfo>> + Send;
-
-    /// Checks a source as the user named it (`volumeIds[0]`, ...): the error names the field and
-    /// shows the expected form.
-    fn check_source(&self, field: &str, source: &str) -> Result<()>;
-
-    /// Checks a snapshot id as the user named it.
-    fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()>;
-
-    /// The sources a label selector picks (backends that have labels: CSI). The default refuses.
-    fn select_sources(&self, selector: &str) -> impl Future<Output = Result<Vec<String>>> + Send {
-        let name = self.name();
-        let selector = selector.to_string();
-        async move {
-            Err(Error::parameter(
-                "selector",
-                format!(
-                    "backend {name:?} selects sources by name only; list them in volumeIds instead of selector {selector:?}"
-                ),
-            ))
-        }
-    }
-
-    /// Snapshots snapstage made of `source` (carrying its managed-by tag/label), any state,
-    /// newest first. Used for retention; never lists snapshots snapstage did not make.
-    fn managed_snapshots(
-        &self,
-        source: &str,
-    ) -> impl Future<Output = Result<Vec<SnapshotInfo>>> + Send;
-
-    /// Copies a completed snapshot to another region (disaster recovery, a second site), tagged
-    /// with the run; a retry finds the run's copy instead of making a second one. The default
-    /// refuses: only backends with regions copy.
-    fn copy_to_region(
-        &self,
-        snapshot: &SnapshotInfo,
-        to: &CopyTarget,
-        execution: &Execution,
-    ) -> impl Future<Output = Result<SnapshotInfo>> + Send {
-        let _ = (snapshot, execution);
-        let (name, region) = (self.name(), to.region.clone());
-        async move {
-            Err(Error::parameter(
-                "copyTo",
-                format!("backend {name:?} cannot copy snapshots to region {region}; remove copyTo"),
-            ))
-        }
-    }
-
-    /// A snapshot in the region of `to` (a copy made by [`Backend::copy_to_region`]).
-    fn snapshot_in_region(
-        &self,
-        id: &str,
-        to: &CopyTarget,
-    ) -> impl Future<Output = Result<SnapshotInfo>> + Send {
-        let _ = id;
-        let (name, region) = (self.name(), to.region.clone());
-        async move {
-            Err(Error::parameter(
-                "copyTo",
-                format!("backend {name:?} has no snapshots in region {region}"),
-            ))
-        }
-    }
-
-    /// Deletes a snapshot snapstage made. Implementations check the tags/labels again right
-    /// before deleting and refuse ([`Error::Refused`]) a snapshot snapstage did not make.
-    fn delete_snapshot(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
-
-    /// Several sources at one point in time with one call, when the backend can ([`PointInTime`]).
-    /// Default: it cannot; each source is snapshotted on its own.
-    fn point_in_time(&self) -> Option<&dyn PointInTime> {
-        None
-    }
-
-    /// Output variables a finished restore reports besides `VolumeId` (CSI: `PvcName`,
-    /// `SnapshotName`, `Namespace`, for `#{Restore.PvcName}` downstream). Default: none.
-    fn restore_outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)> {
-        let _ = volume;
-        Vec::new()
-    }
 }
 
 /// The backends a user can name in `backend`.

@@ -1,6 +1,6 @@
 //! One factory from configuration: the `backend` parameter names a backend, its own section
 //! (`flasharray`, `csi`) says how to reach it. [`AnyBackend`] dispatches the [`Backend`] trait
-//! to the one chosen, so the two storage steps are written once.
+//! (and its capability accessors) to the one chosen, so the two storage steps are written once.
 //!
 //! | `backend` | section | credentials |
 //! | --- | --- | --- |
@@ -15,7 +15,10 @@ use super::ebs::Ebs;
 use super::flasharray::{
     ApiToken, Client as FaClient, Config as FaConfig, FlashArray, ReplicaSource,
 };
-use super::{Backend, BackendKind, CopyTarget, PointInTime, SnapshotInfo, VolumeInfo, VolumeSpec};
+use super::{
+    Backend, BackendKind, PointInTime, RegionCopy, RestoreOutputs, Retention, Selection,
+    SnapshotInfo, VolumeInfo, VolumeSpec,
+};
 use crate::error::{Error, Result};
 use crate::job::contract::Execution;
 
@@ -261,28 +264,17 @@ impl Backend for AnyBackend {
     fn check_snapshot_id(&self, field: &str, id: &str) -> Result<()> {
         each!(self, b => b.check_snapshot_id(field, id))
     }
-    async fn select_sources(&self, selector: &str) -> Result<Vec<String>> {
-        each!(self, b => b.select_sources(selector).await)
+    fn retention(&self) -> Option<&dyn Retention> {
+        each!(self, b => b.retention())
     }
-    async fn managed_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>> {
-        each!(self, b => b.managed_snapshots(source).await)
+    fn region_copy(&self) -> Option<&dyn RegionCopy> {
+        each!(self, b => b.region_copy())
     }
-    async fn delete_snapshot(&self, id: &str) -> Result<()> {
-        each!(self, b => b.delete_snapshot(id).await)
+    fn selection(&self) -> Option<&dyn Selection> {
+        each!(self, b => b.selection())
     }
-    async fn copy_to_region(
-        &self,
-        snapshot: &SnapshotInfo,
-        to: &CopyTarget,
-        ex: &Execution,
-    ) -> Result<SnapshotInfo> {
-        each!(self, b => b.copy_to_region(snapshot, to, ex).await)
-    }
-    async fn snapshot_in_region(&self, id: &str, to: &CopyTarget) -> Result<SnapshotInfo> {
-        each!(self, b => b.snapshot_in_region(id, to).await)
-    }
-    fn restore_outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)> {
-        each!(self, b => b.restore_outputs(volume))
+    fn restore_outputs(&self) -> Option<&dyn RestoreOutputs> {
+        each!(self, b => b.restore_outputs())
     }
     fn point_in_time(&self) -> Option<&dyn PointInTime> {
         each!(self, b => b.point_in_time())

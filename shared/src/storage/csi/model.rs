@@ -9,6 +9,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope};
 use serde::{Deserialize, Serialize};
 
+use crate::kube::names::quantity_bytes;
+use crate::storage::{SnapshotInfo, SnapshotState};
+
 pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
 pub const SNAPSHOT_VERSION: &str = "v1";
 pub const GROUP_SNAPSHOT_GROUP: &str = "groupsnapshot.storage.k8s.io";
@@ -247,4 +250,82 @@ pub struct VolumeGroupSnapshotStatus {
     pub ready_to_use: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<SnapshotError>,
+}
+
+// ---- as the backend's types ----
+
+pub(super) const GIB: f64 = 1_073_741_824.0;
+
+pub(super) fn gib(bytes: f64) -> i64 {
+    (bytes / GIB).ceil() as i64
+}
+
+/// The state a VolumeSnapshot's status gives.
+pub(super) fn snapshot_state(s: &VolumeSnapshot) -> SnapshotState {
+    let status = s.status.as_ref();
+    if let Some(e) = status.and_then(|s| s.error.as_ref()) {
+        return SnapshotState::Failed(
+            e.message
+                .clone()
+                .unwrap_or_else(|| "the snapshot controller reported an error".into()),
+        );
+    }
+    if status.and_then(|s| s.ready_to_use) == Some(true) {
+        SnapshotState::Ready
+    } else {
+        SnapshotState::Pending { percent: 0 }
+    }
+}
+
+pub(super) fn snapshot_info(id: &str, s: &VolumeSnapshot) -> SnapshotInfo {
+    let status = s.status.as_ref();
+    SnapshotInfo {
+        id: id.to_string(),
+        source: s
+            .spec
+            .source
+            .persistent_volume_claim_name
+            .clone()
+            .unwrap_or_default(),
+        state: snapshot_state(s),
+        started: status.and_then(|s| s.creation_time.clone()).or_else(|| {
+            s.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+        }),
+        size_gib: status
+            .and_then(|s| s.restore_size.as_deref())
+            .and_then(quantity_bytes)
+            .map(gib),
+    }
+}
+
+/// Whether `s` is the member VolumeSnapshot the snapshot controller made of `pvc` for the
+/// VolumeGroupSnapshot `group` (named in its status or its owner reference).
+pub(super) fn is_member(s: &VolumeSnapshot, group: &str, pvc: &str) -> bool {
+    let of_group = s
+        .status
+        .as_ref()
+        .and_then(|st| st.volume_group_snapshot_name.as_deref())
+        == Some(group)
+        || s.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "VolumeGroupSnapshot" && o.name == group);
+    of_group && s.spec.source.persistent_volume_claim_name.as_deref() == Some(pvc)
+}
+
+/// A snapshot id: a VolumeSnapshot name, or `<group>/<pvc>` for a member of a group snapshot.
+pub(super) enum SnapshotId<'a> {
+    Single(&'a str),
+    Member { group: &'a str, pvc: &'a str },
+}
+
+pub(super) fn parse_id(id: &str) -> SnapshotId<'_> {
+    match id.split_once('/') {
+        Some((group, pvc)) => SnapshotId::Member { group, pvc },
+        None => SnapshotId::Single(id),
+    }
 }

@@ -1,5 +1,5 @@
-//! The FlashArray REST 2.x session: TLS, version negotiation, login/logout, paging, retries,
-//! and the handful of operations snapstage uses.
+//! The FlashArray REST 2.x session: TLS, version negotiation, login/logout, paging, retries.
+//! The operations snapstage uses on a session are in `api.rs`.
 //!
 //! - `GET /api/api_version` picks the highest `2.x` the array offers, at most [`MAX_VERSION`].
 //! - `POST /api/2.N/login` with the `api-token` header returns the session in the
@@ -21,11 +21,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::model::{
-    ApiVersions, ErrorResponse, Items, ProtectionGroupMember, ProtectionGroupSnapshot,
-    ProtectionGroupSnapshotPost, Reference, Tag, TagBatch, Transfer, Volume, VolumeCopyPost,
-    VolumeSnapshot, VolumeSnapshotPost,
-};
+use super::model::{ApiVersions, ErrorResponse, Items};
 use crate::error::{Error, Result};
 
 /// The backend name in errors and outputs.
@@ -91,7 +87,7 @@ impl Default for Retry {
 impl Retry {
     /// The wait before retry number `retry` (0 for the first retry): exponential, capped, with
     /// "equal jitter" (half fixed, half random) so concurrent functions spread out.
-    fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+    pub(super) fn delay(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
         let exp = self
             .base
             .saturating_mul(1u32 << retry.min(16))
@@ -526,7 +522,7 @@ pub struct Session {
     auth: AuthToken,
 }
 
-type Query<'a> = Vec<(&'a str, String)>;
+pub(super) type Query<'a> = Vec<(&'a str, String)>;
 
 impl Session {
     pub fn version(&self) -> ApiVersion {
@@ -668,348 +664,10 @@ impl Session {
         Ok(out.items)
     }
 
-    fn one<T>(items: Vec<T>, what: &str) -> Result<T> {
+    pub(super) fn one<T>(items: Vec<T>, what: &str) -> Result<T> {
         items.into_iter().next().ok_or_else(|| Error::Backend {
             backend: BACKEND,
             message: format!("{what}: the array answered with no item"),
         })
-    }
-
-    // -- volumes --
-
-    /// `GET /volumes?names=...` (each name must exist: a missing one is [`Error::NotFound`]).
-    pub async fn volumes(&self, names: &[&str]) -> Result<Vec<Volume>> {
-        self.get_page("/volumes", &vec![("names", names.join(","))])
-            .await
-    }
-
-    /// `GET /volumes?filter=...&destroyed=false`, every page.
-    pub async fn volumes_matching(&self, filter: &str) -> Result<Vec<Volume>> {
-        self.get_all(
-            "/volumes",
-            &vec![
-                ("filter", filter.to_string()),
-                ("destroyed", "false".into()),
-            ],
-        )
-        .await
-    }
-
-    /// Copies a snapshot (or volume) into `target`: `POST /volumes?names=T&overwrite=B` with
-    /// `{"source": {"name": SOURCE}}`.
-    pub async fn copy_volume(&self, target: &str, source: &str, overwrite: bool) -> Result<Volume> {
-        let items = self
-            .post(
-                "/volumes",
-                &vec![
-                    ("names", target.to_string()),
-                    ("overwrite", overwrite.to_string()),
-                ],
-                &VolumeCopyPost {
-                    source: Reference::named(source),
-                },
-            )
-            .await?;
-        Self::one(items, "POST /volumes")
-    }
-
-    /// `PATCH /volumes?names=V` with `{"destroyed": true}`: destroys the volume. The array keeps
-    /// it recoverable for its eradication delay (24 h by default); nothing is eradicated here.
-    pub async fn destroy_volume(&self, name: &str) -> Result<Volume> {
-        let items = self
-            .patch(
-                "/volumes",
-                &vec![("names", name.to_string())],
-                &serde_json::json!({"destroyed": true}),
-            )
-            .await?;
-        Self::one(items, "PATCH /volumes")
-    }
-
-    // -- tags, protection group membership --
-
-    /// `GET /volumes/tags?resource_names=...`: every tag of those volumes, any namespace.
-    pub async fn volume_tags(&self, names: &[&str]) -> Result<Vec<Tag>> {
-        self.get_all("/volumes/tags", &vec![("resource_names", names.join(","))])
-            .await
-    }
-
-    /// `PUT /volumes/tags/batch?resource_names=V`: creates or updates `tags` on volume `name`.
-    pub async fn put_volume_tags(&self, name: &str, tags: &[TagBatch<'_>]) -> Result<Vec<Tag>> {
-        self.put(
-            "/volumes/tags/batch",
-            &vec![("resource_names", name.to_string())],
-            &tags,
-        )
-        .await
-    }
-
-    /// `GET /protection-groups/volumes?member_names=V`: the protection groups holding `volume`.
-    pub async fn pgroups_of_volume(&self, volume: &str) -> Result<Vec<ProtectionGroupMember>> {
-        self.get_all(
-            "/protection-groups/volumes",
-            &vec![("member_names", volume.to_string())],
-        )
-        .await
-    }
-
-    /// `GET /protection-groups/tags?resource_names=...`.
-    pub async fn pgroup_tags(&self, names: &[&str]) -> Result<Vec<Tag>> {
-        self.get_all(
-            "/protection-groups/tags",
-            &vec![("resource_names", names.join(","))],
-        )
-        .await
-    }
-
-    // -- volume snapshots --
-
-    /// `GET /volume-snapshots?names=...`.
-    pub async fn volume_snapshots(&self, names: &[&str]) -> Result<Vec<VolumeSnapshot>> {
-        self.get_page("/volume-snapshots", &vec![("names", names.join(","))])
-            .await
-    }
-
-    /// Every snapshot of `source` that is not destroyed and matches `filter`, newest first.
-    pub async fn volume_snapshots_of(
-        &self,
-        source: &str,
-        filter: Option<&str>,
-    ) -> Result<Vec<VolumeSnapshot>> {
-        let mut q: Query = vec![
-            ("source_names", source.to_string()),
-            ("destroyed", "false".into()),
-        ];
-        if let Some(f) = filter {
-            q.push(("filter", f.to_string()));
-        }
-        let mut all: Vec<VolumeSnapshot> = self.get_all("/volume-snapshots", &q).await?;
-        all.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.name.cmp(&a.name)));
-        Ok(all)
-    }
-
-    /// `PATCH /volume-snapshots?names=N` with `{"destroyed": true}`: destroys the snapshot. The
-    /// array keeps it recoverable for its eradication delay (24 h by default); nothing is
-    /// eradicated here.
-    pub async fn destroy_volume_snapshot(&self, name: &str) -> Result<VolumeSnapshot> {
-        let items = self
-            .patch(
-                "/volume-snapshots",
-                &vec![("names", name.to_string())],
-                &serde_json::json!({"destroyed": true}),
-            )
-            .await?;
-        Self::one(items, "PATCH /volume-snapshots")
-    }
-
-    /// `POST /volume-snapshots?source_names=V` with `{"suffix": S}`: makes `V.S`.
-    pub async fn create_volume_snapshot(
-        &self,
-        source: &str,
-        suffix: &str,
-    ) -> Result<VolumeSnapshot> {
-        let items = self
-            .post(
-                "/volume-snapshots",
-                &vec![("source_names", source.to_string())],
-                &VolumeSnapshotPost { suffix },
-            )
-            .await?;
-        Self::one(items, "POST /volume-snapshots")
-    }
-
-    // -- protection groups --
-
-    /// `POST /protection-group-snapshots?source_names=PG&apply_retention=true[&replicate_now=true]`
-    /// with `{"suffix": S}`: makes `PG.S` (and `PG.S.VOL` for each volume), replicating it to
-    /// the group's targets now when asked.
-    pub async fn create_pgroup_snapshot(
-        &self,
-        pgroup: &str,
-        suffix: &str,
-        replicate_now: bool,
-    ) -> Result<ProtectionGroupSnapshot> {
-        let mut q: Query = vec![
-            ("source_names", pgroup.to_string()),
-            ("apply_retention", "true".into()),
-        ];
-        if replicate_now {
-            q.push(("replicate_now", "true".into()));
-        }
-        let items = self
-            .post(
-                "/protection-group-snapshots",
-                &q,
-                &ProtectionGroupSnapshotPost { suffix },
-            )
-            .await?;
-        Self::one(items, "POST /protection-group-snapshots")
-    }
-
-    /// `GET /protection-group-snapshots?names=...`.
-    pub async fn pgroup_snapshots(&self, names: &[&str]) -> Result<Vec<ProtectionGroupSnapshot>> {
-        self.get_page(
-            "/protection-group-snapshots",
-            &vec![("names", names.join(","))],
-        )
-        .await
-    }
-
-    /// The newest `limit` snapshots of a protection group (`SOURCE_ARRAY:PG` for a replica on a
-    /// target) that are not destroyed, newest first: `sort=created-` (one page by the spec).
-    pub async fn pgroup_snapshots_of(
-        &self,
-        pgroup: &str,
-        filter: Option<&str>,
-        limit: u32,
-    ) -> Result<Vec<ProtectionGroupSnapshot>> {
-        let mut q: Query = vec![
-            ("source_names", pgroup.to_string()),
-            ("destroyed", "false".into()),
-            ("sort", "created-".into()),
-            ("limit", limit.max(1).to_string()),
-        ];
-        if let Some(f) = filter {
-            q.push(("filter", f.to_string()));
-        }
-        self.get_page("/protection-group-snapshots", &q).await
-    }
-
-    /// `GET /protection-group-snapshots/transfer?names=...`: replication progress.
-    pub async fn pgroup_transfers(&self, names: &[&str]) -> Result<Vec<Transfer>> {
-        self.get_page(
-            "/protection-group-snapshots/transfer",
-            &vec![("names", names.join(","))],
-        )
-        .await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::FailureKind;
-
-    fn v(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn picks_the_highest_2x_at_most_the_spec_version() {
-        let offered = v(&["1.0", "1.19", "2.0", "2.9", "2.10", "2.36"]);
-        assert_eq!(
-            pick_version(&offered),
-            Some(ApiVersion {
-                major: 2,
-                minor: 36
-            })
-        );
-        // 2.10 > 2.9: numeric, not string, order.
-        assert_eq!(
-            pick_version(&v(&["2.9", "2.10"])).unwrap().to_string(),
-            "2.10"
-        );
-        // Newer arrays: stay on the version we were checked against.
-        assert_eq!(
-            pick_version(&v(&["2.55", "2.56", "2.57", "2.60", "3.0"])).unwrap(),
-            MAX_VERSION
-        );
-        assert_eq!(pick_version(&v(&["1.0", "1.17", "junk"])), None);
-        assert_eq!(pick_version(&[]), None);
-    }
-
-    #[test]
-    fn array_errors_map_to_failure_types() {
-        let body = br#"{"errors": [{"context": "db", "message": "Volume does not exist."}]}"#;
-        let e = api_error(400, "GET /api/2.56/volumes", body);
-        assert!(matches!(e, Error::NotFound { .. }), "{e:?}");
-        assert_eq!(
-            e.to_string(),
-            "flasharray: not found: GET /api/2.56/volumes: HTTP 400: db: Volume does not exist."
-        );
-        assert_eq!(
-            api_error(401, "op", b"").failure_kind(),
-            FailureKind::PermissionError
-        );
-        assert_eq!(
-            api_error(403, "op", br#"{"errors":[{"message":"no"}]}"#).failure_kind(),
-            FailureKind::PermissionError
-        );
-        assert_eq!(
-            api_error(429, "op", b"").failure_kind(),
-            FailureKind::SystemUnavailable
-        );
-        assert_eq!(
-            api_error(503, "op", b"<html>").failure_kind(),
-            FailureKind::SystemUnavailable
-        );
-        let e = api_error(
-            400,
-            "POST /api/2.56/volume-snapshots",
-            br#"{"errors": [{"context": "db.snapstage-1", "message": "Snapshot already exists."}]}"#,
-        );
-        assert_eq!(e.failure_kind(), FailureKind::JobFailed);
-        assert!(is_already_exists(&e));
-        assert!(
-            api_error(500, "op", b"")
-                .to_string()
-                .contains("Internal Server Error")
-        );
-    }
-
-    #[test]
-    fn tokens_are_redacted_in_debug() {
-        let cfg = Config::new("https://array", ApiToken::new("0f2e2884-secret"));
-        let dbg = format!("{cfg:?}");
-        assert!(!dbg.contains("0f2e2884"), "{dbg}");
-        assert!(dbg.contains("<redacted>"));
-    }
-
-    #[test]
-    fn endpoints_must_be_https_unless_a_test_allows_http() {
-        let token = || ApiToken::new("t");
-        let e = Client::new(Config::new("http://127.0.0.1:1", token())).unwrap_err();
-        assert!(matches!(e, Error::Configuration(_)));
-        assert!(e.to_string().contains("https://"), "{e}");
-        let mut cfg = Config::new("http://127.0.0.1:1", token());
-        cfg.allow_insecure_http_for_tests = true;
-        Client::new(cfg).unwrap();
-        Client::new(Config::new("https://array.example.com", token())).unwrap();
-        for bad in [
-            "array.example.com",
-            "https://user:pw@array",
-            "https://array/?x=1",
-            "ftp://a",
-        ] {
-            assert!(
-                Client::new(Config::new(bad, token())).is_err(),
-                "{bad} should be refused"
-            );
-        }
-    }
-
-    #[test]
-    fn a_ca_bundle_must_hold_certificates() {
-        let mut cfg = Config::new("https://array", ApiToken::new("t"));
-        cfg.ca_bundle = Some(b"not a pem".to_vec());
-        let e = Client::new(cfg).unwrap_err();
-        assert!(e.to_string().starts_with("caBundle:"), "{e}");
-    }
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        let r = Retry {
-            attempts: 5,
-            base: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-        };
-        for n in 0..20 {
-            let d = r.delay(n, None);
-            assert!(d <= r.max, "{d:?}");
-            let exp = (r.base * 2u32.pow(n.min(16))).min(r.max);
-            assert!(d >= exp / 2, "{d:?} < half of {exp:?}");
-        }
-        assert_eq!(r.delay(0, Some(Duration::from_secs(60))), r.max);
-        assert!(r.delay(0, Some(Duration::from_millis(700))) >= Duration::from_millis(700));
     }
 }

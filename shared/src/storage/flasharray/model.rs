@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::storage::{SnapshotInfo, SnapshotState, VolumeInfo, VolumeState};
+
 /// `Api_versionResponse`: `GET /api/api_version`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ApiVersions {
@@ -184,6 +186,84 @@ pub struct ProtectionGroupMember {
     pub group: Option<Reference>,
     #[serde(default)]
     pub member: Option<Reference>,
+}
+
+// ---- as the backend's types ----
+
+pub(super) const GIB: i64 = 1 << 30;
+
+pub(super) fn rfc3339(ms: Option<i64>) -> Option<String> {
+    use aws_smithy_types::date_time::{DateTime, Format};
+    ms.and_then(|ms| DateTime::from_millis(ms).fmt(Format::DateTime).ok())
+}
+
+pub(super) fn gib(bytes: Option<i64>) -> Option<i64> {
+    bytes.map(|b| (b + GIB - 1) / GIB)
+}
+
+/// The state a protection group snapshot's transfer gives it.
+pub fn transfer_state(t: &Transfer) -> SnapshotState {
+    if t.destroyed == Some(true) {
+        return SnapshotState::Failed(format!("{} was destroyed", t.name));
+    }
+    if t.completed.is_some() {
+        return SnapshotState::Ready;
+    }
+    match (t.started, t.progress) {
+        // Nothing to send (no replication target, or replication not asked for).
+        (None, None) => SnapshotState::Ready,
+        (_, Some(p)) if p >= 1.0 => SnapshotState::Ready,
+        (_, p) => SnapshotState::Pending {
+            percent: (p.unwrap_or(0.0).clamp(0.0, 1.0) * 100.0).floor().min(99.0) as u8,
+        },
+    }
+}
+
+pub(super) fn volume_snapshot_info(s: &VolumeSnapshot) -> SnapshotInfo {
+    let source = s
+        .source
+        .as_ref()
+        .and_then(|r| r.name.clone())
+        .unwrap_or_else(|| {
+            s.name
+                .rsplit_once('.')
+                .map_or(s.name.clone(), |(v, _)| v.to_string())
+        });
+    SnapshotInfo {
+        id: s.name.clone(),
+        source,
+        state: if s.destroyed == Some(true) {
+            SnapshotState::Failed("destroyed (pending eradication)".into())
+        } else {
+            SnapshotState::Ready
+        },
+        started: rfc3339(s.created),
+        size_gib: gib(s.provisioned),
+    }
+}
+
+pub(super) fn volume_info(v: &Volume, snapshot: Option<&str>) -> VolumeInfo {
+    VolumeInfo {
+        id: v.name.clone(),
+        state: if v.destroyed == Some(true) {
+            VolumeState::Failed("destroyed (pending eradication)".into())
+        } else {
+            VolumeState::Available
+        },
+        zone: None,
+        snapshot: snapshot
+            .map(str::to_string)
+            .or_else(|| v.source.as_ref().and_then(|s| s.name.clone())),
+        size_gib: gib(v.provisioned),
+        tags: Vec::new(),
+    }
+}
+
+/// `(key, value)` of tags, in the order the array listed them.
+pub(super) fn tag_pairs(tags: &[Tag]) -> Vec<(String, String)> {
+    tags.iter()
+        .filter_map(|t| Some((t.key.clone()?, t.value.clone().unwrap_or_default())))
+        .collect()
 }
 
 #[cfg(test)]
