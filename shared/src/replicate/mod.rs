@@ -35,6 +35,7 @@
 //! | [`local`] | pull mode's files: partial names, fsync, read back, rename; the index of ETags |
 //! | [`report`] | the manifest's destination, output variables, summaries, the failure of a run |
 //! | [`array`] | array mode: a volume replicated by FlashArray / Cloud Block Store instead |
+//! | `memory` | tests: an in-memory source and sink, with faults to order |
 //!
 //! The step is generic over its source and sink, chosen once ([`step`] matches the destination):
 //! the copier's hot path is statically dispatched.
@@ -44,6 +45,8 @@ pub mod compare;
 pub mod copy;
 pub mod journal;
 pub mod local;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod mirror;
 pub mod object;
 pub mod params;

@@ -1,6 +1,6 @@
 //! The read side of a copy: a [`Source`] lists, HEADs and reads objects, conditional on the ETag
 //! they were listed with; [`S3Source`] is the cloud bucket (aws-sdk-s3). The tests' in-memory
-//! source is in the copier's tests.
+//! source is in `memory.rs`.
 
 use std::future::Future;
 

@@ -6,6 +6,7 @@
 //! | `mod.rs` | many objects ([`run`]): waves, concurrency, the deadline; one object ([`copy_object`]): retries, whole reads |
 //! | `stream.rs` | an object larger than one part: ranged reads into the sink's parts, continuing a step's upload |
 //! | `hash.rs` | MD5 and SHA-256 of what is read (off the runtime thread when large), the check against the source ETag |
+//! | `tests.rs` | the copier over the in-memory source and sink (`memory.rs`) |
 //!
 //! One object (`copy_object`):
 //! - objects of at most one part (`partSizeMiB`) with a single-part source ETag are read whole
@@ -31,6 +32,8 @@
 
 mod hash;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | [`S3Sink`] (`s3.rs`) | any S3 endpoint over aws-sdk-s3: S3, an on-prem S3-compatible server (versitygw, MinIO, FlashBlade), moto |
 //! | [`DirectorySink`] (`directory.rs`) | pull mode: a local directory, files written under a partial name and renamed, with an index of their ETags |
+//! | `MemorySink` (`../memory.rs`, tests only) | a map that behaves like a bucket, with faults to order |
 //!
 //! Optional ability, beside the trait: [`ResumableUploads`] — uploads in parts that a later step
 //! continues from the checkpoint (S3 multipart uploads). A sink without it restarts an
