@@ -34,7 +34,7 @@
 //! | [`journal`] | the checkpoint: counters, manifest lines, open uploads; the manifest's zip |
 //! | [`local`] | pull mode's files: partial names, fsync, read back, rename; the index of ETags |
 //! | [`report`] | the manifest's destination, output variables, summaries, the failure of a run |
-//! | [`array`] | array mode: a volume replicated by FlashArray / Cloud Block Store instead |
+//! | [`array`](mod@array) | array mode: a volume replicated by FlashArray / Cloud Block Store instead |
 //! | `memory` | tests: an in-memory source and sink, with faults to order |
 //!
 //! The step is generic over its source and sink, chosen once ([`step`] matches the destination):

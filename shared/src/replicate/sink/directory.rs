@@ -1,6 +1,6 @@
 //! [`DirectorySink`]: pull mode, a local directory (the CLI on-prem, e.g. a Jenkins stage
 //! writing a Nexus file blob store). The file mechanics — partial names, fsync, read back,
-//! rename, the index of ETags — are in [`local`](crate::replicate::local).
+//! rename, the index of ETags — are in [`crate::replicate::local`].
 //!
 //! - A key is a path under the root; keys that are not a plain relative path (`..`, empty
 //!   segments, folder markers) are not copied.
