@@ -22,6 +22,8 @@ import sys
 from cfnlint.decode.cfn_yaml import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The binaries `cargo build` made (CARGO_TARGET_DIR, as cargo reads it, else target/).
+BIN_DIR = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "debug")
 TEMPLATE = os.environ.get("SNAPSTAGE_TEMPLATE", os.path.join(ROOT, "infra", "template.yaml"))
 
 FUNCTIONS = {
@@ -193,6 +195,8 @@ def check_variables(template, findings):
     functions, an output variable the function's --help lists."""
     namespaces = {}  # namespace -> binary (or None for non-snapstage actions)
     for stage in template["Resources"]["Pipeline"]["Properties"]["Stages"]:
+        if isinstance(stage, dict) and "Fn::If" in stage:  # an optional stage: check it as if present
+            stage = stage["Fn::If"][1]
         orders = sorted({int(a.get("RunOrder", 1)) for a in stage["Actions"]})
         for order in orders:
             group = [a for a in stage["Actions"] if int(a.get("RunOrder", 1)) == order]
@@ -208,7 +212,7 @@ def check_variables(template, findings):
                     binary = namespaces[ns]
                     if binary is None:
                         continue
-                    exe = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "debug", binary)
+                    exe = os.path.join(BIN_DIR, binary)
                     if not os.access(exe, os.X_OK):
                         print(f"SKIP: {where}: {exe} not built; output name not checked", file=sys.stderr)
                     elif key not in help_outputs(exe):
@@ -280,7 +284,7 @@ def main():
                 continue
             if logical not in user_params:
                 findings.append(f"{where}: no pipeline action invokes it")
-            exe = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "debug", binary)
+            exe = os.path.join(BIN_DIR, binary)
             if not os.access(exe, os.X_OK):
                 print(f"SKIP: {where}: {exe} not built (run `cargo build --workspace --bins`); JSON shape checked only",
                       file=sys.stderr)
