@@ -846,9 +846,11 @@ async fn describe(
         .take(max)
         .map(|r| member(r))
         .collect();
-    let next = (matching.len() > skip + max)
-        .then(|| format!("<NextToken>page-{}</NextToken>", skip + max))
-        .unwrap_or_default();
+    let next = if matching.len() > skip + max {
+        format!("<NextToken>page-{}</NextToken>", skip + max)
+    } else {
+        String::new()
+    };
     ok(
         "DescribeInstanceRefreshes",
         &format!(
