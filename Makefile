@@ -76,9 +76,9 @@ demo: setup build
 # Figures side by side with the peers (bench/README.md): release build (10–12 min clean), then ~7 min
 # of measurements (+ ~6 min once to build s3s-fs). No timing assertions anywhere.
 bench: setup
-	# the four functions only (-p): the binaries resolved as `make package` resolves them, without
+	# the five functions only (-p): the binaries resolved as `make package` resolves them, without
 	# the tests crate (a default member) unifying its features in
-	$(CARGO) build --release --bins -p snapshot-production -p restore-to-staging -p deploy-staging-db -p replicate-artifacts-back
+	$(CARGO) build --release --bins -p snapshot-production -p restore-to-staging -p deploy-staging-db -p replicate-artifacts-back -p roll-out-release
 	bench/run.sh $${CARGO_TARGET_DIR:-target}/release
 
 # Fuzzing (cargo-fuzz/libFuzzer on the stable toolchain via RUSTC_BOOTSTRAP=1; installs cargo-fuzz

@@ -42,7 +42,10 @@ from runtime_api import RuntimeAPI  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-FUNCTIONS = ["snapshot-production", "restore-to-staging", "deploy-staging-db", "replicate-artifacts-back"]
+FUNCTIONS = ["snapshot-production", "restore-to-staging", "deploy-staging-db", "replicate-artifacts-back",
+             "roll-out-release"]
+# roll-out-release plans a release (dryRun) of this moto group; only this group is allowed.
+BENCH_GROUP = "bench-web"
 PYTHON_PEER = "python-peer"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -224,6 +227,7 @@ def lambda_env(home: Path, name: str, moto_cloud: str) -> dict:
         AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
         AWS_LAMBDA_LOG_GROUP_NAME=f"/aws/lambda/{name}",
         AWS_LAMBDA_LOG_STREAM_NAME="bench",
+        SNAPSTAGE_ROLLOUT_ALLOWED_GROUPS=BENCH_GROUP,
     )
 
 
@@ -303,7 +307,17 @@ def seed_moto(cloud: str, onprem: str) -> dict:
     # deploy-staging-db's interlock reads the volume it imports (DescribeVolumes): one that is
     # not production, named by allowUnmanagedVolume in its event.
     staging = ec2.create_volume(AvailabilityZone="us-east-1a", Size=20, VolumeType="gp3")["VolumeId"]
-    return {"volume": vol, "snapshot": snap, "staging_volume": staging}
+    # roll-out-release: a group of 2 on a launch template, and a second image to release.
+    images = sorted(i["ImageId"] for i in ec2.describe_images(Owners=["amazon"])["Images"])[:2]
+    asg = boto3.client("autoscaling", endpoint_url=cloud, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    lt = ec2.create_launch_template(LaunchTemplateName="bench-web-lt",
+                                    LaunchTemplateData={"ImageId": images[0], "InstanceType": "t3.micro"})
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=BENCH_GROUP, MinSize=2, MaxSize=2, DesiredCapacity=2,
+        AvailabilityZones=["us-east-1a"],
+        LaunchTemplate={"LaunchTemplateId": lt["LaunchTemplate"]["LaunchTemplateId"], "Version": "1"})
+    return {"volume": vol, "snapshot": snap, "staging_volume": staging, "release_image": images[1]}
 
 
 def cold_events(seed: dict, onprem: str) -> dict[str, bytes]:
@@ -318,6 +332,7 @@ def cold_events(seed: dict, onprem: str) -> dict[str, bytes]:
             "sourceBucket": "bench-dry-src", "sourcePrefix": "nexus/blobs/",
             "destinationBucket": "bench-dry-dst", "destinationEndpoint": onprem, "dryRun": True,
         },
+        "roll-out-release": {"autoScalingGroupName": BENCH_GROUP, "imageId": seed["release_image"], "dryRun": True},
         PYTHON_PEER: {"volumeIds": [seed["volume"]]},
     }
     return {k: json.dumps(v).encode() for k, v in ev.items()}

@@ -23,7 +23,7 @@ OUT=bench/out
 VENV=$OUT/venv
 mkdir -p "$OUT"
 
-for f in snapshot-production restore-to-staging deploy-staging-db replicate-artifacts-back; do
+for f in snapshot-production restore-to-staging deploy-staging-db replicate-artifacts-back roll-out-release; do
   [ -x "$BIN_DIR/$f" ] || { echo "bench: $BIN_DIR/$f missing: make bench builds it (cargo build --release --bins -p <function>)" >&2; exit 2; }
 done
 

@@ -22,6 +22,8 @@ import sys
 from cfnlint.decode.cfn_yaml import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The binaries `cargo build` made (CARGO_TARGET_DIR, as cargo reads it, else target/).
+BIN_DIR = os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "debug")
 TEMPLATE = os.environ.get("SNAPSTAGE_TEMPLATE", os.path.join(ROOT, "infra", "template.yaml"))
 
 FUNCTIONS = {
@@ -29,11 +31,13 @@ FUNCTIONS = {
     "RestoreToStagingFunction": "restore-to-staging",
     "DeployStagingDbFunction": "deploy-staging-db",
     "ReplicateArtifactsBackFunction": "replicate-artifacts-back",
+    "RollOutReleaseFunction": "roll-out-release",
 }
 
 # What upstream actions publish, for #{Namespace.Key} in UserParameters.
 PIPELINE_VARIABLES = {
     "SourceVariables.CommitId": "0123456789abcdef0123456789abcdef01234567",
+    "Build.ImageId": "ami-0123456789abcdef0",
     "codepipeline.PipelineExecutionId": "3f2a1b4c-5d6e-4f70-8a9b-0c1d2e3f4a5b",
     "Snapshot.SnapshotId": "snap-0123456789abcdef0",
     "Restore.VolumeId": "vol-0fedcba9876543210",
@@ -71,6 +75,16 @@ SCENARIOS = {
     "destination bucket in AWS, all defaults": dict(BASE),
     "plan only, no cluster": {**BASE, "StagingDbPlanOnly": "true"},
     "snapshots kept for a month": {**BASE, "SnapshotRetain": "30"},
+    "release to production with an alarm and more groups": {
+        **BASE,
+        "RolloutAutoScalingGroupName": "shop-web-prod",
+        "RolloutAllowedGroups": "shop-web-canary,shop-api-*",
+        "RolloutAlarmName": "shop-web-5xx",
+        "RolloutMinHealthyPercentage": "75",
+        "RolloutInstanceRoleArn": "arn:aws:iam::123456789012:role/shop-web-instance",
+    },
+    "release of a fixed AMI": {**BASE, "RolloutAutoScalingGroupName": "shop-web-prod",
+                               "RolloutImageId": "ami-0fedcba9876543210"},
 }
 
 PSEUDO = {
@@ -181,6 +195,8 @@ def check_variables(template, findings):
     functions, an output variable the function's --help lists."""
     namespaces = {}  # namespace -> binary (or None for non-snapstage actions)
     for stage in template["Resources"]["Pipeline"]["Properties"]["Stages"]:
+        if isinstance(stage, dict) and "Fn::If" in stage:  # an optional stage: check it as if present
+            stage = stage["Fn::If"][1]
         orders = sorted({int(a.get("RunOrder", 1)) for a in stage["Actions"]})
         for order in orders:
             group = [a for a in stage["Actions"] if int(a.get("RunOrder", 1)) == order]
@@ -196,7 +212,7 @@ def check_variables(template, findings):
                     binary = namespaces[ns]
                     if binary is None:
                         continue
-                    exe = os.path.join(ROOT, "target", "debug", binary)
+                    exe = os.path.join(BIN_DIR, binary)
                     if not os.access(exe, os.X_OK):
                         print(f"SKIP: {where}: {exe} not built; output name not checked", file=sys.stderr)
                     elif key not in help_outputs(exe):
@@ -217,6 +233,11 @@ def main():
         # Which function each pipeline action invokes, and its UserParameters.
         user_params = {}
         for stage in template["Resources"]["Pipeline"]["Properties"]["Stages"]:
+            if isinstance(stage, dict) and "Fn::If" in stage:  # an optional stage
+                cond, yes, no = stage["Fn::If"]
+                stage = yes if r.condition(cond) else no
+                if stage == {"Ref": "AWS::NoValue"}:
+                    continue
             for action in stage["Actions"]:
                 config = action.get("Configuration", {})
                 where = f"[{scenario}] pipeline {stage['Name']}/{action['Name']}"
@@ -244,7 +265,10 @@ def main():
                         findings.append(f"{where}: EnvironmentVariables is not a JSON list of name/value: {e}")
 
         for logical, binary in FUNCTIONS.items():
-            props = template["Resources"][logical]["Properties"]
+            resource = template["Resources"][logical]
+            if "Condition" in resource and not r.condition(resource["Condition"]):
+                continue  # not in this stack (an optional function)
+            props = resource["Properties"]
             env = dict(env_globals)
             env.update(props["Environment"]["Variables"])
             env = {k: str(r.value(v)) for k, v in env.items()}
@@ -260,7 +284,7 @@ def main():
                 continue
             if logical not in user_params:
                 findings.append(f"{where}: no pipeline action invokes it")
-            exe = os.path.join(ROOT, "target", "debug", binary)
+            exe = os.path.join(BIN_DIR, binary)
             if not os.access(exe, os.X_OK):
                 print(f"SKIP: {where}: {exe} not built (run `cargo build --workspace --bins`); JSON shape checked only",
                       file=sys.stderr)

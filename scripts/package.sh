@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FUNCTIONS=(snapshot-production restore-to-staging deploy-staging-db replicate-artifacts-back)
+FUNCTIONS=(snapshot-production restore-to-staging deploy-staging-db replicate-artifacts-back roll-out-release)
 GLIBC_MAX=2.34 # Amazon Linux 2023
 
 scripts/setup.sh # .venv with cargo-lambda and ziglang (idempotent)

@@ -35,6 +35,9 @@ fn samples(sub: &str) -> Vec<(String, Value)> {
     out
 }
 
+/// Its parameters live in its own crate: functions/roll-out-release/tests/events.rs checks its samples.
+const ROLL_OUT_RELEASE: &str = "roll-out-release";
+
 fn execution() -> Execution {
     Execution {
         key: "events-test".into(),
@@ -79,6 +82,9 @@ fn codepipeline_job_samples_parse_and_carry_valid_parameters() {
         }
         let function = conf.function_name.as_deref().unwrap();
         assert_eq!(function, name, "sample file is named after its function");
+        if function == ROLL_OUT_RELEASE {
+            continue;
+        }
         check_params(function, layer.unwrap()).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
@@ -113,6 +119,9 @@ fn direct_samples_are_valid_for_their_function() {
         "replicate-artifacts-back",
     ];
     for (name, raw) in samples("direct") {
+        if name.starts_with(ROLL_OUT_RELEASE) {
+            continue;
+        }
         let function = FUNCTIONS
             .iter()
             .find(|f| name.starts_with(*f))

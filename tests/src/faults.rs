@@ -482,7 +482,7 @@ fn decide(st: &mut State, index: usize, op: &str) -> Option<Fault> {
 
 /// The error a service returns to end a connection without an answer.
 #[derive(Debug)]
-struct Dropped;
+pub(crate) struct Dropped;
 impl std::fmt::Display for Dropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("connection dropped by the fault proxy")
@@ -590,7 +590,7 @@ fn drop_xml(xml: &str, name: &str) -> String {
     out
 }
 
-async fn forward(
+pub(crate) async fn forward(
     http: &reqwest::Client,
     upstream: &str,
     parts: &hyper::http::request::Parts,
@@ -622,7 +622,7 @@ async fn forward(
     out.body(Full::new(bytes)).map_err(|_| Dropped)
 }
 
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("5f0c7a2e-0000-4000-8000-{n:012x}")

@@ -4,8 +4,10 @@
 //! | where | what |
 //! | --- | --- |
 //! | [`jobservice`] | the awsJson1.1 job service double (PutJobSuccessResult, PutJobFailureResult, GetJobDetails) |
+//! | [`asg`] | a production web tier in moto for roll-out-release: launch template, Auto Scaling group, target group, a release AMI |
 //! | [`event`] | the job event a function receives |
 //! | [`faults`] | a fault-injecting HTTP proxy between a function and a service (errors, resets, lost answers, hangs, crashes) |
+//! | [`refresh`] | an EC2 Auto Scaling instance-refresh double in front of moto (moto has no instance refresh API) |
 //! | [`pipeline`] | the pipeline definition and the driver (continuations, `#{Namespace.Variable}`) |
 //! | [`invoker`] | running a function: CLI process, or the `cargo lambda watch` Runtime API emulator |
 //! | [`timeline`] | one entry per invocation, and the table printer |
@@ -17,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod asg;
 pub mod event;
 pub mod faults;
 pub mod flasharray_double;
@@ -25,6 +28,7 @@ pub mod jobservice;
 pub mod kube_double;
 pub mod localkube;
 pub mod pipeline;
+pub mod refresh;
 pub mod seed;
 pub mod testkit;
 pub mod timeline;

@@ -82,6 +82,28 @@ pub fn demo_pipeline(
     }
 }
 
+/// The demo's production web tier (an Auto Scaling group in moto, [`crate::asg`]).
+pub const WEB_TIER: &str = "shop-web";
+/// Instances in the demo's web tier.
+pub const WEB_INSTANCES: i32 = 3;
+
+/// The Release action (after the staging tests): roll-out-release puts `image` (in a real
+/// pipeline `#{Build.ImageId}`, from the Packer build) on `group`.
+pub fn release_action(group: &str, image: &str) -> Action {
+    Action::new(
+        "Release",
+        "Release",
+        "roll-out-release",
+        &serde_json::json!({
+            "autoScalingGroupName": group,
+            "imageId": image,
+            "minHealthyPercentage": 50,
+            "instanceWarmup": 60,
+        })
+        .to_string(),
+    )
+}
+
 /// Clients for the two clouds.
 #[derive(Debug, Clone)]
 pub struct Clients {

@@ -1,6 +1,6 @@
 //! The hostile-input corpus (`shared/tests/corpus`, derived from events/) through the real
 //! function binaries in the local pipeline: the CLI (`--event -`, one process per payload, the
-//! four functions in turn) and the `cargo lambda watch` Runtime API emulator (one warm runtime).
+//! five functions in turn) and the `cargo lambda watch` Runtime API emulator (one warm runtime).
 //! Each payload with a job id gets exactly one typed result in the CodePipeline job-service
 //! double; one without gets a clear answer and exit code and no CodePipeline call; nothing
 //! panics or hangs (a generous process timeout turns a hang into a failure); and no credential —
@@ -26,11 +26,12 @@ use snapstage::job::invocation::job_id;
 use snapstage_localenv::invoker::{CliInvoker, Functions, Invoked, Invoker};
 use snapstage_localenv::jobservice::{JobOutcome, JobService, JobSpec, new_execution_id};
 
-const FUNCTIONS: [&str; 4] = [
+const FUNCTIONS: [&str; 5] = [
     "snapshot-production",
     "restore-to-staging",
     "deploy-staging-db",
     "replicate-artifacts-back",
+    "roll-out-release",
 ];
 
 /// The function processes' own secret key: must never be printed either.

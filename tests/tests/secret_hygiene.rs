@@ -1,4 +1,4 @@
-//! Secret hygiene through the real binaries: each of the four functions runs as a CLI with
+//! Secret hygiene through the real binaries: each of the five functions runs as a CLI with
 //! recognisable fake secrets wherever a user puts secrets — the FlashArray API token and the
 //! replication credentials and the kubeconfig in (moto's) Secrets Manager (deploy-staging-db reads
 //! no database admin password any more: its reset runs inside the staging pod), the artifact credentials of a CodePipeline job event, the process's own AWS
@@ -346,6 +346,68 @@ async fn no_secret_reaches_a_log_output_or_result_of_any_function() {
             format!("{outcome:?}"),
         );
     }
+
+    // roll-out-release as a CodePipeline job (artifact credentials in the event) on a moto web
+    // tier behind the instance-refresh double: a release that succeeds, then a group that is not
+    // there.
+    let web = snapstage_localenv::asg::seed(
+        &snapstage_localenv::asg::Clients::new(&m.cloud).await,
+        &unique("hy"),
+        2,
+    )
+    .await
+    .unwrap();
+    let refresh = snapstage_localenv::refresh::RefreshDouble::start(&m.cloud).unwrap();
+    for (what, group) in [
+        ("success", web.group.as_str()),
+        ("failure", "hygiene-no-such-group"),
+    ] {
+        let job = jobs.register_job(JobSpec {
+            pipeline_name: "shop".into(),
+            stage: "Release".into(),
+            action: "Release".into(),
+            execution_id: new_execution_id(),
+            ..JobSpec::default()
+        });
+        let up = json!({"autoScalingGroupName": group, "imageId": web.release_image}).to_string();
+        let mut event = job_event(&JobEventSpec {
+            job_id: &job,
+            function_name: "roll-out-release",
+            user_parameters: &up,
+            continuation_token: None,
+        });
+        event["CodePipeline.job"]["data"]["artifactCredentials"] = json!({
+            "accessKeyId": "ASIAHYGIENEARTIFACT0",
+            "secretAccessKey": ARTIFACT_SECRET_KEY,
+            "sessionToken": ARTIFACT_SESSION_TOKEN,
+        });
+        let allowed = format!("{},hygiene-no-such-group", web.group);
+        let r = run(
+            "roll-out-release",
+            &m.cloud,
+            event,
+            env(&[
+                ("AWS_ENDPOINT_URL_CODEPIPELINE", &jobs.url),
+                ("AWS_ENDPOINT_URL_AUTO_SCALING", &refresh.url),
+                ("SNAPSTAGE_ROLLOUT_ALLOWED_GROUPS", &allowed),
+            ]),
+        )
+        .await;
+        assert_eq!(r.code, 0, "the result was delivered: {}", r.stderr);
+        let outcome = jobs.result_for(&job).unwrap();
+        // The first step of a release starts the refresh and answers in progress.
+        let want = if what == "success" {
+            "InProgress"
+        } else {
+            "Failed"
+        };
+        assert_eq!(outcome.status(), want, "{outcome:?}\n{}", r.stderr);
+        seen.add(&format!("roll-out-release {what}"), &r);
+        seen.add_text(
+            &format!("roll-out-release {what}: the job result"),
+            format!("{outcome:?}"),
+        );
+    }
     seen.assert_clean();
 }
 
@@ -389,6 +451,11 @@ async fn no_secret_reaches_the_lambda_log_at_trace_level() {
             "replicate-artifacts-back",
             json!({"sourceBucket": "hygiene-no-such-bucket", "destinationBucket": "x",
                    "destinationEndpoint": m.onprem}),
+        ),
+        (
+            "roll-out-release",
+            json!({"autoScalingGroupName": "hygiene-web", "imageId": "ami-0123456789abcdef0",
+                   "dryRun": true}),
         ),
     ] {
         let job = jobs.register_job(JobSpec {

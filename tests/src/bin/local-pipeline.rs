@@ -1,5 +1,7 @@
-//! `local-pipeline`: runs the demo pipeline (Snapshot → Restore → Deploy → Replicate) locally,
-//! against moto, with the real function binaries answering a CodePipeline job service double.
+//! `local-pipeline`: runs the demo pipeline (Snapshot → Restore → Deploy → Replicate → Release)
+//! locally, against moto, with the real function binaries answering a CodePipeline job service
+//! double. The Release stage rolls a new AMI onto a moto Auto Scaling group through the
+//! instance-refresh double (moto has no instance refresh API).
 //!
 //! The function binaries are found beside this one (`<target-dir>/debug/`).
 
@@ -7,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use snapstage_localenv::asg;
 use snapstage_localenv::invoker::{
     CliInvoker, Emulator, Functions, Invoker, LambdaInvoker, cargo_lambda,
 };
 use snapstage_localenv::jobservice::JobService;
 use snapstage_localenv::pipeline::{self, Options, Pipeline};
+use snapstage_localenv::refresh::RefreshDouble;
 use snapstage_localenv::seed::{self, Clients};
 use snapstage_localenv::{Error, workspace_root};
 
@@ -19,7 +23,7 @@ const USAGE: &str = "\
 local-pipeline — run the snapstage demo pipeline locally
 
 USAGE:
-  local-pipeline [--invoker cli|lambda] [--seed] [--poll-delay SECS]
+  local-pipeline [--invoker cli|lambda] [--seed] [--poll-delay SECS] [--failing-release]
 
 OPTIONS:
   --invoker lambda   invoke through the Lambda Runtime API emulator of `cargo lambda watch`
@@ -28,6 +32,8 @@ OPTIONS:
   --invoker cli      run each function as a CLI process (`<function> --event -`)
   --seed             create the demo data first (production volume, Nexus blob store, on-prem bucket)
   --poll-delay SECS  wait between an InProgress result and the next job (default 0)
+  --failing-release  the release image fails its load balancer health checks: the Release stage
+                     rolls it back and the pipeline fails
   -h, --help         this text
 
 ENVIRONMENT:
@@ -41,6 +47,7 @@ EXIT STATUS: 0 the pipeline succeeded, 1 it failed, 2 usage or setup error.
 struct Args {
     lambda: bool,
     seed: bool,
+    failing_release: bool,
     poll_delay: Duration,
 }
 
@@ -48,6 +55,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut out = Args {
         lambda: true,
         seed: false,
+        failing_release: false,
         poll_delay: Duration::ZERO,
     };
     let mut it = args.iter();
@@ -55,6 +63,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         match a.as_str() {
             "-h" | "--help" => return Ok(None),
             "--seed" => out.seed = true,
+            "--failing-release" => out.failing_release = true,
             "--invoker" => match it.next().map(String::as_str) {
                 Some("cli") => out.lambda = false,
                 Some("lambda") => out.lambda = true,
@@ -156,17 +165,49 @@ async fn run(args: Args) -> Result<bool, Error> {
             "no local Kubernetes control plane (SNAPSTAGE_KUBECONFIG_DEPLOY_STAGING_DB unset): the deploy step only plans (dryRun)"
         ),
     }
-    let pipeline = seed::demo_pipeline(
+    let mut pipeline = seed::demo_pipeline(
         &demo.production_volume_id,
         &demo.onprem_endpoint,
         kubeconfig.as_deref(),
     );
+    // The release: a web tier in moto, behind the instance-refresh double.
+    let web = asg::seed(
+        &asg::Clients::new(&cloud).await,
+        seed::WEB_TIER,
+        seed::WEB_INSTANCES,
+    )
+    .await?;
+    let refresh = RefreshDouble::start(&cloud)
+        .map_err(|e| Error::Setup(format!("instance-refresh double: {e}")))?;
+    if args.failing_release {
+        refresh.fail_health_checks(&web.release_image).await;
+    }
+    eprintln!(
+        "web tier {} ({} instances, launch template {}): releasing {}{}; instance refreshes answered by {}",
+        web.group,
+        seed::WEB_INSTANCES,
+        web.template_id,
+        web.release_image,
+        if args.failing_release {
+            " (failing its health checks)"
+        } else {
+            ""
+        },
+        refresh.url
+    );
+    pipeline
+        .actions
+        .push(seed::release_action(&web.group, &web.release_image));
 
     let jobs = JobService::start()
         .await
         .map_err(|e| Error::Setup(format!("job service: {e}")))?;
     let bin_dir = bin_dir()?;
-    let functions = Functions::new(&bin_dir, &jobs.url).moto(&cloud);
+    let functions = Functions::new(&bin_dir, &jobs.url)
+        .moto(&cloud)
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", &refresh.url)
+        .env("AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2", &refresh.url)
+        .env("SNAPSTAGE_ROLLOUT_ALLOWED_GROUPS", &web.group);
     for a in &pipeline.actions {
         functions.binary(&a.function)?;
     }
