@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use roll_out_release::sdk::SdkFleet;
 use roll_out_release::{AllowList, RollOutRelease};
-use snapstage::entry::About;
+use snapstage::job::entry::About;
 
 const ABOUT: About = About {
     summary: "Rolls a new machine image (AMI) out to a production EC2 Auto Scaling group with zero downtime:
@@ -42,7 +42,7 @@ instead of starting another. Only groups in SNAPSTAGE_ROLLOUT_ALLOWED_GROUPS are
 };
 
 fn main() -> ExitCode {
-    snapstage::entry::main(&ABOUT, |config| RollOutRelease {
+    snapstage::job::entry::main(&ABOUT, |config| RollOutRelease {
         fleet: SdkFleet::new(config),
         allow: AllowList::from_env(|k| std::env::var(k).ok()),
     })

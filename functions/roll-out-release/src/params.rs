@@ -314,11 +314,11 @@ mod tests {
     use snapstage::FailureKind;
 
     fn parse(v: serde_json::Value) -> Result<RolloutParams> {
-        let layer = snapstage::params::Layer {
+        let layer = snapstage::job::params::Layer {
             source: "UserParameters",
             values: v.as_object().cloned().unwrap(),
         };
-        let p: RolloutParams = snapstage::params::merge(&[layer])?;
+        let p: RolloutParams = snapstage::job::params::merge(&[layer])?;
         p.validate()?;
         Ok(p)
     }

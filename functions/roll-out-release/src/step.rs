@@ -414,7 +414,7 @@ fn busy(group: &Group, r: &Refresh) -> Error {
 
 /// A reason as the continuation state keeps it (the token holds at most 2048 characters).
 fn short(reason: &str) -> String {
-    snapstage::codepipeline::truncate(reason, 400)
+    snapstage::job::codepipeline::truncate(reason, 400)
 }
 
 fn to_value(state: &State) -> Result<Value> {

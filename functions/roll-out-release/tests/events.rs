@@ -8,9 +8,9 @@ use std::path::Path;
 
 use roll_out_release::RolloutParams;
 use roll_out_release::params::ToVersion;
-use snapstage::codecommit::TriggerFilter;
-use snapstage::invocation::{Invocation, classify};
-use snapstage::params::{Layer, merge, user_parameters};
+use snapstage::job::codecommit::TriggerFilter;
+use snapstage::job::invocation::{Invocation, classify};
+use snapstage::job::params::{Layer, merge, user_parameters};
 
 fn samples(sub: &str) -> Vec<(String, serde_json::Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

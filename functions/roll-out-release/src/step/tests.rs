@@ -610,7 +610,7 @@ fn the_state_fits_a_continuation_token() {
             refresh_id: "08b91cf7-8fa6-48af-b6a6-d227f40f1b9b".into(),
         },
     };
-    let c = snapstage::continuation::Continuation {
+    let c = snapstage::job::continuation::Continuation {
         function: "roll-out-release".into(),
         execution: "p".repeat(200),
         stalls: 0,
@@ -618,6 +618,7 @@ fn the_state_fits_a_continuation_token() {
         started_ms: Some(1),
     };
     let token = c.encode().unwrap();
-    let back = snapstage::continuation::Continuation::decode(&token, "roll-out-release").unwrap();
+    let back =
+        snapstage::job::continuation::Continuation::decode(&token, "roll-out-release").unwrap();
     assert_eq!(serde_json::from_value::<State>(back.state).unwrap(), s);
 }
