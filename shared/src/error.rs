@@ -5,6 +5,10 @@
 
 use std::fmt;
 
+/// The cause an [`Error`] keeps: the SDK's, the Kubernetes client's, the HTTP client's or the
+/// operating system's error, with its own chain.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// `Result` with the crate's [`Error`] as the default error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -58,6 +62,9 @@ pub enum Error {
     Permission {
         backend: &'static str,
         message: String,
+        /// What the service, client or system said, kept for logs ([`Error::chain`]).
+        #[source]
+        source: Option<Source>,
     },
 
     /// A resource the request names does not exist.
@@ -65,6 +72,9 @@ pub enum Error {
     NotFound {
         backend: &'static str,
         message: String,
+        /// What the service, client or system said, kept for logs ([`Error::chain`]).
+        #[source]
+        source: Option<Source>,
     },
 
     /// A safety rule refused the request (e.g. a production target).
@@ -76,6 +86,9 @@ pub enum Error {
     Unavailable {
         backend: &'static str,
         message: String,
+        /// What the service, client or system said, kept for logs ([`Error::chain`]).
+        #[source]
+        source: Option<Source>,
     },
 
     /// Anything else a backend reports.
@@ -83,6 +96,9 @@ pub enum Error {
     Backend {
         backend: &'static str,
         message: String,
+        /// What the service, client or system said, kept for logs ([`Error::chain`]).
+        #[source]
+        source: Option<Source>,
     },
 
     /// A bug on our side (a panic, an invariant). Reported as JobFailed.
@@ -96,6 +112,36 @@ impl Error {
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// Keeps `cause` as this error's source (backend errors only: the other kinds are said in
+    /// the user's terms and have no outside cause).
+    pub fn caused_by(mut self, cause: impl Into<Source>) -> Self {
+        if let Self::Permission { source, .. }
+        | Self::NotFound { source, .. }
+        | Self::Unavailable { source, .. }
+        | Self::Backend { source, .. } = &mut self
+        {
+            *source = Some(cause.into());
+        }
+        self
+    }
+
+    /// The message and every cause below it, `a: b: c`, each said once (a cause whose text the
+    /// message already contains is skipped). For logs; never carries a secret, as no cause
+    /// does (SDK, client and OS errors name resources, not credentials).
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            let said = s.to_string();
+            if !said.is_empty() && !out.contains(&said) {
+                out.push_str(": ");
+                out.push_str(&said);
+            }
+            src = s.source();
+        }
+        out
     }
 
     /// The CodePipeline failure type this error is reported as.
@@ -121,13 +167,21 @@ impl Error {
             | "InvalidClientTokenId"
             | "ExpiredToken"
             | "ExpiredTokenException"
-            | "SignatureDoesNotMatch" => Self::Permission { backend, message },
+            | "SignatureDoesNotMatch" => Self::Permission {
+                backend,
+                message,
+                source: None,
+            },
             c if c.ends_with(".NotFound")
                 || c == "NoSuchBucket"
                 || c == "NoSuchKey"
                 || c == "NotFound" =>
             {
-                Self::NotFound { backend, message }
+                Self::NotFound {
+                    backend,
+                    message,
+                    source: None,
+                }
             }
             // The SDK's own throttling and transient codes (aws-smithy-types `retry`), plus
             // EC2's `Unavailable` (HTTP 503, "the server is overloaded").
@@ -152,19 +206,28 @@ impl Error {
             | "InternalFailure"
             | "InternalServerError"
             | "RequestTimeout"
-            | "RequestTimeoutException" => Self::Unavailable { backend, message },
+            | "RequestTimeoutException" => Self::Unavailable {
+                backend,
+                message,
+                source: None,
+            },
             c if c.starts_with("Invalid")
                 || c.starts_with("Missing")
                 || c == "ValidationException" =>
             {
                 Self::Configuration(format!("{backend}: {message}"))
             }
-            _ => Self::Backend { backend, message },
+            _ => Self::Backend {
+                backend,
+                message,
+                source: None,
+            },
         }
     }
 }
 
-/// Turn any AWS SDK error into a classified [`Error`], keeping the service's code and message.
+/// Turn any AWS SDK error into a classified [`Error`], keeping the service's code and message,
+/// and the SDK's error as its source.
 /// An answer without an error code (a load balancer's 502, a proxy's 503) is classified by its
 /// HTTP status: 429 and 5xx are [`Error::Unavailable`].
 pub fn aws_error<E>(
@@ -176,7 +239,7 @@ where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     use aws_sdk_s3::error::SdkError;
-    match &err {
+    let classified = match &err {
         SdkError::ServiceError(se) => {
             let e = se.err();
             let status = se.raw().status().as_u16();
@@ -187,9 +250,13 @@ where
                 e.message().map(|m| format!(": {m}")).unwrap_or_default()
             );
             match Error::from_aws_code(backend, code, msg) {
-                Error::Backend { backend, message } if status == 429 || status >= 500 => {
-                    Error::Unavailable { backend, message }
-                }
+                Error::Backend {
+                    backend, message, ..
+                } if status == 429 || status >= 500 => Error::Unavailable {
+                    backend,
+                    message,
+                    source: None,
+                },
                 other => other,
             }
         }
@@ -197,12 +264,20 @@ where
             Error::Unavailable {
                 backend,
                 message: format!("{action}: {}", DisplayChain(&err)),
+                source: None,
             }
         }
         _ => Error::Backend {
             backend,
             message: format!("{action}: {}", DisplayChain(&err)),
+            source: None,
         },
+    };
+    // The modeled error (code and message) as the cause, not the SDK's "service error" wrapper;
+    // a transport failure keeps the whole SDK error and its chain.
+    match err {
+        SdkError::ServiceError(se) => classified.caused_by(se.into_err()),
+        other => classified.caused_by(other),
     }
 }
 
@@ -255,5 +330,47 @@ mod tests {
             "UserParameters.volumeIds[0]: expected a volume id, got 42"
         );
         assert_eq!(e.failure_kind(), FailureKind::ConfigurationError);
+    }
+
+    #[test]
+    fn a_backend_error_keeps_its_cause_and_logs_say_it_once() {
+        let io = std::io::Error::other("no space left on device");
+        let e = Error::Backend {
+            backend: "filesystem",
+            message: "writing /srv/nexus/blobs/a.bytes".into(),
+            source: None,
+        }
+        .caused_by(io);
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("no space left on device"));
+        assert_eq!(
+            e.chain(),
+            "filesystem: writing /srv/nexus/blobs/a.bytes: no space left on device"
+        );
+        // What the user reads (the failure detail) stays the message alone.
+        assert_eq!(
+            e.to_string(),
+            "filesystem: writing /srv/nexus/blobs/a.bytes"
+        );
+
+        // A cause the message already says is not said twice.
+        let said = Error::Unavailable {
+            backend: "s3",
+            message: "GetObject: connection refused".into(),
+            source: None,
+        }
+        .caused_by(std::io::Error::other("connection refused"));
+        assert_eq!(
+            said.chain(),
+            "s3: unavailable: GetObject: connection refused"
+        );
+    }
+
+    #[test]
+    fn errors_in_the_users_terms_have_no_outside_cause() {
+        let e = Error::parameter("volumeIds", "expected a list")
+            .caused_by(std::io::Error::other("unrelated"));
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.chain(), "volumeIds: expected a list");
     }
 }

@@ -236,6 +236,7 @@ impl Fleet for SdkFleet {
                 message: format!(
                     "CreateLaunchTemplateVersion {template_id}: the answer names no version"
                 ),
+                source: None,
             })
     }
 
@@ -340,6 +341,7 @@ impl Fleet for SdkFleet {
                         "StartInstanceRefresh {:?}: the answer names no refresh",
                         r.group
                     ),
+                    source: None,
                 }),
             Err(e)
                 if e.as_service_error()

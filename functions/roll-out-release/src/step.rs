@@ -170,6 +170,7 @@ async fn resolve<F: Fleet>(fleet: &F, template_id: &str, version: &str) -> Resul
         .ok_or_else(|| Error::NotFound {
             backend: "ec2",
             message: format!("launch template {template_id} has no version {version}"),
+            source: None,
         })
 }
 
@@ -390,6 +391,7 @@ async fn start_release<F: Fleet>(
                         "group {}: {message}; another instance refresh is in progress, so this run started none (its launch template version {} is kept for a retry)",
                         group.name, version.number
                     ),
+                    source: None,
                 }),
             }
         }
@@ -409,6 +411,7 @@ fn busy(group: &Group, r: &Refresh) -> Error {
                 .unwrap_or("its current configuration"),
             r.desired_version.as_deref().unwrap_or("-")
         ),
+        source: None,
     }
 }
 
@@ -555,6 +558,7 @@ async fn start_rollback<F: Fleet>(
                     "RollbackInstanceRefresh of group {} refused: {code}: {message}",
                     group.name
                 ),
+                source: None,
             }),
         };
     }
@@ -605,6 +609,7 @@ async fn start_rollback<F: Fleet>(
                 "group {}: {message}; the rollback started no refresh: retry",
                 group.name
             ),
+            source: None,
         }),
     }
 }
@@ -631,6 +636,7 @@ async fn refresh_by_id<F: Fleet>(fleet: &F, group: &str, id: &str) -> Result<Ref
         .ok_or_else(|| Error::NotFound {
             backend: "autoscaling",
             message: format!("group {group} has no instance refresh {id} (any more)"),
+            source: None,
         })
 }
 
@@ -733,6 +739,7 @@ fn rolled_back_error(group: &Group, s: &State, r: &Refresh, reason: &str) -> Err
             r.status,
             s.previous
         ),
+        source: None,
     }
 }
 
@@ -767,6 +774,7 @@ async fn follow<F: Fleet>(
                         state.previous,
                         r.id
                     ),
+                    source: None,
                 }),
                 s if r.is_active() => Ok(Outcome::Continue {
                     summary: format!(
@@ -788,6 +796,7 @@ async fn follow<F: Fleet>(
                         r.status_reason.as_deref().unwrap_or("no reason given"),
                         state.previous
                     ),
+                    source: None,
                 }),
             }
         }
@@ -826,6 +835,7 @@ async fn rolling_back<F: Fleet>(
                     state.version
                 }
             ),
+            source: None,
         }),
         (s, _) if r.is_active() => Ok(Outcome::Continue {
             summary: format!(
@@ -844,6 +854,7 @@ async fn rolling_back<F: Fleet>(
                 r.id,
                 r.status_reason.as_deref().unwrap_or("no reason given")
             ),
+            source: None,
         }),
     }
 }
@@ -919,6 +930,7 @@ async fn refreshing<F: Fleet>(
                         r.status,
                         r.rollback_reason.as_deref().unwrap_or("no reason given")
                     ),
+                    source: None,
                 })
             }
         }
@@ -946,6 +958,7 @@ async fn refreshing<F: Fleet>(
                         "{reason}; group {} still launches version {} ({on_new} instances on version {})",
                         group.name, state.previous, state.version
                     ),
+                    source: None,
                 })
             }
         }
@@ -994,6 +1007,7 @@ async fn roll_back<F: Fleet>(
                         "{reason}; instance refresh {} is still {}: cancel it, then request {{\"rollback\": {{\"toVersion\": {}}}}}",
                         r.id, now.status, state.previous
                     ),
+                    source: None,
                 });
             }
             revert(fleet, p, group, state, reason).await
@@ -1044,6 +1058,7 @@ async fn revert<F: Fleet>(
                             "{reason}; group {} is set to version {} again, but its instances could not be refreshed onto it: {message}",
                             group.name, state.previous
                         ),
+                        source: None,
                     });
                 }
             }

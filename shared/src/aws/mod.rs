@@ -51,13 +51,18 @@ pub async fn secret_string(
                     &format!("GetSecretValue {id:?} ({field})"),
                     e,
                 ) {
-                    crate::Error::Permission { backend, message } => crate::Error::Permission {
+                    crate::Error::Permission {
+                        backend,
+                        message,
+                        source,
+                    } => crate::Error::Permission {
                         backend,
                         message: format!(
                             "{message}; grant the function's role secretsmanager:GetSecretValue \
                              on this secret (and kms:Decrypt on its KMS key), or name a secret it \
                              may read in {field}"
                         ),
+                        source,
                     },
                     other => other,
                 }

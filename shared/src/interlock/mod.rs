@@ -340,6 +340,7 @@ pub fn decide(
             message: format!(
                 "{field} {id:?} does not exist; pass the volume restore-to-staging made for this run (its VolumeId / PvcName output)"
             ),
+            source: None,
         });
     };
     let what = &marks.what;

@@ -382,6 +382,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                     Err(Error::Unavailable {
                         backend: "codepipeline",
                         message: "GetJobDetails: no answer before the deadline".into(),
+                        source: None,
                     })
                 });
             Some(match context {
@@ -400,7 +401,11 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                 },
                 // A passing outage: start nothing. Keyed by job id now and by the pipeline
                 // execution on the stage's retry, one run could make two snapshots.
-                Err(Error::Unavailable { backend, message }) => {
+                Err(Error::Unavailable {
+                    backend,
+                    message,
+                    source: None,
+                }) => {
                     tracing::warn!(job_id, backend, error = %message, "GetJobDetails failed; nothing started");
                     return JobResult::failed(
                         &Error::Unavailable {
@@ -408,6 +413,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                             message: format!(
                                 "{message}; nothing was started (the run is keyed by its pipeline execution, which GetJobDetails names): retry the action"
                             ),
+                            source: None,
                         },
                         job_id,
                     );
@@ -415,7 +421,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                 // Not allowed to ask (no codepipeline:GetJobDetails): every invocation of this
                 // job fails the same way, so the job id keys it consistently.
                 Err(e) => {
-                    tracing::warn!(job_id, error = %e, "GetJobDetails failed; keying this run by job id");
+                    tracing::warn!(job_id, error = %e.chain(), "GetJobDetails failed; keying this run by job id");
                     job_execution(job_id)
                 }
             })
@@ -525,7 +531,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
         match joined {
             Ok(Ok(Ok(outcome))) => shape(F::NAME, &execution, started_ms, outcome),
             Ok(Ok(Err(e))) => {
-                tracing::warn!(execution = %execution.key, failure = %e.failure_kind(), error = %e, "step failed");
+                tracing::warn!(execution = %execution.key, failure = %e.failure_kind(), error = %e.chain(), "step failed");
                 JobResult::failed(&e, &execution.key)
             }
             Ok(Err(join)) => {
@@ -544,6 +550,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                         message: format!(
                             "no progress in {stalls} invocations in a row: each reached the Lambda deadline"
                         ),
+                        source: None,
                     };
                     return JobResult::failed(&e, &execution.key);
                 }
@@ -588,6 +595,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                     "the job result was not acknowledged within {:.1} s (the invocation's deadline)",
                     left.as_secs_f64()
                 ),
+                source: None,
             }),
         };
         let delivered = match reported {
@@ -601,7 +609,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
             other => other,
         };
         if let Err(e) = &delivered {
-            tracing::error!(job_id = %job_id, error = %e, "could not deliver the job result");
+            tracing::error!(job_id = %job_id, error = %e.chain(), "could not deliver the job result");
         }
         Handled::Job {
             job_id,

@@ -74,13 +74,14 @@ pub async fn token_for(config: &aws_config::SdkConfig, cluster: &str) -> Result<
     let provider = config
         .credentials_provider()
         .ok_or_else(|| Error::Configuration("EKS token: no AWS credentials provider".into()))?;
-    let creds = provider
-        .provide_credentials()
-        .await
-        .map_err(|e| Error::Permission {
+    let creds = provider.provide_credentials().await.map_err(|e| {
+        Error::Permission {
             backend: "eks",
             message: format!("no AWS credentials for the EKS token: {e}"),
-        })?;
+            source: None,
+        }
+        .caused_by(e)
+    })?;
     let region = config
         .region()
         .map(|r| r.as_ref().to_string())

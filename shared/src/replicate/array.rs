@@ -148,6 +148,7 @@ async fn run(
             return Err(Error::Backend {
                 backend: "flasharray",
                 message: format!("protection group snapshot {} failed: {why}", snap.id),
+                source: None,
             });
         }
         SnapshotState::Pending { percent } => {
@@ -181,6 +182,7 @@ async fn run(
                 "{} does not show {} as its source after the copy (it shows {:?}); nothing is reported as copied",
                 check.id, replica.id, check.snapshot
             ),
+            source: None,
         });
     }
     let mut outputs = BTreeMap::from([

@@ -119,9 +119,13 @@ impl Store {
                     .await
                 {
                     Ok(out) => {
-                        let body = out.body.collect().await.map_err(|e| Error::Unavailable {
-                            backend: "s3",
-                            message: format!("reading the checkpoint {url}: {e}"),
+                        let body = out.body.collect().await.map_err(|e| {
+                            Error::Unavailable {
+                                backend: "s3",
+                                message: format!("reading the checkpoint {url}: {e}"),
+                                source: None,
+                            }
+                            .caused_by(e)
                         })?;
                         Ok(Some(body.into_bytes().to_vec()))
                     }

@@ -121,16 +121,19 @@ fn mtime_ns(md: &std::fs::Metadata) -> u128 {
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> Error {
     let message = format!("{what} {}: {e}", path.display());
-    match e.kind() {
+    let classified = match e.kind() {
         std::io::ErrorKind::PermissionDenied => Error::Permission {
             backend: "filesystem",
             message,
+            source: None,
         },
         _ => Error::Backend {
             backend: "filesystem",
             message,
+            source: None,
         },
-    }
+    };
+    classified.caused_by(e)
 }
 
 /// What the index remembers of one file.
@@ -361,6 +364,7 @@ pub async fn write_atomically(path: &Path, body: &[u8]) -> Result<()> {
         Err(problem) => Err(Error::Backend {
             backend: "filesystem",
             message: problem,
+            source: None,
         }),
     }
 }

@@ -173,6 +173,7 @@ impl Source for MemorySource {
             return Err(Problem::Fatal(Error::NotFound {
                 backend: "memory",
                 message: format!("GetObject {key}: NoSuchKey"),
+                source: None,
             }));
         };
         if if_match.is_some_and(|e| e != s.etag) {
@@ -309,6 +310,7 @@ impl MemorySink {
             return Err(Problem::Fatal(Error::Permission {
                 backend: "memory",
                 message: format!("writing {key}: AccessDenied"),
+                source: None,
             }));
         }
         Ok(match st.garble.get_mut(&(key.to_string(), part)) {
@@ -429,6 +431,7 @@ impl Sink for MemorySink {
             return Err(Problem::Fatal(Error::Permission {
                 backend: "memory",
                 message: format!("CreateMultipartUpload {}: AccessDenied", object.key),
+                source: None,
             }));
         }
         st.next_id += 1;
@@ -478,6 +481,7 @@ impl ResumableUploads<MemoryUpload> for MemorySink {
                 let u = st.uploads.get(id).ok_or_else(|| Error::NotFound {
                     backend: "memory",
                     message: format!("ListParts {key}: NoSuchUpload"),
+                    source: None,
                 })?;
                 u.parts
                     .iter()

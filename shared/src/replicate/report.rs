@@ -54,14 +54,23 @@ pub(super) fn failure(failures: &[(String, Error)], checkpoint: &str) -> Error {
         }
     );
     match failures.first().map(|(_, e)| e) {
-        Some(Error::Permission { backend, .. }) => Error::Permission { backend, message },
-        Some(Error::Unavailable { backend, .. }) => Error::Unavailable { backend, message },
+        Some(Error::Permission { backend, .. }) => Error::Permission {
+            backend,
+            message,
+            source: None,
+        },
+        Some(Error::Unavailable { backend, .. }) => Error::Unavailable {
+            backend,
+            message,
+            source: None,
+        },
         Some(Error::NotFound { .. } | Error::Configuration(_) | Error::Refused(_)) => {
             Error::Configuration(message)
         }
         _ => Error::Backend {
             backend: "s3",
             message,
+            source: None,
         },
     }
 }
@@ -232,6 +241,7 @@ mod tests {
                     Error::Backend {
                         backend: "s3",
                         message: "not verified".into(),
+                        source: None,
                     },
                 )
             })
@@ -251,6 +261,7 @@ mod tests {
                 Error::Permission {
                     backend: "s3",
                     message: "AccessDenied".into(),
+                    source: None,
                 },
             )],
             "c",

@@ -237,6 +237,7 @@ pub(super) async fn list_s3(
         return Err(Error::Unavailable {
             backend: "s3",
             message: format!("{action}: the listing ended truncated"),
+            source: None,
         });
     }
     Ok(out)

@@ -98,9 +98,13 @@ pub async fn fetch(
         .body
         .collect()
         .await
-        .map_err(|e| Error::Unavailable {
-            backend: "s3",
-            message: format!("reading input artifact {}: {e}", artifact.name),
+        .map_err(|e| {
+            Error::Unavailable {
+                backend: "s3",
+                message: format!("reading input artifact {}: {e}", artifact.name),
+                source: None,
+            }
+            .caused_by(e)
         })?
         .into_bytes();
     let source = format!("template.artifact {}:{}", artifact.name, file.path);

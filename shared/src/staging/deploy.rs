@@ -146,6 +146,7 @@ async fn start(
                         "namespace {} is being deleted (an earlier teardown or the TTL sweep); re-run when it is gone",
                         spec.namespace
                     ),
+                    source: None,
                 });
             }
             ownership::execution_of(&ns.metadata) == Some(spec.execution_label.as_str())
@@ -342,6 +343,7 @@ fn failed(message: String) -> Error {
     Error::Backend {
         backend: BACKEND,
         message,
+        source: None,
     }
 }
 
@@ -785,22 +787,42 @@ fn with_note(err: Error, note: &str) -> Error {
             message: add(message),
         },
         Error::Configuration(m) => Error::Configuration(add(m)),
-        Error::Permission { backend, message } => Error::Permission {
+        Error::Permission {
+            backend,
+            message,
+            source,
+        } => Error::Permission {
             backend,
             message: add(message),
+            source,
         },
-        Error::NotFound { backend, message } => Error::NotFound {
+        Error::NotFound {
+            backend,
+            message,
+            source,
+        } => Error::NotFound {
             backend,
             message: add(message),
+            source,
         },
         Error::Refused(m) => Error::Refused(add(m)),
-        Error::Unavailable { backend, message } => Error::Unavailable {
+        Error::Unavailable {
+            backend,
+            message,
+            source,
+        } => Error::Unavailable {
             backend,
             message: add(message),
+            source,
         },
-        Error::Backend { backend, message } => Error::Backend {
+        Error::Backend {
+            backend,
+            message,
+            source,
+        } => Error::Backend {
             backend,
             message: add(message),
+            source,
         },
         Error::Internal(m) => Error::Internal(add(m)),
     }

@@ -105,6 +105,7 @@ pub async fn check(
                     message: format!(
                         "PVC {ns}/{claim} (pvcName) does not exist: deploy mounts a PVC that restore-to-staging made in the staging namespace; pass its Namespace and PvcName outputs"
                     ),
+                    source: None,
                 });
             };
             let marks = object_marks(format!("PVC {ns}/{claim}"), &pvc.metadata, execution);

@@ -28,6 +28,7 @@ impl JobReporter for Recorder {
             return Err(Error::Unavailable {
                 backend: "codepipeline",
                 message: "connection refused".into(),
+                source: None,
             });
         }
         Ok(())
@@ -37,12 +38,14 @@ impl JobReporter for Recorder {
             return Err(Error::Unavailable {
                 backend: "codepipeline",
                 message: "GetJobDetails: ThrottlingException".into(),
+                source: None,
             });
         }
         if self.no_context {
             return Err(Error::Permission {
                 backend: "codepipeline",
                 message: "GetJobDetails".into(),
+                source: None,
             });
         }
         Ok(PipelineContext {
@@ -79,10 +82,12 @@ impl Function for Probe {
             "denied" => Err(Error::Permission {
                 backend: "ec2",
                 message: "UnauthorizedOperation".into(),
+                source: None,
             }),
             "backend" => Err(Error::Backend {
                 backend: "ec2",
                 message: "IncorrectState".into(),
+                source: None,
             }),
             "badvar" => Ok(Outcome::Done {
                 summary: "x".into(),

@@ -288,6 +288,7 @@ fn rejected_ignored_and_undelivered_invocations() {
                 delivered: Err(Error::Unavailable {
                     backend: "codepipeline",
                     message: "connection refused".into(),
+                    source: None,
                 }),
             },
             Some(NOW_MS),

@@ -34,6 +34,7 @@ pub fn endpoint_of(name: &str, cluster: &aws_sdk_eks::types::Cluster) -> Result<
             message: format!(
                 "cluster {name} has no API endpoint yet (status {status:?}); retry when it is ACTIVE"
             ),
+            source: None,
         })?;
     if !url.starts_with("https://") {
         return Err(Error::Configuration(format!(
@@ -109,6 +110,7 @@ pub async fn config(cluster: &EksCluster, sdk: &aws_config::SdkConfig) -> Result
                     cluster.name,
                     sdk.region().map_or("the function's region", |r| r.as_ref())
                 ),
+                source: None,
             },
             _ => aws_error(
                 "eks",
@@ -119,6 +121,7 @@ pub async fn config(cluster: &EksCluster, sdk: &aws_config::SdkConfig) -> Result
     let described = answer.cluster().ok_or_else(|| Error::Backend {
         backend: "eks",
         message: format!("DescribeCluster {}: no cluster in the answer", cluster.name),
+        source: None,
     })?;
     let endpoint = endpoint_of(&cluster.name, described)?;
     let token = crate::kube::eks_token::token_for(&sdk, &cluster.name).await?;

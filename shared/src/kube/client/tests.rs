@@ -250,6 +250,21 @@ fn api_errors_map_to_failure_types_and_say_what_to_do() {
 }
 
 #[test]
+fn an_api_error_keeps_the_clients_error_as_its_cause() {
+    let e = kube_error(
+        "reading Namespace x",
+        api_error(404, "NotFound", "namespaces \"x\" not found"),
+    );
+    let cause = std::error::Error::source(&e).expect("the kube client's error is kept");
+    assert!(cause.is::<kube::Error>(), "{cause}");
+    assert!(
+        e.chain().contains("namespaces \"x\" not found"),
+        "{}",
+        e.chain()
+    );
+}
+
+#[test]
 fn the_crypto_provider_is_ring_and_installing_twice_is_harmless() {
     install_crypto_provider();
     install_crypto_provider();

@@ -199,6 +199,7 @@ pub async fn copy_object<R: Source, W: Sink>(
                     ctx.source.describe(&src.key),
                     ctx.sink.describe_key(&candidate.destination_key),
                 ),
+                source: None,
             });
         }
         tracing::warn!(key = %src.key, problem = %why, "copy not verified; trying again");

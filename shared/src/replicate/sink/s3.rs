@@ -221,6 +221,7 @@ impl Sink for S3Sink {
             return Err(Error::Backend {
                 backend: "s3",
                 message: format!("CreateMultipartUpload {where_}: no upload id in the answer"),
+                source: None,
             }
             .into());
         }

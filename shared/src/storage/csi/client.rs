@@ -74,6 +74,7 @@ impl Csi {
                         "VolumeSnapshot {}/{name} does not exist",
                         self.params.namespace
                     ),
+                    source: None,
                 })
             }
             SnapshotId::Member { group, pvc } => {
@@ -93,6 +94,7 @@ impl Csi {
                     "VolumeGroupSnapshot {}/{group} does not exist",
                     self.params.namespace
                 ),
+                source: None,
             })?;
         let status = g.status.as_ref();
         let pending = SnapshotInfo {

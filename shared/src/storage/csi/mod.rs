@@ -162,6 +162,7 @@ impl Backend for Csi {
                     "PersistentVolumeClaim {}/{source} does not exist",
                     self.params.namespace
                 ),
+                source: None,
             })?;
         let status = pvc.status.as_ref().and_then(|s| s.capacity.as_ref());
         let requested = pvc
@@ -285,6 +286,7 @@ impl Backend for Csi {
                 None => Err(Error::NotFound {
                     backend: B,
                     message: format!("VolumeSnapshot {}/{name}", self.params.namespace),
+                    source: None,
                 }),
             },
         }
@@ -334,6 +336,7 @@ impl Backend for Csi {
                     "PersistentVolumeClaim {}/{id} does not exist (deleted while restoring?)",
                     self.staging_namespace().unwrap_or_default()
                 ),
+                source: None,
             })?;
         self.check_claim(&pvc).await?;
         self.volume_info(&pvc).await

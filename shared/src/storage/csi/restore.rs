@@ -42,6 +42,7 @@ impl Csi {
             .ok_or_else(|| Error::Backend {
                 backend: B,
                 message: format!("snapshot {} has no VolumeSnapshot yet", snapshot.id),
+                source: None,
             })?;
         let prod_name = prod.metadata.name.clone().unwrap_or_default();
         let status = prod.status.clone().unwrap_or_default();
@@ -54,6 +55,7 @@ impl Csi {
                     "VolumeSnapshot {}/{prod_name} is not bound to a VolumeSnapshotContent yet",
                     self.params.namespace
                 ),
+                source: None,
             })?;
         let contents: Api<VolumeSnapshotContent> = Api::all(self.client.clone());
         let content = api::get_opt(&contents, &content_name)
@@ -63,6 +65,7 @@ impl Csi {
                 message: format!(
                     "VolumeSnapshotContent {content_name} (bound to {prod_name}) does not exist"
                 ),
+                source: None,
             })?;
         let handle = content
             .status
@@ -72,6 +75,7 @@ impl Csi {
             .ok_or_else(|| Error::Backend {
                 backend: B,
                 message: format!("VolumeSnapshotContent {content_name} has no snapshot handle yet"),
+                source: None,
             })?;
         let restore_size = status
             .restore_size
@@ -88,6 +92,7 @@ impl Csi {
                 message: format!(
                     "VolumeSnapshot {prod_name} reports no restoreSize; cannot size the staging PVC"
                 ),
+                source: None,
             })?;
 
         let source_pvc = if snapshot.source.is_empty() {

@@ -44,6 +44,7 @@ pub(super) fn exclusions(
             message: format!(
                 "volume {v} is no longer attached to instance {host}; run the step again to snapshot the volumes where they are now"
             ),
+            source: None,
         });
     }
     let exclude_boot = boot.is_none_or(|b| !sources.contains(&b));
@@ -87,6 +88,7 @@ impl Ebs {
                 .ok_or_else(|| Error::NotFound {
                     backend: B,
                     message: format!("volume {source}"),
+                    source: None,
                 })?;
             let on: Vec<String> = v
                 .attachments()
@@ -190,6 +192,7 @@ impl Ebs {
             .ok_or_else(|| Error::NotFound {
                 backend: B,
                 message: format!("instance {host} (the volumes' instance)"),
+                source: None,
             })?;
         let (exclude_boot, others) = exclusions(instance, host, sources)?;
         let spec = aws_sdk_ec2::types::InstanceSpecification::builder()
@@ -234,6 +237,7 @@ impl Ebs {
                         message: format!(
                             "CreateSnapshots on {host}: the answer was lost and the run's snapshot of {v} is missing; re-run the pipeline for a new group"
                         ),
+                        source: None,
                     })
                 }).collect();
             }
@@ -260,6 +264,7 @@ impl Ebs {
                     message: format!(
                         "CreateSnapshots on {host} made no snapshot of {v} (detached meanwhile?); run the step again"
                     ),
+                    source: None,
                 })?;
             snapshots.push(self.snapshot(id).await?);
         }

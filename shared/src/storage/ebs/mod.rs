@@ -88,6 +88,7 @@ impl Backend for Ebs {
         let v = out.volumes().first().ok_or_else(|| Error::NotFound {
             backend: B,
             message: format!("volume {source}"),
+            source: None,
         })?;
         Ok(v.size().map(i64::from))
     }
@@ -159,6 +160,7 @@ impl Backend for Ebs {
         let id = out.snapshot_id().ok_or_else(|| Error::Backend {
             backend: B,
             message: "CreateSnapshot returned no id".into(),
+            source: None,
         })?;
         tracing::info!(snapshot = id, volume = source, "created EBS snapshot");
         self.snapshot(id).await
@@ -175,6 +177,7 @@ impl Backend for Ebs {
         let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
             backend: B,
             message: format!("snapshot {id}"),
+            source: None,
         })?;
         snapshot_info(s)
     }
@@ -272,6 +275,7 @@ impl Backend for Ebs {
         let id = out.volume_id().ok_or_else(|| Error::Backend {
             backend: B,
             message: "CreateVolume returned no id".into(),
+            source: None,
         })?;
         tracing::info!(volume = id, snapshot = %snapshot.id, zone = %spec.zone, "created staging EBS volume");
         self.volume(id).await
@@ -296,6 +300,7 @@ impl Backend for Ebs {
         let v = out.volumes().first().ok_or_else(|| Error::NotFound {
             backend: B,
             message: format!("volume {id}"),
+            source: None,
         })?;
         volume_info(v)
     }

@@ -13,6 +13,7 @@ pub(super) fn snapshot_info(s: &aws_sdk_ec2::types::Snapshot) -> Result<Snapshot
     let id = s.snapshot_id().ok_or_else(|| Error::Backend {
         backend: B,
         message: "snapshot without an id".into(),
+        source: None,
     })?;
     let percent = s
         .progress()
@@ -43,6 +44,7 @@ pub(super) fn volume_info(v: &aws_sdk_ec2::types::Volume) -> Result<VolumeInfo> 
     let id = v.volume_id().ok_or_else(|| Error::Backend {
         backend: B,
         message: "volume without an id".into(),
+        source: None,
     })?;
     let state = match v.state() {
         Some(S::Available) => VolumeState::Available,

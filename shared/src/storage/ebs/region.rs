@@ -106,6 +106,7 @@ impl RegionCopy for Ebs {
             let id = out.snapshot_id().ok_or_else(|| Error::Backend {
                 backend: B,
                 message: "CopySnapshot returned no id".into(),
+                source: None,
             })?;
             tracing::info!(copy = id, snapshot = %snapshot.id, region = %to.region, "copying EBS snapshot");
             self.snapshot_in_region(id, to).await
@@ -128,6 +129,7 @@ impl RegionCopy for Ebs {
             let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
                 backend: B,
                 message: format!("snapshot {id} in {}", to.region),
+                source: None,
             })?;
             snapshot_info(s)
         })

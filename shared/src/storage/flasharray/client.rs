@@ -217,22 +217,27 @@ pub fn api_error(status: u16, op: &str, body: &[u8]) -> Error {
         401 | 403 => Error::Permission {
             backend: b,
             message,
+            source: None,
         },
         404 => Error::NotFound {
             backend: b,
             message,
+            source: None,
         },
         400 if message.to_ascii_lowercase().contains("does not exist") => Error::NotFound {
             backend: b,
             message,
+            source: None,
         },
         429 | 502 | 503 | 504 => Error::Unavailable {
             backend: b,
             message,
+            source: None,
         },
         _ => Error::Backend {
             backend: b,
             message,
+            source: None,
         },
     }
 }
@@ -386,9 +391,14 @@ impl Client {
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
                     let headers = resp.headers().clone();
-                    let body = resp.bytes().await.map_err(|e| Error::Unavailable {
-                        backend: BACKEND,
-                        message: format!("{op}: reading the answer: {}", e.without_url()),
+                    let body = resp.bytes().await.map_err(|e| {
+                        let e = e.without_url();
+                        Error::Unavailable {
+                            backend: BACKEND,
+                            message: format!("{op}: reading the answer: {e}"),
+                            source: None,
+                        }
+                        .caused_by(e)
                     })?;
                     if retryable && attempt < attempts {
                         let wait = retry.delay(attempt - 1, retry_after);
@@ -401,6 +411,7 @@ impl Client {
                         return Err(Error::Unavailable {
                             backend: BACKEND,
                             message: format!("{} (after {attempt} attempts)", strip(&e)),
+                            source: None,
                         });
                     }
                     tracing::debug!(%op, status = status.as_u16(), "FlashArray answered");
@@ -413,7 +424,8 @@ impl Client {
                 Err(e) => {
                     // A request that never reached the array can be sent again; a GET always can.
                     let safe = e.is_connect() || method == Method::GET;
-                    let msg = crate::error::DisplayChain(&e.without_url()).to_string();
+                    let e = e.without_url();
+                    let msg = crate::error::DisplayChain(&e).to_string();
                     if safe && attempt < attempts {
                         let wait = retry.delay(attempt - 1, None);
                         tracing::warn!(%op, attempt, error = %msg, "FlashArray unreachable; retrying");
@@ -426,7 +438,9 @@ impl Client {
                             "{op} to {}: {msg} (after {attempt} attempts)",
                             self.base.host_str().unwrap_or_default()
                         ),
-                    });
+                        source: None,
+                    }
+                    .caused_by(e));
                 }
             }
         }
@@ -469,9 +483,14 @@ impl Client {
         if !a.status.is_success() {
             let e = api_error(a.status.as_u16(), &format!("POST {path}"), &a.body);
             return Err(match e {
-                Error::Permission { backend, message } => Error::Permission {
+                Error::Permission {
+                    backend,
+                    message,
+                    source,
+                } => Error::Permission {
                     backend,
                     message: format!("{message} (check the API token and its user's role)"),
+                    source,
                 },
                 other => other,
             });
@@ -483,6 +502,7 @@ impl Client {
             .ok_or_else(|| Error::Backend {
                 backend: BACKEND,
                 message: format!("POST {path}: no x-auth-token in the answer"),
+                source: None,
             })?;
         auth.set_sensitive(true);
         tracing::info!(version = %version, array = self.base.host_str().unwrap_or_default(), "FlashArray session opened");
@@ -508,9 +528,13 @@ fn parse<T: DeserializeOwned>(a: Answer, op: &str) -> Result<T> {
     if !a.status.is_success() {
         return Err(api_error(a.status.as_u16(), op, &a.body));
     }
-    serde_json::from_slice(&a.body).map_err(|e| Error::Backend {
-        backend: BACKEND,
-        message: format!("{op}: unexpected answer: {e}"),
+    serde_json::from_slice(&a.body).map_err(|e| {
+        Error::Backend {
+            backend: BACKEND,
+            message: format!("{op}: unexpected answer: {e}"),
+            source: None,
+        }
+        .caused_by(e)
     })
 }
 
@@ -612,6 +636,7 @@ impl Session {
                 "{op}: more than {} pages of {} items; narrow the query",
                 cfg.max_pages, cfg.page_size
             ),
+            source: None,
         })
     }
 
@@ -668,6 +693,7 @@ impl Session {
         items.into_iter().next().ok_or_else(|| Error::Backend {
             backend: BACKEND,
             message: format!("{what}: the array answered with no item"),
+            source: None,
         })
     }
 }

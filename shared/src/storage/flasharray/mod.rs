@@ -274,11 +274,13 @@ impl Backend for FlashArray {
             .ok_or_else(|| Error::NotFound {
                 backend: BACKEND,
                 message: format!("volume {source}"),
+                source: None,
             })?;
         if v.destroyed == Some(true) {
             return Err(Error::NotFound {
                 backend: BACKEND,
                 message: format!("volume {source} is destroyed (pending eradication)"),
+                source: None,
             });
         }
         Ok(gib(v.provisioned))
@@ -336,6 +338,7 @@ impl Backend for FlashArray {
         let not_found = || Error::NotFound {
             backend: BACKEND,
             message: format!("snapshot {id}"),
+            source: None,
         };
         match id.split('.').count() {
             // VOLUME.SUFFIX, or a protection group snapshot PGROUP.SUFFIX.
@@ -446,6 +449,7 @@ impl Backend for FlashArray {
             .ok_or_else(|| Error::NotFound {
                 backend: BACKEND,
                 message: format!("volume {id}"),
+                source: None,
             })?;
         Ok(volume_info(&v, None))
     }

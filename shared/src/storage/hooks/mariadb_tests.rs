@@ -314,6 +314,7 @@ async fn a_session_hook_holds_flush_tables_with_read_lock_until_the_snapshot_is_
             Err::<(), _>(Error::Backend {
                 backend: "ebs",
                 message: "CreateSnapshot: InternalError".into(),
+                source: None,
             })
         })
         .await

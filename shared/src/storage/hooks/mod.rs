@@ -218,21 +218,41 @@ fn shown(cmd: &[String]) -> String {
 /// Keeps the message's variant (and so its CodePipeline failure type), adding `note`.
 fn annotate(e: Error, note: &str) -> Error {
     match e {
-        Error::Backend { backend, message } => Error::Backend {
+        Error::Backend {
+            backend,
+            message,
+            source,
+        } => Error::Backend {
             backend,
             message: format!("{message}; {note}"),
+            source,
         },
-        Error::Permission { backend, message } => Error::Permission {
+        Error::Permission {
+            backend,
+            message,
+            source,
+        } => Error::Permission {
             backend,
             message: format!("{message}; {note}"),
+            source,
         },
-        Error::NotFound { backend, message } => Error::NotFound {
+        Error::NotFound {
+            backend,
+            message,
+            source,
+        } => Error::NotFound {
             backend,
             message: format!("{message}; {note}"),
+            source,
         },
-        Error::Unavailable { backend, message } => Error::Unavailable {
+        Error::Unavailable {
+            backend,
+            message,
+            source,
+        } => Error::Unavailable {
             backend,
             message: format!("{message}; {note}"),
+            source,
         },
         Error::Parameter { field, message } => Error::Parameter {
             field,
@@ -373,6 +393,7 @@ impl Hooks {
             Ok(_) => Err(Error::Backend {
                 backend: B,
                 message: format!("snapshot(s) created, but {post}"),
+                source: None,
             }),
             Err(e) => Err(annotate(e, &post)),
         }
@@ -418,6 +439,7 @@ impl Hooks {
                 "{what} did not finish within {} s (hooks.timeoutSeconds)",
                 self.params.timeout().as_secs()
             ),
+            source: None,
         })??;
         if !out.is_empty() {
             tracing::debug!(pod, phase, stdout = %out, "hook output");
@@ -438,6 +460,7 @@ impl Hooks {
                         format!("; stderr: {}", err.trim())
                     }
                 ),
+                source: None,
             }),
             None => Err(Error::Backend {
                 backend: B,
@@ -448,6 +471,7 @@ impl Hooks {
                         Ok(()) => String::new(),
                     }
                 ),
+                source: None,
             }),
         }
     }

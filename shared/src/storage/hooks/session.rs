@@ -436,6 +436,7 @@ impl Hooks {
         let failed = |message: String| Error::Backend {
             backend: B,
             message,
+            source: None,
         };
         let api = self.pods_api();
         let mut proc = match timeout_at(deadline, api.exec(pod, spec.command.clone(), &ap)).await {
@@ -527,6 +528,7 @@ impl Hooks {
                     "creating the snapshots did not finish within {} s (hooks.timeoutSeconds) of the freeze and was cut short to release the lock; a snapshot it started may not be app-consistent",
                     limit.as_secs()
                 ),
+                source: None,
             }),
         };
         // Only a confirmed thaw proves its session (and so its lock) lived until the snapshots
@@ -540,6 +542,7 @@ impl Hooks {
                     "snapshot(s) created, but they are not known to be app-consistent: {}",
                     release.note
                 ),
+                source: None,
             }),
             Err(e) => Err(annotate(e, &release.note)),
         }

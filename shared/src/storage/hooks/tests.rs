@@ -59,6 +59,7 @@ async fn post_runs_when_creating_the_snapshot_fails() {
             Err::<(), _>(Error::Permission {
                 backend: "ebs",
                 message: "CreateSnapshot: UnauthorizedOperation".into(),
+                source: None,
             })
         })
         .await

@@ -54,6 +54,7 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
             return Err(Error::Backend {
                 backend: backend.name(),
                 message: format!("snapshot {} failed: {why}", snapshot.id),
+                source: None,
             });
         }
         SnapshotState::Pending { percent } => {
@@ -120,6 +121,7 @@ pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) ->
                 "staging volume {} failed ({why}); a re-run makes a new one",
                 volume.id
             ),
+            source: None,
         }),
         VolumeState::Creating => Ok(Outcome::Continue {
             summary: format!(

@@ -370,6 +370,7 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                 "snapshot {} of {} failed ({why}); a re-run of the pipeline makes a new one",
                 failed.id, failed.source
             ),
+            source: None,
         });
     }
     let pending = snaps
@@ -438,6 +439,7 @@ pub async fn snapshot_step_with_hooks<B: Backend>(
                     "copy {} in {} failed ({why}); a re-run of the pipeline makes a new one",
                     c.id, to.region
                 ),
+                source: None,
             });
         }
         let waiting = copied

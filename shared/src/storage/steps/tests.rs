@@ -64,6 +64,7 @@ impl Backend for Slow {
             return Err(Error::NotFound {
                 backend: "slow",
                 message: id.into(),
+                source: None,
             });
         };
         *polls += 1;
@@ -121,6 +122,7 @@ impl Backend for Slow {
             return Err(Error::NotFound {
                 backend: "slow",
                 message: id.into(),
+                source: None,
             });
         };
         *polls += 1;
