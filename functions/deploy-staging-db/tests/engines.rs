@@ -25,6 +25,7 @@
 
 mod engines_kit;
 #[allow(unused_imports)]
+#[path = "../../../tests/tests/staging/fixtures/mod.rs"]
 mod fixtures;
 
 use std::fs;
