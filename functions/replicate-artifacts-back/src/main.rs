@@ -83,7 +83,7 @@ for the CLI on-prem - a local directory.
 struct ReplicateArtifactsBack {
     s3: aws_sdk_s3::Client,
     secrets: aws_sdk_secretsmanager::Client,
-    config: aws_config::SdkConfig,
+    sdk: aws_config::SdkConfig,
 }
 
 impl Function for ReplicateArtifactsBack {
@@ -91,14 +91,14 @@ impl Function for ReplicateArtifactsBack {
     type Params = replicate::Params;
 
     async fn step(&self, step: Step<Self::Params>) -> Result<Outcome> {
-        replicate::step(&self.s3, &self.secrets, &self.config, step).await
+        replicate::step(&self.s3, &self.secrets, &self.sdk, step).await
     }
 }
 
 fn main() -> ExitCode {
-    snapstage::job::entry::main(&ABOUT, |config| ReplicateArtifactsBack {
-        s3: aws_sdk_s3::Client::new(config),
-        secrets: aws_sdk_secretsmanager::Client::new(config),
-        config: config.clone(),
+    snapstage::job::entry::main(&ABOUT, |sdk| ReplicateArtifactsBack {
+        s3: aws_sdk_s3::Client::new(sdk),
+        secrets: aws_sdk_secretsmanager::Client::new(sdk),
+        sdk: sdk.clone(),
     })
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use snapstage::job::entry::About;
-use snapstage::storage::open::open;
+use snapstage::storage::open::with_backend;
 use snapstage::storage::steps::{RestoreParams, restore_step};
 use snapstage::{Function, Outcome, Result, Step};
 
@@ -40,15 +40,13 @@ impl Function for RestoreToStaging {
     type Params = RestoreParams;
 
     async fn step(&self, step: Step<RestoreParams>) -> Result<Outcome> {
-        let backend = open(step.params.choice(), &self.sdk).await?;
-        let result = restore_step(&backend, step).await;
-        backend.close().await;
-        result
+        with_backend(step, &self.sdk, async |backend, step| {
+            restore_step(backend, step).await
+        })
+        .await
     }
 }
 
 fn main() -> ExitCode {
-    snapstage::job::entry::main(&ABOUT, |config| RestoreToStaging {
-        sdk: config.clone(),
-    })
+    snapstage::job::entry::main(&ABOUT, |sdk| RestoreToStaging { sdk: sdk.clone() })
 }

@@ -42,8 +42,8 @@ instead of starting another. Only groups in SNAPSTAGE_ROLLOUT_ALLOWED_GROUPS are
 };
 
 fn main() -> ExitCode {
-    snapstage::job::entry::main(&ABOUT, |config| RollOutRelease {
-        fleet: SdkFleet::new(config),
+    snapstage::job::entry::main(&ABOUT, |sdk| RollOutRelease {
+        fleet: SdkFleet::new(sdk),
         allow: AllowList::from_env(|k| std::env::var(k).ok()),
     })
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use snapstage::job::entry::About;
 use snapstage::storage::hooks::Hooks;
-use snapstage::storage::open::open;
+use snapstage::storage::open::with_backend;
 use snapstage::storage::steps::{SnapshotParams, needs_hooks, snapshot_step_with_hooks};
 use snapstage::{Function, Outcome, Result, Step};
 
@@ -58,15 +58,13 @@ impl Function for SnapshotProduction {
             (Some(h), true) => Some(Hooks::open(h, step.params.csi.as_ref(), &self.sdk).await?),
             _ => None,
         };
-        let backend = open(step.params.choice(), &self.sdk).await?;
-        let result = snapshot_step_with_hooks(&backend, hooks.as_ref(), step).await;
-        backend.close().await;
-        result
+        with_backend(step, &self.sdk, async |backend, step| {
+            snapshot_step_with_hooks(backend, hooks.as_ref(), step).await
+        })
+        .await
     }
 }
 
 fn main() -> ExitCode {
-    snapstage::job::entry::main(&ABOUT, |config| SnapshotProduction {
-        sdk: config.clone(),
-    })
+    snapstage::job::entry::main(&ABOUT, |sdk| SnapshotProduction { sdk: sdk.clone() })
 }

@@ -20,7 +20,7 @@ use super::{
     SnapshotInfo, VolumeInfo, VolumeSpec,
 };
 use crate::error::{Error, Result};
-use crate::job::contract::Execution;
+use crate::job::contract::{Execution, Step};
 
 /// How to reach a FlashArray or Cloud Block Store (`flasharray` parameter section).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +145,25 @@ pub async fn open(choice: BackendChoice<'_>, sdk: &aws_config::SdkConfig) -> Res
         (BackendKind::FlashArray, None) => Err(Error::parameter("flasharray", "missing")),
         (BackendKind::Csi, _) => Err(Error::parameter("csi", "missing")),
     }
+}
+
+/// Step parameters that name a storage backend (`backend`, `flasharray`, `csi`).
+pub trait ChoosesBackend {
+    fn choice(&self) -> BackendChoice<'_>;
+}
+
+/// The open → step → close sequence of every storage function: opens the backend the step's
+/// parameters choose, runs `work` on it, and closes it (a FlashArray session is logged out)
+/// whatever `work` returns.
+pub async fn with_backend<P: ChoosesBackend, T>(
+    step: Step<P>,
+    sdk: &aws_config::SdkConfig,
+    work: impl AsyncFnOnce(&AnyBackend, Step<P>) -> Result<T>,
+) -> Result<T> {
+    let backend = open(step.params.choice(), sdk).await?;
+    let result = work(&backend, step).await;
+    backend.close().await;
+    result
 }
 
 /// Opens a FlashArray / Cloud Block Store backend alone: reads its API token, builds its client.

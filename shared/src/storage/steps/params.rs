@@ -6,7 +6,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::storage::csi::CsiParams;
 use crate::storage::hooks::HookParams;
-use crate::storage::open::{BackendChoice, FlashArrayParams};
+use crate::storage::open::{BackendChoice, ChoosesBackend, FlashArrayParams};
 use crate::storage::{BackendKind, CopyTarget};
 
 /// `snapshot-production` parameters.
@@ -152,14 +152,6 @@ impl SnapshotParams {
         Ok(())
     }
 
-    pub fn choice(&self) -> BackendChoice<'_> {
-        BackendChoice {
-            kind: self.backend,
-            flasharray: self.flasharray.as_ref(),
-            csi: self.csi.as_ref(),
-        }
-    }
-
     pub(super) fn protection_group(&self) -> Option<&str> {
         self.flasharray.as_ref()?.protection_group.as_deref()
     }
@@ -284,8 +276,20 @@ impl RestoreParams {
     pub fn volume_type(&self) -> &str {
         self.volume_type.as_deref().unwrap_or("gp3")
     }
+}
 
-    pub fn choice(&self) -> BackendChoice<'_> {
+impl ChoosesBackend for SnapshotParams {
+    fn choice(&self) -> BackendChoice<'_> {
+        BackendChoice {
+            kind: self.backend,
+            flasharray: self.flasharray.as_ref(),
+            csi: self.csi.as_ref(),
+        }
+    }
+}
+
+impl ChoosesBackend for RestoreParams {
+    fn choice(&self) -> BackendChoice<'_> {
         BackendChoice {
             kind: self.backend,
             flasharray: self.flasharray.as_ref(),
