@@ -10,7 +10,7 @@
 //! | [`names`] | DNS-1123 names, label values, quantities, the execution hashes |
 //! | [`labels`] | the labels and annotations snapstage writes |
 //! | [`ownership`] | snapstage only changes what it made, never production |
-//! | [`fixture`] | tests: an API server double at the HTTP level (exact request scenarios) |
+//! | `fixture` | tests (feature `kube-fixture`): an API server double at the HTTP level (exact request scenarios) |
 
 pub mod api;
 pub mod client;

@@ -124,7 +124,7 @@ impl Engine {
     }
 
     /// The database container's arguments: the server options that keep a copy of production
-    /// from acting as production (see [`postgresql_isolation`], [`mysql_isolation`]). The
+    /// from acting as production (see `postgresql_isolation`, `mysql_isolation`). The
     /// official images take options as arguments (`docker-entrypoint.sh`: an argument that
     /// starts with `-` is an option of the server). MongoDB's image starts a standalone `mongod`
     /// (no `--replSet`): a copy of a replica set member joins no set.

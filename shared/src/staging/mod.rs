@@ -3,30 +3,30 @@
 //! and deleting staging namespaces (teardown, TTL sweep).
 //!
 //! [`step`] picks the mode: with no `cluster` configured, or `dryRun: true`, a deploy only plans
-//! ([`plan`] renders and validates everything and says exactly which requests applying would
+//! ([`plan()`] renders and validates everything and says exactly which requests applying would
 //! send; no cluster is contacted). Otherwise [`run`] applies, waits through continuations and
 //! publishes the outputs.
 //!
+//! The modules in pipeline order; each uses only the ones above it (and the [`crate::kube`]
+//! layer below the whole module), so there is no import cycle:
+//!
 //! | module | what |
 //! | --- | --- |
-//! | [`params`] | the parameters, checked; [`Spec`] is what rendering needs |
-//! | [`engine`] | per engine: image, port, data directory, probe, credentials' env |
-//! | [`names`] | DNS-1123 names, label rules, quantities, the execution hashes |
-//! | [`render`] | the typed objects: Namespace, Secret, PV, PVC, Service, StatefulSet |
-//! | [`validate`] | serde round trips, names, labels, cross-object references |
-//! | [`apply`] | the server-side apply requests a plan lists (kube-core's request builder) |
+//! | [`engine`] | per engine: image, port, data directory, probe, credentials' env, isolation options |
+//! | [`objects`] | the fixed names of the staging objects; the CSI drivers a staging volume comes from |
 //! | [`credentials`] | generated once, when the Secret does not exist; never logged |
-//! | [`ownership`] | snapstage touches only what it made, never production |
-//! | [`guard`] | the production interlock on the imported volume, before any apply and in plan mode |
-//! | [`kubeapi`] | get / list / apply / delete, errors said in words |
-//! | [`deploy`] | apply, then one readiness check per invocation, then the Jobs |
 //! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
-//! | [`reset`] | the credentials reset on the restored data: an init container, the engine local-only, no production credential |
-//! | [`jobs`] | the masking and migration Jobs |
-//! | [`teardown`] | deleting one staging namespace, sweeping expired ones |
-//! | [`rollback`] | healthy marks, and the previous healthy environment of a pipeline |
-//! | [`template`] | the user's own workload YAML: placeholders, checks, labels |
+//! | [`params`] | the parameters as the user writes them ([`params::template`], [`params::network`] sections) |
+//! | [`spec`] | the parameters checked together into a [`Spec`], what rendering needs |
+//! | [`render`] | the typed objects: Namespace, Secret, PV, PVC, Service, StatefulSet ([`render::parts`]); the credentials reset ([`render::reset`]), NetworkPolicies ([`render::network`]), masking and migration Jobs ([`render::jobs`]), the user's template ([`render::template`]) |
+//! | [`validate`] | cross-object references and the built-in objects' rules (each object's own checks: [`crate::kube::object`]) |
+//! | [`apply`] | the server-side apply requests a plan lists (kube-core's request builder) |
+//! | [`mod@plan`] | the [`Plan`]: spec, rendered objects, apply requests, plan-mode outputs |
+//! | [`guard`] | the production interlock on the imported volume, before any apply and in plan mode |
 //! | [`artifact`] | a template file inside a CodePipeline input artifact (zip in S3) |
+//! | [`teardown`] | deleting one staging namespace and its volumes, sweeping expired ones |
+//! | [`rollback`] | healthy marks, and the previous healthy environment of a pipeline |
+//! | [`deploy`] | apply, then one readiness check per invocation, then the Jobs |
 //!
 //! Credentials: the planned Secret has no data; its values are generated at apply time and
 //! never appear in outputs or logs.
@@ -67,7 +67,7 @@ pub const CLUSTER_REQUIRED: &str = "no cluster is configured, and requireCluster
 
 /// The whole step of `deploy-staging-db`: plan mode without a cluster (any action) or with
 /// `dryRun` (deploy); otherwise connect to the configured cluster (fresh credentials every
-/// invocation) and [`run_with`]. `volumes` reads the imported volume's tags for the production
+/// invocation) and [`run`]. `volumes` reads the imported volume's tags for the production
 /// interlock ([`guard`]), in plan mode too.
 pub async fn step(
     sdk: &aws_config::SdkConfig,

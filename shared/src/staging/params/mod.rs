@@ -1,4 +1,5 @@
-//! The parameters of `deploy-staging-db`, and their validation into a [`Spec`].
+//! The parameters of `deploy-staging-db` as the user writes them; [`crate::staging::spec`]
+//! checks them together into a [`Spec`](crate::staging::Spec).
 //!
 //! Each field's own rules are checked while parsing (so an error names where the value came
 //! from: `request.storageSize`, `UserParameters.ttlHours`); rules that tie fields together (the
