@@ -4,8 +4,8 @@
 //! | layer | what |
 //! | --- | --- |
 //! | [`error`], [`digest`] | the error type and its CodePipeline failure types; SHA-256 (ring) |
-//! | [`job`] | one invocation: the job contract, CodePipeline and CodeCommit events, parameters, continuation tokens, `main`, metrics |
 //! | [`aws`] | the one `SdkConfig` builder, secrets, AWS error classification |
+//! | [`job`] | one invocation: the job contract, CodePipeline and CodeCommit events, parameters, continuation tokens, `main`, metrics |
 //! | [`interlock`] | the production interlock: snapstage's marks, production markers, which volume a step may import |
 //! | [`kube`] | Kubernetes: cluster access (EKS, kubeconfig, in-cluster), API calls, names, labels, ownership |
 //! | [`storage`] | the snapshot/volume backend trait, its capability traits, the backends (EBS, FlashArray/CBS, CSI) and the two storage steps |

@@ -1,13 +1,13 @@
 //! [`Fleet`] over the AWS SDK: EC2 Auto Scaling, EC2 (launch templates, images), ELBv2 (target
 //! health) and CloudWatch (alarms). Every client comes from the one `SdkConfig`
 //! (`snapstage::aws::sdk_config`: endpoints from `AWS_ENDPOINT_URL[_<SERVICE>]`), and every error
-//! keeps the service's code and message, classified by `snapstage::error::aws_error`.
+//! keeps the service's code and message, classified by `snapstage::aws::aws_error`.
 
 use aws_sdk_autoscaling::error::ProvideErrorMetadata as _;
 use aws_sdk_autoscaling::types::{
     AlarmSpecification, DesiredConfiguration, LaunchTemplateSpecification, RefreshPreferences,
 };
-use snapstage::error::aws_error;
+use snapstage::aws::aws_error;
 use snapstage::{Error, Result};
 
 use crate::fleet::{

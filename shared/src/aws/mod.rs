@@ -17,6 +17,10 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, ConfigLoader, SdkConfig};
 use aws_smithy_http_client::tls;
 
+pub mod errors;
+
+pub use errors::aws_error;
+
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(3100);
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(200);
@@ -46,7 +50,7 @@ pub async fn secret_string(
                     format!("no such secret {id:?} in this account/region"),
                 )
             } else {
-                match crate::error::aws_error(
+                match crate::aws::aws_error(
                     "secretsmanager",
                     &format!("GetSecretValue {id:?} ({field})"),
                     e,

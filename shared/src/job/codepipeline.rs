@@ -11,7 +11,8 @@ use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, FailureKind, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{Error, FailureKind, Result};
 
 /// Limits from the CodePipeline API reference.
 pub const MAX_SUMMARY: usize = 2048;

@@ -24,7 +24,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 
 use super::params::{CheckpointLocation, S3Url};
-use crate::error::{Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{Error, Result};
 
 /// Longest time between two checkpoint saves while objects complete.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(5);

@@ -12,7 +12,8 @@ use super::MANIFEST_NAME;
 use super::compare::Listed;
 use super::journal::{self, Entry, Progress};
 use super::params::{Destination, Target};
-use crate::error::{Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{Error, Result};
 use crate::job::codepipeline::ArtifactCredentials;
 use crate::job::contract::JobArtifacts;
 

@@ -11,7 +11,8 @@ use bytes::Bytes;
 
 use super::compare::{Listed, etag_is_md5, normalize_etag};
 use super::object::{Attempt, Problem, SourceInfo};
-use crate::error::{DisplayChain, Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{DisplayChain, Error, Result};
 
 /// What a HeadObject of the source says.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

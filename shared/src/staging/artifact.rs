@@ -7,7 +7,8 @@ use std::io::Read;
 
 use aws_credential_types::Credentials;
 
-use crate::error::{Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{Error, Result};
 use crate::job::contract::JobArtifacts;
 use crate::staging::params::template::{ArtifactFile, MAX_TEMPLATE_BYTES, TemplateText};
 

@@ -7,7 +7,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::json;
 
 use super::EksCluster;
-use crate::error::{Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{Error, Result};
 
 /// What DescribeCluster says about reaching the API server.
 #[derive(Debug, Clone, PartialEq, Eq)]

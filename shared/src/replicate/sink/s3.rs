@@ -25,7 +25,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use super::{BoxFuture, Comparison, Object, Parts, ResumableUploads, Sink, Upload};
-use crate::error::{DisplayChain, Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{DisplayChain, Error, Result};
 use crate::replicate::SOURCE_ETAG_METADATA;
 use crate::replicate::compare::{
     DestinationHead, HeadVerdict, Listed, ListingVerdict, compare_head, compare_listing,

@@ -3,7 +3,8 @@
 
 use super::model::managed;
 use super::{B, Ebs};
-use crate::error::{Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{Error, Result};
 use crate::interlock::Deletion;
 use crate::interlock::markers::{TAG_EXECUTION, TAG_ROLE};
 

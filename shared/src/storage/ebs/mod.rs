@@ -21,7 +21,8 @@ use super::{
     Backend, PointInTime, RegionCopy, Retention, SnapshotInfo, SnapshotState, VolumeInfo,
     VolumeSpec, VolumeState, check_id,
 };
-use crate::error::{Error, Result, aws_error};
+use crate::aws::aws_error;
+use crate::error::{Error, Result};
 use crate::interlock::BoxFuture;
 use crate::interlock::markers::{
     MANAGED_BY, TAG_EXECUTION, TAG_MANAGED_BY, TAG_ROLE, execution_tag,
