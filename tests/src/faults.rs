@@ -239,11 +239,23 @@ pub struct FaultProxy {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
     state: Arc<Mutex<State>>,
+    /// Stops (every connection with it) when the proxy is dropped.
+    _server: LoopbackServer,
+}
+
+/// An HTTP/1 server of the test doubles in front of a service (the fault proxy, the
+/// instance-refresh double): a free loopback port, its own thread and current-thread runtime,
+/// so it keeps serving while a test blocks on a child process. Dropping it stops the runtime,
+/// which ends every connection, hanging ones included.
+#[derive(Debug)]
+pub(crate) struct LoopbackServer {
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for FaultProxy {
+impl Drop for LoopbackServer {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -254,21 +266,25 @@ impl Drop for FaultProxy {
     }
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-impl FaultProxy {
-    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
-    pub fn start(upstream: &str) -> std::io::Result<Self> {
+impl LoopbackServer {
+    /// Starts the server thread `name`. `setup` runs first on the server's runtime with the
+    /// HTTP client that forwards to the service (no proxy, no pooled connections, ring's
+    /// crypto) and returns the request handler; `reset_on_close` makes a closed connection a
+    /// TCP reset (an abrupt end, as a crash looks).
+    pub(crate) fn start<S, SF, H, HF>(
+        name: &str,
+        reset_on_close: bool,
+        setup: S,
+    ) -> std::io::Result<Self>
+    where
+        S: FnOnce(reqwest::Client) -> SF + Send + 'static,
+        SF: std::future::Future<Output = H>,
+        H: Fn(Request<Incoming>) -> HF + Clone + Send + 'static,
+        HF: std::future::Future<Output = Result<Response<Full<Bytes>>, Dropped>> + Send + 'static,
+    {
         let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
         listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
-        let state = Arc::new(Mutex::new(State::default()));
-        let shared = Arc::clone(&state);
-        let upstream = upstream.trim_end_matches('/').to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -281,9 +297,10 @@ impl FaultProxy {
             .build()
             .map_err(std::io::Error::other)?;
         let thread = std::thread::Builder::new()
-            .name("fault-proxy".into())
+            .name(name.into())
             .spawn(move || {
                 rt.block_on(async move {
+                    let handler = setup(http).await;
                     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
                         return;
                     };
@@ -292,18 +309,12 @@ impl FaultProxy {
                             let Ok((stream, _)) = listener.accept().await else {
                                 continue;
                             };
-                            // Closing a connection resets it: an abrupt end, as a crash looks.
-                            let _ = stream.set_zero_linger();
-                            let state = Arc::clone(&shared);
-                            let http = http.clone();
-                            let upstream = upstream.clone();
+                            if reset_on_close {
+                                let _ = stream.set_zero_linger();
+                            }
+                            let handler = handler.clone();
                             tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |req| {
-                                    let state = Arc::clone(&state);
-                                    let http = http.clone();
-                                    let upstream = upstream.clone();
-                                    async move { handle(&state, &http, &upstream, req).await }
-                                });
+                                let service = hyper::service::service_fn(handler);
                                 let _ = hyper::server::conn::http1::Builder::new()
                                     .serve_connection(TokioIo::new(stream), service)
                                     .await;
@@ -319,9 +330,36 @@ impl FaultProxy {
             })?;
         Ok(Self {
             url,
-            state,
             stop: Some(stop),
             thread: Some(thread),
+        })
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl FaultProxy {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`).
+    pub fn start(upstream: &str) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = Arc::clone(&state);
+        let upstream = upstream.trim_end_matches('/').to_string();
+        let server = LoopbackServer::start("fault-proxy", true, move |http| async move {
+            move |req| {
+                let state = Arc::clone(&shared);
+                let http = http.clone();
+                let upstream = upstream.clone();
+                async move { handle(&state, &http, &upstream, req).await }
+            }
+        })?;
+        Ok(Self {
+            url: server.url.clone(),
+            state,
+            _server: server,
         })
     }
 

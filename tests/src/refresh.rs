@@ -32,10 +32,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 
-use crate::faults::{Dropped, forward, request_id};
+use crate::faults::{Dropped, LoopbackServer, forward, request_id};
 
 const XMLNS: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
 
@@ -119,19 +118,8 @@ pub struct RefreshDouble {
     pub url: String,
     moto: String,
     engine: Arc<Mutex<Engine>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for RefreshDouble {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    /// Stops (every connection with it) when the double is dropped.
+    _server: LoopbackServer,
 }
 
 /// Clients for moto itself (never through the double).
@@ -144,71 +132,28 @@ struct Moto {
 impl RefreshDouble {
     /// Listens on a free loopback port in front of moto at `moto` (`http://127.0.0.1:5100`).
     pub fn start(moto: &str) -> std::io::Result<Self> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        listener.set_nonblocking(true)?;
-        let url = format!("http://{}", listener.local_addr()?);
         let engine = Arc::new(Mutex::new(Engine::default()));
         let shared = Arc::clone(&engine);
         let upstream = moto.trim_end_matches('/').to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(std::io::Error::other)?;
-        let thread = std::thread::Builder::new()
-            .name("refresh-double".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    let config = crate::seed::moto_config(&upstream).await;
-                    let clients = Moto {
-                        autoscaling: aws_sdk_autoscaling::Client::new(&config),
-                        ec2: aws_sdk_ec2::Client::new(&config),
-                    };
-                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                        return;
-                    };
-                    let accept = async {
-                        loop {
-                            let Ok((stream, _)) = listener.accept().await else {
-                                continue;
-                            };
-                            let engine = Arc::clone(&shared);
-                            let http = http.clone();
-                            let upstream = upstream.clone();
-                            let clients = clients.clone();
-                            tokio::spawn(async move {
-                                let service = hyper::service::service_fn(move |req| {
-                                    let engine = Arc::clone(&engine);
-                                    let http = http.clone();
-                                    let upstream = upstream.clone();
-                                    let clients = clients.clone();
-                                    async move {
-                                        handle(&engine, &clients, &http, &upstream, req).await
-                                    }
-                                });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
-                            });
-                        }
-                    };
-                    tokio::select! {
-                        _ = accept => {}
-                        _ = stopped => {}
-                    }
-                });
-            })?;
+        let server = LoopbackServer::start("refresh-double", false, move |http| async move {
+            let config = crate::seed::moto_config(&upstream).await;
+            let clients = Moto {
+                autoscaling: aws_sdk_autoscaling::Client::new(&config),
+                ec2: aws_sdk_ec2::Client::new(&config),
+            };
+            move |req| {
+                let engine = Arc::clone(&shared);
+                let http = http.clone();
+                let upstream = upstream.clone();
+                let clients = clients.clone();
+                async move { handle(&engine, &clients, &http, &upstream, req).await }
+            }
+        })?;
         Ok(Self {
-            url,
+            url: server.url.clone(),
             moto: moto.to_string(),
             engine,
-            stop: Some(stop),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
