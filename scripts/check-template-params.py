@@ -7,9 +7,20 @@ and the Conditions), then:
   - every value must be valid JSON of the right shape; UserParameters at most 1000 characters;
   - the pipeline's snapshot action keeps the stack's SnapshotRetain snapshots (`retain`);
   - each function's real binary (target/debug/<name>, from `cargo build`) must accept the merged
-    parameters: a direct request with dryRun=true and AWS endpoints pointed at a closed loopback
+    parameters (of the pipeline action, and of each EventBridge rule's Input to it: the TTL sweep): a direct request with dryRun=true and AWS endpoints pointed at a closed loopback
     port must fail, if at all, for the unreachable endpoint and never with ConfigurationError
     (unknown key, wrong type, missing required parameter).
+Each scenario is also a stack CloudFormation would create (every value passes its parameter's
+AllowedPattern / AllowedValues and every Rule holds), and its roles are least privilege for its
+StorageBackend / ArtifactReplication choice (EC2 snapshot and volume actions only for "ebs";
+Secrets Manager reads of exactly the secrets each function opens; eks:DescribeCluster of exactly
+the clusters it talks to; no S3 object access in array mode).
+
+`--variants DIR` writes instead, for each backend choice in VARIANTS, a copy of the template
+(JSON) whose parameter defaults are that choice's scenario, and prints the paths: scripts/lint-infra.sh
+runs cfn-lint, `sam validate --lint` and checkov (which evaluates Conditions from the defaults) on
+each, so every choice's resources are linted as they would be deployed.
+
 Run by scripts/lint-infra.sh with the venv that has cfn-lint (its YAML loader reads the !Tags).
 Exit status: 0 ok, 1 findings, 2 usage. A missing binary is a printed SKIP, never silent.
 """
@@ -172,6 +183,13 @@ SCENARIOS.update({
         "StagingDbPlanOnly": "true",
     },
 })
+
+# One scenario per backend choice for --variants ("ebs" is the template as it is, by its defaults).
+VARIANTS = {
+    "csi-eks": "csi on EKS, PVC names",
+    "csi-kubeconfig": "csi by kubeconfig, a selector and a group snapshot class, masking",
+    "flasharray": "flasharray pair, CA bundles, array replication, masking and migration",
+}
 
 PSEUDO = {
     "AWS::Region": "us-east-1",
@@ -491,32 +509,44 @@ def main():
                 print(f"SKIP: {where}: {exe} not built (run `cargo build --workspace --bins`); JSON shape checked only",
                       file=sys.stderr)
                 continue
-            request = dict(user_params.get(logical, {}))
-            request["dryRun"] = True
-            request["executionId"] = "check-template-params"
-            run_env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "AWS_REGION": "us-east-1",
-                "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-                "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-                "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # closed port: fails fast, offline
-                "AWS_MAX_ATTEMPTS": "1",
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "RUST_LOG": "error",
-                **env,
-            }
-            p = subprocess.run([exe, "--event", "-", "--no-follow"], input=json.dumps(request),
-                               capture_output=True, text=True, env=run_env, timeout=60)
-            try:
-                result = json.loads(p.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                findings.append(f"{where}: no JSON result (exit {p.returncode}): {p.stderr[-500:]}")
-                continue
-            if result.get("failureType") == "ConfigurationError":
-                findings.append(f"{where}: the function rejects the template's parameters: {result.get('message')}")
-            else:
-                print(f"ok: {where}: parameters accepted ({result.get('status')}"
-                      f"{', ' + result.get('failureType') if result.get('failureType') else ''})")
+            # The pipeline action's request, and each scheduled rule's Input (the TTL sweep).
+            requests = [("pipeline", user_params.get(logical, {}))]
+            for rule_id, rule in template["Resources"].items():
+                if rule.get("Type") != "AWS::Events::Rule" or (
+                        "Condition" in rule and not r.condition(rule["Condition"])):
+                    continue
+                for target in rule["Properties"].get("Targets", []):
+                    if isinstance(target, dict) and "Input" in target and \
+                            target.get("Arn") == {"Fn::GetAtt": [logical, "Arn"]}:
+                        requests.append((f"rule {rule_id}", json.loads(target["Input"])))
+            for source, params in requests:
+                request = dict(params)
+                request["dryRun"] = True
+                request["executionId"] = "check-template-params"
+                run_env = {
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "AWS_REGION": "us-east-1",
+                    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+                    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # closed port: fails fast, offline
+                    "AWS_MAX_ATTEMPTS": "1",
+                    "AWS_EC2_METADATA_DISABLED": "true",
+                    "RUST_LOG": "error",
+                    **env,
+                }
+                p = subprocess.run([exe, "--event", "-", "--no-follow"], input=json.dumps(request),
+                                   capture_output=True, text=True, env=run_env, timeout=60)
+                try:
+                    result = json.loads(p.stdout.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    findings.append(f"{where} ({source}): no JSON result (exit {p.returncode}): {p.stderr[-500:]}")
+                    continue
+                if result.get("failureType") == "ConfigurationError":
+                    findings.append(f"{where} ({source}): the function rejects the template's parameters: "
+                                    f"{result.get('message')}")
+                else:
+                    print(f"ok: {where} ({source}): parameters accepted ({result.get('status')}"
+                          f"{', ' + result.get('failureType') if result.get('failureType') else ''})")
         # Snapshot retention is a stack parameter: the pipeline's snapshot action keeps that many
         # (a FlashArray protection group keeps its own retention policy: no retain).
         retain = user_params.get("SnapshotProductionFunction", {}).get("retain")
@@ -535,5 +565,28 @@ def main():
     return 1 if findings else 0
 
 
+def write_variants(out_dir):
+    """A copy of the template per VARIANTS entry, with the scenario's values as the defaults."""
+    template = load(TEMPLATE)
+    os.makedirs(out_dir, exist_ok=True)
+    for key, scenario in VARIANTS.items():
+        overrides = SCENARIOS[scenario]
+        t = json.loads(json.dumps(template))
+        for name, spec in t["Parameters"].items():
+            if name in overrides:
+                v = overrides[name]
+                spec["Default"] = ",".join(v) if isinstance(v, list) else str(v)
+        path = os.path.join(out_dir, f"template-{key}.json")
+        with open(path, "w") as f:
+            json.dump(t, f, indent=1)
+        print(path)
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--variants":
+        sys.exit(write_variants(sys.argv[2]))
+    if len(sys.argv) != 1:
+        print("usage: check-template-params.py [--variants DIR]", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())
