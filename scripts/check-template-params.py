@@ -7,9 +7,20 @@ and the Conditions), then:
   - every value must be valid JSON of the right shape; UserParameters at most 1000 characters;
   - the pipeline's snapshot action keeps the stack's SnapshotRetain snapshots (`retain`);
   - each function's real binary (target/debug/<name>, from `cargo build`) must accept the merged
-    parameters: a direct request with dryRun=true and AWS endpoints pointed at a closed loopback
+    parameters (of the pipeline action, and of each EventBridge rule's Input to it: the TTL sweep): a direct request with dryRun=true and AWS endpoints pointed at a closed loopback
     port must fail, if at all, for the unreachable endpoint and never with ConfigurationError
     (unknown key, wrong type, missing required parameter).
+Each scenario is also a stack CloudFormation would create (every value passes its parameter's
+AllowedPattern / AllowedValues and every Rule holds), and its roles are least privilege for its
+StorageBackend / ArtifactReplication choice (EC2 snapshot and volume actions only for "ebs";
+Secrets Manager reads of exactly the secrets each function opens; eks:DescribeCluster of exactly
+the clusters it talks to; no S3 object access in array mode).
+
+`--variants DIR` writes instead, for each backend choice in VARIANTS, a copy of the template
+(JSON) whose parameter defaults are that choice's scenario, and prints the paths: scripts/lint-infra.sh
+runs cfn-lint, `sam validate --lint` and checkov (which evaluates Conditions from the defaults) on
+each, so every choice's resources are linted as they would be deployed.
+
 Run by scripts/lint-infra.sh with the venv that has cfn-lint (its YAML loader reads the !Tags).
 Exit status: 0 ok, 1 findings, 2 usage. A missing binary is a printed SKIP, never silent.
 """
@@ -42,6 +53,8 @@ PIPELINE_VARIABLES = {
     "Snapshot.SnapshotId": "snap-0123456789abcdef0",
     "Restore.VolumeId": "vol-0fedcba9876543210",
     "Restore.AvailabilityZone": "us-east-1a",
+    "Restore.Namespace": "snapstage-staging",
+    "Restore.PvcName": "orders-db-data-staging",
     "StagingDb.Endpoint": "postgresql.snapstage-1a2b3c.svc.cluster.local:5432",
     "StagingDb.Namespace": "snapstage-1a2b3c",
     "StagingDb.SecretName": "postgresql-credentials",
@@ -87,6 +100,97 @@ SCENARIOS = {
                                "RolloutImageId": "ami-0fedcba9876543210"},
 }
 
+# A CA bundle the size of a real one (one certificate, 64-character lines), as the stack
+# parameter carries it: one line, a literal \n after each PEM line.
+CA_BUNDLE = "\\n".join(
+    ["-----BEGIN CERTIFICATE-----"] + ["MIIDdzCCAl+gAwIBAgIUQ2FzbmFwc3RhZ2UtdGVzdC1jYS1ib2R5LWxpbmUtcGFk"] * 18
+    + ["-----END CERTIFICATE-----", ""])
+SECRET = "arn:aws:secretsmanager:us-east-1:123456789012:secret:snapstage/"
+ARRAYS = {
+    "StorageBackend": "flasharray",
+    "ProductionVolumeIds": [],
+    "StagingAvailabilityZone": "",
+    "FlashArrayEndpoint": "https://fa-onprem.corp.example",
+    "FlashArrayTokenSecretArn": SECRET + "fa-token-AbCdEf",
+    "FlashArrayName": "fa-onprem",
+    "FlashArrayProtectionGroup": "pg-orders",
+    "FlashArrayVolume": "orders-data",
+    "CloudArrayEndpoint": "https://cbs.vpc.example",
+    "CloudArrayTokenSecretArn": SECRET + "cbs-token-AbCdEf",
+    "VpcSubnetIds": ["subnet-0123456789abcdef0"],
+    "VpcSecurityGroupIds": ["sg-0123456789abcdef0"],
+}
+MASKING = {
+    "MaskingImage": "registry.example.com/db/mask:1.4",
+    "MaskingCommand": '["psql", "-v", "ON_ERROR_STOP=1", "-f", "/scripts/mask.sql"]',
+    "MaskingScriptsConfigMap": "mask-sql",
+    "MaskingTimeoutMinutes": "30",
+    "MigrationImage": "flyway/flyway:10",
+    "MigrationCommand": '["flyway", "-locations=filesystem:/scripts", "migrate"]',
+    "MigrationAllowFailure": "true",
+}
+SCENARIOS.update({
+    "ebs with masking and a migration check": {**BASE, **MASKING, "EksClusterName": "staging",
+                                               "StagingDbPlanOnly": "true"},
+    "csi on EKS, PVC names": {
+        **BASE,
+        "StorageBackend": "csi",
+        "StagingAvailabilityZone": "",
+        "ProductionVolumeIds": ["orders-db-data", "orders-db-wal"],
+        "CsiEksClusterName": "prod",
+        "CsiProductionNamespace": "orders",
+        "CsiStagingNamespace": "snapstage-staging",
+        "CsiSnapshotClass": "csi-aws-vsc",
+        "CsiStorageClass": "gp3",
+        "EksClusterName": "staging",
+        "StagingDbPlanOnly": "true",
+    },
+    "csi by kubeconfig, a selector and a group snapshot class, masking": {
+        **BASE, **MASKING,
+        "StorageBackend": "csi",
+        "StagingAvailabilityZone": "",
+        "ProductionVolumeIds": [],
+        "ProductionSelector": "app=orders-db",
+        "CsiKubeconfigSecretArn": SECRET + "prod-kubeconfig-AbCdEf",
+        "CsiProductionNamespace": "orders",
+        "CsiStagingNamespace": "snapstage-staging",
+        "CsiGroupSnapshotClass": "csi-group-vsc",
+        "StagingDbPlanOnly": "true",
+    },
+    "flasharray pair, CA bundles, array replication, masking and migration": {
+        **BASE, **ARRAYS, **MASKING,
+        "FlashArrayCaBundle": CA_BUNDLE,
+        "CloudArrayCaBundle": CA_BUNDLE,
+        "CloudArrayName": "cbs-cloud",
+        "ArtifactReplication": "array",
+        "ArtifactBucketName": "",
+        "OnPremBucket": "",
+        "ArtifactProtectionGroup": "pg-nexus",
+        "ArtifactVolume": "nexus-blobs",
+        "ArtifactTargetVolume": "nexus-onprem",
+        "ArtifactOverwrite": "true",
+        "EksClusterName": "staging",
+        "StagingDbArrayDriver": "px-csi",
+        "IntegrationTestVpcId": "vpc-0123456789abcdef0",
+        "IntegrationTestSubnetIds": ["subnet-0123456789abcdef1"],
+        "IntegrationTestSecurityGroupIds": ["sg-0123456789abcdef1"],
+    },
+    "flasharray pair, a read-only deploy token, objects back to S3": {
+        **BASE, **ARRAYS,
+        "DeployFlashArrayTokenSecretArn": SECRET + "fa-readonly-AbCdEf",
+        "OnPremEndpoint": "https://flashblade.corp.example:443",
+        "OnPremCredentialsSecretArn": SECRET + "onprem-AbCdEf",
+        "StagingDbPlanOnly": "true",
+    },
+})
+
+# One scenario per backend choice for --variants ("ebs" is the template as it is, by its defaults).
+VARIANTS = {
+    "csi-eks": "csi on EKS, PVC names",
+    "csi-kubeconfig": "csi by kubeconfig, a selector and a group snapshot class, masking",
+    "flasharray": "flasharray pair, CA bundles, array replication, masking and migration",
+}
+
 PSEUDO = {
     "AWS::Region": "us-east-1",
     "AWS::AccountId": "123456789012",
@@ -109,8 +213,9 @@ class Resolver:
                 v = spec["Default"]
             else:
                 raise SystemExit(f"check-template-params: sample parameters lack {name}")
-            if spec.get("Type", "").startswith(("List<", "CommaDelimitedList")) and isinstance(v, str):
-                v = [] if v == "" else v.split(",")
+            if spec.get("Type", "").startswith(("List<", "CommaDelimitedList")):
+                # As CloudFormation resolves it: an empty list parameter is [""].
+                v = v.split(",") if isinstance(v, str) else (v or [""])
             self.params[name] = v if isinstance(v, list) else str(v)
         self.conditions = {}
 
@@ -167,6 +272,8 @@ class Resolver:
                 return str(a) == str(b)
             if k == "Fn::Not":
                 return not self.value(v[0])
+            if k == "Fn::Contains":  # Rules only
+                return self.value(v[1]) in self.value(v[0])
             if k == "Fn::And":
                 return all(self.value(x) for x in v)
             if k == "Fn::Or":
@@ -223,6 +330,117 @@ def check_variables(template, findings):
                     binary = FUNCTIONS.get(ref.get("Ref")) if isinstance(ref, dict) else None
                     namespaces[action["Namespace"]] = binary
 
+def check_stack_parameters(template, r, scenario, findings):
+    """The sample stack is one CloudFormation would create: every value passes its parameter's
+    AllowedPattern / AllowedValues, and every Rule's assertions hold."""
+    for name, spec in template["Parameters"].items():
+        v = r.params[name]
+        for item in (v if isinstance(v, list) else [v]):
+            if "AllowedPattern" in spec and not re.fullmatch(spec["AllowedPattern"], item):
+                findings.append(f"[{scenario}] parameter {name}: {item!r} does not match its AllowedPattern")
+            if "AllowedValues" in spec and item not in [str(x) for x in spec["AllowedValues"]]:
+                findings.append(f"[{scenario}] parameter {name}: {item!r} is not one of its AllowedValues")
+    for name, rule in template.get("Rules", {}).items():
+        if "RuleCondition" in rule and not r.value(rule["RuleCondition"]):
+            continue
+        for a in rule["Assertions"]:
+            if not r.value(a["Assert"]):
+                findings.append(f"[{scenario}] rule {name} fails: {a.get('AssertDescription')}")
+
+
+ROLES = {
+    "SnapshotProductionRole": "snapshot-production",
+    "RestoreToStagingRole": "restore-to-staging",
+    "DeployStagingDbRole": "deploy-staging-db",
+    "ReplicateArtifactsBackRole": "replicate-artifacts-back",
+}
+# The network interfaces of a function in a VPC (FunctionVpcPolicy): not the backend's EC2 use.
+ENI_ACTIONS = {"ec2:CreateNetworkInterface", "ec2:DeleteNetworkInterface", "ec2:DescribeNetworkInterfaces",
+               "ec2:DescribeSubnets", "ec2:AssignPrivateIpAddresses", "ec2:UnassignPrivateIpAddresses"}
+
+
+def role_statements(template, r, role):
+    """Every statement the stack grants `role` (its inline policies, the AWS::IAM::Policy resources
+    naming it, its ManagedPolicyArns from this template), resolved for the scenario."""
+    resources = template["Resources"]
+
+    def present(logical):
+        res = resources[logical]
+        return "Condition" not in res or r.condition(res["Condition"])
+
+    docs = []
+    props = resources[role]["Properties"]
+    docs += [p["PolicyDocument"] for p in r.value(props.get("Policies", []))]
+    for arn in r.value(props.get("ManagedPolicyArns", [])):
+        logical = arn  # Ref of a managed policy resolves to its logical id + "-physical-id"
+        logical = logical[: -len("-physical-id")] if logical.endswith("-physical-id") else logical
+        if logical in resources and present(logical):
+            docs.append(r.value(resources[logical]["Properties"]["PolicyDocument"]))
+    for logical, res in resources.items():
+        if res.get("Type") == "AWS::IAM::Policy" and present(logical):
+            roles = [x.get("Ref") for x in res["Properties"]["Roles"] if isinstance(x, dict)]
+            if role in roles:
+                doc = r.value(res["Properties"]["PolicyDocument"])
+                docs.append(json.loads(doc) if isinstance(doc, str) else doc)
+    out = []
+    for d in docs:
+        st = d["Statement"]
+        out += st if isinstance(st, list) else [st]
+    return out
+
+
+def granted(statements, action):
+    res = set()
+    for st in statements:
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        if action in actions:
+            res |= set(st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]])
+    return res
+
+
+def check_permissions(template, r, scenario, findings):
+    """Least privilege per backend choice: EC2 snapshot/volume actions only for "ebs"; Secrets
+    Manager reads of exactly the secrets each function opens; eks:DescribeCluster of exactly the
+    clusters it talks to."""
+    p = r.params
+    backend, array_mode = p["StorageBackend"], p["ArtifactReplication"] == "array"
+    cluster_arn = "arn:aws:eks:us-east-1:123456789012:cluster/{}".format
+    kubeconfig = {p["CsiKubeconfigSecretArn"]} if backend == "csi" and p["CsiKubeconfigSecretArn"] else set()
+    deploy_token = p["DeployFlashArrayTokenSecretArn"] or (p["CloudArrayTokenSecretArn"] if backend == "flasharray" else "")
+    want_secrets = {
+        "SnapshotProductionRole": ({p["FlashArrayTokenSecretArn"]} if backend == "flasharray" else set()) | kubeconfig,
+        "RestoreToStagingRole": ({p["CloudArrayTokenSecretArn"]} if backend == "flasharray" else set()) | kubeconfig,
+        "DeployStagingDbRole": {deploy_token} - {""},
+        "ReplicateArtifactsBackRole": ({p["FlashArrayTokenSecretArn"], p["CloudArrayTokenSecretArn"]} if array_mode
+                                       else {p["OnPremCredentialsSecretArn"]} - {""}),
+    }
+    csi_cluster = {cluster_arn(p["CsiEksClusterName"])} if p["CsiEksClusterName"] else set()
+    want_clusters = {
+        "SnapshotProductionRole": csi_cluster,
+        "RestoreToStagingRole": csi_cluster,
+        "DeployStagingDbRole": {cluster_arn(p["EksClusterName"])} if p["EksClusterName"] else set(),
+        "ReplicateArtifactsBackRole": set(),
+    }
+    for role, fn in ROLES.items():
+        st = role_statements(template, r, role)
+        where = f"[{scenario}] {fn} role"
+        ec2 = sorted({a for s_ in st for a in (s_["Action"] if isinstance(s_["Action"], list) else [s_["Action"]])
+                      if a.startswith("ec2:") and a not in ENI_ACTIONS})
+        if backend != "ebs" and ec2:
+            findings.append(f"{where}: EC2 actions with StorageBackend {backend!r}: {', '.join(ec2)}")
+        if backend == "ebs" and role != "ReplicateArtifactsBackRole" and not ec2:
+            findings.append(f"{where}: no EC2 actions with StorageBackend 'ebs'")
+        got = granted(st, "secretsmanager:GetSecretValue")
+        if got != want_secrets[role]:
+            findings.append(f"{where}: secretsmanager:GetSecretValue on {sorted(got)}, expected {sorted(want_secrets[role])}")
+        got = granted(st, "eks:DescribeCluster")
+        if got != want_clusters[role]:
+            findings.append(f"{where}: eks:DescribeCluster on {sorted(got)}, expected {sorted(want_clusters[role])}")
+        s3 = granted(st, "s3:GetObject") | granted(st, "s3:PutObject")
+        if role == "ReplicateArtifactsBackRole" and array_mode and s3:
+            findings.append(f"{where}: S3 object access in array mode: {sorted(s3)}")
+
+
 def main():
     findings = []
     template = load(TEMPLATE)
@@ -230,6 +448,8 @@ def main():
     env_globals = template["Globals"]["Function"]["Environment"]["Variables"]
     for scenario, overrides in SCENARIOS.items():
         r = Resolver(template, overrides)
+        check_stack_parameters(template, r, scenario, findings)
+        check_permissions(template, r, scenario, findings)
         # Which function each pipeline action invokes, and its UserParameters.
         user_params = {}
         for stage in template["Resources"]["Pipeline"]["Properties"]["Stages"]:
@@ -289,36 +509,53 @@ def main():
                 print(f"SKIP: {where}: {exe} not built (run `cargo build --workspace --bins`); JSON shape checked only",
                       file=sys.stderr)
                 continue
-            request = dict(user_params.get(logical, {}))
-            request["dryRun"] = True
-            request["executionId"] = "check-template-params"
-            run_env = {
-                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "AWS_REGION": "us-east-1",
-                "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-                "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-                "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # closed port: fails fast, offline
-                "AWS_MAX_ATTEMPTS": "1",
-                "AWS_EC2_METADATA_DISABLED": "true",
-                "RUST_LOG": "error",
-                **env,
-            }
-            p = subprocess.run([exe, "--event", "-", "--no-follow"], input=json.dumps(request),
-                               capture_output=True, text=True, env=run_env, timeout=60)
-            try:
-                result = json.loads(p.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                findings.append(f"{where}: no JSON result (exit {p.returncode}): {p.stderr[-500:]}")
-                continue
-            if result.get("failureType") == "ConfigurationError":
-                findings.append(f"{where}: the function rejects the template's parameters: {result.get('message')}")
-            else:
-                print(f"ok: {where}: parameters accepted ({result.get('status')}"
-                      f"{', ' + result.get('failureType') if result.get('failureType') else ''})")
-        # Snapshot retention is a stack parameter: the pipeline's snapshot action keeps that many.
+            # The pipeline action's request, and each scheduled rule's Input (the TTL sweep).
+            requests = [("pipeline", user_params.get(logical, {}))]
+            for rule_id, rule in template["Resources"].items():
+                if rule.get("Type") != "AWS::Events::Rule" or (
+                        "Condition" in rule and not r.condition(rule["Condition"])):
+                    continue
+                for target in rule["Properties"].get("Targets", []):
+                    if isinstance(target, dict) and "Input" in target and \
+                            target.get("Arn") == {"Fn::GetAtt": [logical, "Arn"]}:
+                        requests.append((f"rule {rule_id}", json.loads(target["Input"])))
+            for source, params in requests:
+                request = dict(params)
+                request["dryRun"] = True
+                request["executionId"] = "check-template-params"
+                run_env = {
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "AWS_REGION": "us-east-1",
+                    "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+                    "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",  # closed port: fails fast, offline
+                    "AWS_MAX_ATTEMPTS": "1",
+                    "AWS_EC2_METADATA_DISABLED": "true",
+                    "RUST_LOG": "error",
+                    **env,
+                }
+                p = subprocess.run([exe, "--event", "-", "--no-follow"], input=json.dumps(request),
+                                   capture_output=True, text=True, env=run_env, timeout=60)
+                try:
+                    result = json.loads(p.stdout.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    findings.append(f"{where} ({source}): no JSON result (exit {p.returncode}): {p.stderr[-500:]}")
+                    continue
+                if result.get("failureType") == "ConfigurationError":
+                    findings.append(f"{where} ({source}): the function rejects the template's parameters: "
+                                    f"{result.get('message')}")
+                else:
+                    print(f"ok: {where} ({source}): parameters accepted ({result.get('status')}"
+                          f"{', ' + result.get('failureType') if result.get('failureType') else ''})")
+        # Snapshot retention is a stack parameter: the pipeline's snapshot action keeps that many
+        # (a FlashArray protection group keeps its own retention policy: no retain).
         retain = user_params.get("SnapshotProductionFunction", {}).get("retain")
         want = int(r.params["SnapshotRetain"]) if "SnapshotRetain" in r.params else None
-        if want is None:
+        if r.params.get("StorageBackend") == "flasharray":
+            if retain is not None:
+                findings.append(f"[{scenario}] pipeline SnapshotProduction: retain with a protection group "
+                                "(snapshot-production refuses it)")
+        elif want is None:
             findings.append(f"[{scenario}] the stack has no SnapshotRetain parameter: snapshots pile up")
         elif retain != want:
             findings.append(f"[{scenario}] pipeline SnapshotProduction: retain is {retain!r}, "
@@ -328,5 +565,28 @@ def main():
     return 1 if findings else 0
 
 
+def write_variants(out_dir):
+    """A copy of the template per VARIANTS entry, with the scenario's values as the defaults."""
+    template = load(TEMPLATE)
+    os.makedirs(out_dir, exist_ok=True)
+    for key, scenario in VARIANTS.items():
+        overrides = SCENARIOS[scenario]
+        t = json.loads(json.dumps(template))
+        for name, spec in t["Parameters"].items():
+            if name in overrides:
+                v = overrides[name]
+                spec["Default"] = ",".join(v) if isinstance(v, list) else str(v)
+        path = os.path.join(out_dir, f"template-{key}.json")
+        with open(path, "w") as f:
+            json.dump(t, f, indent=1)
+        print(path)
+    return 0
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--variants":
+        sys.exit(write_variants(sys.argv[2]))
+    if len(sys.argv) != 1:
+        print("usage: check-template-params.py [--variants DIR]", file=sys.stderr)
+        sys.exit(2)
     sys.exit(main())

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Lints the deployable stack offline: cfn-lint and `sam validate --lint` on infra/template.yaml,
-# scripts/check-template-params.py (the template's JSON parameters against the built functions),
-# checkov on infra/ (CloudFormation and Kubernetes manifests). Exits non-zero on any finding.
+# scripts/check-template-params.py (the template's JSON parameters against the built functions,
+# for every StorageBackend / ArtifactReplication choice, and each choice's permissions),
+# checkov on infra/ (CloudFormation and Kubernetes manifests). Then once per backend choice
+# (check-template-params.py --variants: a copy of the template whose parameter defaults are that
+# choice, so checkov evaluates its Conditions): cfn-lint, `sam validate --lint` and checkov again.
+# Exits non-zero on any finding.
 # Installs requirements-infra.txt and requirements-checkov.txt into project-local venvs under
 # .venv-infra/ on first use (and again when a requirements file changes). Idempotent.
 #   scripts/lint-infra.sh            install if needed, then lint
@@ -68,8 +72,25 @@ run template-params "$SAM_VENV/bin/python" scripts/check-template-params.py
 run checkov "$CHECKOV_VENV/bin/checkov" -d infra --framework cloudformation kubernetes --quiet --compact \
   --skip-download
 
+# Every backend choice as it would be deployed ("ebs" is the template above, by its defaults).
+variants=$(mktemp -d)
+trap 'rm -rf "$variants"' EXIT
+mapfile -t copies < <("$SAM_VENV/bin/python" scripts/check-template-params.py --variants "$variants")
+[ ${#copies[@]} -gt 0 ] || failed+=("template-variants")
+# One cfn-lint and one checkov process for all of them (each finding names its file).
+run "cfn-lint[choices]" "$SAM_VENV/bin/cfn-lint" "${copies[@]}"
+for v in "${copies[@]}"; do
+  choice=$(basename "$v" .json)
+  run "sam-validate[${choice#template-}]" "$SAM_VENV/bin/sam" validate --lint --template-file "$v" \
+    --region "$AWS_DEFAULT_REGION"
+done
+checkov_files=()
+for v in "${copies[@]}"; do checkov_files+=(-f "$v"); done
+run "checkov[choices]" "$CHECKOV_VENV/bin/checkov" "${checkov_files[@]}" --framework cloudformation --quiet \
+  --compact --skip-download
+
 if [ ${#failed[@]} -gt 0 ]; then
   echo "lint-infra: findings from: ${failed[*]}" >&2
   exit 1
 fi
-echo "lint-infra: cfn-lint, sam validate --lint, template-params and checkov found nothing"
+echo "lint-infra: cfn-lint, sam validate --lint, template-params and checkov found nothing (every backend choice)"
