@@ -58,9 +58,7 @@ fn check_params(function: &str, layer: Layer) -> Result<()> {
             &execution(),
             k8s_openapi::jiff::Timestamp::now(),
         ),
-        "replicate-artifacts-back" => merge::<snapstage::replicate::Params>(&layers)?
-            .validate()
-            .map(|_| ()),
+        "replicate-artifacts-back" => merge::<snapstage::replicate::Params>(&layers)?.check(),
         other => panic!("no function named {other:?}"),
     }
 }
