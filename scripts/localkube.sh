@@ -32,8 +32,9 @@ API=https://127.0.0.1:$API_PORT
 PROGRAMS=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok snapshot-controller csi-snapshotter csi-provisioner)
 # The services, in start order (stop goes backwards).
 SERVICES=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok snapshot-controller csi-hostpath csi-provisioner csi-snapshotter)
-# Function users: name -> RBAC group (infra/k8s/rbac.yaml).
-FUNCTIONS=(deploy-staging-db snapshot-production restore-to-staging)
+# Function users: name -> RBAC group (infra/k8s/rbac.yaml). "rehydrate" is replicate-artifacts-back's
+# array-mode rehydration of the on-prem Nexus (its namespace: nexus).
+FUNCTIONS=(deploy-staging-db snapshot-production restore-to-staging rehydrate)
 
 # The upstream programs are keyed by the module pins; the driver is ours and rebuilt on every
 # start (a no-op for Go's build cache when its source is unchanged).
@@ -233,13 +234,15 @@ EOF
 
   # What a platform admin sets up with plain RBAC (no namespace wildcards, unlike an EKS access
   # policy scoped to snapstage-*): the production namespace labelled as such, the staging namespace
-  # made for snapstage (its RoleBindings need it to exist), and infra/k8s/rbac.yaml exactly as shipped.
+  # made for snapstage (its RoleBindings need it to exist), the on-prem Nexus's namespace (rehydrate's
+# RoleBinding), and infra/k8s/rbac.yaml exactly as shipped.
   kubectl apply --server-side --field-manager snapstage-localkube -f - >/dev/null <<'EOF'
 apiVersion: v1
 kind: List
 items:
 - {apiVersion: v1, kind: Namespace, metadata: {name: prod, labels: {env: production}}}
 - {apiVersion: v1, kind: Namespace, metadata: {name: snapstage-staging, labels: {app.kubernetes.io/managed-by: snapstage}}}
+- {apiVersion: v1, kind: Namespace, metadata: {name: nexus}}
 EOF
   kubectl apply --server-side --field-manager snapstage-localkube -f "$ROOT/infra/k8s/rbac.yaml" >/dev/null
   # deploy-staging-db makes a namespace per run (snapstage-<hash>): on EKS its access policy is

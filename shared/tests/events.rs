@@ -58,9 +58,7 @@ fn check_params(function: &str, layer: Layer) -> Result<()> {
             &execution(),
             k8s_openapi::jiff::Timestamp::now(),
         ),
-        "replicate-artifacts-back" => merge::<snapstage::replicate::Params>(&layers)?
-            .validate()
-            .map(|_| ()),
+        "replicate-artifacts-back" => merge::<snapstage::replicate::Params>(&layers)?.check(),
         other => panic!("no function named {other:?}"),
     }
 }
@@ -140,4 +138,31 @@ fn direct_samples_are_valid_for_their_function() {
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
+}
+
+/// The Jenkins example (`examples/jenkins/`): its event is a valid rehydration, and the
+/// Jenkinsfile runs it with the CLI.
+#[test]
+fn the_jenkins_rehydrate_example_is_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/jenkins");
+    let raw: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{dir}/rehydrate.json")).unwrap())
+            .unwrap();
+    assert!(raw["array"]["rehydrate"].is_object(), "{raw}");
+    let Invocation::Direct(d) = classify(&raw, &TriggerFilter::default()).unwrap() else {
+        panic!("examples/jenkins/rehydrate.json: not a direct request")
+    };
+    check_params(
+        "replicate-artifacts-back",
+        Layer {
+            source: "request",
+            values: d.params,
+        },
+    )
+    .unwrap();
+    let jenkinsfile = std::fs::read_to_string(format!("{dir}/Jenkinsfile")).unwrap();
+    assert!(
+        jenkinsfile.contains("replicate-artifacts-back --event rehydrate.json"),
+        "the Jenkinsfile runs the example event"
+    );
 }

@@ -23,15 +23,25 @@ Control endpoints (not part of the FlashArray API):
     POST   /_double/faults            {"status": 429|503|401|..., "count": n, "path": "/volumes",
                                        "method": "GET"?, "array": "name"?, "retry_after": s?}
     DELETE /_double/faults
-    POST   /_double/seed              {"array"?, "volumes": [{"name", "provisioned"?, "tags"?}],
+    POST   /_double/seed              {"array"?, "volumes": [{"name", "provisioned"?, "tags"?, "files"?}],
                                        "snapshots": [{"source", "suffix", "created"?}],
                                        "pgroups": [{"name", "volumes": [...], "targets": [...],
                                                     "tags"?}]}
                                        (tags: [{"key", "value", "namespace"?}])
     POST   /_double/config            {"array"?, "versions": [...], "transfer_step": 0.25,
                                        "max_page_size": n}
-    POST   /_double/connections       {"array"?, "volume": "name", "count": n} (hosts connected;
-                                       a connected volume cannot be destroyed)
+    POST   /_double/connections       {"array"?, "volume": "name", "hosts": ["host", ...]} or
+                                       {"count": n} (hosts host-1..n): the hosts connected to the
+                                       volume, listed by GET /connections; a connected volume
+                                       cannot be destroyed
+    POST   /_double/files             {"array"?, "volume": "name", "files": {"path": "content"}}
+                                       replaces the volume's content (an opaque map)
+    GET    /_double/files             {"array"?, "volume": "name"} -> {"files": {...}}
+
+Volume content: each volume holds an opaque `files` map (path -> content, e.g. a SHA-256), not
+visible through the REST API. Snapshots keep the content they were taken with; a copy
+(`POST /volumes` with a source, overwrite included) takes its source's; a replicated protection
+group snapshot carries each volume's content to the target array.
 
 Usage: flasharray.py [--array NAME=PORT ...] [--api-token TOKEN] [--spec PATH]
 Prints one JSON line `{"arrays": {"NAME": PORT, ...}}` on stdout when ready.
@@ -305,7 +315,7 @@ class Array:
         self.clock = max(self.clock + 1, now_ms())
         return self.clock
 
-    def add_volume(self, name, provisioned=10 * GIB, source=None, created=None):
+    def add_volume(self, name, provisioned=10 * GIB, source=None, created=None, files=None):
         vol = {
             "id": new_id(),
             "name": name,
@@ -314,6 +324,7 @@ class Array:
             "destroyed": False,
             "provisioned": provisioned,
             "subtype": "regular",
+            "files": dict(files or {}),
         }
         if source is not None:
             vol["source"] = source
@@ -331,6 +342,7 @@ class Array:
             "provisioned": source_vol["provisioned"],
             "source": {"id": source_vol["id"], "name": source_vol["name"]},
             "suffix": suffix,
+            "files": dict(source_vol.get("files") or {}),
         }
         self.vsnaps[name] = snap
         return snap
@@ -516,7 +528,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return 404, {"error": f"unknown array {doc.get('array')!r}"}
         if path == "/_double/seed" and method == "POST":
             for v in doc.get("volumes", []):
-                arr.add_volume(v["name"], int(v.get("provisioned", 10 * GIB)), created=v.get("created"))
+                arr.add_volume(
+                    v["name"], int(v.get("provisioned", 10 * GIB)), created=v.get("created"), files=v.get("files")
+                )
                 for t in v.get("tags", []):
                     put_tag(arr.volume_tags, arr.volumes[v["name"]], t)
             for s in doc.get("snapshots", []):
@@ -539,8 +553,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             vol = arr.volumes.get(doc.get("volume"))
             if vol is None:
                 return 404, {"error": f"no volume {doc.get('volume')!r}"}
-            vol["connection_count"] = int(doc.get("count", 0))
+            if "hosts" in doc:
+                hosts = [str(h) for h in doc["hosts"]]
+            else:
+                hosts = [f"host-{i + 1}" for i in range(int(doc.get("count", 0)))]
+            vol["hosts"] = hosts
+            vol["connection_count"] = len(hosts)
             return 200, {"array": state_of(arr)}
+        if path == "/_double/files":
+            vol = arr.volumes.get(doc.get("volume"))
+            if vol is None:
+                return 404, {"error": f"no volume {doc.get('volume')!r}"}
+            if method == "POST":
+                files = doc.get("files") or {}
+                if not isinstance(files, dict):
+                    return 400, {"error": "files: expected an object {path: content}"}
+                vol["files"] = {str(k): v for k, v in files.items()}
+                return 200, {"files": vol["files"]}
+            if method == "GET":
+                return 200, {"files": dict(vol.get("files") or {})}
         if path == "/_double/config" and method == "POST":
             if "versions" in doc:
                 arr.versions = list(doc["versions"])
@@ -697,6 +728,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._list_tags(arr, query, arr.pgroups, arr.pgroup_tags, "Protection group")
         if rel == "/protection-groups/volumes" and method == "GET":
             return self._pgroup_members(arr, query)
+        if rel == "/connections" and method == "GET":
+            return self._connections(arr, query)
         raise ApiError(501, f"The double does not implement {method} {rel}.", violation=True)
 
     # -- tags and protection group membership --
@@ -743,6 +776,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
             for g in arr.pgroups.values():
                 if m in g["volumes"]:
                     items.append({"group": {"id": g["id"], "name": g["name"]}, "member": {"id": vol["id"], "name": m}})
+        return self._page(arr, query, items)
+
+    def _connections(self, arr, query):
+        """`GET /connections?volume_names=...`: the host connections of those volumes."""
+        names = csv(query, "volume_names")
+        if not names:
+            raise ApiError(400, "volume_names is required by this double.", violation=True)
+        for k in ("volume_ids", "host_names", "host_group_names", "protocol_endpoint_ids", "protocol_endpoint_names", "filter", "sort"):
+            if query.get(k) is not None:
+                raise ApiError(501, f"The double does not implement {k} on GET /connections.", violation=True)
+        items = []
+        for n in names:
+            vol = arr.volumes.get(n)
+            if vol is None or vol["destroyed"]:
+                raise ApiError(400, "Volume does not exist.", context=n)
+            for i, h in enumerate(vol.get("hosts") or []):
+                items.append({"host": {"name": h}, "volume": {"id": vol["id"], "name": n}, "lun": i + 1})
         return self._page(arr, query, items)
 
     def _page(self, arr, query, items):
@@ -947,19 +997,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     raise ApiError(400, "Source does not exist.", context=sname)
                 provisioned = origin["provisioned"]
                 ref = {"id": origin["id"], "name": origin["name"]}
+                files = dict(origin.get("files") or {})
             else:
                 provisioned = int(body.get("provisioned") or (1 << 20))
                 ref = None
+                files = {}
             existing = arr.volumes.get(n)
             if existing is not None:
                 if not overwrite or src is None:
                     raise ApiError(400, "Volume already exists.", context=n)
                 existing["provisioned"] = provisioned
                 existing["source"] = ref
+                existing["files"] = files
                 existing["overwritten"] = existing.get("overwritten", 0) + 1
                 vol = existing
             else:
-                vol = arr.add_volume(n, provisioned, source=ref)
+                vol = arr.add_volume(n, provisioned, source=ref, files=files)
             out.append(render_volume(vol))
         return 200, {"items": out}, {}
 
@@ -1009,6 +1062,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     "suffix": sfx,
                     "created": created,
                     "volumes": [(v, arr.volumes[v]["provisioned"]) for v in pg["volumes"]],
+                    # the content as snapshotted: what arrives on the target
+                    "files": {v: dict(arr.volumes[v].get("files") or {}) for v in pg["volumes"]},
                     "targets": list(pg["targets"]),
                     "progress": 0.0,
                     "started": created,
@@ -1043,7 +1098,12 @@ def materialise_replica(w: World, rec: dict, target: str):
     }
     t.transfers[name] = rec
     for vname, prov in rec["volumes"]:
-        replica_vol = {"id": new_id(), "name": f"{rec['source_array']}:{vname}", "provisioned": prov}
+        replica_vol = {
+            "id": new_id(),
+            "name": f"{rec['source_array']}:{vname}",
+            "provisioned": prov,
+            "files": (rec.get("files") or {}).get(vname, {}),
+        }
         t.add_vsnap(replica_vol, rec["suffix"], created=rec["created"], name=f"{name}.{vname}")
 
 

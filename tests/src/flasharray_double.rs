@@ -141,6 +141,42 @@ impl Double {
             .await;
     }
 
+    /// Replaces the content of `volume` on `array` (an opaque map, e.g. path -> SHA-256): what a
+    /// snapshot, a copy or a replication of it carries. Not visible through the REST API.
+    pub async fn write_files(&self, array: &str, volume: &str, files: Value) {
+        self.control(
+            array,
+            reqwest::Method::POST,
+            "/_double/files",
+            json!({"array": array, "volume": volume, "files": files}),
+        )
+        .await;
+    }
+
+    /// The content of `volume` on `array` (see [`Double::write_files`]).
+    pub async fn files(&self, array: &str, volume: &str) -> Value {
+        self.control(
+            array,
+            reqwest::Method::GET,
+            "/_double/files",
+            json!({"array": array, "volume": volume}),
+        )
+        .await["files"]
+            .clone()
+    }
+
+    /// Connects `hosts` to `volume` on `array` (an empty list disconnects them all): listed by
+    /// `GET /connections`, and a connected volume cannot be destroyed.
+    pub async fn connect_hosts(&self, array: &str, volume: &str, hosts: &[&str]) {
+        self.control(
+            array,
+            reqwest::Method::POST,
+            "/_double/connections",
+            json!({"array": array, "volume": volume, "hosts": hosts}),
+        )
+        .await;
+    }
+
     pub async fn state(&self, array: &str) -> Value {
         let all = self
             .control(array, reqwest::Method::GET, "/_double/state", json!({}))

@@ -63,7 +63,18 @@ for the CLI on-prem - a local directory.
                                  \"sourceArray\": \"<cloud array name>\", \"volume\": \"nexus-blobs\",
                                  \"targetVolume\": \"nexus-onprem\", \"overwrite\": true}: a protection group
                                 snapshot replicated now, waited for, then copied into targetVolume
-                                (overwrite must be true when it exists) and verified",
+                                (overwrite must be true when it exists) and verified
+  array.rehydrate               rehydrate the on-prem Nexus around the copy (requires overwrite: true):
+                                {\"cluster\": {\"kubeconfigFile\": \"/path\"} | {\"kubeconfigSecret\": \"id\"} |
+                                 {\"eks\": {\"name\": \"...\"}} | \"inCluster\",
+                                 \"namespace\": \"nexus\", \"workload\": \"statefulset/nexus\" (or deployment/<name>),
+                                 \"healthUrl\": \"http://nexus.nexus.svc:8081/service/rest/v1/status/writable\" (optional),
+                                 \"timeoutMinutes\": 20 (1-120, to stop and to become healthy)}:
+                                records the replicas (annotation snapstage.io/rehydrate-replicas) and
+                                scales the workload to 0, waits for its pods to go, REFUSES while a pod
+                                mounts the volume's claim or a host is connected to the volume, copies,
+                                scales back, waits for readyReplicas and HTTP 200 from healthUrl; any
+                                failure scales it back first and says whether the volume was overwritten",
     outputs: "  ObjectsCopied        objects written to the destination (and verified)
   ObjectsSkipped       objects already at the destination, unchanged
   ObjectsVerified      copied objects checked at the destination after the write
@@ -77,7 +88,8 @@ for the CLI on-prem - a local directory.
   DestinationDirectory the destination directory (pull mode)
   Manifest             where the manifest was written, when it was
   DryRun               \"true\" or \"false\"
-  array mode: Mode=array  SnapshotId  ReplicaSnapshotId  TargetVolume  SizeGiB",
+  array mode: Mode=array  SnapshotId  ReplicaSnapshotId  TargetVolume  SizeGiB
+  with rehydrate: RehydratedVolume  Snapshot (the replicated snapshot copied)  Replicas  Healthy",
 };
 
 struct ReplicateArtifactsBack {

@@ -35,6 +35,7 @@
 //! | [`local`] | pull mode's files: partial names, fsync, read back, rename; the index of ETags |
 //! | [`report`] | the manifest's destination, output variables, summaries, the failure of a run |
 //! | [`array`](mod@array) | array mode: a volume replicated by FlashArray / Cloud Block Store instead |
+//! | [`rehydrate`] | array mode's `rehydrate`: the on-prem Nexus stopped around the copy, refused while anything writes, started and checked healthy |
 //! | `memory` | tests: an in-memory source and sink, with faults to order |
 //!
 //! The step is generic over its source and sink, chosen once ([`step`] matches the destination):
@@ -51,6 +52,7 @@ pub mod mirror;
 pub mod object;
 pub mod params;
 pub mod plan;
+pub mod rehydrate;
 pub mod report;
 pub mod sink;
 pub mod source;

@@ -153,6 +153,15 @@ impl Target {
 }
 
 impl Params {
+    /// Checks the parameters of either mode (array mode when `array` is set) without contacting
+    /// anything.
+    pub fn check(self) -> Result<()> {
+        match &self.array {
+            Some(a) => a.check(),
+            None => self.validate().map(|_| ()),
+        }
+    }
+
     /// Checks the parameters; errors name the field and say what to write instead.
     pub fn validate(self) -> Result<Target> {
         let source_bucket = bucket_name("sourceBucket", &self.source_bucket)?;
