@@ -7,10 +7,11 @@ SERVICES := scripts/services.sh
 SAM := .venv-infra/sam/bin/sam
 SAMCONFIG := $(CURDIR)/infra/samconfig.toml
 
-.PHONY: help setup engines build test unit lint lint-infra demo bench package deploy invoke services-start services-stop clean fuzz
+.PHONY: help setup engines build test unit lint lint-infra demo demo-hybrid bench package deploy invoke services-start services-stop clean fuzz
 
 help:
 	@echo "make demo     run the whole pipeline locally (moto, the local Kubernetes control plane, Lambda Runtime API emulator)"
+	@echo "make demo-hybrid  the hybrid Jenkins/Nexus flow locally (two FlashArray doubles, the local control plane)"
 	@echo "make test     run every test against local services (starts and stops them)"
 	@echo "make lint     cargo fmt --check and clippy -D warnings"
 	@echo "make lint-infra  cfn-lint, sam validate --lint, checkov on infra/"
@@ -72,6 +73,11 @@ invoke:
 # one package and rebuild aws-sdk-ec2 and everything above it a second time.
 demo: setup build
 	scripts/with-services.sh $${CARGO_TARGET_DIR:-target}/debug/local-pipeline --seed
+
+# The hybrid Jenkins/Nexus flow (README "The hybrid Jenkins/Nexus flow"): two FlashArray doubles
+# (on-prem, Cloud Block Store), the local control plane, the pipeline, the on-prem rehydrate stage.
+demo-hybrid: setup build
+	scripts/with-services.sh $${CARGO_TARGET_DIR:-target}/debug/local-pipeline --hybrid
 
 # Figures side by side with the peers (bench/README.md): release build (10–12 min clean), then ~7 min
 # of measurements (+ ~6 min once to build s3s-fs). No timing assertions anywhere.

@@ -97,7 +97,9 @@ build_upstream() {
 }
 
 pki() {
-  [ -f "$RUN/pki/.done" ] && return 0
+  # Made once per set of users: a checkout that adds a function user makes it anew.
+  [ -f "$RUN/pki/.done" ] && [ "$(cat "$RUN/pki/.done")" = "${FUNCTIONS[*]}" ] && return 0
+  rm -rf "$RUN/pki"
   mkdir -p "$RUN/pki" && cd "$RUN/pki"
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout ca.key -out ca.crt -subj "/CN=snapstage-local-ca" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver" 2>/dev/null
@@ -112,7 +114,7 @@ pki() {
     echo "$(token),system:kube-scheduler,uid-scheduler"
     for f in "${FUNCTIONS[@]}"; do echo "$(token),snapstage-$f,uid-$f,\"snapstage:$f\""; done
   } >tokens.csv
-  touch .done
+  echo "${FUNCTIONS[*]}" >.done
   cd "$ROOT"
 }
 

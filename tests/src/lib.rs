@@ -12,6 +12,7 @@
 //! | [`invoker`] | running a function: CLI process, or the `cargo lambda watch` Runtime API emulator |
 //! | [`timeline`] | one entry per invocation, and the table printer |
 //! | [`seed`] | the demo data in moto and the demo pipeline |
+//! | [`hybrid`] | the hybrid Jenkins/Nexus flow (`make demo-hybrid`): two arrays, the control plane, the pipeline and the on-prem rehydrate stage |
 //! | [`flasharray_double`] | the FlashArray double (REST 2.56, spec-validated) from Rust tests |
 //! | [`kube_double`] | the Kubernetes API server double (core/v1 storage objects, VolumeSnapshots, a simulated snapshot controller) from Rust tests |
 //! | [`localkube`] | the local Kubernetes control plane of real components (`scripts/localkube.sh`), through the real `kubectl` |
@@ -23,6 +24,7 @@ pub mod asg;
 pub mod event;
 pub mod faults;
 pub mod flasharray_double;
+pub mod hybrid;
 pub mod invoker;
 pub mod jobservice;
 pub mod kube_double;

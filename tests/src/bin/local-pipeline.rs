@@ -10,10 +10,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use snapstage_localenv::asg;
+use snapstage_localenv::hybrid::{
+    self, CLOUD, JENKINS_HOME, NEXUS_BLOBS, ONPREM, ONPREM_NAMESPACE, PGROUP, PUBLISHED, Site,
+};
 use snapstage_localenv::invoker::{
     CliInvoker, Emulator, Functions, Invoker, LambdaInvoker, cargo_lambda,
 };
 use snapstage_localenv::jobservice::JobService;
+use snapstage_localenv::localkube::LocalKube;
 use snapstage_localenv::pipeline::{self, Options, Pipeline};
 use snapstage_localenv::refresh::RefreshDouble;
 use snapstage_localenv::seed::{self, Clients};
@@ -24,6 +28,7 @@ local-pipeline — run the snapstage demo pipeline locally
 
 USAGE:
   local-pipeline [--invoker cli|lambda] [--seed] [--poll-delay SECS] [--failing-release]
+  local-pipeline --hybrid [--invoker cli|lambda]
 
 OPTIONS:
   --invoker lambda   invoke through the Lambda Runtime API emulator of `cargo lambda watch`
@@ -34,6 +39,10 @@ OPTIONS:
   --poll-delay SECS  wait between an InProgress result and the next job (default 0)
   --failing-release  the release image fails its load balancer health checks: the Release stage
                      rolls it back and the pipeline fails
+  --hybrid           the hybrid Jenkins/Nexus flow instead (make demo-hybrid): two FlashArray
+                     doubles (on-prem, Cloud Block Store) and the local Kubernetes control plane;
+                     Jenkins and Nexus start in the cloud on restored volumes, the on-prem Nexus
+                     is rehydrated with what the cloud published
   -h, --help         this text
 
 ENVIRONMENT:
@@ -46,6 +55,7 @@ EXIT STATUS: 0 the pipeline succeeded, 1 it failed, 2 usage or setup error.
 
 struct Args {
     lambda: bool,
+    hybrid: bool,
     seed: bool,
     failing_release: bool,
     poll_delay: Duration,
@@ -54,6 +64,7 @@ struct Args {
 fn parse(args: &[String]) -> Result<Option<Args>, String> {
     let mut out = Args {
         lambda: true,
+        hybrid: false,
         seed: false,
         failing_release: false,
         poll_delay: Duration::ZERO,
@@ -63,6 +74,7 @@ fn parse(args: &[String]) -> Result<Option<Args>, String> {
         match a.as_str() {
             "-h" | "--help" => return Ok(None),
             "--seed" => out.seed = true,
+            "--hybrid" => out.hybrid = true,
             "--failing-release" => out.failing_release = true,
             "--invoker" => match it.next().map(String::as_str) {
                 Some("cli") => out.lambda = false,
@@ -107,7 +119,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(args)) {
+    let outcome = if args.hybrid {
+        rt.block_on(hybrid(args))
+    } else {
+        rt.block_on(run(args))
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -217,19 +234,7 @@ async fn run(args: Args) -> Result<bool, Error> {
     };
     let log_dir = bin_dir.parent().unwrap_or(&bin_dir).join("local-pipeline");
     if args.lambda {
-        let emulator = match std::env::var("SNAPSTAGE_LAMBDA_EMULATOR") {
-            Ok(url) => Emulator::existing(&url),
-            Err(_) => {
-                let root = workspace_root();
-                Emulator::start(
-                    &cargo_lambda(&root),
-                    &root,
-                    &log_dir,
-                    Duration::from_secs(60),
-                )
-                .await?
-            }
-        };
+        let emulator = emulator(&log_dir).await?;
         eprintln!(
             "Lambda Runtime API emulator at {}; function logs in {}",
             emulator.url,
@@ -240,6 +245,105 @@ async fn run(args: Args) -> Result<bool, Error> {
     } else {
         drive(&pipeline, &jobs, &CliInvoker::new(functions), &options).await
     }
+}
+
+/// The Lambda Runtime API emulator: `SNAPSTAGE_LAMBDA_EMULATOR`, or `cargo lambda watch` started.
+async fn emulator(log_dir: &Path) -> Result<Emulator, Error> {
+    match std::env::var("SNAPSTAGE_LAMBDA_EMULATOR") {
+        Ok(url) => Ok(Emulator::existing(&url)),
+        Err(_) => {
+            let root = workspace_root();
+            Emulator::start(
+                &cargo_lambda(&root),
+                &root,
+                log_dir,
+                Duration::from_secs(60),
+            )
+            .await
+        }
+    }
+}
+
+/// `--hybrid`: the hybrid Jenkins/Nexus flow ([`snapstage_localenv::hybrid`]).
+async fn hybrid(args: Args) -> Result<bool, Error> {
+    let cloud = std::env::var("AWS_ENDPOINT_URL").map_err(|_| {
+        Error::Setup(
+            "AWS_ENDPOINT_URL is not set: run `make demo-hybrid`, or start the services with \
+             `scripts/services.sh start` and `eval \"$(scripts/services.sh env)\"`"
+                .into(),
+        )
+    })?;
+    let kube = LocalKube::get("demo-hybrid").ok_or_else(|| {
+        Error::Setup("the local Kubernetes control plane is not running (see above)".into())
+    })?;
+    eprintln!("starting two FlashArray doubles ({ONPREM} on-prem, {CLOUD} Cloud Block Store) ...");
+    let site = Site::prepare(&cloud, kube)
+        .await?
+        .ok_or_else(|| Error::Setup("the FlashArray double cannot start (see above)".into()))?;
+    eprintln!(
+        "on-prem: {JENKINS_HOME} and {NEXUS_BLOBS} in protection group {PGROUP} replicating to {CLOUD}; \
+         Nexus StatefulSet {ONPREM_NAMESPACE}/{} Ready on {NEXUS_BLOBS}",
+        site.onprem_nexus
+    );
+    let jobs = JobService::start()
+        .await
+        .map_err(|e| Error::Setup(format!("job service: {e}")))?;
+    let bin_dir = bin_dir()?;
+    let functions = hybrid::functions(&bin_dir, &jobs, &cloud);
+    let pipeline = site.pipeline();
+    for a in &pipeline.actions {
+        functions.binary(&a.function)?;
+    }
+    let log_dir = bin_dir.parent().unwrap_or(&bin_dir).join("local-pipeline");
+    let report = if args.lambda {
+        let emulator = emulator(&log_dir).await?;
+        eprintln!(
+            "Lambda Runtime API emulator at {}; function logs in {}",
+            emulator.url,
+            log_dir.display()
+        );
+        let invoker = LambdaInvoker::new(functions.clone(), emulator, &log_dir)?;
+        hybrid::run(&site, &jobs, &invoker, &functions).await?
+    } else {
+        hybrid::run(
+            &site,
+            &jobs,
+            &CliInvoker::new(functions.clone()),
+            &functions,
+        )
+        .await?
+    };
+    println!();
+    print!("{}", report.run.timeline);
+    println!();
+    println!("{}", report.run.summary_line(pipeline.actions.len()));
+    for (what, ns) in [
+        ("Jenkins", &report.jenkins_namespace),
+        ("Nexus", &report.nexus_namespace),
+    ] {
+        if let Some(ns) = ns {
+            println!("cloud {what}: namespace {ns}, Ready");
+        }
+    }
+    if report.run.succeeded() {
+        println!(
+            "on-prem rehydrate (the Jenkins stage, CLI): exit {}, {}",
+            report.rehydrate_code,
+            report.rehydrate["summary"].as_str().unwrap_or("no result")
+        );
+        println!(
+            "on-prem Nexus {ONPREM_NAMESPACE}/{}: {} Ready; volume {NEXUS_BLOBS} {} the cloud-published {PUBLISHED}",
+            report.onprem_nexus,
+            report.onprem_ready,
+            if report.onprem_files.get(PUBLISHED).is_some() {
+                "holds"
+            } else {
+                "does NOT hold"
+            }
+        );
+    }
+    site.arrays.assert_no_violations().await;
+    Ok(report.succeeded())
 }
 
 async fn drive<I: Invoker>(
