@@ -304,7 +304,7 @@ async fn a_distributed_map_of_shards_copies_the_prefix_as_one_run_would() {
     let (cloud, onprem) = (s3(&m.cloud).await, s3(&m.onprem).await);
     let src = unique("map-cloud");
     // Enough blobs for three batches of MaxItemsPerBatch.
-    let pairs = def.max_items + def.max_items / 2 + 7;
+    let pairs = def.max_items + def.max_items / 4;
     blob_store(&cloud, &src, pairs).await;
     let total = 2 * pairs + 2;
     let source = objects(&cloud, &src).await;
@@ -320,14 +320,17 @@ async fn a_distributed_map_of_shards_copies_the_prefix_as_one_run_would() {
     let children = batches(&def, &items, &input);
     assert_eq!(children.len(), 3, "batches of {}", def.max_items);
     // A batch boundary falls between a blob's .bytes and its .properties.
-    let split = children.windows(2).any(|w| {
-        let last = w[0]["Items"].as_array().unwrap().last().unwrap()["Key"]
-            .as_str()
-            .unwrap();
-        let first = w[1]["Items"][0]["Key"].as_str().unwrap();
-        last.ends_with(".bytes") && first == last.replace(".bytes", ".properties")
-    });
-    assert!(split, "the store is laid out so a batch splits a blob");
+    let splits = children
+        .windows(2)
+        .filter(|w| {
+            let last = w[0]["Items"].as_array().unwrap().last().unwrap()["Key"]
+                .as_str()
+                .unwrap();
+            let first = w[1]["Items"][0]["Key"].as_str().unwrap();
+            last.ends_with(".bytes") && first == last.replace(".bytes", ".properties")
+        })
+        .count() as u64;
+    assert!(splits > 0, "the store is laid out so a batch splits a blob");
 
     // The map: every shard succeeds, each with its manifest.
     let runs = run_children(&m, &def, &children, &defaults);
@@ -350,7 +353,8 @@ async fn a_distributed_map_of_shards_copies_the_prefix_as_one_run_would() {
         assert_eq!(a["failedKeys"], json!([]), "{a}");
         assert_eq!(a["executionId"], execution.as_str());
         copied += count(a, "objectsCopied");
-        // The shard's manifest: one line per object it copied or found unchanged.
+        // The shard's manifest: one line per object it copied or found unchanged (a companion
+        // its neighbour copied first).
         let url = a["manifest"].as_str().unwrap();
         let prefix = format!("s3://{src}/{RESULT_PREFIX}shards/{execution}/shard-");
         assert!(url.starts_with(&prefix) && url.ends_with(".jsonl"), "{url}");
@@ -371,7 +375,7 @@ async fn a_distributed_map_of_shards_copies_the_prefix_as_one_run_would() {
     }
     // A split blob's .bytes may be copied by both of its batches: the same content, verified.
     assert!(
-        (total as u64..=total as u64 + 1).contains(&copied),
+        (total as u64..=total as u64 + splits).contains(&copied),
         "copied {copied} of {total}"
     );
     let arrived = objects(&onprem, &dst).await;

@@ -329,11 +329,22 @@ impl Run<'_> {
             }
             // Every object of the plan is now verified at the destination: an upload still open for
             // one of them was started by an attempt whose answer was lost, or by a killed step.
+            // A shard's companions are not its own: the neighbour shard may be uploading them.
+            let theirs: HashSet<String> = shard
+                .map(|s| {
+                    s.objects
+                        .iter()
+                        .filter(|i| i.companion)
+                        .map(|i| destination_key(&i.key, &target.source_prefix, ctx.sink.prefix()))
+                        .collect()
+                })
+                .unwrap_or_default();
             let ours: HashSet<String> = plan
                 .to_copy
                 .iter()
                 .map(|c| c.destination_key.clone())
                 .chain(plan.unchanged.iter().map(|l| l.key.clone()))
+                .filter(|k| !theirs.contains(k))
                 .collect();
             r.abort_stale(&ours).await;
         }
