@@ -498,7 +498,11 @@ mod tests {
                 "items[0].Key",
             ),
         ] {
-            let (f, _) = field(parse_items(&[item.clone()], "cloud-nexus", "blobs/"));
+            let (f, _) = field(parse_items(
+                std::slice::from_ref(&item),
+                "cloud-nexus",
+                "blobs/",
+            ));
             assert_eq!(f, want, "{item}");
         }
     }
