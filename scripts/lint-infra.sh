@@ -2,6 +2,8 @@
 # Lints the deployable stack offline: cfn-lint and `sam validate --lint` on infra/template.yaml,
 # scripts/check-template-params.py (the template's JSON parameters against the built functions,
 # for every StorageBackend / ArtifactReplication choice, and each choice's permissions),
+# scripts/lint-asl.py (the state machine definitions of infra/statemachine/ through cfn-lint's
+# Step Functions schema, and their DefinitionSubstitutions against the template),
 # checkov on infra/ (CloudFormation and Kubernetes manifests). Then once per backend choice
 # (check-template-params.py --variants: a copy of the template whose parameter defaults are that
 # choice, so checkov evaluates its Conditions): cfn-lint, `sam validate --lint` and checkov again.
@@ -66,6 +68,8 @@ run() { # name, command...
 
 run cfn-lint "$SAM_VENV/bin/cfn-lint" "$TEMPLATE" infra/k8s/eks-access-entry.yaml
 run sam-validate "$SAM_VENV/bin/sam" validate --lint --template-file "$TEMPLATE" --region "$AWS_DEFAULT_REGION"
+# A DefinitionUri file is not validated by cfn-lint: this inlines each and lints that.
+run asl "$SAM_VENV/bin/python" scripts/lint-asl.py
 # The JSON the template hands the functions (SNAPSTAGE_DEFAULTS, UserParameters, #{Ns.Key}) against
 # the real binaries in target/debug (a printed SKIP for any not built: run `make build` first).
 run template-params "$SAM_VENV/bin/python" scripts/check-template-params.py
@@ -93,4 +97,4 @@ if [ ${#failed[@]} -gt 0 ]; then
   echo "lint-infra: findings from: ${failed[*]}" >&2
   exit 1
 fi
-echo "lint-infra: cfn-lint, sam validate --lint, template-params and checkov found nothing (every backend choice)"
+echo "lint-infra: cfn-lint, sam validate --lint, asl, template-params and checkov found nothing (every backend choice)"

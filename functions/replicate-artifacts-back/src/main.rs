@@ -54,7 +54,9 @@ for the CLI on-prem - a local directory.
                                 directory (default s3://<sourceBucket>/.snapstage/checkpoints/, or
                                 <destinationDirectory>/.snapstage/checkpoints/ in pull mode)
   manifest                      s3://bucket/key for the manifest when the job has no output
-                                artifact (default: none)
+                                artifact (default: none); in shard mode a prefix, under which
+                                the shard writes shard-<id>.jsonl (default
+                                s3://<sourceBucket>/.snapstage/manifests/<executionId>/)
   dryRun                        list and report what would be copied and deleted; change nothing
                                 (default false)
   array                         array mode instead of object copies (the S3 settings are not used):
@@ -74,7 +76,14 @@ for the CLI on-prem - a local directory.
                                 scales the workload to 0, waits for its pods to go, REFUSES while a pod
                                 mounts the volume's claim or a host is connected to the volume, copies,
                                 scales back, waits for readyReplicas and HTTP 200 from healthUrl; any
-                                failure scales it back first and says whether the volume was overwritten",
+                                failure scales it back first and says whether the volume was overwritten
+  items                         shard mode: the objects to copy instead of the whole prefix, as a
+                                Step Functions Distributed Map batch gives them - the input
+                                {\"Items\": [...], \"BatchInput\": {parameters}} sets it: ListObjectsV2
+                                items {\"Key\", \"Size\", \"Etag\"} or S3 Inventory items {\"Bucket\",
+                                \"Key\", \"Size\"}; keys under sourcePrefix, the bucket sourceBucket.
+                                Answers {objectsCopied, bytesCopied, objectsSkipped, manifest,
+                                failedKeys}; an item gone at the source fails the shard; no mirror",
     outputs: "  ObjectsCopied        objects written to the destination (and verified)
   ObjectsSkipped       objects already at the destination, unchanged
   ObjectsVerified      copied objects checked at the destination after the write

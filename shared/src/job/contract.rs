@@ -10,6 +10,11 @@
 //! - an error → a typed failure; a panic → JobFailed;
 //! - the deadline → "in progress" with the state the step started from (steps are idempotent), and
 //!   JobFailed after [`MAX_STALLS`] invocations in a row that made no progress.
+//!
+//! A Distributed Map batch (`{"Items", "BatchInput"}`, see [`crate::job::invocation`]) has no
+//! caller that could continue it: "in progress" becomes a SystemUnavailable failure (Step
+//! Functions' Retry invokes the same batch again, which resumes from the step's checkpoint), and
+//! a success answers with the output variables as one flat JSON object ([`batch_answer`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -120,6 +125,8 @@ pub enum Handled {
     Direct {
         execution: String,
         result: JobResult,
+        /// A Distributed Map batch: answered with [`batch_answer`].
+        batch: bool,
     },
     /// A recognised event that starts nothing.
     Ignored { reason: String },
@@ -144,7 +151,19 @@ impl Handled {
                 }
                 v
             }
-            Handled::Direct { execution, result } => {
+            Handled::Direct {
+                execution,
+                result:
+                    JobResult::Succeeded {
+                        summary,
+                        output_variables,
+                        ..
+                    },
+                batch: true,
+            } => batch_answer(execution, summary, output_variables),
+            Handled::Direct {
+                execution, result, ..
+            } => {
                 let mut v = serde_json::to_value(result).unwrap_or(Value::Null);
                 v["executionId"] = Value::from(execution.as_str());
                 v
@@ -301,6 +320,7 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                 Handled::Direct {
                     execution: key,
                     result,
+                    batch: false,
                 }
             }
             Ok(Invocation::Direct(d)) => {
@@ -331,7 +351,12 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
                     .await;
                 Handled::Direct {
                     execution: key,
-                    result,
+                    result: if d.batch {
+                        batch_result(result)
+                    } else {
+                        result
+                    },
+                    batch: d.batch,
                 }
             }
         }
@@ -617,6 +642,51 @@ impl<F: Function, R: JobReporter> Contract<F, R> {
             delivered,
         }
     }
+}
+
+/// A batch's result: "in progress" cannot be continued by a Distributed Map, so it is a failure
+/// Step Functions retries (the retry resumes from the step's checkpoint).
+fn batch_result(result: JobResult) -> JobResult {
+    match result {
+        JobResult::InProgress {
+            summary,
+            external_execution_id,
+            ..
+        } => JobResult::Failed {
+            kind: crate::error::FailureKind::SystemUnavailable,
+            message: crate::job::codepipeline::truncate(
+                &format!(
+                    "the batch did not finish within this invocation ({summary}); a Distributed \
+                     Map child cannot continue with a token: its checkpoint keeps the progress, \
+                     and a retry of the same batch resumes it. Smaller batches \
+                     (ItemBatcher.MaxItemsPerBatch / MaxInputBytesPerBatch) finish in one invocation"
+                ),
+                2000,
+            ),
+            external_execution_id,
+        },
+        other => other,
+    }
+}
+
+/// A batch's successful answer: `status`, `summary`, `executionId`, and each output variable
+/// under its name with the first letter in lower case (`ObjectsCopied` → `objectsCopied`), its
+/// value as JSON when it is a JSON number, boolean, array or object, else as the string.
+pub fn batch_answer(execution: &str, summary: &str, outputs: &BTreeMap<String, String>) -> Value {
+    let mut v = serde_json::json!({"status": "Succeeded", "summary": summary});
+    for (k, raw) in outputs {
+        let mut name = k.clone();
+        if let Some(first) = name.get(..1) {
+            name.replace_range(..1, &first.to_ascii_lowercase());
+        }
+        let typed = match serde_json::from_str::<Value>(raw) {
+            Ok(j @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => j,
+            _ => Value::from(raw.as_str()),
+        };
+        v[name] = typed;
+    }
+    v["executionId"] = Value::from(execution);
+    v
 }
 
 fn job_execution(job_id: &str) -> Execution {

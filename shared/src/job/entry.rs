@@ -250,7 +250,9 @@ async fn run_cli<F: Function>(
                 delivered: Err(_), ..
             } => return ExitCode::from(EXIT_UNDELIVERED),
             Handled::Rejected(_) => return ExitCode::from(EXIT_FAILED),
-            Handled::Direct { result, execution } => match result {
+            Handled::Direct {
+                result, execution, ..
+            } => match result {
                 JobResult::Succeeded { .. } => return ExitCode::SUCCESS,
                 JobResult::Failed { .. } => return ExitCode::from(EXIT_FAILED),
                 JobResult::InProgress {

@@ -4,7 +4,12 @@
 //! 1. a CodePipeline job event (`{"CodePipeline.job": {...}}`);
 //! 2. an EventBridge CodeCommit event (`"source": "aws.codecommit"`);
 //! 3. a direct request: a JSON object of parameters, plus the reserved keys `executionId` and
-//!    `continuationToken` (`aws lambda invoke --payload '{"volumeIds": ["vol-0123"]}'`).
+//!    `continuationToken` (`aws lambda invoke --payload '{"volumeIds": ["vol-0123"]}'`);
+//! 4. a batch: the input of a Step Functions Distributed Map child with an `ItemBatcher`,
+//!    `{"Items": [...], "BatchInput": {...}}` — a direct request whose parameters are
+//!    `BatchInput` (reserved keys included) plus the parameter `items`, the batch's items. A batch
+//!    answers with its result as a plain JSON object, and never with a continuation token (a map
+//!    child cannot continue: see [`crate::job::contract`]).
 //!
 //! The job id is taken from the raw JSON before anything else, so even a payload that fails typed
 //! parsing still gets its one CodePipeline result.
@@ -28,12 +33,21 @@ pub fn job_id(raw: &Value) -> Option<&str> {
         .filter(|s| !s.trim().is_empty())
 }
 
+/// A Distributed Map child's input: the batch's items.
+pub const BATCH_ITEMS: &str = "Items";
+/// A Distributed Map child's input: the fixed input of every batch (`ItemBatcher.BatchInput`).
+pub const BATCH_INPUT: &str = "BatchInput";
+/// The parameter a batch's items are given to.
+pub const ITEMS_PARAMETER: &str = "items";
+
 /// A direct request: parameters plus the reserved keys.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DirectRequest {
     pub execution_id: Option<String>,
     pub continuation_token: Option<String>,
     pub params: Map<String, Value>,
+    /// A Distributed Map child's batch (`{"Items", "BatchInput"}`).
+    pub batch: bool,
 }
 
 #[derive(Debug)]
@@ -77,7 +91,13 @@ pub fn classify(raw: &Value, filter: &TriggerFilter) -> Result<Invocation> {
             "payload looks like an S3/SNS/SQS notification (\"Records\"): {EXPECTED}"
         )));
     }
-    let mut params = obj.clone();
+    let batch =
+        obj.contains_key(BATCH_ITEMS) && obj.keys().all(|k| k == BATCH_ITEMS || k == BATCH_INPUT);
+    let mut params = if batch {
+        batch_params(obj)?
+    } else {
+        obj.clone()
+    };
     let mut take = |key: &str| -> Result<Option<String>> {
         match params.remove(key) {
             None | Some(Value::Null) => Ok(None),
@@ -94,7 +114,43 @@ pub fn classify(raw: &Value, filter: &TriggerFilter) -> Result<Invocation> {
         execution_id,
         continuation_token,
         params,
+        batch,
     }))
+}
+
+/// The parameters of a batch: `BatchInput`'s keys, plus `items`.
+fn batch_params(obj: &Map<String, Value>) -> Result<Map<String, Value>> {
+    let items = match obj.get(BATCH_ITEMS) {
+        Some(Value::Array(a)) => a.clone(),
+        Some(other) => {
+            return Err(Error::Event(format!(
+                "a Distributed Map batch's {BATCH_ITEMS} must be an array, got {}",
+                kind_of(other)
+            )));
+        }
+        None => Vec::new(),
+    };
+    let mut params = match obj.get(BATCH_INPUT) {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(other) => {
+            return Err(Error::parameter(
+                BATCH_INPUT,
+                format!(
+                    "expected an object of parameters (ItemBatcher.BatchInput), got {}",
+                    kind_of(other)
+                ),
+            ));
+        }
+    };
+    if params.contains_key(ITEMS_PARAMETER) {
+        return Err(Error::parameter(
+            format!("{BATCH_INPUT}.{ITEMS_PARAMETER}"),
+            format!("a batch's items come from {BATCH_ITEMS}: remove it from BatchInput"),
+        ));
+    }
+    params.insert(ITEMS_PARAMETER.into(), Value::Array(items));
+    Ok(params)
 }
 
 #[cfg(test)]
@@ -130,6 +186,51 @@ mod tests {
         );
         let e = classify(&json!({"executionId": 7}), &TriggerFilter::default()).unwrap_err();
         assert!(e.to_string().starts_with("request.executionId"), "{e}");
+    }
+
+    #[test]
+    fn distributed_map_batches_are_direct_requests_with_items() {
+        let raw = json!({
+            "Items": [{"Key": "blobs/a.bytes", "Size": 3}],
+            "BatchInput": {"sourceBucket": "b", "executionId": "map-run-1"}
+        });
+        let Invocation::Direct(d) = classify(&raw, &TriggerFilter::default()).unwrap() else {
+            panic!()
+        };
+        assert!(d.batch);
+        assert_eq!(d.execution_id.as_deref(), Some("map-run-1"));
+        assert_eq!(
+            d.params,
+            json!({"sourceBucket": "b", "items": [{"Key": "blobs/a.bytes", "Size": 3}]})
+                .as_object()
+                .unwrap()
+                .clone()
+        );
+        // Without BatchInput: the items alone (defaults may hold the rest).
+        let Invocation::Direct(d) =
+            classify(&json!({"Items": []}), &TriggerFilter::default()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(d.batch && d.params["items"] == json!([]));
+        // A request that merely has other keys beside Items is not a batch.
+        let Invocation::Direct(d) =
+            classify(&json!({"Items": [], "x": 1}), &TriggerFilter::default()).unwrap()
+        else {
+            panic!()
+        };
+        assert!(!d.batch);
+        for (raw, says) in [
+            (json!({"Items": {"Key": "a"}}), "must be an array"),
+            (json!({"Items": [], "BatchInput": [1]}), "BatchInput"),
+            (
+                json!({"Items": [], "BatchInput": {"items": []}}),
+                "BatchInput.items",
+            ),
+        ] {
+            let e = classify(&raw, &TriggerFilter::default()).unwrap_err();
+            assert!(e.to_string().contains(says), "{e}");
+        }
     }
 
     #[test]

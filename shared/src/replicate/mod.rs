@@ -36,6 +36,7 @@
 //! | [`report`] | the manifest's destination, output variables, summaries, the failure of a run |
 //! | [`array`](mod@array) | array mode: a volume replicated by FlashArray / Cloud Block Store instead |
 //! | [`rehydrate`] | array mode's `rehydrate`: the on-prem Nexus stopped around the copy, refused while anything writes, started and checked healthy |
+//! | [`shard`] | shard mode: one batch of a Step Functions Distributed Map, its keys only |
 //! | `memory` | tests: an in-memory source and sink, with faults to order |
 //!
 //! The step is generic over its source and sink, chosen once ([`step`] matches the destination):
@@ -54,6 +55,7 @@ pub mod params;
 pub mod plan;
 pub mod rehydrate;
 pub mod report;
+pub mod shard;
 pub mod sink;
 pub mod source;
 
@@ -113,11 +115,28 @@ pub async fn step(
     config: &SdkConfig,
     step: Step<Params>,
 ) -> Result<Outcome> {
+    if step.params.array.is_some() && step.params.items.is_some() {
+        return Err(Error::parameter(
+            "items",
+            "shard mode copies objects; array mode replicates a volume: give one of them",
+        ));
+    }
     if let Some(a) = &step.params.array {
         return array::step(a, step.params.dry_run, config, &step).await;
     }
     let started = Instant::now();
-    let target = step.params.validate()?;
+    let mut params = step.params;
+    let items = params.items.take();
+    // In shard mode `manifest` is a prefix: each batch writes its own manifest under it.
+    let shard_manifest = if items.is_some() {
+        params.manifest.take()
+    } else {
+        None
+    };
+    let target = params.validate()?;
+    let shard = items
+        .map(|i| shard::Shard::new(&i, &target, shard_manifest.as_deref(), &step.execution.key))
+        .transpose()?;
     let from_token: Option<State> = match step.state {
         None | Some(Value::Null) => None,
         // A token from an older version carries only counters: the destination is the truth.
@@ -131,6 +150,7 @@ pub async fn step(
         execution: &step.execution.key,
         from_token,
         deadline: step.deadline,
+        shard: shard.as_ref(),
     };
     let source = S3Source {
         client: source.clone(),
@@ -161,6 +181,8 @@ struct Run<'a> {
     execution: &'a str,
     from_token: Option<State>,
     deadline: Deadline,
+    /// Shard mode: one Distributed Map batch.
+    shard: Option<&'a shard::Shard>,
 }
 
 impl Run<'_> {
@@ -174,9 +196,11 @@ impl Run<'_> {
             execution,
             from_token,
             deadline,
+            shard,
         } = self;
-        let store = Store::new(&target.checkpoint, &source.client, execution);
-        let (journal, resumed) = Journal::open(store, execution, &target.fingerprint()).await?;
+        let run_key = shard.map_or(execution, |s| s.run_key.as_str());
+        let store = Store::new(&target.checkpoint, &source.client, run_key);
+        let (journal, resumed) = Journal::open(store, run_key, &target.fingerprint()).await?;
         if resumed {
             tracing::info!(checkpoint = %journal.describe(), progress = ?journal.progress(), "resuming from the checkpoint");
         } else if let Some(s) = &from_token {
@@ -191,7 +215,10 @@ impl Run<'_> {
             journal: Arc::new(journal),
             deadline,
         });
-        let plan = plan::plan(&ctx, target).await?;
+        let (plan, mut missing) = match shard {
+            Some(s) => s.plan(&ctx, target).await?,
+            None => (plan::plan(&ctx, target).await?, Vec::new()),
+        };
         tracing::info!(
             source_objects = plan.source_objects,
             to_copy = plan.to_copy.len(),
@@ -225,7 +252,8 @@ impl Run<'_> {
                 action: "would-delete".into(),
             }));
             entries.extend(skipped_entries(&plan.unchanged));
-            let manifest = write_manifest(target, artifacts, config, &entries).await?;
+            entries.extend(missing_entries(&missing));
+            let manifest = manifest_to(target, artifacts, config, shard, &entries).await?;
             let deletions = if target.mirror {
                 let verdict = match plan.check_deletions(target.max_delete_fraction, &destination) {
                     Ok(()) => "within maxDeleteFraction".to_string(),
@@ -251,10 +279,11 @@ impl Run<'_> {
                 to_delete: plan.to_delete.len() as u64,
                 manifest,
             };
-            return Ok(Outcome::Done {
-                summary,
-                outputs: report.outputs(target),
-            });
+            let outputs = match shard {
+                Some(_) => shard_outputs(&report, &missing, target),
+                None => report.outputs(target),
+            };
+            return Ok(Outcome::Done { summary, outputs });
         }
 
         let before = ctx.journal.progress();
@@ -302,11 +331,22 @@ impl Run<'_> {
             }
             // Every object of the plan is now verified at the destination: an upload still open for
             // one of them was started by an attempt whose answer was lost, or by a killed step.
+            // A shard's companions are not its own: the neighbour shard may be uploading them.
+            let theirs: HashSet<String> = shard
+                .map(|s| {
+                    s.objects
+                        .iter()
+                        .filter(|i| i.companion)
+                        .map(|i| destination_key(&i.key, &target.source_prefix, ctx.sink.prefix()))
+                        .collect()
+                })
+                .unwrap_or_default();
             let ours: HashSet<String> = plan
                 .to_copy
                 .iter()
                 .map(|c| c.destination_key.clone())
                 .chain(plan.unchanged.iter().map(|l| l.key.clone()))
+                .filter(|k| !theirs.contains(k))
                 .collect();
             r.abort_stale(&ours).await;
         }
@@ -327,8 +367,17 @@ impl Run<'_> {
             .collect();
         let skipped = unchanged_now.len() as u64;
         entries.extend(skipped_entries(&unchanged_now));
-        let manifest = write_manifest(target, artifacts, config, &entries).await?;
+        if let Some(s) = shard {
+            missing.extend(run.gone.iter().filter(|k| s.is_item(k)).cloned());
+        }
+        entries.extend(missing_entries(&missing));
+        let manifest = manifest_to(target, artifacts, config, shard, &entries).await?;
         ctx.journal.finish().await?;
+        if let Some(s) = shard
+            && !missing.is_empty()
+        {
+            return Err(s.missing_error(&missing, manifest.as_deref().unwrap_or_default()));
+        }
 
         let mut summary = if p.copied == 0 {
             format!(
@@ -361,9 +410,63 @@ impl Run<'_> {
             to_delete: plan.to_delete.len() as u64,
             manifest,
         };
-        Ok(Outcome::Done {
-            summary,
-            outputs: report.outputs(target),
-        })
+        let outputs = match shard {
+            Some(_) => shard_outputs(&report, &missing, target),
+            None => report.outputs(target),
+        };
+        Ok(Outcome::Done { summary, outputs })
     }
+}
+
+/// Writes the manifest: a shard's own, else the run's ([`write_manifest`]).
+async fn manifest_to(
+    target: &Target,
+    artifacts: Option<&JobArtifacts>,
+    config: &SdkConfig,
+    shard: Option<&shard::Shard>,
+    entries: &[Entry],
+) -> Result<Option<String>> {
+    match shard {
+        Some(s) => s.write_manifest(config, entries).await.map(Some),
+        None => write_manifest(target, artifacts, config, entries).await,
+    }
+}
+
+/// Manifest lines of a batch's items gone at the source.
+fn missing_entries(missing: &[String]) -> impl Iterator<Item = Entry> + '_ {
+    missing.iter().map(|k| Entry {
+        key: k.clone(),
+        size: 0,
+        checksum: String::new(),
+        action: "missing".into(),
+    })
+}
+
+/// A batch's result (answered as `{"objectsCopied", "bytesCopied", "objectsSkipped",
+/// "objectsVerified", "manifest", "failedKeys", "dryRun"}`: see [`crate::job::contract::batch_answer`]).
+fn shard_outputs(
+    report: &Report,
+    missing: &[String],
+    target: &Target,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out: std::collections::BTreeMap<String, String> = [
+        ("ObjectsCopied", report.progress.copied.to_string()),
+        ("BytesCopied", report.progress.bytes.to_string()),
+        ("ObjectsSkipped", report.skipped.to_string()),
+        ("ObjectsVerified", report.progress.verified.to_string()),
+        ("ObjectsToCopy", report.to_copy.to_string()),
+        ("BytesToCopy", report.bytes_to_copy.to_string()),
+        (
+            "FailedKeys",
+            serde_json::to_string(missing).unwrap_or_else(|_| "[]".into()),
+        ),
+        ("DryRun", target.dry_run.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    if let Some(m) = &report.manifest {
+        out.insert("Manifest".into(), m.clone());
+    }
+    out
 }

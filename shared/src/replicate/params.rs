@@ -77,6 +77,10 @@ pub struct Params {
     /// of object copies; the S3 settings are not used.
     #[serde(default)]
     pub array: Option<super::array::ArrayParams>,
+    /// Shard mode: the objects of one Distributed Map batch (its `Items`: ListObjectsV2 or S3
+    /// Inventory items), copied instead of the whole prefix ([`super::shard`]).
+    #[serde(default)]
+    pub items: Option<Vec<Value>>,
 }
 
 /// Where objects are copied to.
@@ -357,7 +361,7 @@ fn directory(field: &str, value: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn s3_url(field: &str, value: &str) -> Result<S3Url> {
+pub(super) fn s3_url(field: &str, value: &str) -> Result<S3Url> {
     let v = value.trim();
     let rest = v.strip_prefix("s3://").ok_or_else(|| {
         Error::parameter(field, format!("expected an s3://bucket/key URL, got {v:?}"))

@@ -52,7 +52,7 @@ impl Plan {
 }
 
 /// Keys of snapstage's own files in the source bucket (checkpoints, the manifest): never copied.
-fn own_source_key(target: &Target, key: &str) -> bool {
+pub(super) fn own_source_key(target: &Target, key: &str) -> bool {
     let checkpoint = matches!(&target.checkpoint, CheckpointLocation::S3(u)
         if u.bucket == target.source_bucket && key.starts_with(&u.key));
     let manifest = target
@@ -78,6 +78,17 @@ pub async fn plan<R: Source, W: Sink>(ctx: &Ctx<R, W>, target: &Target) -> Resul
         .into_iter()
         .map(|l| (l.key.clone(), l))
         .collect();
+    decide(ctx, target, src, dst).await
+}
+
+/// Decides each listed source object against what the destination holds (`dst`, by destination
+/// key): unchanged or to copy; in mirror mode, what `dst` holds that no source object wants.
+pub(super) async fn decide<R: Source, W: Sink>(
+    ctx: &Ctx<R, W>,
+    target: &Target,
+    src: Vec<Listed>,
+    dst: HashMap<String, Listed>,
+) -> Result<Plan> {
     let dst_prefix = ctx.sink.prefix();
     let mut plan = Plan {
         source_objects: src.len() as u64,

@@ -175,7 +175,13 @@ impl Source for S3Source {
         }
         let out = match req.send().await {
             Ok(o) => o,
-            Err(e) if is_precondition_failed(&e) => return Err(Problem::SourceChanged),
+            // Deleted since the listing: the copier HEADs it again and finds it gone.
+            Err(e)
+                if is_precondition_failed(&e)
+                    || e.as_service_error().is_some_and(|s| s.is_no_such_key()) =>
+            {
+                return Err(Problem::SourceChanged);
+            }
             Err(e) => {
                 return Err(Problem::Fatal(aws_error(
                     "s3",

@@ -64,6 +64,9 @@ struct Params {
     mode: String,
     #[serde(default)]
     steps: u32,
+    /// A Distributed Map batch's items.
+    #[serde(default)]
+    items: Option<Vec<Value>>,
 }
 
 struct Probe;
@@ -107,9 +110,15 @@ impl Function for Probe {
                         state: json!({"done": done}),
                     })
                 } else {
+                    let mut outputs: std::collections::BTreeMap<String, String> =
+                        [("Execution".to_string(), step.execution.key.clone())].into();
+                    if let Some(items) = &step.params.items {
+                        outputs.insert("Items".into(), items.len().to_string());
+                        outputs.insert("Keys".into(), json!(items).to_string());
+                    }
                     Ok(Outcome::Done {
                         summary: "done".into(),
-                        outputs: [("Execution".to_string(), step.execution.key.clone())].into(),
+                        outputs,
                     })
                 }
             }
@@ -514,4 +523,48 @@ async fn the_run_start_is_carried_by_continuations_and_stalls() {
         .await;
     assert_eq!(m.run_started_ms, None);
     assert!(matches!(one_result(&c), JobResult::Succeeded { .. }));
+}
+
+#[tokio::test]
+async fn a_distributed_map_batch_answers_flat_and_never_in_progress() {
+    let c = Contract::new(Probe, Recorder::default(), settings());
+    let batch = |steps: u32| {
+        json!({"Items": [{"Key": "a"}, {"Key": "b"}],
+            "BatchInput": {"steps": steps, "executionId": "map-run-1"}})
+    };
+    let h = run(&c, batch(1), 60).await;
+    let v = h.to_json("probe");
+    assert_eq!(v["status"], "Succeeded", "{v}");
+    assert_eq!(v["executionId"], "map-run-1");
+    // Output variables by their camelCase names, numbers and arrays as JSON.
+    assert_eq!(v["execution"], "map-run-1");
+    assert_eq!(v["items"], 2);
+    assert_eq!(v["keys"], json!([{"Key": "a"}, {"Key": "b"}]));
+    assert!(v.get("outputVariables").is_none(), "{v}");
+
+    // A batch that would continue fails instead: Step Functions cannot continue it; its retry
+    // resumes from the step's checkpoint.
+    let h = run(&c, batch(3), 60).await;
+    let Handled::Direct { result, batch, .. } = &h else {
+        panic!("{h:?}")
+    };
+    assert!(batch);
+    assert_eq!(failure_kind(result), FailureKind::SystemUnavailable);
+    let v = h.to_json("probe");
+    assert_eq!(v["status"], "Failed", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry of the same batch resumes"),
+        "{v}"
+    );
+    assert!(
+        c.reporter.calls.lock().unwrap().is_empty(),
+        "no CodePipeline call"
+    );
+
+    // The same request as a plain direct request continues.
+    let h = run(&c, json!({"steps": 3, "executionId": "x"}), 60).await;
+    assert_eq!(h.to_json("probe")["status"], "InProgress");
 }

@@ -81,6 +81,20 @@ pub trait Sink: Send + Sync + 'static {
     /// `clean`, leftovers of killed runs (partial files) are removed.
     fn list(&self, clean: bool) -> impl Future<Output = Result<Vec<Listed>>> + Send;
 
+    /// What the destination holds of `keys` (sorted): shard mode's view, instead of the whole
+    /// prefix. By default the whole listing, filtered.
+    fn list_keys(&self, keys: &[String]) -> impl Future<Output = Result<Vec<Listed>>> + Send {
+        async move {
+            let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
+            Ok(self
+                .list(false)
+                .await?
+                .into_iter()
+                .filter(|l| wanted.contains(l.key.as_str()))
+                .collect())
+        }
+    }
+
     /// Whether `key`, listed as `listed` (or absent), holds `src`'s content: what the listing
     /// says, else what the destination (or a hash of the file) says.
     fn compare<R: Source>(

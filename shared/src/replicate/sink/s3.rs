@@ -87,6 +87,25 @@ impl S3Sink {
     }
 }
 
+/// The longest prefix all `keys` share (on a character boundary).
+fn common_prefix(keys: &[String]) -> &str {
+    let Some(first) = keys.first() else {
+        return "";
+    };
+    let mut end = first.len();
+    for k in &keys[1..] {
+        end = first
+            .char_indices()
+            .zip(k.chars())
+            .take_while(|((_, a), b)| a == b)
+            .map(|((i, a), _)| i + a.len_utf8())
+            .last()
+            .unwrap_or(0)
+            .min(end);
+    }
+    &first[..end]
+}
+
 impl Sink for S3Sink {
     /// The ETag the object must have.
     type Written = String;
@@ -119,6 +138,50 @@ impl Sink for S3Sink {
         .into_iter()
         .filter(|l| !l.key.starts_with(".snapstage/"))
         .collect())
+    }
+
+    /// ListObjectsV2 of the keys' range only: their common prefix, from just before the first
+    /// key to the last — a shard costs a page per thousand of its keys, whatever the prefix holds.
+    async fn list_keys(&self, keys: &[String]) -> Result<Vec<Listed>> {
+        let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+            return Ok(Vec::new());
+        };
+        let wanted: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        let prefix = common_prefix(keys);
+        // StartAfter is exclusive: the first key without its last character sorts before it.
+        let mut start_after: String = first.clone();
+        start_after.pop();
+        let action = format!(
+            "ListObjectsV2 on the destination s3://{}/{prefix} from {first} to {last}",
+            self.bucket()
+        );
+        let mut req = self
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(prefix);
+        if start_after.len() > prefix.len() {
+            req = req.start_after(start_after);
+        }
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        'pages: while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("s3", &action, e))?;
+            for o in page.contents() {
+                let Some(key) = o.key() else { continue };
+                if key > last.as_str() {
+                    break 'pages;
+                }
+                if wanted.contains(key) {
+                    out.push(Listed {
+                        key: key.to_string(),
+                        size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                        etag: normalize_etag(o.e_tag().unwrap_or_default()),
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn compare<R: Source>(
