@@ -127,6 +127,58 @@ impl Error {
         self
     }
 
+    /// The same error (kind, failure type and source kept) with `note` added to its message:
+    /// what a step did about it (e.g. what it rolled back).
+    pub fn noted(self, note: &str) -> Self {
+        let add = |m: String| format!("{m}; {note}");
+        match self {
+            Self::Event(m) => Self::Event(add(m)),
+            Self::Parameter { field, message } => Self::Parameter {
+                field,
+                message: add(message),
+            },
+            Self::Configuration(m) => Self::Configuration(add(m)),
+            Self::Refused(m) => Self::Refused(add(m)),
+            Self::Internal(m) => Self::Internal(add(m)),
+            Self::Permission {
+                backend,
+                message,
+                source,
+            } => Self::Permission {
+                backend,
+                message: add(message),
+                source,
+            },
+            Self::NotFound {
+                backend,
+                message,
+                source,
+            } => Self::NotFound {
+                backend,
+                message: add(message),
+                source,
+            },
+            Self::Unavailable {
+                backend,
+                message,
+                source,
+            } => Self::Unavailable {
+                backend,
+                message: add(message),
+                source,
+            },
+            Self::Backend {
+                backend,
+                message,
+                source,
+            } => Self::Backend {
+                backend,
+                message: add(message),
+                source,
+            },
+        }
+    }
+
     /// The message and every cause below it, `a: b: c`, each said once (a cause whose text the
     /// message already contains is skipped). For logs; never carries a secret, as no cause
     /// does (SDK, client and OS errors name resources, not credentials).

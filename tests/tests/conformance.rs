@@ -70,6 +70,8 @@ trait Fixture {
             backend: self.kind(),
             flasharray: self.section(),
             csi: self.csi_section(),
+            targets: None,
+            overwrite: false,
             dry_run: false,
         }
     }

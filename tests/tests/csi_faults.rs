@@ -103,6 +103,8 @@ fn restore_params(snapshot: &str) -> RestoreParams {
         backend: BackendKind::Csi,
         flasharray: None,
         csi: Some(params()),
+        targets: None,
+        overwrite: false,
         dry_run: false,
     }
 }

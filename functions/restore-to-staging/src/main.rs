@@ -19,15 +19,25 @@ volume tagged production, the production namespace or one labelled production as
 did not make or one mounted by a pod that is not a snapstage staging pod.",
     parameters: "  snapshotId        the snapshot to restore, e.g. \"#{Snapshot.SnapshotId}\" (or sourceVolumeId)
   sourceVolumeId    restore the newest completed snapstage snapshot of this volume / PVC
+  targets           several volumes of one group snapshot in one action, all or nothing, instead of
+                    sourceVolumeId: [{\"sourceVolumeId\", \"name\", \"output\"?}] (1-16); flasharray: the
+                    pg snapshot (snapshotId \"fa-onprem:pg-ci.SUFFIX\", or the newest of replicatedFrom /
+                    protectionGroup) copied to each name; ebs: the snapshots of one CreateSnapshots
+                    (snapshotId: any of them, or the newest complete group) into volumes tagged Name
+  overwrite         with targets: true overwrites a name holding an earlier run's staging volume
+                    (flasharray only); a volume without snapstage's staging mark or marked production
+                    is never written
   availabilityZone  ebs: zone of the staging nodes, e.g. \"us-east-1a\" (required for ebs)
   volumeType        ebs: gp3 (default), gp2, io1, io2, st1, sc1
   backend           \"ebs\" (default), \"flasharray\", \"csi\"
-  flasharray        {endpoint, apiTokenSecret, caBundle?, replicatedFrom?}: the token is read from
+  flasharray        {endpoint, apiTokenSecret, caBundle?, replicatedFrom?, protectionGroup?}: the token is read from
                     Secrets Manager; replicatedFrom {\"array\", \"protectionGroup\"}: on a replication
                     target, sourceVolumeId restores the newest snapshot replicated from that group
   csi               {cluster, namespace (production), stagingNamespace (required), storageClass?}
   dryRun            true: report what would be done, change nothing",
     outputs: "  VolumeId  SnapshotId  AvailabilityZone (ebs)  SizeGiB  Backend
+  with targets: VolumeIds (comma-joined, in targets order)  SnapshotId (the group)  SnapshotIds
+  Backend  <output>VolumeId for each target with an output label
   csi also: PvcName  SnapshotName (the staging VolumeSnapshot)  Namespace  (DryRun when dryRun)",
 };
 

@@ -9,6 +9,7 @@
 //! | [`RegionCopy`] | a completed snapshot copied to another region (`copyTo`) | EBS |
 //! | [`Selection`] | the sources a label selector picks (`selector`) | CSI |
 //! | [`RestoreOutputs`] | output variables of a finished restore besides `VolumeId` | CSI |
+//! | [`NamedTargets`] | several volumes of one group snapshot restored to names the user chose (`targets`) | FlashArray, EBS |
 //!
 //! A backend offers a capability through its accessor on [`Backend`] (`retention()`,
 //! `point_in_time()`, ...), which returns `None` by default. The steps ask before they use one,
@@ -21,9 +22,12 @@
 
 use std::future::Future;
 
-use super::{CopyTarget, FoundGroup, GroupPlan, SnapshotInfo, VolumeInfo, VolumeSpec};
+use super::{
+    CopyTarget, ExistingTarget, FoundGroup, GroupPlan, GroupSnapshot, SnapshotInfo, VolumeInfo,
+    VolumeSpec,
+};
 use crate::error::Result;
-use crate::interlock::BoxFuture;
+use crate::interlock::{BoxFuture, Deletion};
 use crate::job::contract::Execution;
 
 /// A storage backend: snapshots of production sources, staging volumes from snapshots.
@@ -103,6 +107,12 @@ pub trait Backend: Send + Sync {
     fn restore_outputs(&self) -> Option<&dyn RestoreOutputs> {
         None
     }
+
+    /// Restores several volumes of one group snapshot to names the user chose ([`NamedTargets`]),
+    /// when the backend can.
+    fn named_targets(&self) -> Option<&dyn NamedTargets> {
+        None
+    }
 }
 
 /// The snapshots snapstage made, for `retain` (keep the newest N of each source).
@@ -174,4 +184,46 @@ pub trait Selection: Send + Sync {
 /// `SnapshotName`, `Namespace`, for `#{Restore.PvcName}` downstream).
 pub trait RestoreOutputs: Send + Sync {
     fn outputs(&self, volume: &VolumeInfo) -> Vec<(String, String)>;
+}
+
+/// Several volumes of one group snapshot (a FlashArray protection group snapshot, the snapshots
+/// of one EBS `CreateSnapshots`) restored to volumes named as the user chose: `targets`. The
+/// step checks every target through [`NamedTargets::target`] before it creates any, and removes
+/// what it made with [`NamedTargets::remove_target`] when a later one fails (all or nothing).
+pub trait NamedTargets: Send + Sync {
+    /// Checks a target name as the user gave it (`targets[0].name`): the error names the field.
+    fn check_target_name(&self, field: &str, name: &str) -> Result<()>;
+
+    /// The group snapshot named `id` (`snapshotId`, or the one a continuation carries), or when
+    /// `id` is `None` the newest complete one the backend's configuration points at (`None`:
+    /// there is none yet). Its members are listed by source volume.
+    fn group_snapshot<'a>(
+        &'a self,
+        id: Option<&'a str>,
+        sources: &'a [String],
+    ) -> BoxFuture<'a, Result<Option<GroupSnapshot>>>;
+
+    /// What exists under target name `name` now, with its marks (`None`: nothing). Creates
+    /// nothing.
+    fn target<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<ExistingTarget>>>;
+
+    /// Whether an existing volume can be overwritten with a snapshot's data (`Err`: why not, for
+    /// the user: FlashArray copies with overwrite, an EBS volume cannot be overwritten).
+    fn can_overwrite(&self) -> std::result::Result<(), String>;
+
+    /// Restores `snapshot` into volume `name`, tagged as this run's staging volume: a new volume,
+    /// or `existing` overwritten (already checked by the step). A retry of the same run finds the
+    /// volume it made instead of making a second one.
+    fn create_target<'a>(
+        &'a self,
+        snapshot: &'a SnapshotInfo,
+        name: &'a str,
+        existing: Option<&'a ExistingTarget>,
+        spec: &'a VolumeSpec,
+        execution: &'a Execution,
+    ) -> BoxFuture<'a, Result<VolumeInfo>>;
+
+    /// Removes a staging volume this run made (the rollback of a failed set): the marks are read
+    /// again and only a staging volume snapstage made is removed.
+    fn remove_target<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Deletion>>;
 }

@@ -8,7 +8,7 @@
 //! | where | what |
 //! | --- | --- |
 //! | `mod.rs` | the shared types: [`SnapshotInfo`], [`VolumeInfo`], [`CopyTarget`], [`BackendKind`], [`check_id`] |
-//! | [`backend`] | the core [`Backend`] trait and the capability traits beside it: [`Retention`], [`PointInTime`], [`RegionCopy`], [`Selection`], [`RestoreOutputs`] |
+//! | [`backend`] | the core [`Backend`] trait and the capability traits beside it: [`Retention`], [`PointInTime`], [`RegionCopy`], [`Selection`], [`RestoreOutputs`], [`NamedTargets`] |
 //! | [`open`] | one factory from configuration ([`open::open`]), [`open::AnyBackend`], the interlock's volume reads |
 //! | [`ebs`] | Amazon EBS over the EC2 API |
 //! | [`flasharray`] | Pure FlashArray / Cloud Block Store over REST 2.x |
@@ -34,7 +34,9 @@ pub mod hooks;
 pub mod open;
 pub mod steps;
 
-pub use backend::{Backend, PointInTime, RegionCopy, RestoreOutputs, Retention, Selection};
+pub use backend::{
+    Backend, NamedTargets, PointInTime, RegionCopy, RestoreOutputs, Retention, Selection,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotState {
@@ -134,6 +136,32 @@ pub struct FoundGroup {
     pub snapshots: Vec<Option<SnapshotInfo>>,
     /// All of them were made by one group call (one point in time).
     pub together: bool,
+}
+
+/// A snapshot of several volumes at one point in time, as restore-to-staging's `targets` reads
+/// it ([`NamedTargets::group_snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    /// How the group is named again (`snapshotId`, the continuation): a FlashArray protection
+    /// group snapshot (`ARRAY:PG.SUFFIX`), an EBS snapshot of the group.
+    pub id: String,
+    /// What the user reads: `pg snapshot fa-onprem:pg-ci.42`, `EBS snapshot group of i-0abc`.
+    pub what: String,
+    pub state: SnapshotState,
+    /// Each member's source volume (as the user names it) and its snapshot, in a stable order.
+    pub members: Vec<(String, SnapshotInfo)>,
+}
+
+/// A volume that exists under a target name ([`NamedTargets::target`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingTarget {
+    /// Its id (the name on an array, `vol-…` on EBS).
+    pub id: String,
+    /// Its marks: production markers, snapstage's staging mark and run.
+    pub marks: crate::interlock::Marks,
+    /// Destroyed but not yet eradicated (FlashArray): the name is taken until the array
+    /// eradicates it; restoring into it recovers it first.
+    pub destroyed: bool,
 }
 
 /// The backends a user can name in `backend`.

@@ -16,8 +16,8 @@ use super::flasharray::{
     ApiToken, Client as FaClient, Config as FaConfig, FlashArray, ReplicaSource,
 };
 use super::{
-    Backend, BackendKind, PointInTime, RegionCopy, RestoreOutputs, Retention, Selection,
-    SnapshotInfo, VolumeInfo, VolumeSpec,
+    Backend, BackendKind, NamedTargets, PointInTime, RegionCopy, RestoreOutputs, Retention,
+    Selection, SnapshotInfo, VolumeInfo, VolumeSpec,
 };
 use crate::error::{Error, Result};
 use crate::job::contract::{Execution, Step};
@@ -297,6 +297,9 @@ impl Backend for AnyBackend {
     }
     fn point_in_time(&self) -> Option<&dyn PointInTime> {
         each!(self, b => b.point_in_time())
+    }
+    fn named_targets(&self) -> Option<&dyn NamedTargets> {
+        each!(self, b => b.named_targets())
     }
 }
 

@@ -99,7 +99,7 @@ impl Ebs {
 
 /// The interlock's marks of an EBS volume: its tags; a staging run when it carries
 /// managed-by snapstage and role staging.
-fn volume_marks(id: &str, v: &aws_sdk_ec2::types::Volume) -> crate::interlock::Marks {
+pub(super) fn volume_marks(id: &str, v: &aws_sdk_ec2::types::Volume) -> crate::interlock::Marks {
     let tags: Vec<(&str, &str)> = v
         .tags()
         .iter()

@@ -10,6 +10,7 @@
 //! | `group.rs` | [`PointInTime`]: one `CreateSnapshots` for the volumes of one instance |
 //! | `region.rs` | [`RegionCopy`]: `CopySnapshot` to another region (`copyTo`) |
 //! | `marks.rs` | the production interlock's reads and teardown's deletes of staging volumes |
+//! | `targets.rs` | [`NamedTargets`](crate::storage::NamedTargets): a group's snapshots into volumes named by their `Name` tag |
 //! | `tests.rs` | unit tests |
 
 use aws_sdk_ec2::Client;
@@ -34,6 +35,7 @@ mod group;
 mod marks;
 mod model;
 mod region;
+mod targets;
 
 pub use client::TAG_GROUP;
 
@@ -75,6 +77,10 @@ impl Backend for Ebs {
     }
 
     fn region_copy(&self) -> Option<&dyn RegionCopy> {
+        Some(self)
+    }
+
+    fn named_targets(&self) -> Option<&dyn crate::storage::NamedTargets> {
         Some(self)
     }
 

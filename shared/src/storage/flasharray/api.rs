@@ -60,6 +60,18 @@ impl Session {
         Self::one(items, "PATCH /volumes")
     }
 
+    /// `PATCH /volumes?names=V` with `{"destroyed": false}`: recovers a destroyed volume.
+    pub async fn recover_volume(&self, name: &str) -> Result<Volume> {
+        let items = self
+            .patch(
+                "/volumes",
+                &vec![("names", name.to_string())],
+                &serde_json::json!({"destroyed": false}),
+            )
+            .await?;
+        Self::one(items, "PATCH /volumes")
+    }
+
     // -- tags, protection group membership --
 
     /// `GET /volumes/tags?resource_names=...`: every tag of those volumes, any namespace.
@@ -102,6 +114,22 @@ impl Session {
     pub async fn volume_snapshots(&self, names: &[&str]) -> Result<Vec<VolumeSnapshot>> {
         self.get_page("/volume-snapshots", &vec![("names", names.join(","))])
             .await
+    }
+
+    /// Every volume snapshot that is not destroyed and matches `filter` (e.g. the volumes' parts
+    /// of a protection group snapshot, `name='PG.SUFFIX.*'`), by name.
+    pub async fn volume_snapshots_matching(&self, filter: &str) -> Result<Vec<VolumeSnapshot>> {
+        let mut all: Vec<VolumeSnapshot> = self
+            .get_all(
+                "/volume-snapshots",
+                &vec![
+                    ("filter", filter.to_string()),
+                    ("destroyed", "false".into()),
+                ],
+            )
+            .await?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
     }
 
     /// Every snapshot of `source` that is not destroyed and matches `filter`, newest first.

@@ -47,18 +47,29 @@ impl FlashArray {
     /// and the tags of every protection group that holds it. `None` when it does not exist or
     /// is destroyed.
     pub async fn marks(&self, volume: &str) -> Result<Option<Marks>> {
+        Ok(self.marks_of(volume, false).await?.map(|(marks, _)| marks))
+    }
+
+    /// [`FlashArray::marks`], and with `destroyed_too` also of a destroyed volume (its name is
+    /// taken until eradicated); says whether it is destroyed.
+    pub(super) async fn marks_of(
+        &self,
+        volume: &str,
+        destroyed_too: bool,
+    ) -> Result<Option<(Marks, bool)>> {
         let s = self.session().await?;
         let found = match s.volumes(&[volume]).await {
             Ok(v) => v,
             Err(Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e),
         };
-        if !found
+        let Some(destroyed) = found
             .iter()
-            .any(|v| v.name == volume && v.destroyed != Some(true))
-        {
+            .find(|v| v.name == volume && (destroyed_too || v.destroyed != Some(true)))
+            .map(|v| v.destroyed == Some(true))
+        else {
             return Ok(None);
-        }
+        };
         let tags = tag_pairs(&s.volume_tags(&[volume]).await?);
         let mut markers: Vec<Marker> = tags.iter().map(|(k, v)| Marker::new("tag", k, v)).collect();
         let groups: Vec<String> = s
@@ -91,11 +102,14 @@ impl FlashArray {
         };
         let staging = tag(TAG_MANAGED_BY).as_deref() == Some(MANAGED_BY)
             && tag(TAG_ROLE).as_deref() == Some("staging");
-        Ok(Some(Marks {
-            what: format!("FlashArray volume {volume}"),
-            markers,
-            staging_run: tag(TAG_EXECUTION).filter(|_| staging),
-        }))
+        Ok(Some((
+            Marks {
+                what: format!("FlashArray volume {volume}"),
+                markers,
+                staging_run: tag(TAG_EXECUTION).filter(|_| staging),
+            },
+            destroyed,
+        )))
     }
 
     /// Teardown's deletion of a staging volume ([`crate::interlock::VolumeMarks::delete_staging`]):

@@ -19,6 +19,7 @@
 //! | [`model`] | the response and request shapes we use, named as in the official spec, and their mapping to [`SnapshotInfo`] / [`VolumeInfo`] |
 //! | `names.rs` | snapshot suffixes, staging volume names, Purity's name rules |
 //! | `marks.rs` | the production interlock's reads and teardown's deletes of staging volumes |
+//! | `targets.rs` | [`NamedTargets`](crate::storage::NamedTargets): a protection group snapshot's volumes copied to chosen names |
 //! | `tests.rs` | unit tests |
 //!
 //! The client is checked against the official OpenAPI spec by the FlashArray double
@@ -42,6 +43,7 @@ pub mod client;
 mod marks;
 pub mod model;
 mod names;
+mod targets;
 
 pub use client::{ApiToken, ApiVersion, Client, Config, Retry, Session};
 pub use names::{
@@ -193,12 +195,27 @@ impl FlashArray {
         volume: &str,
     ) -> Result<Option<SnapshotInfo>> {
         let replica = format!("{source_array}:{pgroup}");
+        for p in self.complete_pgroup_snapshots(&replica).await? {
+            let vol_snap = format!("{}.{volume}", p.name);
+            if let Some(v) = self.volume_snapshot(&vol_snap).await? {
+                return Ok(Some(volume_snapshot_info(&v)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The snapshots snapstage made of protection group `pgroup` (`SOURCE_ARRAY:PGROUP` for a
+    /// replica on a target) that are complete here (not destroyed, transfer done), newest first.
+    pub(super) async fn complete_pgroup_snapshots(
+        &self,
+        pgroup: &str,
+    ) -> Result<Vec<ProtectionGroupSnapshot>> {
         let s = self.session().await?;
         let filter = format!("suffix='{SUFFIX_PREFIX}*'");
-        let snaps = match s.pgroup_snapshots_of(&replica, Some(&filter), 20).await {
+        let snaps = match s.pgroup_snapshots_of(pgroup, Some(&filter), 20).await {
             Ok(v) => v,
             // Nothing replicated yet: the replica group does not exist on this array.
-            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let snaps: Vec<_> = snaps
@@ -211,29 +228,34 @@ impl FlashArray {
             })
             .collect();
         if snaps.is_empty() {
-            return Ok(None);
+            return Ok(snaps);
         }
         let names: Vec<&str> = snaps.iter().map(|p| p.name.as_str()).collect();
         let transfers = s.pgroup_transfers(&names).await?;
-        for p in &snaps {
-            let done = transfers
-                .iter()
-                .find(|t| t.name == p.name)
-                .is_none_or(|t| transfer_state(t) == SnapshotState::Ready);
-            if !done {
-                continue;
-            }
-            let vol_snap = format!("{}.{volume}", p.name);
-            if let Some(v) = self.volume_snapshot(&vol_snap).await? {
-                return Ok(Some(volume_snapshot_info(&v)));
-            }
-        }
-        Ok(None)
+        Ok(snaps
+            .into_iter()
+            .filter(|p| {
+                transfers
+                    .iter()
+                    .find(|t| t.name == p.name)
+                    .is_none_or(|t| transfer_state(t) == SnapshotState::Ready)
+            })
+            .collect())
     }
 
     /// Copies `snapshot` into volume `target`, overwriting a previous copy. Refuses to write
     /// to the snapshot's own source volume.
     pub async fn copy_snapshot(&self, snapshot: &SnapshotInfo, target: &str) -> Result<VolumeInfo> {
+        self.copy_snapshot_into(snapshot, target, true).await
+    }
+
+    /// [`FlashArray::copy_snapshot`], overwriting an existing `target` only when `overwrite`.
+    pub(super) async fn copy_snapshot_into(
+        &self,
+        snapshot: &SnapshotInfo,
+        target: &str,
+        overwrite: bool,
+    ) -> Result<VolumeInfo> {
         check_volume_name("targetVolume", target)?;
         if production_volumes(snapshot).contains(&target) {
             return Err(Error::Refused(format!(
@@ -244,7 +266,7 @@ impl FlashArray {
         let v = self
             .session()
             .await?
-            .copy_volume(target, &snapshot.id, true)
+            .copy_volume(target, &snapshot.id, overwrite)
             .await?;
         tracing::info!(volume = %v.name, snapshot = %snapshot.id, "copied snapshot into staging volume");
         Ok(volume_info(&v, Some(&snapshot.id)))
@@ -257,6 +279,10 @@ impl Backend for FlashArray {
     }
 
     fn retention(&self) -> Option<&dyn Retention> {
+        Some(self)
+    }
+
+    fn named_targets(&self) -> Option<&dyn crate::storage::NamedTargets> {
         Some(self)
     }
 

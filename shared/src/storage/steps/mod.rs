@@ -8,6 +8,7 @@
 //! | [`params`] | [`SnapshotParams`], [`RestoreParams`] and their checks without the backend |
 //! | [`snapshot`] | [`snapshot_step`]: sources, one point in time or per volume, hooks, region copies, retention |
 //! | [`restore`] | [`restore_step`]: a new staging volume from a snapshot, never a production one |
+//! | `targets.rs` | `restore_step` with `targets`: several volumes of one group snapshot to chosen names, all or nothing |
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -17,8 +18,11 @@ use crate::error::{Error, Result};
 pub mod params;
 pub mod restore;
 pub mod snapshot;
+mod targets;
 
-pub use params::{MAX_RETAIN, MAX_VOLUMES, RestoreParams, SnapshotParams};
+pub use params::{
+    MAX_RETAIN, MAX_TARGETS, MAX_VOLUMES, RestoreParams, RestoreTarget, SnapshotParams,
+};
 pub use restore::restore_step;
 pub use snapshot::{needs_hooks, snapshot_step, snapshot_step_with_hooks};
 

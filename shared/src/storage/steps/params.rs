@@ -205,9 +205,33 @@ pub struct RestoreParams {
     /// The cluster, production namespace and staging namespace (`backend: "csi"`).
     #[serde(default)]
     pub csi: Option<CsiParams>,
+    /// Several volumes of one group snapshot, each restored to a name the user chose, in one
+    /// action and all or nothing (instead of `sourceVolumeId`).
+    #[serde(default)]
+    pub targets: Option<Vec<RestoreTarget>>,
+    /// With `targets`: a target name that holds a staging volume of an earlier run (snapstage's
+    /// staging mark, no production marker) is overwritten. Never a volume without the mark.
+    #[serde(default)]
+    pub overwrite: bool,
     #[serde(default)]
     pub dry_run: bool,
 }
+
+/// One entry of `targets`: a volume of the group snapshot and the name of its staging copy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreTarget {
+    /// A volume of the group snapshot (`jenkins-home`; `vol-…` on EBS).
+    pub source_volume_id: String,
+    /// The staging volume's name (FlashArray volume name, EBS `Name` tag).
+    pub name: String,
+    /// Reports this target's volume id as the output variable `<output>VolumeId`.
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// At most this many targets in one action.
+pub const MAX_TARGETS: usize = 16;
 
 const VOLUME_TYPES: [&str; 6] = ["gp3", "gp2", "io1", "io2", "st1", "sc1"];
 
@@ -215,7 +239,8 @@ impl RestoreParams {
     /// Checks what can be checked without the backend (ids are checked by the backend).
     pub fn validate(&self) -> Result<()> {
         self.choice().validate()?;
-        if self.snapshot_id.is_none() && self.source_volume_id.is_none() {
+        self.validate_targets()?;
+        if self.snapshot_id.is_none() && self.source_volume_id.is_none() && self.targets.is_none() {
             return Err(Error::parameter(
                 "snapshotId",
                 "missing: give snapshotId (e.g. \"#{Snapshot.SnapshotId}\") or sourceVolumeId to restore its newest snapshot",
@@ -275,6 +300,83 @@ impl RestoreParams {
 
     pub fn volume_type(&self) -> &str {
         self.volume_type.as_deref().unwrap_or("gp3")
+    }
+
+    /// `targets` and `overwrite`, as far as they can be checked without the backend.
+    fn validate_targets(&self) -> Result<()> {
+        let Some(targets) = &self.targets else {
+            if self.overwrite {
+                return Err(Error::parameter(
+                    "overwrite",
+                    "only with targets (staging volumes named as you choose); a single restore makes a new volume each run",
+                ));
+            }
+            return Ok(());
+        };
+        if self.source_volume_id.is_some() {
+            return Err(Error::parameter(
+                "sourceVolumeId",
+                "give either sourceVolumeId (one volume, named by snapstage) or targets (several volumes to names you choose, each with its own sourceVolumeId), not both",
+            ));
+        }
+        if targets.is_empty() || targets.len() > MAX_TARGETS {
+            return Err(Error::parameter(
+                "targets",
+                format!(
+                    "expected 1 to {MAX_TARGETS} targets like {{\"sourceVolumeId\": \"jenkins-home\", \"name\": \"ci-jenkins-home\"}}, got {}",
+                    targets.len()
+                ),
+            ));
+        }
+        for (i, t) in targets.iter().enumerate() {
+            if t.source_volume_id.trim().is_empty() {
+                return Err(Error::parameter(
+                    format!("targets[{i}].sourceVolumeId"),
+                    "missing: the volume of the group snapshot to restore",
+                ));
+            }
+            if t.name.trim().is_empty() {
+                return Err(Error::parameter(
+                    format!("targets[{i}].name"),
+                    "missing: the name of the staging volume to restore into",
+                ));
+            }
+            if let Some(j) = targets[..i].iter().position(|o| o.name == t.name) {
+                return Err(Error::parameter(
+                    format!("targets[{i}].name"),
+                    format!(
+                        "{:?} is also the name of targets[{j}]; each target needs its own name",
+                        t.name
+                    ),
+                ));
+            }
+            if let Some(s) = targets.iter().find(|o| o.source_volume_id == t.name) {
+                return Err(Error::parameter(
+                    format!("targets[{i}].name"),
+                    format!(
+                        "{:?} is a source volume (targets with sourceVolumeId {:?}); restore-to-staging never writes over a source",
+                        t.name, s.source_volume_id
+                    ),
+                ));
+            }
+            if let Some(o) = &t.output {
+                if o.is_empty() || o.len() > 100 || !o.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    return Err(Error::parameter(
+                        format!("targets[{i}].output"),
+                        format!(
+                            "expected letters and digits like \"Jenkins\" (reported as JenkinsVolumeId), got {o:?}"
+                        ),
+                    ));
+                }
+                if targets[..i].iter().any(|p| p.output.as_deref() == Some(o)) {
+                    return Err(Error::parameter(
+                        format!("targets[{i}].output"),
+                        format!("{o:?} is used by another target; each output label once"),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -413,6 +515,82 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("volumeType")
+        );
+    }
+
+    #[test]
+    fn targets_are_checked_with_field_names() {
+        let fa = json!({"endpoint": "https://cbs", "apiTokenSecret": "t",
+            "replicatedFrom": {"array": "fa-onprem", "protectionGroup": "pg-ci"}});
+        let check = |v: Value| {
+            let mut v = v;
+            v["backend"] = json!("flasharray");
+            v["flasharray"] = fa.clone();
+            parse::<RestoreParams>(v).and_then(|p| p.validate())
+        };
+        let two = json!([
+            {"sourceVolumeId": "jenkins-home", "name": "ci-jenkins-home", "output": "Jenkins"},
+            {"sourceVolumeId": "nexus-blobs", "name": "ci-nexus-blobs"}
+        ]);
+        check(json!({"targets": two})).unwrap();
+        check(json!({"targets": two, "snapshotId": "fa-onprem:pg-ci.42", "overwrite": true}))
+            .unwrap();
+        let err = |v: Value| check(v).unwrap_err().to_string();
+        assert!(
+            err(json!({"targets": two, "sourceVolumeId": "jenkins-home"}))
+                .starts_with("sourceVolumeId: give either sourceVolumeId"),
+        );
+        assert!(err(json!({"targets": []})).starts_with("targets: expected 1 to 16 targets"));
+        let many: Vec<Value> = (0..17)
+            .map(|i| json!({"sourceVolumeId": "v", "name": format!("t{i}")}))
+            .collect();
+        assert!(err(json!({"targets": many})).starts_with("targets: expected 1 to 16"));
+        assert_eq!(
+            err(json!({"targets": [{"sourceVolumeId": "a", "name": "x"},
+                                   {"sourceVolumeId": "b", "name": "x"}]})),
+            "targets[1].name: \"x\" is also the name of targets[0]; each target needs its own name"
+        );
+        assert!(
+            err(json!({"targets": [{"sourceVolumeId": "a", "name": "b"},
+                                   {"sourceVolumeId": "b", "name": "c"}]}))
+            .starts_with("targets[0].name: \"b\" is a source volume"),
+        );
+        assert!(
+            err(json!({"targets": [{"sourceVolumeId": "a", "name": ""}]}))
+                .starts_with("targets[0].name: missing")
+        );
+        assert!(
+            err(json!({"targets": [{"sourceVolumeId": " ", "name": "x"}]}))
+                .starts_with("targets[0].sourceVolumeId: missing")
+        );
+        assert!(
+            err(json!({"targets": [{"sourceVolumeId": "a", "name": "x", "output": "ci-home"}]}))
+                .starts_with("targets[0].output: expected letters and digits")
+        );
+        assert!(
+            err(
+                json!({"targets": [{"sourceVolumeId": "a", "name": "x", "output": "A"},
+                                   {"sourceVolumeId": "b", "name": "y", "output": "A"}]})
+            )
+            .starts_with("targets[1].output: \"A\" is used by another target"),
+        );
+        assert!(
+            err(json!({"sourceVolumeId": "a", "overwrite": true}))
+                .starts_with("overwrite: only with targets")
+        );
+        // Unknown fields of a target are named.
+        let e =
+            parse::<RestoreParams>(json!({"targets": [{"sourceVolumeId": "a", "volume": "x"}]}))
+                .unwrap_err();
+        assert!(e.to_string().contains("targets"), "{e}");
+        // EBS still needs its zone.
+        let p: RestoreParams =
+            parse(json!({"targets": [{"sourceVolumeId": "vol-0abc", "name": "ci-home"}]})).unwrap();
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("availabilityZone: missing")
         );
     }
 }

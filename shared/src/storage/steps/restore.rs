@@ -25,6 +25,9 @@ struct RestoreStepState {
 pub async fn restore_step<B: Backend>(backend: &B, step: Step<RestoreParams>) -> Result<Outcome> {
     let p = &step.params;
     p.validate()?;
+    if p.targets.is_some() {
+        return super::targets::restore_targets(backend, step).await;
+    }
     if let Some(id) = &p.snapshot_id {
         backend.check_snapshot_id("snapshotId", id)?;
     } else if let Some(v) = &p.source_volume_id {

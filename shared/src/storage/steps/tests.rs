@@ -506,6 +506,8 @@ fn restore_params(snapshot: Option<&str>, source: Option<&str>) -> RestoreParams
         backend: BackendKind::Ebs,
         flasharray: None,
         csi: None,
+        targets: None,
+        overwrite: false,
         dry_run: false,
     }
 }
@@ -602,4 +604,27 @@ async fn restore_refuses_a_volume_tagged_production() {
         crate::error::FailureKind::ConfigurationError
     );
     assert!(e.to_string().contains("tagged as production"), "{e}");
+}
+
+#[tokio::test]
+async fn targets_on_a_backend_that_cannot_name_volumes_is_a_configuration_error() {
+    let b = Slow::default();
+    let mut p = restore_params(None, None);
+    p.targets = Some(vec![RestoreTarget {
+        source_volume_id: "vol-01".into(),
+        name: "ci-home".into(),
+        output: None,
+    }]);
+    let e = drive(|s| restore_step(&b, s), p, "r").await.unwrap_err();
+    assert_eq!(
+        e.failure_kind(),
+        crate::error::FailureKind::ConfigurationError
+    );
+    assert!(
+        e.to_string().starts_with(
+            "targets: backend \"slow\" cannot restore several volumes to chosen names"
+        ),
+        "{e}"
+    );
+    assert!(b.volumes.lock().unwrap().is_empty());
 }
