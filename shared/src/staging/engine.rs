@@ -94,12 +94,20 @@ impl Engine {
 
     /// What it is, in messages: "database" or "application".
     pub fn kind(self) -> &'static str {
-        if self.is_app() { "application" } else { "database" }
+        if self.is_app() {
+            "application"
+        } else {
+            "database"
+        }
     }
 
     /// The `app.kubernetes.io/component` label of its pod.
     pub fn component(self) -> &'static str {
-        if self.is_app() { "application" } else { "database" }
+        if self.is_app() {
+            "application"
+        } else {
+            "database"
+        }
     }
 
     /// The HTTP path its readiness probe asks (applications only; databases are probed with
@@ -276,7 +284,10 @@ mod tests {
             (Engine::Nexus, 8081, 200, "/service/rest/v1/status/writable"),
         ] {
             assert!(e.is_app() && e.kind() == "application", "{e}");
-            assert_eq!((e.port(), e.user_id(), e.health_path()), (port, uid, Some(path)));
+            assert_eq!(
+                (e.port(), e.user_id(), e.health_path()),
+                (port, uid, Some(path))
+            );
             assert!(e.probe_command().is_empty() && e.env().is_empty(), "{e}");
         }
         for e in [Engine::Postgresql, Engine::Mysql, Engine::Mongodb] {

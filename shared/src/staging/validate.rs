@@ -339,7 +339,8 @@ mod tests {
         );
 
         let mut r = rendered();
-        r.secret.as_mut().unwrap().string_data = Some(BTreeMap::from([("password".into(), "hunter2".into())]));
+        r.secret.as_mut().unwrap().string_data =
+            Some(BTreeMap::from([("password".into(), "hunter2".into())]));
         let e = check(&r).unwrap_err().to_string();
         assert!(e.contains("carries data") && !e.contains("hunter2"), "{e}");
     }
