@@ -52,7 +52,6 @@ async fn run_to_end(
         {
             Outcome::Done { outputs, .. } => return outputs,
             Outcome::Continue { state: s, .. } => state = Some(s),
-            other => panic!("{other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
