@@ -483,7 +483,7 @@ fn invalid_values_say_what_to_fix() {
         ),
         (
             json!({"volumeId": "vol-0123456789abcdef0", "ttlHours": 0}),
-            "request.ttlHours: expected a whole number of hours from 1 to 720",
+            "request.ttlHours: expected a whole number of hours from 1 to 2160",
         ),
         (
             json!({"volumeId": "snap-0123456789abcdef0"}),

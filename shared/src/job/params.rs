@@ -81,11 +81,25 @@ pub fn user_parameters(raw: Option<&str>) -> Result<Layer> {
     })
 }
 
-/// Merges the layers (later wins, key by key at the top level) and parses the result.
+/// Keys that say the same thing in two ways: a later layer's one replaces an earlier layer's
+/// other (a request's `ttlDays` over the stack defaults' `ttlHours`); both in one layer stay
+/// both, for the function to refuse.
+const ALTERNATIVES: [(&str, &str); 1] = [("ttlHours", "ttlDays")];
+
+/// Merges the layers (later wins, key by key at the top level; see [`ALTERNATIVES`]) and parses
+/// the result.
 pub fn merge<P: DeserializeOwned>(layers: &[Layer]) -> Result<P> {
     let mut merged = Map::new();
     let mut origin: Vec<(String, &'static str)> = Vec::new();
     for layer in layers {
+        for (a, b) in ALTERNATIVES {
+            for (set, other) in [(a, b), (b, a)] {
+                if layer.values.contains_key(set) && !layer.values.contains_key(other) {
+                    merged.remove(other);
+                    origin.retain(|(key, _)| key != other);
+                }
+            }
+        }
         for (k, v) in &layer.values {
             merged.insert(k.clone(), v.clone());
             origin.retain(|(key, _)| key != k);

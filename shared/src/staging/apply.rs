@@ -91,7 +91,9 @@ pub fn apply_requests(r: &Rendered, field_manager: &str) -> Result<Vec<ApplyRequ
     for policy in &r.network.isolation {
         out.push(apply_request(policy, field_manager)?);
     }
-    out.push(apply_request(&r.secret, field_manager)?);
+    if let Some(secret) = &r.secret {
+        out.push(apply_request(secret, field_manager)?);
+    }
     if let Some(pv) = &r.persistent_volume {
         out.push(apply_request(pv, field_manager)?);
     }

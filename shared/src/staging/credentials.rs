@@ -77,6 +77,8 @@ pub fn username(engine: Engine) -> &'static str {
         Engine::Postgresql => "postgres",
         Engine::Mysql => "root",
         Engine::Mongodb => "admin",
+        // No Secret is made for an application: it keeps its own users.
+        Engine::Jenkins | Engine::Nexus => "",
     }
 }
 

@@ -190,8 +190,12 @@ async fn start(
     };
     Ok(Outcome::Continue {
         summary: format!(
-            "applied {applied} in namespace {} (server-side apply as {}); waiting up to {} minutes for the {} database to be ready",
-            spec.namespace, spec.field_manager, spec.ready_timeout_minutes, spec.engine
+            "applied {applied} in namespace {} (server-side apply as {}); waiting up to {} minutes for the {} {} to be ready",
+            spec.namespace,
+            spec.field_manager,
+            spec.ready_timeout_minutes,
+            spec.engine,
+            spec.engine.kind()
         ),
         percent: 10,
         state: state.to_value()?,
@@ -241,22 +245,27 @@ async fn apply_objects(
         ));
     }
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let kept = match namespace_existed {
-        true => api::get_opt(&secrets, SECRET_NAME).await?,
-        false => None,
-    };
-    let secret_note = match kept {
-        Some(s) => {
-            credentials::check_existing(&s, ns)?;
-            "the existing Secret kept as it is"
+    let secret_note = match &r.secret {
+        Some(rendered) => {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+            let kept = match namespace_existed {
+                true => api::get_opt(&secrets, SECRET_NAME).await?,
+                false => None,
+            };
+            match kept {
+                Some(s) => {
+                    credentials::check_existing(&s, ns)?;
+                    "the existing Secret kept as it is"
+                }
+                None => {
+                    let secret = Credentials::generate(&spec.database_user)?.into_secret(rendered);
+                    api::apply(&secrets, &secret, manager).await?;
+                    kinds.push("Secret".into());
+                    "new credentials in the Secret"
+                }
+            }
         }
-        None => {
-            let secret = Credentials::generate(&spec.database_user)?.into_secret(&r.secret);
-            api::apply(&secrets, &secret, manager).await?;
-            kinds.push("Secret".into());
-            "new credentials in the Secret"
-        }
+        None => "no credentials Secret: the application keeps its own users",
     };
     if let Some(pv) = &r.persistent_volume {
         api::apply(&Api::<PersistentVolume>::all(client.clone()), pv, manager).await?;
@@ -322,10 +331,10 @@ fn continue_with(plan: &Plan, s: DeployState, now: Timestamp, why: String) -> Re
     let (percent, doing) = match s.phase {
         Phase::Ready => (
             10 + u8::try_from((elapsed.clamp(0, limit) * 50) / limit).unwrap_or(50),
-            "waiting for the staging database",
+            format!("waiting for the staging {}", plan.spec.engine.kind()),
         ),
-        Phase::Masking => (65, "masking the staging data"),
-        Phase::Migration => (80, "checking the migrations"),
+        Phase::Masking => (65, "masking the staging data".into()),
+        Phase::Migration => (80, "checking the migrations".into()),
     };
     Ok(Outcome::Continue {
         summary: format!(
@@ -358,10 +367,12 @@ async fn advance(
         Phase::Ready => match check_ready(client, plan).await? {
             Health::Ready => next(client, plan, s, now, None).await,
             Health::Failed(why) => Err(failed(format!(
-                "the staging database in {ns} failed: {why}"
+                "the staging {} in {ns} failed: {why}",
+                plan.spec.engine.kind()
             ))),
             Health::Waiting(why) if timed_out(plan, s, now) => Err(failed(format!(
-                "the staging database in {ns} was not ready after {} minutes (readyTimeoutMinutes): {why}",
+                "the staging {} in {ns} was not ready after {} minutes (readyTimeoutMinutes): {why}",
+                plan.spec.engine.kind(),
                 plan.spec.ready_timeout_minutes
             ))),
             Health::Waiting(why) => continue_with(plan, s.clone(), now, why),
@@ -562,6 +573,7 @@ async fn next(
     };
     let why = match s.phase {
         Phase::Ready if plan.spec.reset_credentials => "the database is ready, its password reset",
+        Phase::Ready if plan.spec.engine.is_app() => "the application is ready",
         Phase::Ready => "the database is ready",
         _ => "masking succeeded",
     };
@@ -582,8 +594,9 @@ async fn open_access(client: &kube::Client, plan: &Plan) -> Result<Option<String
     let api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &plan.spec.namespace);
     api::apply(&api, policy, &plan.spec.field_manager).await?;
     Ok(Some(format!(
-        "NetworkPolicy {} opened the database {}",
+        "NetworkPolicy {} opened the {} {}",
         network::ACCESS,
+        plan.spec.engine.kind(),
         plan.spec.network_policy.describe_access()
     )))
 }

@@ -1,5 +1,10 @@
-//! What each database engine needs from Kubernetes: image, port, data directory, user, probe,
-//! and which credentials the image reads from the Secret.
+//! What each engine needs from Kubernetes: image, port, data directory, user, probe, and which
+//! credentials the image reads from the Secret.
+//!
+//! Two kinds of engine: databases (`postgresql`, `mysql`, `mongodb`: snapstage's own Service and
+//! StatefulSet, credentials in a Secret, the credentials reset) and CI applications (`jenkins`,
+//! `nexus`: a built-in template, [`crate::staging::render::apps`], probed over HTTP on their
+//! health endpoints, no Secret: they keep their own users in their home / blob store).
 //!
 //! The official images run as uid/gid 999 (`postgres`, `mysql`, `mongodb`), so the pod runs as
 //! non-root with that user. Health checks need no credentials: `pg_isready` and `mysqladmin ping`
@@ -47,6 +52,11 @@ pub enum Engine {
     Mysql,
     #[serde(alias = "mongo")]
     Mongodb,
+    /// Jenkins controller on its restored `JENKINS_HOME` (a built-in template).
+    Jenkins,
+    /// Sonatype Nexus Repository on its restored data directory with its blob store (a built-in
+    /// template).
+    Nexus,
 }
 
 /// An environment variable of the database container: a literal, or a key of the Secret.
@@ -62,6 +72,58 @@ impl Engine {
             Self::Postgresql => "postgresql",
             Self::Mysql => "mysql",
             Self::Mongodb => "mongodb",
+            Self::Jenkins => "jenkins",
+            Self::Nexus => "nexus",
+        }
+    }
+
+    /// Every engine, databases first.
+    pub const ALL: [Engine; 5] = [
+        Self::Postgresql,
+        Self::Mysql,
+        Self::Mongodb,
+        Self::Jenkins,
+        Self::Nexus,
+    ];
+
+    /// True for the CI applications (Jenkins, Nexus): a built-in template, no database
+    /// credentials, weeks of lifetime by default.
+    pub fn is_app(self) -> bool {
+        matches!(self, Self::Jenkins | Self::Nexus)
+    }
+
+    /// What it is, in messages: "database" or "application".
+    pub fn kind(self) -> &'static str {
+        if self.is_app() {
+            "application"
+        } else {
+            "database"
+        }
+    }
+
+    /// The `app.kubernetes.io/component` label of its pod.
+    pub fn component(self) -> &'static str {
+        if self.is_app() {
+            "application"
+        } else {
+            "database"
+        }
+    }
+
+    /// The HTTP path its readiness probe asks (applications only; databases are probed with
+    /// a command, [`Engine::probe_command`]).
+    ///
+    /// - Jenkins: `GET /login` answers 200 once Jenkins is fully up (during start-up every page
+    ///   answers 503 "Jenkins is getting ready to work"), without authentication.
+    /// - Nexus: `GET /service/rest/v1/status/writable` ("ready for write operations", Nexus
+    ///   ≥ 3.16, no authentication; 200 on success, 503 on failure), Sonatype's documented
+    ///   health check (<https://support.sonatype.com/hc/en-us/articles/226254487>); the liveness
+    ///   probe asks `/service/rest/v1/status` ("ready for read operations").
+    pub fn health_path(self) -> Option<&'static str> {
+        match self {
+            Self::Jenkins => Some("/login"),
+            Self::Nexus => Some("/service/rest/v1/status/writable"),
+            _ => None,
         }
     }
 
@@ -72,6 +134,8 @@ impl Engine {
             Self::Postgresql => "postgres:17",
             Self::Mysql => "mysql:8.4",
             Self::Mongodb => "mongo:7.0",
+            Self::Jenkins => "jenkins/jenkins:2.479.3-lts-jdk17",
+            Self::Nexus => "sonatype/nexus3:3.75.1",
         }
     }
 
@@ -80,6 +144,8 @@ impl Engine {
             Self::Postgresql => 5432,
             Self::Mysql => 3306,
             Self::Mongodb => 27017,
+            Self::Jenkins => 8080,
+            Self::Nexus => 8081,
         }
     }
 
@@ -89,15 +155,23 @@ impl Engine {
             Self::Postgresql => "/var/lib/postgresql/data",
             Self::Mysql => "/var/lib/mysql",
             Self::Mongodb => "/data/db",
+            Self::Jenkins => "/var/jenkins_home",
+            Self::Nexus => "/nexus-data",
         }
     }
 
-    /// The image's database user (uid and gid).
+    /// The image's user (uid and gid): 999 in the database images, `jenkins` (1000) in
+    /// jenkins/jenkins, `nexus` (200) in sonatype/nexus3.
     pub fn user_id(self) -> i64 {
-        999
+        match self {
+            Self::Jenkins => 1000,
+            Self::Nexus => 200,
+            _ => 999,
+        }
     }
 
-    /// The health check, run in the container (exec, no shell, no credentials).
+    /// The health check of a database, run in the container (exec, no shell, no credentials);
+    /// empty for an application (probed over HTTP: [`Engine::health_path`]).
     pub fn probe_command(self) -> Vec<String> {
         let port = self.port().to_string();
         let cmd: Vec<&str> = match self {
@@ -119,6 +193,7 @@ impl Engine {
                 "--eval",
                 "quit(db.adminCommand({ ping: 1 }).ok ? 0 : 1)",
             ],
+            Self::Jenkins | Self::Nexus => vec![],
         };
         cmd.into_iter().map(String::from).collect()
     }
@@ -132,7 +207,7 @@ impl Engine {
         let options: &str = match self {
             Self::Postgresql => postgresql_isolation!(),
             Self::Mysql => mysql_isolation!(),
-            Self::Mongodb => "",
+            Self::Mongodb | Self::Jenkins | Self::Nexus => "",
         };
         options.split_whitespace().map(String::from).collect()
     }
@@ -152,6 +227,8 @@ impl Engine {
                 ("MONGO_INITDB_ROOT_USERNAME", SecretKey(SECRET_KEY_USERNAME)),
                 ("MONGO_INITDB_ROOT_PASSWORD", SecretKey(SECRET_KEY_PASSWORD)),
             ],
+            // Their own template sets their environment; no credentials.
+            Self::Jenkins | Self::Nexus => vec![],
         }
     }
 }
@@ -198,6 +275,28 @@ mod tests {
             }
             assert!(e.env().iter().any(|(n, _)| n.contains("PASSWORD")), "{e}");
         }
+    }
+
+    #[test]
+    fn applications_are_probed_over_http_on_their_own_port_and_user() {
+        for (e, port, uid, path) in [
+            (Engine::Jenkins, 8080, 1000, "/login"),
+            (Engine::Nexus, 8081, 200, "/service/rest/v1/status/writable"),
+        ] {
+            assert!(e.is_app() && e.kind() == "application", "{e}");
+            assert_eq!(
+                (e.port(), e.user_id(), e.health_path()),
+                (port, uid, Some(path))
+            );
+            assert!(e.probe_command().is_empty() && e.env().is_empty(), "{e}");
+        }
+        for e in [Engine::Postgresql, Engine::Mysql, Engine::Mongodb] {
+            assert!(!e.is_app() && e.health_path().is_none(), "{e}");
+        }
+        let e: Engine = serde_json::from_str("\"jenkins\"").unwrap();
+        assert_eq!(e, Engine::Jenkins);
+        let e: Engine = serde_json::from_str("\"nexus\"").unwrap();
+        assert_eq!(e, Engine::Nexus);
     }
 
     #[test]

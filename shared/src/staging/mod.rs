@@ -17,6 +17,7 @@
 //! | [`credentials`] | generated once, when the Secret does not exist; never logged |
 //! | [`readiness`] | what PVC, StatefulSet, pod and Job status mean |
 //! | [`params`] | the parameters as the user writes them ([`params::template`], [`params::network`] sections) |
+//! | [`apps`] | the built-in templates of the CI applications (Jenkins, Nexus) |
 //! | [`spec`] | the parameters checked together into a [`Spec`], what rendering needs |
 //! | [`render`] | the typed objects: Namespace, Secret, PV, PVC, Service, StatefulSet ([`render::parts`]); the credentials reset ([`render::reset`]), NetworkPolicies ([`render::network`]), masking and migration Jobs ([`render::jobs`]), the user's template ([`render::template`]) |
 //! | [`validate`] | cross-object references and the built-in objects' rules (each object's own checks: [`crate::kube::object`]) |
@@ -39,6 +40,7 @@ use crate::job::contract::{Execution, Outcome, Step};
 
 // In pipeline order: each module uses only the ones above it.
 pub mod apply;
+pub mod apps;
 pub mod artifact;
 pub mod credentials;
 pub mod deploy;

@@ -92,9 +92,19 @@ impl Plan {
         )
     }
 
-    /// The output variables (never credentials).
+    /// `http://<service>.<namespace>.svc.cluster.local:<port>/`: where an application answers
+    /// (Jenkins, Nexus); `None` for a database.
+    pub fn url(&self) -> Option<String> {
+        self.spec
+            .engine
+            .is_app()
+            .then(|| format!("http://{}/", self.endpoint()))
+    }
+
+    /// The output variables (never credentials): `SecretName` only when there is a Secret (a
+    /// database), `Url` only for an application.
     pub fn outputs(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
+        let mut outputs = BTreeMap::from([
             ("Namespace".into(), self.spec.namespace.clone()),
             ("Service".into(), self.service_name()),
             ("Endpoint".into(), self.endpoint()),
@@ -107,7 +117,14 @@ impl Plan {
             ("Mode".into(), MODE_PLAN.into()),
             ("ManifestCount".into(), self.manifest_count().to_string()),
             ("ExpiresAt".into(), self.expires_at.clone()),
-        ])
+        ]);
+        if self.rendered.secret.is_none() {
+            outputs.remove("SecretName");
+        }
+        if let Some(url) = self.url() {
+            outputs.insert("Url".into(), url);
+        }
+        outputs
     }
 
     /// The plan-mode summary; `why` says why nothing is applied.
@@ -158,7 +175,9 @@ impl Plan {
         for policy in &r.network.isolation {
             doc(&mut out, policy)?;
         }
-        doc(&mut out, &r.secret)?;
+        if let Some(secret) = &r.secret {
+            doc(&mut out, secret)?;
+        }
         if let Some(pv) = &r.persistent_volume {
             doc(&mut out, pv)?;
         }

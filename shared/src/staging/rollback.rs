@@ -27,7 +27,14 @@ use crate::staging::plan::Plan;
 use crate::staging::teardown;
 
 /// The outputs a healthy environment published and a rollback re-publishes.
-pub const PUBLISHED: [&str; 5] = ["Namespace", "Service", "Endpoint", "Port", "SecretName"];
+pub const PUBLISHED: [&str; 6] = [
+    "Namespace",
+    "Service",
+    "Endpoint",
+    "Port",
+    "SecretName",
+    "Url",
+];
 
 /// A previous healthy staging database.
 #[derive(Debug, Clone, PartialEq, Eq)]

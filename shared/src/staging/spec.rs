@@ -11,7 +11,8 @@ use crate::staging::params::is_ebs_volume_id;
 use crate::staging::params::network::NetworkPolicyParams;
 use crate::staging::params::template::TemplateText;
 use crate::staging::params::{
-    JobParams, NamespaceName, OnFailure, Params, VolumeBackend, VolumeSource,
+    DEFAULT_APP_READY_TIMEOUT_MINUTES, DEFAULT_APP_TTL_DAYS, DEFAULT_READY_TIMEOUT_MINUTES,
+    DEFAULT_TTL_HOURS, JobParams, NamespaceName, OnFailure, Params, VolumeBackend, VolumeSource,
 };
 
 /// Everything rendering needs, validated.
@@ -37,8 +38,12 @@ pub struct Spec {
     pub on_failure: OnFailure,
     pub masking: Option<JobParams>,
     pub migration: Option<JobParams>,
-    /// The user's template, read; `None` for snapstage's own Service and StatefulSet.
+    /// The user's template, read, or an application's built-in one ([`crate::staging::apps`]);
+    /// `None` for snapstage's own Service and StatefulSet of a database.
     pub template: Option<TemplateText>,
+    /// True when `template` is snapstage's built-in template of an application (Jenkins,
+    /// Nexus): its pods are snapstage's, isolated as a database's are.
+    pub builtin_template: bool,
     /// The credentials reset before the server starts (an init container); false when
     /// `resetCredentials` is false.
     pub reset_credentials: bool,
@@ -52,6 +57,15 @@ pub struct Spec {
     pub array: Option<ArrayAccess>,
     /// The NetworkPolicies (on unless `networkPolicy.enabled` is false).
     pub network_policy: NetworkPolicyParams,
+}
+
+impl Spec {
+    /// True when snapstage wrote the workload: its own database StatefulSet, or an
+    /// application's built-in template (not a user template, whose pods and ports are the
+    /// user's).
+    pub fn own_workload(&self) -> bool {
+        self.template.is_none() || self.builtin_template
+    }
 }
 
 impl Params {
@@ -74,6 +88,8 @@ impl Params {
 
     /// Checks the rules that tie fields together and resolves defaults for this execution.
     pub fn validate(self, execution: &Execution) -> Result<Spec> {
+        self.check_app()?;
+        let ttl_hours = self.ttl()?;
         if self.admin_secret.is_some() {
             return Err(Error::parameter(
                 "adminSecret",
@@ -118,7 +134,13 @@ impl Params {
                 ));
             }
         }
-        let template = self.template_text()?;
+        let (template, builtin_template) = match self.template_text()? {
+            Some(t) => (Some(t), false),
+            None => match crate::staging::apps::template(self.engine)? {
+                Some(t) => (Some(t), true),
+                None => (None, false),
+            },
+        };
         let network_policy = self.network_policy.clone().unwrap_or_default();
         network_policy.validate()?;
         if self.masking.as_ref().is_some_and(|m| m.allow_failure) {
@@ -142,7 +164,7 @@ impl Params {
             namespace_derived,
             storage_size: self.storage_size.0,
             storage_class_name: self.storage_class_name.map(|s| s.0),
-            ttl_hours: self.ttl_hours.0,
+            ttl_hours,
             image: self
                 .image
                 .map(|i| i.0)
@@ -152,12 +174,20 @@ impl Params {
             execution_key: execution.key.clone(),
             execution_label: names::execution_label(&execution.key),
             commit,
-            ready_timeout_minutes: self.ready_timeout_minutes.0,
+            ready_timeout_minutes: self.ready_timeout_minutes.map_or(
+                if self.engine.is_app() {
+                    DEFAULT_APP_READY_TIMEOUT_MINUTES
+                } else {
+                    DEFAULT_READY_TIMEOUT_MINUTES
+                },
+                |t| t.0,
+            ),
             on_failure: self.on_failure,
             masking: self.masking,
             migration: self.migration,
             template,
-            reset_credentials: self.reset_credentials.unwrap_or(true),
+            builtin_template,
+            reset_credentials: self.reset_credentials.unwrap_or(!self.engine.is_app()),
             pipeline_label: self
                 .pipeline
                 .map(|p| p.0)
@@ -171,6 +201,64 @@ impl Params {
             allow_unmanaged: self.allow_unmanaged_volume,
             array: self.flasharray,
             network_policy,
+        })
+    }
+
+    /// What an application (Jenkins, Nexus) refuses: everything about database credentials.
+    fn check_app(&self) -> Result<()> {
+        let engine = self.engine;
+        if !engine.is_app() {
+            return Ok(());
+        }
+        if self.reset_credentials == Some(true) {
+            return Err(Error::parameter(
+                "resetCredentials",
+                format!(
+                    "engine {engine} keeps its own users in its restored data directory, and snapstage resets database passwords only (an application gets no credentials Secret); remove resetCredentials, or set it to false"
+                ),
+            ));
+        }
+        if let Some(u) = &self.database_user {
+            return Err(Error::parameter(
+                "databaseUser",
+                format!(
+                    "engine {engine} has no database user (an application gets no credentials Secret); remove databaseUser, got {:?}",
+                    u.0
+                ),
+            ));
+        }
+        for (field, set) in [
+            ("masking", self.masking.is_some()),
+            ("migration", self.migration.is_some()),
+        ] {
+            if set {
+                return Err(Error::parameter(
+                    field,
+                    format!(
+                        "a {field} Job connects to a database with the credentials Secret (DB_HOST, DB_USERNAME, DB_PASSWORD); engine {engine} is an application and gets no Secret; remove {field}"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Hours the namespace lives: `ttlHours` or `ttlDays` (not both), else the engine's default.
+    fn ttl(&self) -> Result<u16> {
+        Ok(match (self.ttl_hours, self.ttl_days) {
+            (Some(h), Some(d)) => {
+                return Err(Error::parameter(
+                    "ttlDays",
+                    format!(
+                        "give exactly one of ttlHours and ttlDays, got both: ttlHours {}, ttlDays {}",
+                        h.0, d.0
+                    ),
+                ));
+            }
+            (Some(h), None) => h.0,
+            (None, Some(d)) => d.0 * 24,
+            (None, None) if self.engine.is_app() => DEFAULT_APP_TTL_DAYS * 24,
+            (None, None) => DEFAULT_TTL_HOURS,
         })
     }
 
@@ -446,10 +534,10 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("postgresql") && e.contains("mongodb"), "{e}");
-        for ttl in [json!(0), json!(721), json!(-5)] {
+        for ttl in [json!(0), json!(2161), json!(-5)] {
             let e = with("ttlHours", ttl.clone());
             assert!(
-                e.starts_with("request.ttlHours: expected a whole number of hours from 1 to 720"),
+                e.starts_with("request.ttlHours: expected a whole number of hours from 1 to 2160"),
                 "{e}"
             );
             assert!(e.ends_with(&format!("got {ttl}")), "{e}");

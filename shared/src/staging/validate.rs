@@ -16,7 +16,14 @@ use crate::staging::render::{Builtin, Rendered, Workload};
 pub fn check(rendered: &Rendered) -> Result<()> {
     let r = rendered;
     check_object(&r.namespace, NameRule::Dns1123Label)?;
-    check_object(&r.secret, NameRule::Dns1123Subdomain)?;
+    if let Some(secret) = &r.secret {
+        check_object(secret, NameRule::Dns1123Subdomain)?;
+        if secret.data.is_some() || secret.string_data.is_some() {
+            return Err(broken(
+                "the planned Secret carries data: credentials are generated at apply time".into(),
+            ));
+        }
+    }
     if let Some(pv) = &r.persistent_volume {
         check_object(pv, NameRule::Dns1123Subdomain)?;
     }
@@ -53,7 +60,7 @@ fn broken(what: String) -> Error {
 fn check_references(r: &Rendered) -> Result<()> {
     let ns = r.namespace.metadata.name.clone().unwrap_or_default();
     for (kind, meta) in [
-        ("Secret", Some(&r.secret.metadata)),
+        ("Secret", r.secret.as_ref().map(|s| &s.metadata)),
         (
             "PersistentVolumeClaim",
             r.claim.as_ref().map(|c| &c.metadata),
@@ -177,7 +184,11 @@ fn check_builtin(r: &Rendered, b: &Builtin) -> Result<()> {
             )));
         }
     }
-    let secret_name = r.secret.metadata.name.clone().unwrap_or_default();
+    let secret_name = r
+        .secret
+        .as_ref()
+        .and_then(|s| s.metadata.name.clone())
+        .unwrap_or_default();
     for c in &pod.containers {
         for e in c.env.iter().flatten() {
             if let Some(sel) = e
@@ -196,11 +207,6 @@ fn check_builtin(r: &Rendered, b: &Builtin) -> Result<()> {
                 return Err(broken(format!("env {} holds a literal credential", e.name)));
             }
         }
-    }
-    if r.secret.data.is_some() || r.secret.string_data.is_some() {
-        return Err(broken(
-            "the planned Secret carries data: credentials are generated at apply time".into(),
-        ));
     }
     Ok(())
 }
@@ -333,7 +339,8 @@ mod tests {
         );
 
         let mut r = rendered();
-        r.secret.string_data = Some(BTreeMap::from([("password".into(), "hunter2".into())]));
+        r.secret.as_mut().unwrap().string_data =
+            Some(BTreeMap::from([("password".into(), "hunter2".into())]));
         let e = check(&r).unwrap_err().to_string();
         assert!(e.contains("carries data") && !e.contains("hunter2"), "{e}");
     }

@@ -7,6 +7,7 @@
 // A test harness: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod apps;
 mod deploy;
 mod fixtures;
 mod interlock;

@@ -18,10 +18,18 @@ use crate::staging::engine::Engine;
 use crate::staging::params::template::{TemplateParam, TemplateText};
 
 pub const DEFAULT_STORAGE_SIZE: &str = "20Gi";
+/// A database's default lifetime.
 pub const DEFAULT_TTL_HOURS: u16 = 24;
-pub const MAX_TTL_HOURS: u16 = 720;
+/// An application's (Jenkins, Nexus: a CI environment that stays up around quarter end).
+pub const DEFAULT_APP_TTL_DAYS: u16 = 14;
+/// The longest lifetime of any staging environment: 90 days.
+pub const MAX_TTL_DAYS: u16 = 90;
+pub const MAX_TTL_HOURS: u16 = MAX_TTL_DAYS * 24;
 pub const DEFAULT_FIELD_MANAGER: &str = "snapstage-deploy-staging-db";
 pub const DEFAULT_READY_TIMEOUT_MINUTES: u16 = 15;
+/// An application's first start: Nexus rebuilds its indexes and checks a large blob store,
+/// Jenkins loads every job and build record of its home.
+pub const DEFAULT_APP_READY_TIMEOUT_MINUTES: u16 = 30;
 /// CodePipeline gives an action at most 24 hours.
 pub const MAX_TIMEOUT_MINUTES: u16 = 1440;
 pub const DEFAULT_JOB_TIMEOUT_MINUTES: u16 = 60;
@@ -54,8 +62,13 @@ pub struct Params {
     /// `ebs` only: pins the PV (and so the pod) to the volume's zone.
     #[serde(default)]
     pub availability_zone: Option<AvailabilityZone>,
+    /// Hours the environment lives (1 to 2160); or `ttlDays`, not both. Default: 24 hours for
+    /// a database, 14 days for an application.
     #[serde(default)]
-    pub ttl_hours: TtlHours,
+    pub ttl_hours: Option<TtlHours>,
+    /// Days the environment lives (1 to 90), instead of `ttlHours`.
+    #[serde(default)]
+    pub ttl_days: Option<TtlDays>,
     #[serde(default)]
     pub image: Option<Image>,
     #[serde(default)]
@@ -69,9 +82,10 @@ pub struct Params {
     /// The cluster to apply to; none means plan mode.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
-    /// Minutes the database may take to become ready (from the apply).
+    /// Minutes the database or application may take to become ready (from the apply); default
+    /// 15 for a database, 30 for an application.
     #[serde(default)]
-    pub ready_timeout_minutes: ReadyTimeout,
+    pub ready_timeout_minutes: Option<ReadyTimeout>,
     /// What a failed deploy leaves behind.
     #[serde(default)]
     pub on_failure: OnFailure,
@@ -481,22 +495,16 @@ macro_rules! minutes {
 }
 
 minutes!(
-    /// Minutes the database may take to become ready; default 15.
+    /// Minutes the database may take to become ready; default 15 (30 for an application).
     ReadyTimeout
 );
-
-impl Default for ReadyTimeout {
-    fn default() -> Self {
-        Self(DEFAULT_READY_TIMEOUT_MINUTES)
-    }
-}
 
 minutes!(
     /// Minutes a masking or migration Job may run.
     JobTimeout
 );
 
-/// Hours the staging namespace lives: 1 to 720.
+/// Hours the staging namespace lives: 1 to 2160 (90 days).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "i64")]
 pub struct TtlHours(pub u16);
@@ -514,8 +522,20 @@ impl TryFrom<i64> for TtlHours {
     }
 }
 
-impl Default for TtlHours {
-    fn default() -> Self {
-        Self(DEFAULT_TTL_HOURS)
+/// Days the staging namespace lives: 1 to 90.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct TtlDays(pub u16);
+
+impl TryFrom<i64> for TtlDays {
+    type Error = String;
+    fn try_from(d: i64) -> std::result::Result<Self, String> {
+        u16::try_from(d)
+            .ok()
+            .filter(|d| (1..=MAX_TTL_DAYS).contains(d))
+            .map(Self)
+            .ok_or_else(|| {
+                format!("expected a whole number of days from 1 to {MAX_TTL_DAYS}, got {d}")
+            })
     }
 }

@@ -109,7 +109,7 @@ pub fn environment(spec: &Spec) -> Vec<EnvVar> {
             literal("MYSQL_TCP_PORT", port),
             from_secret("MYSQL_PWD", SECRET_KEY_PASSWORD),
         ]),
-        Engine::Mongodb => {}
+        Engine::Mongodb | Engine::Jenkins | Engine::Nexus => {}
     }
     env
 }

@@ -57,7 +57,8 @@ use crate::staging::spec::Spec;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     pub namespace: Namespace,
-    pub secret: Secret,
+    /// The database credentials; `None` for an application (Jenkins, Nexus keep their own users).
+    pub secret: Option<Secret>,
     pub persistent_volume: Option<PersistentVolume>,
     /// `None` when the database mounts an existing PVC (`pvcName`).
     pub claim: Option<PersistentVolumeClaim>,
@@ -122,7 +123,7 @@ pub fn render(spec: &Spec, expires_at: &str) -> Result<Rendered> {
     };
     Ok(Rendered {
         namespace: namespace(spec, expires_at),
-        secret: secret(spec),
+        secret: (!spec.engine.is_app()).then(|| secret(spec)),
         persistent_volume: persistent_volume(spec),
         claim: claim(spec),
         claim_name: spec.volume.claim_name().to_string(),
@@ -631,7 +632,7 @@ mod tests {
         // Every object of the run carries the run's labels.
         let r = &p.rendered;
         for m in [
-            &r.secret.metadata,
+            &r.secret.as_ref().unwrap().metadata,
             &r.claim.as_ref().unwrap().metadata,
             &r.b().service.metadata,
             &r.b().stateful_set.metadata,
@@ -804,7 +805,7 @@ mod tests {
 
     #[test]
     fn secret_is_planned_without_data() {
-        let s = ebs().secret;
+        let s = ebs().secret.unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some(SECRET_NAME));
         assert_eq!((s.data, s.string_data), (None, None));
         assert!(

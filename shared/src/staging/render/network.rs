@@ -6,8 +6,8 @@
 //! | policy | selects | applied | allows |
 //! | --- | --- | --- | --- |
 //! | `staging-db-isolation` | every pod of the namespace | with the Namespace, before anything runs | ingress only from snapstage's own masking and migration Jobs in the namespace |
-//! | `staging-db-egress` | the database pod (built-in workload) | with the Namespace | egress only to DNS: the copy of production connects nowhere (no WAL archive, no replication source, no foreign server) |
-//! | `staging-db-access` | the database pod (a template: every pod) | once masking succeeded, or once the database is ready when no masking is configured | ingress on the database port from `networkPolicy.allowFrom` (NetworkPolicy peers; default: from anywhere the cluster routes) |
+//! | `staging-db-egress` | the database pod, or the application's (snapstage's own workload; not a user template) | with the Namespace | egress only to DNS: the copy of production connects nowhere (no WAL archive, no replication source, no foreign server; a Jenkins copy reaches no agent, no deploy target; a Nexus copy no S3 blob store, no proxied remote) |
+//! | `staging-db-access` | the database or application pod (a user template: every pod) | once masking succeeded, or once the database is ready when no masking is configured | ingress on the published port (Jenkins, Nexus: their HTTP port) from `networkPolicy.allowFrom` (NetworkPolicy peers; default: from anywhere the cluster routes) |
 //!
 //! A masking that fails never opens the database. NetworkPolicies are enforced by the cluster's
 //! network plugin (Calico, Cilium, the VPC CNI with network policy enabled, …); on a cluster
@@ -52,10 +52,11 @@ fn selector(labels: BTreeMap<String, String>) -> LabelSelector {
     }
 }
 
-/// The built-in database pod: its selector labels and component.
+/// snapstage's database pod, or an application's built-in one: its selector labels and
+/// component (the built-in templates label their pods the same way).
 fn database_pod(spec: &Spec) -> LabelSelector {
     let mut l = crate::staging::render::parts::selector_labels(spec.engine);
-    l.insert(LABEL_COMPONENT.into(), "database".into());
+    l.insert(LABEL_COMPONENT.into(), spec.engine.component().into());
     selector(l)
 }
 
@@ -105,7 +106,7 @@ pub fn isolation(spec: &Spec) -> Vec<NetworkPolicy> {
             egress: None,
         }),
     }];
-    if spec.template.is_none() {
+    if spec.own_workload() {
         out.push(NetworkPolicy {
             metadata: meta(spec, EGRESS),
             spec: Some(NetworkPolicySpec {
@@ -128,8 +129,8 @@ pub fn access(spec: &Spec, port: i32) -> Option<NetworkPolicy> {
     if !p.enabled {
         return None;
     }
-    let (pod_selector, ports) = match spec.template {
-        None => (
+    let (pod_selector, ports) = match spec.own_workload() {
+        true => (
             database_pod(spec),
             Some(vec![NetworkPolicyPort {
                 port: Some(IntOrString::Int(port)),
@@ -137,8 +138,8 @@ pub fn access(spec: &Spec, port: i32) -> Option<NetworkPolicy> {
                 end_port: None,
             }]),
         ),
-        // A template's pods and ports are the user's: every pod, every port.
-        Some(_) => (LabelSelector::default(), None),
+        // A user template's pods and ports are the user's: every pod, every port.
+        false => (LabelSelector::default(), None),
     };
     Some(NetworkPolicy {
         metadata: meta(spec, ACCESS),

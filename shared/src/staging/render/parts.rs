@@ -44,7 +44,10 @@ pub fn selector_labels(engine: Engine) -> BTreeMap<String, String> {
 pub fn app_labels(spec: &Spec) -> BTreeMap<String, String> {
     let mut l = common_labels(spec);
     l.extend(selector_labels(spec.engine));
-    l.insert(LABEL_COMPONENT.to_string(), "database".to_string());
+    l.insert(
+        LABEL_COMPONENT.to_string(),
+        spec.engine.component().to_string(),
+    );
     l
 }
 

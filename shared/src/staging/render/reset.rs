@@ -50,6 +50,10 @@ pub fn script(engine: Engine) -> &'static str {
         Engine::Postgresql => POSTGRESQL,
         Engine::Mysql => MYSQL,
         Engine::Mongodb => MONGODB,
+        // Never rendered: the parameters refuse resetCredentials for an application.
+        Engine::Jenkins | Engine::Nexus => {
+            "echo 'snapstage resets database passwords only' >&2; exit 1"
+        }
     }
 }
 

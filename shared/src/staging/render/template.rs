@@ -71,13 +71,16 @@ pub const PLACEHOLDERS: [(&str, &str); 11] = [
         "IMAGE",
         "the image parameter, or the engine's default image",
     ),
-    ("ENGINE", "postgresql, mysql or mongodb"),
-    ("PORT", "the engine's port (5432, 3306, 27017)"),
+    ("ENGINE", "postgresql, mysql, mongodb, jenkins or nexus"),
+    ("PORT", "the engine's port (5432, 3306, 27017, 8080, 8081)"),
     (
         "MOUNT_PATH",
         "the engine's data directory in its official image",
     ),
-    ("RUN_AS_USER", "the official images' database user id (999)"),
+    (
+        "RUN_AS_USER",
+        "the official image's user id (999; jenkins 1000, nexus 200)",
+    ),
     (
         "EXECUTION",
         "the run's snapstage.io/execution label value (a hash of the execution)",
