@@ -61,7 +61,12 @@ impl Staging {
         let plan = staging::plan(params(&request), &execution(), now()).unwrap();
         let secret = Credentials::generate(&plan.spec.database_user)
             .unwrap()
-            .into_secret(&plan.rendered.secret);
+            .into_secret(
+                plan.rendered
+                    .secret
+                    .as_ref()
+                    .expect("a database has a credentials Secret"),
+            );
         let password =
             String::from_utf8(secret.data.as_ref().unwrap()["password"].0.clone()).unwrap();
         Self {
