@@ -636,53 +636,7 @@ fn refused_or_failed(
             r.workload()
         ),
     };
-    let note = format!("{volume}; {nexus}");
-    match e {
-        Error::Refused(m) => Error::Refused(format!("{m}; {note}")),
-        Error::Parameter { field, message } => Error::Parameter {
-            field,
-            message: format!("{message}; {note}"),
-        },
-        Error::Configuration(m) => Error::Configuration(format!("{m}; {note}")),
-        Error::Permission {
-            backend,
-            message,
-            source,
-        } => Error::Permission {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::NotFound {
-            backend,
-            message,
-            source,
-        } => Error::NotFound {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::Unavailable {
-            backend,
-            message,
-            source,
-        } => Error::Unavailable {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::Backend {
-            backend,
-            message,
-            source,
-        } => Error::Backend {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::Internal(m) => Error::Internal(format!("{m}; {note}")),
-        Error::Event(m) => Error::Event(format!("{m}; {note}")),
-    }
+    e.noted(&format!("{volume}; {nexus}"))
 }
 
 /// Whether `volume` holds `replica` now (its source is that snapshot).

@@ -61,6 +61,25 @@ impl Ebs {
                 .build(),
         )
     }
+
+    /// One snapshot as DescribeSnapshots gives it; `NotFound` when it does not exist.
+    async fn describe_snapshot(&self, id: &str) -> Result<aws_sdk_ec2::types::Snapshot> {
+        let out = self
+            .ec2
+            .describe_snapshots()
+            .snapshot_ids(id)
+            .send()
+            .await
+            .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
+        out.snapshots()
+            .first()
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                backend: B,
+                message: format!("snapshot {id}"),
+                source: None,
+            })
+    }
 }
 
 impl Backend for Ebs {
@@ -174,19 +193,7 @@ impl Backend for Ebs {
     }
 
     async fn snapshot(&self, id: &str) -> Result<SnapshotInfo> {
-        let out = self
-            .ec2
-            .describe_snapshots()
-            .snapshot_ids(id)
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
-        let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
-            backend: B,
-            message: format!("snapshot {id}"),
-            source: None,
-        })?;
-        snapshot_info(s)
+        snapshot_info(&self.describe_snapshot(id).await?)
     }
 
     async fn newest_snapshot(&self, source: &str) -> Result<Option<SnapshotInfo>> {

@@ -99,18 +99,7 @@ impl Ebs {
 
     /// The group snapshot `id` belongs to.
     async fn group_of(&self, id: &str) -> Result<GroupSnapshot> {
-        let out = self
-            .ec2
-            .describe_snapshots()
-            .snapshot_ids(id)
-            .send()
-            .await
-            .map_err(|e| aws_error(B, "DescribeSnapshots", e))?;
-        let s = out.snapshots().first().ok_or_else(|| Error::NotFound {
-            backend: B,
-            message: format!("snapshot {id}"),
-            source: None,
-        })?;
+        let s = &self.describe_snapshot(id).await?;
         let (Some(run), Some(group), true) = (
             tag_of(s.tags(), TAG_EXECUTION),
             tag_of(s.tags(), TAG_GROUP),

@@ -215,56 +215,6 @@ fn shown(cmd: &[String]) -> String {
     format!("{cmd:?}")
 }
 
-/// Keeps the message's variant (and so its CodePipeline failure type), adding `note`.
-fn annotate(e: Error, note: &str) -> Error {
-    match e {
-        Error::Backend {
-            backend,
-            message,
-            source,
-        } => Error::Backend {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::Permission {
-            backend,
-            message,
-            source,
-        } => Error::Permission {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::NotFound {
-            backend,
-            message,
-            source,
-        } => Error::NotFound {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::Unavailable {
-            backend,
-            message,
-            source,
-        } => Error::Unavailable {
-            backend,
-            message: format!("{message}; {note}"),
-            source,
-        },
-        Error::Parameter { field, message } => Error::Parameter {
-            field,
-            message: format!("{message}; {note}"),
-        },
-        Error::Configuration(m) => Error::Configuration(format!("{m}; {note}")),
-        Error::Refused(m) => Error::Refused(format!("{m}; {note}")),
-        Error::Internal(m) => Error::Internal(format!("{m}; {note}")),
-        Error::Event(m) => Error::Event(format!("{m}; {note}")),
-    }
-}
-
 /// Runs the hooks of one snapshot: a client for the pod's cluster and the checked parameters.
 pub struct Hooks {
     client: kube::Client,
@@ -364,7 +314,7 @@ impl Hooks {
             }
         }
         let result = match pre_failed {
-            Some(e) => Err(annotate(e, "no snapshot was taken")),
+            Some(e) => Err(e.noted("no snapshot was taken")),
             None => work.await,
         };
         let mut post_failures = Vec::new();
@@ -381,7 +331,7 @@ impl Hooks {
                 if self.params.post.is_empty() {
                     e
                 } else {
-                    annotate(e, "the post hook ran")
+                    e.noted("the post hook ran")
                 }
             });
         }
@@ -395,7 +345,7 @@ impl Hooks {
                 message: format!("snapshot(s) created, but {post}"),
                 source: None,
             }),
-            Err(e) => Err(annotate(e, &post)),
+            Err(e) => Err(e.noted(&post)),
         }
     }
 

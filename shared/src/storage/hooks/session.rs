@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, ReadHalf, SimplexStream, 
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
-use super::{B, Hooks, TAIL, annotate, exit_reason, shown};
+use super::{B, Hooks, TAIL, exit_reason, shown};
 use crate::error::{Error, Result};
 use crate::kube::client::kube_error;
 
@@ -518,7 +518,7 @@ impl Hooks {
                 true => "no snapshot was taken".to_string(),
                 false => format!("no snapshot was taken; {note}"),
             };
-            return Err(annotate(e, &note));
+            return Err(e.noted(&note));
         }
         let result = match timeout_at(deadline, work).await {
             Ok(r) => r,
@@ -544,7 +544,7 @@ impl Hooks {
                 ),
                 source: None,
             }),
-            Err(e) => Err(annotate(e, &release.note)),
+            Err(e) => Err(e.noted(&release.note)),
         }
     }
 }
