@@ -919,6 +919,211 @@ async fn csi_group_snapshot_cuts_the_selected_pvcs_together() {
     );
 }
 
+/// CSI `targets`: two members of one VolumeGroupSnapshot snapstage made restore into staging
+/// PVCs named as the user chose, labelled as the run's; a retry reuses them; a name held by a
+/// PVC snapstage did not make is refused before anything is created.
+#[tokio::test]
+async fn csi_targets_restore_group_members_to_chosen_pvc_names() {
+    use snapstage::storage::steps::RestoreTarget;
+    let Some(fx) = CsiFixture::start().await else {
+        return;
+    };
+    fx.double
+        .seed(vec![json!({
+            "apiVersion": "groupsnapshot.storage.k8s.io/v1beta1", "kind": "VolumeGroupSnapshotClass",
+            "metadata": {"name": "double-group"},
+            "driver": snapstage_localenv::kube_double::DRIVER, "deletionPolicy": "Delete"
+        })])
+        .await;
+    for pvc in ["ci-home", "ci-cache"] {
+        fx.double
+            .seed_pvc(PROD_NS, pvc, 4 * GIB, json!({"app": "ci"}))
+            .await;
+    }
+    let mut params = csi_params();
+    params.group_snapshot_class = Some("double-group".into());
+    let backend = Csi::new(fx.double.client(), params.clone());
+    let mut p = fx.snapshot(&[]);
+    p.volume_ids.clear();
+    p.selector = Some("app=ci".into());
+    p.csi = Some(params.clone());
+    let key = unique("conf-targets-snap");
+    drive(|s| snapshot_step(&backend, s), p, &key)
+        .await
+        .unwrap();
+    let group = snapstage::storage::csi::group_snapshot_name(&execution(&key));
+
+    let target = |source: &str, name: &str, output: Option<&str>| RestoreTarget {
+        source_volume_id: source.into(),
+        name: name.into(),
+        output: output.map(String::from),
+    };
+    let mut rp = fx.restore(None, None);
+    rp.csi = Some(params.clone());
+    rp.targets = Some(vec![
+        target("ci-home", "staging-home", Some("Home")),
+        target("ci-cache", "staging-cache", None),
+    ]);
+    let r = unique("conf-targets-restore");
+    let (out, _) = drive(|s| restore_step(&backend, s), rp.clone(), &r)
+        .await
+        .unwrap();
+    assert_eq!(
+        out["SnapshotId"], group,
+        "the newest group snapstage made: {out:?}"
+    );
+    assert_eq!(out["VolumeIds"], "staging-home,staging-cache", "{out:?}");
+    assert_eq!(out["HomeVolumeId"], "staging-home", "{out:?}");
+    let run = snapstage::kube::names::execution_label(&r);
+    let claims = fx
+        .double
+        .objects("persistentvolumeclaims", Some(STAGING_NS))
+        .await;
+    let mut names: Vec<&str> = claims
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["staging-cache", "staging-home"]);
+    for c in &claims {
+        let labels = &c["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "snapstage", "{c}");
+        assert_eq!(labels["snapstage.io/role"], "staging", "{c}");
+        assert_eq!(labels["snapstage.io/execution"], run.as_str(), "{c}");
+        assert_eq!(c["spec"]["dataSource"]["kind"], "VolumeSnapshot", "{c}");
+    }
+    for c in fx
+        .double
+        .objects("volumesnapshotcontents", None)
+        .await
+        .iter()
+        .filter(|c| c["spec"]["volumeSnapshotRef"]["namespace"] == STAGING_NS)
+    {
+        assert_eq!(c["spec"]["deletionPolicy"], "Retain", "{c}");
+    }
+    let before = (
+        fx.double
+            .names("persistentvolumeclaims", Some(STAGING_NS))
+            .await,
+        fx.double.names("volumesnapshots", Some(STAGING_NS)).await,
+        fx.double.names("volumesnapshotcontents", None).await,
+    );
+
+    // A retry of the run reuses its PVCs.
+    let (again, _) = drive(|s| restore_step(&backend, s), rp.clone(), &r)
+        .await
+        .unwrap();
+    assert_eq!(again["VolumeIds"], out["VolumeIds"]);
+    let after = (
+        fx.double
+            .names("persistentvolumeclaims", Some(STAGING_NS))
+            .await,
+        fx.double.names("volumesnapshots", Some(STAGING_NS)).await,
+        fx.double.names("volumesnapshotcontents", None).await,
+    );
+    assert_eq!(after, before, "a retry makes nothing new");
+
+    // Another run into the same names: a PVC is not overwritten in place.
+    let e = drive(
+        |s| restore_step(&backend, s),
+        rp.clone(),
+        &unique("conf-targets-other"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.failure_kind(), FailureKind::ConfigurationError, "{e}");
+    assert!(
+        e.to_string().contains("cannot be overwritten in place"),
+        "{e}"
+    );
+
+    // All or nothing: the second target's VolumeSnapshotContent name is held by another run's
+    // object, so its restore fails; the first target's PVC, VolumeSnapshot and content are
+    // deleted again, and the other run's content stays.
+    let held = snapstage::storage::csi::staging_content_name(STAGING_NS, "roll-second");
+    fx.double
+        .seed(vec![json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotContent",
+            "metadata": {"name": held, "labels": {
+                "app.kubernetes.io/managed-by": "snapstage", "snapstage.io/role": "staging",
+                "snapstage.io/execution": "another-run"}},
+            "spec": {"deletionPolicy": "Retain", "driver": snapstage_localenv::kube_double::DRIVER,
+                     "source": {"snapshotHandle": "elsewhere"},
+                     "volumeSnapshotRef": {"kind": "VolumeSnapshot", "name": "x", "namespace": "other"}}
+        })])
+        .await;
+    let before = (
+        fx.double
+            .names("persistentvolumeclaims", Some(STAGING_NS))
+            .await,
+        fx.double.names("volumesnapshots", Some(STAGING_NS)).await,
+        fx.double.names("volumesnapshotcontents", None).await,
+    );
+    let mut roll = rp.clone();
+    roll.targets = Some(vec![
+        target("ci-home", "roll-first", None),
+        target("ci-cache", "roll-second", None),
+    ]);
+    let e = drive(
+        |s| restore_step(&backend, s),
+        roll,
+        &unique("conf-targets-roll"),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("rolled back"), "{e}");
+    assert!(e.to_string().contains("roll-first"), "{e}");
+    let after = (
+        fx.double
+            .names("persistentvolumeclaims", Some(STAGING_NS))
+            .await,
+        fx.double.names("volumesnapshots", Some(STAGING_NS)).await,
+        fx.double.names("volumesnapshotcontents", None).await,
+    );
+    assert_eq!(
+        after, before,
+        "the failed set is rolled back, the other run's content kept"
+    );
+
+    // A name held by a PVC snapstage did not make: refused, nothing created.
+    fx.double
+        .seed_pvc(STAGING_NS, "someones-pvc", GIB, json!({"team": "qa"}))
+        .await;
+    let before = (
+        fx.double
+            .names("persistentvolumeclaims", Some(STAGING_NS))
+            .await,
+        fx.double.names("volumesnapshots", Some(STAGING_NS)).await,
+        fx.double.names("volumesnapshotcontents", None).await,
+    );
+    let mut foreign = rp.clone();
+    foreign.snapshot_id = Some(group.clone());
+    foreign.targets = Some(vec![
+        target("ci-home", "fresh-home", None),
+        target("ci-cache", "someones-pvc", None),
+    ]);
+    let e = drive(
+        |s| restore_step(&backend, s),
+        foreign,
+        &unique("conf-targets-foreign"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("does not carry snapstage's staging mark"),
+        "{e}"
+    );
+    let after = (
+        fx.double
+            .names("persistentvolumeclaims", Some(STAGING_NS))
+            .await,
+        fx.double.names("volumesnapshots", Some(STAGING_NS)).await,
+        fx.double.names("volumesnapshotcontents", None).await,
+    );
+    assert_eq!(after, before, "nothing created when a target is refused");
+}
+
 // ---- Kubernetes CSI on the local control plane of real components ----
 
 /// Real VolumeSnapshots of real PVCs (provisioned by csi-provisioner), made ready by the real

@@ -23,10 +23,12 @@ did not make or one mounted by a pod that is not a snapstage staging pod.",
                     sourceVolumeId: [{\"sourceVolumeId\", \"name\", \"output\"?}] (1-16); flasharray: the
                     pg snapshot (snapshotId \"fa-onprem:pg-ci.SUFFIX\", or the newest of replicatedFrom /
                     protectionGroup) copied to each name; ebs: the snapshots of one CreateSnapshots
-                    (snapshotId: any of them, or the newest complete group) into volumes tagged Name
+                    (snapshotId: any of them, or the newest complete group) into volumes tagged Name;
+                    csi: the members of one VolumeGroupSnapshot (snapshotId \"snapstage-HASH\", or the
+                    newest snapstage made with groupSnapshotClass) into staging PVCs named \"name\"
   overwrite         with targets: true overwrites a name holding an earlier run's staging volume
-                    (flasharray only); a volume without snapstage's staging mark or marked production
-                    is never written
+                    (flasharray only; a csi PVC cannot be overwritten); a volume without snapstage's
+                    staging mark or marked production is never written
   availabilityZone  ebs: zone of the staging nodes, e.g. \"us-east-1a\" (required for ebs)
   volumeType        ebs: gp3 (default), gp2, io1, io2, st1, sc1
   backend           \"ebs\" (default), \"flasharray\", \"csi\"

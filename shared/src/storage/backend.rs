@@ -9,7 +9,7 @@
 //! | [`RegionCopy`] | a completed snapshot copied to another region (`copyTo`) | EBS |
 //! | [`Selection`] | the sources a label selector picks (`selector`) | CSI |
 //! | [`RestoreOutputs`] | output variables of a finished restore besides `VolumeId` | CSI |
-//! | [`NamedTargets`] | several volumes of one group snapshot restored to names the user chose (`targets`) | FlashArray, EBS |
+//! | [`NamedTargets`] | several volumes of one group snapshot restored to names the user chose (`targets`) | FlashArray, EBS, CSI |
 //!
 //! A backend offers a capability through its accessor on [`Backend`] (`retention()`,
 //! `point_in_time()`, ...), which returns `None` by default. The steps ask before they use one,

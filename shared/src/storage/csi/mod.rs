@@ -28,6 +28,7 @@
 //! | `mod.rs` | [`Csi`]: [`Backend`], [`Retention`], [`Selection`], [`RestoreOutputs`] |
 //! | `client.rs` | the Kubernetes API calls: create-or-read, snapshot ids to objects, group members, staging checks |
 //! | `restore.rs` | the portable cross-namespace restore (content, snapshot and PVC in staging) |
+//! | `targets.rs` | [`NamedTargets`](super::NamedTargets): a VolumeGroupSnapshot's members into staging PVCs named by the user |
 //! | [`model`] | the snapshot API objects (no CRD crate) and their mapping to [`SnapshotInfo`] |
 //! | `names.rs` | per-run names, labels and selectors |
 //! | `params.rs` | the `csi` parameter section ([`CsiParams`]) |
@@ -65,6 +66,7 @@ pub mod model;
 mod names;
 mod params;
 mod restore;
+mod targets;
 
 pub use names::{
     group_snapshot_name, snapshot_name, source_label, staging_content_name, staging_name,
@@ -148,6 +150,10 @@ impl Backend for Csi {
     }
 
     fn restore_outputs(&self) -> Option<&dyn RestoreOutputs> {
+        Some(self)
+    }
+
+    fn named_targets(&self) -> Option<&dyn super::NamedTargets> {
         Some(self)
     }
 

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::job::contract::Execution;
 use crate::kube::api;
 use crate::kube::labels::ROLE_STAGING;
+use crate::kube::names::execution_label;
 use crate::kube::ownership;
 use crate::storage::{SnapshotInfo, VolumeInfo};
 
@@ -32,6 +33,17 @@ impl Csi {
     pub(super) async fn restore(
         &self,
         snapshot: &SnapshotInfo,
+        execution: &Execution,
+    ) -> Result<VolumeInfo> {
+        self.restore_into(snapshot, None, execution).await
+    }
+
+    /// [`Csi::restore`] into the staging PVC `target` (`targets[].name`), or when `None` into
+    /// the per-run name [`staging_name`]. The staging VolumeSnapshot shares the PVC's name.
+    pub(super) async fn restore_into(
+        &self,
+        snapshot: &SnapshotInfo,
+        target: Option<&str>,
         execution: &Execution,
     ) -> Result<VolumeInfo> {
         let ns = self.staging_namespace()?.to_string();
@@ -100,13 +112,23 @@ impl Csi {
         } else {
             snapshot.source.clone()
         };
-        let name = staging_name(&source_pvc, execution);
+        let name = match target {
+            Some(t) => t.to_string(),
+            None => staging_name(&source_pvc, execution),
+        };
 
         // Interlock first: nothing is created when the target is refused.
         self.ensure_staging_namespace(execution).await?;
         let claims = self.staging::<PersistentVolumeClaim>()?;
         if let Some(existing) = api::get_opt(&claims, &name).await? {
             self.check_claim(&existing).await?;
+            let run = execution_label(&execution.key);
+            if target.is_some() && ownership::execution_of(&existing.metadata) != Some(run.as_str())
+            {
+                return Err(Error::Refused(format!(
+                    "PersistentVolumeClaim {ns}/{name} appeared meanwhile from another run; restore-to-staging does not take over a PVC it did not check: re-run"
+                )));
+            }
             return self.volume_info(&existing).await;
         }
 

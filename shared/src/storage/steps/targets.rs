@@ -67,7 +67,7 @@ pub(super) async fn restore_targets<B: Backend>(
         Error::parameter(
             "targets",
             format!(
-                "backend {:?} cannot restore several volumes to chosen names (FlashArray/Cloud Block Store and EBS can); restore each volume with sourceVolumeId",
+                "backend {:?} cannot restore several volumes to chosen names (FlashArray/Cloud Block Store, EBS and CSI can); restore each volume with sourceVolumeId",
                 backend.name()
             ),
         )
