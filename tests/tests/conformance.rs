@@ -1038,8 +1038,8 @@ async fn csi_targets_restore_group_members_to_chosen_pvc_names() {
     );
 
     // All or nothing: the second target's VolumeSnapshotContent name is held by another run's
-    // object, so its restore fails; the first target's PVC, VolumeSnapshot and content are
-    // deleted again, and the other run's content stays.
+    // object, so its restore fails; the first target's PVC and VolumeSnapshot are deleted again
+    // (its Retain content stays: nobody deletes contents), and the other run's content stays.
     let held = snapstage::storage::csi::staging_content_name(STAGING_NS, "roll-second");
     fx.double
         .seed(vec![json!({
@@ -1081,8 +1081,15 @@ async fn csi_targets_restore_group_members_to_chosen_pvc_names() {
         fx.double.names("volumesnapshotcontents", None).await,
     );
     assert_eq!(
-        after, before,
-        "the failed set is rolled back, the other run's content kept"
+        (&after.0, &after.1),
+        (&before.0, &before.1),
+        "the failed set's PVC and VolumeSnapshot are rolled back"
+    );
+    let first_content = snapstage::storage::csi::staging_content_name(STAGING_NS, "roll-first");
+    assert!(
+        after.2.contains(&held) && after.2.contains(&first_content),
+        "contents are never deleted: the other run's and the rolled-back target's stay: {:?}",
+        after.2
     );
 
     // A name held by a PVC snapstage did not make: refused, nothing created.

@@ -294,10 +294,13 @@ spec:
         // Least privilege: no wildcard verbs; deploy-staging-db deletes (teardown, sweep) only
         // whole staging namespaces and their PersistentVolume objects; the storage functions
         // delete only VolumeSnapshots and VolumeGroupSnapshots (retention of the ones snapstage
-        // made).
+        // made), and restore-to-staging, in the staging namespace, the PVCs of a failed
+        // `targets` set; nobody deletes a VolumeSnapshotContent.
         for (name, rules) in &roles {
             let allowed: &[&str] = if name.starts_with("snapstage-deploy-staging-db") {
                 &["namespaces", "persistentvolumes"]
+            } else if name == "snapstage-restore-to-staging-namespaced" {
+                &["volumesnapshots", "persistentvolumeclaims"]
             } else {
                 &["volumesnapshots", "volumegroupsnapshots"]
             };

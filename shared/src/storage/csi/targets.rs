@@ -9,16 +9,15 @@
 //!   it), labelled as this run's staging objects; the VolumeSnapshot and the PVC carry the
 //!   target's name.
 //! - A PVC cannot be overwritten in place: an earlier run's staging PVC under the name is refused.
-//! - A rollback deletes the PVC, its staging VolumeSnapshot and VolumeSnapshotContent, each only
-//!   when it is snapstage's staging object of the same run (the content is `Retain`: the storage
-//!   snapshot stays).
+//! - A rollback deletes the PVC and its staging VolumeSnapshot, each only when it is snapstage's
+//!   staging object of the same run; the Retain content stays (nobody deletes contents).
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ListParams};
+use kube::api::ListParams;
 
-use super::model::{VolumeGroupSnapshot, VolumeSnapshot, VolumeSnapshotContent, snapshot_info};
-use super::names::{label_of, staging_content_name};
+use super::model::{VolumeGroupSnapshot, VolumeSnapshot, snapshot_info};
+use super::names::label_of;
 use super::params::check_name;
 use super::{B, Csi};
 use crate::error::{Error, Result};
@@ -156,8 +155,8 @@ impl Csi {
         }
     }
 
-    /// Deletes the staging PVC `name`, its VolumeSnapshot and VolumeSnapshotContent, each only
-    /// when it is snapstage's staging object of the PVC's run.
+    /// Deletes the staging PVC `name` and its VolumeSnapshot, each only when it is snapstage's
+    /// staging object of the PVC's run. The Retain VolumeSnapshotContent stays.
     async fn delete_target(&self, name: &str) -> Result<Deletion> {
         let ns = self.staging_namespace()?.to_string();
         let claims = self.staging::<PersistentVolumeClaim>()?;
@@ -188,14 +187,9 @@ impl Csi {
         {
             api::delete(&snaps, &snap_name, s.metadata.uid.clone()).await?;
         }
-        let contents: Api<VolumeSnapshotContent> = Api::all(self.client.clone());
-        let content_name = staging_content_name(&ns, &snap_name);
-        if let Some(c) = api::get_opt(&contents, &content_name).await?
-            && same_run(&c.metadata)
-            && c.spec.deletion_policy == "Retain"
-        {
-            api::delete(&contents, &content_name, c.metadata.uid.clone()).await?;
-        }
+        // The staging VolumeSnapshotContent (deletionPolicy Retain) stays: deleting it would need
+        // a cluster-wide delete on contents, which may hold production's snapshots; left, it is
+        // an API object only (its storage snapshot is production's, kept by Retain anyway).
         Ok(Deletion::Deleted)
     }
 }
