@@ -45,8 +45,12 @@ for the CLI on-prem - a local directory.
   destinationDirectory          pull mode: an absolute local directory to copy into, e.g.
                                 \"/var/nexus/blobs\" (the CLI on-prem; keys map to paths under it)
   concurrency                   objects copied at once, 1-64 (default 8)
-  partSizeMiB                   part size of streamed copies, 5-512 (default 16); memory stays
+  partSizeMiB                   part size of multipart copies, 5-512 (default 16); memory stays
                                 under concurrency x partSizeMiB
+  uploadCutoffMiB               objects up to this size whose source ETag is their MD5 go to an S3
+                                destination as one PutObject streamed from the GET, nothing held,
+                                checked by the ETag the destination answers; larger ones in parts,
+                                resumable across steps. 0-5120 (default 64; 0: never)
   mirror                        delete at the destination what is gone at the source (default false)
   maxDeleteFraction             mirror mode refuses to delete more than this share of the
                                 destination, 0-1 (default 0.1)

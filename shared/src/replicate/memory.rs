@@ -115,6 +115,10 @@ impl Body for Bytes {
     async fn bytes(self) -> std::result::Result<Bytes, String> {
         Ok(self)
     }
+
+    fn into_byte_stream(self) -> aws_sdk_s3::primitives::ByteStream {
+        aws_sdk_s3::primitives::ByteStream::from(self)
+    }
 }
 
 impl Source for MemorySource {

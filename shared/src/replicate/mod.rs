@@ -210,6 +210,7 @@ impl Run<'_> {
             source,
             sink,
             part_size: target.part_size,
+            upload_cutoff: target.upload_cutoff,
             concurrency: target.concurrency,
             memory: copy::memory_budget(target.concurrency, target.part_size),
             journal: Arc::new(journal),

@@ -14,6 +14,10 @@ pub enum Problem {
     Retry(String),
     /// The source changed since it was listed (`If-Match` failed): read again.
     SourceChanged,
+    /// A call failed in a way another try may not (a 5xx, throttling, a reset, a timeout) and
+    /// the SDK could not retry it itself (its body was streamed from the source): tried again
+    /// after a pause a few times, then the object fails with this error, its type kept.
+    Transient(Error),
     /// Not worth retrying: the object fails with this error.
     Fatal(Error),
 }

@@ -18,6 +18,10 @@ pub const DEFAULT_PART_SIZE_MIB: u64 = 16;
 /// S3's smallest part (but the last) is 5 MiB; the largest we buffer is 512 MiB.
 pub const MIN_PART_SIZE_MIB: u64 = 5;
 pub const MAX_PART_SIZE_MIB: u64 = 512;
+/// Default largest object copied with one streamed PutObject, MiB (when its source ETag is its
+/// MD5); S3's PutObject takes at most 5 GiB.
+pub const DEFAULT_UPLOAD_CUTOFF_MIB: u64 = 64;
+pub const MAX_UPLOAD_CUTOFF_MIB: u64 = 5 * 1024;
 /// Default share of the destination mirror mode may delete in one run.
 pub const DEFAULT_MAX_DELETE_FRACTION: f64 = 0.1;
 /// Where checkpoints go by default, under the source bucket (or the destination directory).
@@ -61,6 +65,12 @@ pub struct Params {
     /// are streamed in parts.
     #[serde(default, rename = "partSizeMiB")]
     pub part_size_mib: Option<Value>,
+    /// Objects up to this size in MiB (0–5120, default 64) whose source ETag is their MD5 go to
+    /// an S3 destination as one PutObject streamed straight from the source's GET (no buffer,
+    /// no MD5 computed: the destination checks the source's); larger ones in parts. 0: only
+    /// objects of at most one part are written whole (buffered).
+    #[serde(default, rename = "uploadCutoffMiB")]
+    pub upload_cutoff_mib: Option<Value>,
     /// Delete at the destination what is proven gone at the source (default false).
     #[serde(default)]
     pub mirror: bool,
@@ -131,6 +141,8 @@ pub struct Target {
     pub dry_run: bool,
     pub concurrency: usize,
     pub part_size: u64,
+    /// Largest object copied with one streamed PutObject, bytes (0: none).
+    pub upload_cutoff: u64,
     pub mirror: bool,
     pub max_delete_fraction: f64,
     pub checkpoint: CheckpointLocation,
@@ -261,6 +273,14 @@ impl Params {
             MAX_PART_SIZE_MIB,
         )? * 1024
             * 1024;
+        let upload_cutoff = integer(
+            "uploadCutoffMiB",
+            self.upload_cutoff_mib.as_ref(),
+            DEFAULT_UPLOAD_CUTOFF_MIB,
+            0,
+            MAX_UPLOAD_CUTOFF_MIB,
+        )? * 1024
+            * 1024;
         let max_delete_fraction = match &self.max_delete_fraction {
             None => DEFAULT_MAX_DELETE_FRACTION,
             Some(v) => v
@@ -319,6 +339,7 @@ impl Params {
             dry_run: self.dry_run,
             concurrency,
             part_size,
+            upload_cutoff,
             mirror: self.mirror,
             max_delete_fraction,
             checkpoint,
@@ -575,6 +596,7 @@ mod tests {
         assert!(!t.dry_run && !t.mirror);
         assert_eq!(t.concurrency, DEFAULT_CONCURRENCY);
         assert_eq!(t.part_size, 16 * 1024 * 1024);
+        assert_eq!(t.upload_cutoff, 64 * 1024 * 1024);
         assert_eq!(
             t.checkpoint,
             CheckpointLocation::S3(S3Url {
@@ -586,12 +608,14 @@ mod tests {
         let t = params(json!({"sourceBucket": "a", "destinationBucket": "b",
             "destinationPrefix": "copy/", "forcePathStyle": false, "dryRun": true,
             "concurrency": 64, "partSizeMiB": 5, "mirror": true, "maxDeleteFraction": 0.5,
+            "uploadCutoffMiB": 0,
             "checkpoint": "s3://ops/ckpt", "manifest": "s3://ops/m.jsonl"}))
         .unwrap();
         let d = t.s3().unwrap();
         assert_eq!((d.prefix.as_str(), d.endpoint.as_deref()), ("copy/", None));
         assert!(!d.force_path_style && t.dry_run && t.mirror);
         assert_eq!((t.concurrency, t.part_size), (64, 5 * 1024 * 1024));
+        assert_eq!(t.upload_cutoff, 0, "0: nothing streamed as one PutObject");
         assert_eq!(t.max_delete_fraction, 0.5);
         assert_eq!(
             t.checkpoint,
@@ -678,6 +702,8 @@ mod tests {
             ("partSizeMiB", json!(4)),
             ("partSizeMiB", json!(513)),
             ("partSizeMiB", json!(5.5)),
+            ("uploadCutoffMiB", json!(5121)),
+            ("uploadCutoffMiB", json!(-1)),
         ] {
             let mut req = json!({"sourceBucket": "a", "destinationBucket": "b"});
             req[k] = v.clone();

@@ -37,6 +37,9 @@ pub struct Fetched<B> {
 pub trait Body: Send + 'static {
     /// The bytes; `Err`: the read broke off (worth another try).
     fn bytes(self) -> impl Future<Output = std::result::Result<Bytes, String>> + Send;
+
+    /// The body as a request body, read while it is sent (a streamed PutObject).
+    fn into_byte_stream(self) -> ByteStream;
 }
 
 /// Where objects are copied from.
@@ -82,6 +85,10 @@ impl Body for ByteStream {
             .await
             .map(|b| b.into_bytes())
             .map_err(|e| DisplayChain(&e).to_string())
+    }
+
+    fn into_byte_stream(self) -> ByteStream {
+        self
     }
 }
 

@@ -9,7 +9,12 @@
 //! | `tests.rs` | the copier over the in-memory source and sink (`memory.rs`) |
 //!
 //! One object (`copy_object`):
-//! - objects of at most one part (`partSizeMiB`) with a single-part source ETag are read whole
+//! - to a sink that [streams](Sink::streams) (S3), an object of at most `uploadCutoffMiB` whose
+//!   source ETag is its MD5 goes as one write whose body is its GET as it arrives: nothing held,
+//!   no MD5 computed (the source's is the `Content-MD5`, and the ETag the destination answers
+//!   must be it), the SHA-256 taken on the way ([`Sink::put_streamed`]). A failure the SDK could
+//!   not retry (the body was the source's) is [`Problem::Transient`]: tried again after a pause;
+//! - other objects of at most one part (`partSizeMiB`) with a single-part source ETag are read whole
 //!   and written with one [`Sink::put`], then [`Sink::verify`];
 //! - larger ones stream: ranged GETs read the parts in order while earlier parts are written
 //!   ([`Upload::part`](crate::replicate::sink::Upload::part)). A multipart source whose part size
@@ -53,6 +58,11 @@ use crate::error::{Error, Result};
 use crate::job::contract::Deadline;
 use hash::{check_source, hash_whole};
 
+/// Tries of a write the SDK could not retry itself (a streamed body) that failed transiently.
+const TRANSIENT_TRIES: u32 = 4;
+/// The first pause before such a try again; ×4 each time (0.25 s, 1 s, 4 s).
+const TRANSIENT_PAUSE: Duration = Duration::from_millis(250);
+
 /// Time kept back, between objects and parts, to checkpoint and answer before the deadline.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(30);
 
@@ -62,6 +72,8 @@ pub struct Ctx<R, W> {
     pub source: R,
     pub sink: W,
     pub part_size: u64,
+    /// Largest object copied with one streamed write (0: none).
+    pub upload_cutoff: u64,
     pub concurrency: usize,
     /// Bytes of part buffers that may exist at once.
     pub memory: Arc<Semaphore>,
@@ -180,16 +192,27 @@ pub async fn copy_object<R: Source, W: Sink>(
     if src.etag.is_empty() && !whole_read(ctx, &src) && !refresh(ctx, &mut src).await? {
         return Ok(Copied::Gone);
     }
-    for attempt in 1..=2 {
+    let (mut attempt, mut transient) = (1, 0u32);
+    loop {
         let problem = match attempt_copy(ctx, candidate, &src).await {
             Ok(c) => return Ok(c),
             Err(Problem::Fatal(e)) => return Err(e),
+            Err(Problem::Transient(e)) => {
+                transient += 1;
+                if transient >= TRANSIENT_TRIES {
+                    return Err(e);
+                }
+                let pause = TRANSIENT_PAUSE * 4u32.pow(transient - 1);
+                tracing::warn!(key = %src.key, error = %e, pause_ms = pause.as_millis() as u64, "write failed; trying again");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
             Err(p) => p,
         };
         let why = match &problem {
             Problem::Retry(why) => why.clone(),
             Problem::SourceChanged => "the source object changed during the copy".to_string(),
-            Problem::Fatal(_) => String::new(),
+            Problem::Fatal(_) | Problem::Transient(_) => String::new(),
         };
         if attempt == 2 {
             return Err(Error::Backend {
@@ -202,6 +225,7 @@ pub async fn copy_object<R: Source, W: Sink>(
                 source: None,
             });
         }
+        attempt += 1;
         tracing::warn!(key = %src.key, problem = %why, "copy not verified; trying again");
         if let Problem::SourceChanged = problem
             && !refresh(ctx, &mut src).await?
@@ -209,10 +233,6 @@ pub async fn copy_object<R: Source, W: Sink>(
             return Ok(Copied::Gone);
         }
     }
-    Err(Error::Internal(format!(
-        "{}: no attempt",
-        ctx.sink.describe_key(&candidate.destination_key)
-    )))
 }
 
 /// Reads the source object's current ETag and size (HEAD) into `src`; `false` when it is gone.
@@ -241,6 +261,11 @@ async fn attempt_copy<R: Source, W: Sink>(
     candidate: &Candidate,
     src: &Listed,
 ) -> Attempt<Copied> {
+    if streams(ctx, candidate, src)
+        && let Some(copied) = streamed_single(ctx, candidate, src).await?
+    {
+        return Ok(copied);
+    }
     if whole_read(ctx, src) {
         return single(ctx, candidate, src).await;
     }
@@ -248,6 +273,65 @@ async fn attempt_copy<R: Source, W: Sink>(
         return Ok(Copied::Gone);
     };
     stream::streamed(ctx, candidate, src, layout, mirrored, info).await
+}
+
+/// Whether `src` may go as one write streamed from its GET: the sink streams, the object is at
+/// most the upload cutoff, its source ETag (listed, or answered by the GET when the listing has
+/// none) can be its MD5, and no recorded SHA-256 asks to compare the content before writing.
+fn streams<R, W: Sink>(ctx: &Ctx<R, W>, candidate: &Candidate, src: &Listed) -> bool {
+    ctx.sink.streams()
+        && src.size <= ctx.upload_cutoff
+        && candidate.destination_sha256.is_none()
+        && (src.etag.is_empty() || is_single_part(&src.etag))
+}
+
+/// One GET streamed into one write, nothing held: the source's ETag is its MD5, sent as
+/// `Content-MD5`, and the sink checks what the destination answers against it; the SHA-256 is
+/// taken on the way. `None`: the GET says the ETag is not an MD5 (an encrypted source, a
+/// multipart one the listing did not show): copied the other ways.
+async fn streamed_single<R: Source, W: Sink>(
+    ctx: &Ctx<R, W>,
+    candidate: &Candidate,
+    src: &Listed,
+) -> Attempt<Option<Copied>> {
+    let out = ctx
+        .source
+        .get(
+            &src.key,
+            (!src.etag.is_empty()).then_some(src.etag.as_str()),
+            None,
+            true,
+        )
+        .await?;
+    if (!src.etag.is_empty() && out.etag != src.etag)
+        || out.content_length.is_some_and(|n| n != src.size)
+    {
+        return Err(Problem::SourceChanged);
+    }
+    let info = out.info.unwrap_or_default();
+    let Some(md5) = md5_of_etag(&out.etag).filter(|_| info.etag_is_md5) else {
+        return Ok(None);
+    };
+    // Read without a listed ETag: what is read is the version the GET answered with.
+    let read = Listed {
+        etag: out.etag.clone(),
+        ..src.clone()
+    };
+    let object = Object {
+        key: &candidate.destination_key,
+        source: &read,
+        info: &info,
+    };
+    let (written, sha256) = ctx.sink.put_streamed(object, out.body, md5).await?;
+    ctx.sink.verify(object, written).await?;
+    record(ctx, candidate, &read, &sha256).await.map(Some)
+}
+
+/// The MD5 a single-part ETag names (32 hex digits).
+fn md5_of_etag(etag: &str) -> Option<[u8; 16]> {
+    let mut md5 = [0u8; 16];
+    hex::decode_to_slice(etag, &mut md5).ok()?;
+    Some(md5)
 }
 
 /// One object of at most one part: one GET, one write.

@@ -63,6 +63,7 @@ async fn ctx(
         source: source.clone(),
         sink: sink.clone(),
         part_size: PART,
+        upload_cutoff: 0,
         concurrency,
         memory: memory_budget(concurrency, PART),
         journal: Arc::new(journal),

@@ -22,8 +22,8 @@ use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::compare::Listed;
-use super::object::{Attempt, SourceInfo};
-use super::source::Source;
+use super::object::{Attempt, Problem, SourceInfo};
+use super::source::{Body, Source};
 use crate::error::Result;
 
 pub mod directory;
@@ -113,6 +113,34 @@ pub trait Sink: Send + Sync + 'static {
         md5: [u8; 16],
         sha256: &str,
     ) -> impl Future<Output = Attempt<Self::Written>> + Send;
+
+    /// Whether [`Sink::put_streamed`] writes without holding the body and checks what it wrote
+    /// by what the destination answers (S3, while its ETags are MD5s).
+    fn streams(&self) -> bool {
+        false
+    }
+
+    /// Writes a whole object straight from the source's body as it is read, no copy held. `md5`
+    /// is known beforehand (the source's ETag, sent as `Content-MD5`); what the destination
+    /// answers is checked against it. Returns what [`Sink::verify`] needs and the SHA-256 of
+    /// what went through. The copier calls it only when [`Sink::streams`]; by default the body is
+    /// read whole and [`Sink::put`].
+    fn put_streamed<B: Body>(
+        &self,
+        object: Object<'_>,
+        body: B,
+        md5: [u8; 16],
+    ) -> impl Future<Output = Attempt<(Self::Written, String)>> + Send {
+        async move {
+            let data = body
+                .bytes()
+                .await
+                .map_err(|e| Problem::Retry(format!("reading the source broke off: {e}")))?;
+            let sha256 = crate::digest::sha256_hex(&data);
+            let written = self.put(object, data, md5, &sha256).await?;
+            Ok((written, sha256))
+        }
+    }
 
     /// Checks what [`Sink::put`] wrote (size, checksum, the recorded source ETag) and makes it
     /// final; a mismatch is [`Problem::Retry`](super::object::Problem::Retry).

@@ -1,11 +1,17 @@
 //! [`S3Sink`]: a bucket at any S3 endpoint (S3, an on-prem S3-compatible server, moto), over
 //! aws-sdk-s3.
 //!
-//! - An object of one part is one PutObject with `Content-MD5`, `snapstage-sha256` and
+//! - An object up to the upload cutoff whose source ETag is its MD5 is one PutObject streamed
+//!   from the source's GET ([`Sink::put_streamed`]): `Content-MD5` the source's, the body hashed
+//!   (SHA-256) as it is sent, checked by the ETag PutObject answers (moto and versitygw do not
+//!   check `Content-MD5`; the answered ETag is the MD5 of what they stored). A copy that fails the
+//!   check is deleted. An answer that shows encryption turns streaming off for the sink.
+//! - Otherwise an object of one part is one PutObject with `Content-MD5`, `snapstage-sha256` and
 //!   `snapstage-source-etag`; a larger one a multipart upload, each UploadPart with
 //!   `Content-MD5`, parts uploading in the background while the next ones are read.
-//! - Bodies go as `UNSIGNED-PAYLOAD`: the signed `Content-MD5` header binds them (the server
-//!   refuses a body that does not match, even over plain HTTP). Signing them as well would hash
+//! - Bodies go as `UNSIGNED-PAYLOAD`: the signed `Content-MD5` header binds them (S3 refuses a
+//!   body that does not match, even over plain HTTP; servers that do not check it answer an ETag
+//!   that says so). Signing them as well would hash
 //!   every byte once more with SHA-256 (SigV4): on a CPU without SHA-NI that doubled the
 //!   copier's CPU time in `make bench`.
 //! - Verified by what the destination answers: each part's ETag is its MD5, then a HeadObject of
@@ -14,11 +20,16 @@
 //!   says which parts a later step need not send again; uploads a run no longer needs are aborted.
 
 use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::task::{Context, Poll};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata as _;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption};
+use aws_smithy_types::body::SdkBody;
 use base64::Engine as _;
 use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
@@ -26,6 +37,7 @@ use tokio::task::JoinSet;
 
 use super::{BoxFuture, Comparison, Object, Parts, ResumableUploads, Sink, Upload};
 use crate::aws::aws_error;
+use crate::digest::Sha256;
 use crate::error::{DisplayChain, Error, Result};
 use crate::replicate::SOURCE_ETAG_METADATA;
 use crate::replicate::compare::{
@@ -34,13 +46,25 @@ use crate::replicate::compare::{
 };
 use crate::replicate::object::{Attempt, Problem};
 use crate::replicate::params::S3Destination;
-use crate::replicate::source::{Source, list_s3, quoted};
+use crate::replicate::source::{Body, Source, list_s3, quoted};
 
 /// A bucket (and prefix) at an S3 endpoint.
 #[derive(Debug, Clone)]
 pub struct S3Sink {
     pub client: Client,
     pub destination: S3Destination,
+    /// Learned from an answer: the destination encrypts, its ETags are not MD5s, so no object
+    /// is streamed (what it stored cannot be checked by its answer).
+    encrypting: Arc<AtomicBool>,
+}
+
+/// What a write left for [`Sink::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Written {
+    /// The ETag the object must have.
+    pub etag: String,
+    /// PutObject answered the source's MD5 as the ETag of what it stored: nothing left to check.
+    pub answered: bool,
 }
 
 impl S3Sink {
@@ -48,6 +72,7 @@ impl S3Sink {
         Self {
             client,
             destination,
+            encrypting: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -107,8 +132,7 @@ fn common_prefix(keys: &[String]) -> &str {
 }
 
 impl Sink for S3Sink {
-    /// The ETag the object must have.
-    type Written = String;
+    type Written = S3Written;
     type Upload = S3Upload;
 
     fn describe_key(&self, key: &str) -> String {
@@ -215,7 +239,7 @@ impl Sink for S3Sink {
         body: Bytes,
         md5: [u8; 16],
         sha256: &str,
-    ) -> Attempt<String> {
+    ) -> Attempt<S3Written> {
         let (src, info) = (object.source, object.info);
         let put = self
             .client
@@ -242,22 +266,114 @@ impl Sink for S3Sink {
                     e,
                 )
             })?;
-        Ok(
-            if etag_is_md5(put.server_side_encryption(), put.sse_customer_algorithm()) {
+        Ok(S3Written {
+            etag: if etag_is_md5(put.server_side_encryption(), put.sse_customer_algorithm()) {
                 hex::encode(md5)
             } else {
                 // An encrypting destination's ETag is not the MD5: the one PutObject answered must stay.
                 normalize_etag(put.e_tag().unwrap_or_default())
             },
-        )
+            answered: false,
+        })
     }
 
-    async fn verify(&self, object: Object<'_>, expected_etag: String) -> Attempt<()> {
+    fn streams(&self) -> bool {
+        !self.encrypting.load(Ordering::Relaxed)
+    }
+
+    async fn put_streamed<B: Body>(
+        &self,
+        object: Object<'_>,
+        body: B,
+        md5: [u8; 16],
+    ) -> Attempt<(S3Written, String)> {
+        let (src, info) = (object.source, object.info);
+        let where_ = self.describe_key(object.key);
+        let seen = Arc::new(StdMutex::new(Seen {
+            sha: Some(Sha256::new()),
+            broke: None,
+        }));
+        let hashing = Hashing {
+            inner: body.into_byte_stream().into_inner(),
+            seen: Arc::clone(&seen),
+        };
+        let put = self
+            .client
+            .put_object()
+            .bucket(self.bucket())
+            .key(object.key)
+            .content_length(i64::try_from(src.size).unwrap_or(i64::MAX))
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .set_metadata(Some(info.destination_metadata(&src.etag, None)))
+            .set_content_type(info.content_type.clone())
+            .set_content_encoding(info.content_encoding.clone())
+            .set_content_disposition(info.content_disposition.clone())
+            .set_content_language(info.content_language.clone())
+            .set_cache_control(info.cache_control.clone())
+            .body(ByteStream::new(SdkBody::from_body_1_x(hashing)))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(|e| {
+                let broke = seen.lock().ok().and_then(|mut s| s.broke.take());
+                match broke {
+                    // The source's body failed (a reset, the SDK's response checksum): read again.
+                    Some(why) => Problem::Retry(format!("reading the source broke off: {why}")),
+                    None => streamed_put_problem(e, &where_),
+                }
+            })?;
+        let sha256 = seen
+            .lock()
+            .ok()
+            .and_then(|mut s| s.sha.take())
+            .map(Sha256::finish_hex)
+            .ok_or_else(|| {
+                Problem::Fatal(Error::Internal(format!(
+                    "{where_}: no hash of the body sent"
+                )))
+            })?;
+        let expected = hex::encode(md5);
+        if !etag_is_md5(put.server_side_encryption(), put.sse_customer_algorithm()) {
+            // An encrypting destination: its ETags say nothing of the content, so this object
+            // and every later one are copied the buffered way, their MD5 computed here.
+            self.encrypting.store(true, Ordering::Relaxed);
+            return Err(Problem::Retry(format!(
+                "{where_}: the destination encrypts (its ETag is not the MD5); copying it again with \
+                 the MD5 computed here"
+            )));
+        }
+        let got = normalize_etag(put.e_tag().unwrap_or_default());
+        if got != expected {
+            // Not the source's content (read corrupted on the way): removed, never left to be
+            // read under the object's name. The key was this run's to write either way.
+            if let Err(e) = self.delete(object.key).await {
+                tracing::warn!(key = %object.key, error = %DisplayChain(&e), "could not remove a copy that failed its check; the next run replaces it");
+            }
+            return Err(Problem::Retry(format!(
+                "{where_}: the destination stored content with MD5 (ETag) {got:?}, the source's is \
+                 {expected}"
+            )));
+        }
+        Ok((
+            S3Written {
+                etag: expected,
+                answered: true,
+            },
+            sha256,
+        ))
+    }
+
+    async fn verify(&self, object: Object<'_>, written: S3Written) -> Attempt<()> {
+        if written.answered {
+            // PutObject answered the MD5 of what it stored, and it is the source's.
+            return Ok(());
+        }
         verify(
             &self.client,
             self.bucket(),
             object,
-            &expected_etag,
+            &written.etag,
             &self.describe_key(object.key),
         )
         .await
@@ -610,5 +726,79 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, upload_id: &str) {
         .await
     {
         tracing::warn!(key = %key, error = %DisplayChain(&e), "AbortMultipartUpload failed; the bucket's lifecycle rule for incomplete uploads removes it");
+    }
+}
+
+/// A request body hashing (SHA-256) what goes through it: the manifest's checksum of a streamed
+/// PutObject, the bytes hashed once, as they are sent.
+struct Hashing {
+    inner: SdkBody,
+    seen: Arc<StdMutex<Seen>>,
+}
+
+/// What a [`Hashing`] body saw.
+struct Seen {
+    sha: Option<Sha256>,
+    /// The source's body failed: why.
+    broke: Option<String>,
+}
+
+impl http_body::Body for Hashing {
+    type Data = Bytes;
+    type Error = aws_smithy_types::body::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(result)) = &polled
+            && let Ok(mut seen) = self.seen.lock()
+        {
+            match result {
+                Ok(frame) => {
+                    if let (Some(data), Some(h)) = (frame.data_ref(), seen.sha.as_mut()) {
+                        h.update(data);
+                    }
+                }
+                Err(e) => seen.broke = Some(DisplayChain(e.as_ref()).to_string()),
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
+    }
+}
+
+/// Why a streamed PutObject failed: throttling, a 5xx, a reset or a timeout (the SDK cannot
+/// retry a body read from the source) is [`Problem::Transient`]; a refused checksum
+/// (`BadDigest`, `InvalidDigest`: what was read is not the source's content) is worth another
+/// read; anything else fails the object.
+fn streamed_put_problem(
+    e: aws_sdk_s3::error::SdkError<
+        aws_sdk_s3::operation::put_object::PutObjectError,
+        aws_sdk_s3::config::http::HttpResponse,
+    >,
+    where_: &str,
+) -> Problem {
+    let code = e
+        .as_service_error()
+        .and_then(|s| s.code())
+        .unwrap_or_default();
+    if matches!(code, "BadDigest" | "InvalidDigest") {
+        return Problem::Retry(format!(
+            "{where_}: the destination refused the content ({code}): what was read is not the \
+             source's MD5"
+        ));
+    }
+    match aws_error("s3", &format!("PutObject {where_}"), e) {
+        e @ Error::Unavailable { .. } => Problem::Transient(e),
+        e => Problem::Fatal(e),
     }
 }
