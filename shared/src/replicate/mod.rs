@@ -58,6 +58,7 @@ pub mod report;
 pub mod shard;
 pub mod sink;
 pub mod source;
+pub mod window;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -215,6 +216,9 @@ impl Run<'_> {
             journal: Arc::new(journal),
             deadline,
         });
+        if shard.is_none() && !target.mirror && !target.dry_run {
+            return streamed(&ctx, target, artifacts, config, started).await;
+        }
         let (plan, mut missing) = match shard {
             Some(s) => s.plan(&ctx, target).await?,
             None => (plan::plan(&ctx, target).await?, Vec::new()),
@@ -416,6 +420,96 @@ impl Run<'_> {
         };
         Ok(Outcome::Done { summary, outputs })
     }
+}
+
+/// A streamed step ([`window`]): windows from the checkpoint's cursor, then the deferred keys; the
+/// manifest assembled from the chunks at the end.
+async fn streamed<R: Source, W: Sink>(
+    ctx: &Arc<Ctx<R, W>>,
+    target: &Target,
+    artifacts: Option<&JobArtifacts>,
+    config: &SdkConfig,
+    started: Instant,
+) -> Result<Outcome> {
+    let result = window::run(ctx, target, window::window_objects()).await;
+    ctx.journal.add_elapsed(started.elapsed());
+    let destination = destination_location(target);
+    let left = match result? {
+        window::Streamed::Failed(failures) => {
+            ctx.journal.save().await?;
+            return Err(failure(&failures, &ctx.journal.describe()));
+        }
+        window::Streamed::Interrupted { left } => left,
+        window::Streamed::Done => {
+            // Uploads a step left that this run no longer needs (the object changed back, or was
+            // copied whole): abort them.
+            if let Some(r) = ctx.sink.resumable() {
+                for (key, u) in ctx.journal.uploads() {
+                    r.abort(&key, &u.upload_id).await;
+                    ctx.journal.forget_upload(&key);
+                }
+            }
+            let manifest =
+                report::write_manifest_chunks(target, artifacts, config, &ctx.journal).await?;
+            ctx.journal.finish().await?;
+            let p = ctx.journal.progress();
+            let tally = ctx.journal.tally();
+            let summary = if p.copied == 0 {
+                format!(
+                    "Nothing to copy: the {} objects of {} are unchanged at {destination}.",
+                    tally.source_objects,
+                    source_location(target),
+                )
+            } else {
+                format!(
+                    "Copied {} objects ({}) from {} to {destination}, {} verified, at {} MB/s; {} \
+                     unchanged objects skipped.",
+                    p.copied,
+                    human(p.bytes),
+                    source_location(target),
+                    p.verified,
+                    throughput(&p),
+                    tally.skipped,
+                )
+            };
+            let report = Report {
+                progress: p,
+                skipped: tally.skipped,
+                // Windows done over several steps count what was left to copy in the last.
+                to_copy: tally.to_copy.max(p.copied),
+                bytes_to_copy: tally.bytes_to_copy.max(p.bytes),
+                to_delete: 0,
+                manifest,
+            };
+            return Ok(Outcome::Done {
+                summary,
+                outputs: report.outputs(target),
+            });
+        }
+    };
+    ctx.journal.save().await?;
+    let p = ctx.journal.progress();
+    // Of the window in progress: the total is not known before the listing ends.
+    let percent = (p.copied.saturating_mul(100) / (p.copied + left).max(1)).min(99) as u8;
+    let summary = format!(
+        "Copied {} objects ({}) so far to {destination}; listed up to {}; continuing.",
+        p.copied,
+        human(p.bytes),
+        ctx.journal.cursor().map_or_else(
+            || "the start".to_string(),
+            |c| format!("s3://{}/{c}", target.source_bucket)
+        ),
+    );
+    let state = State {
+        checkpoint: ctx.journal.describe(),
+        progress: p,
+    };
+    Ok(Outcome::Continue {
+        summary,
+        percent,
+        state: serde_json::to_value(state)
+            .map_err(|e| Error::Internal(format!("continuation state: {e}")))?,
+    })
 }
 
 /// Writes the manifest: a shard's own, else the run's ([`write_manifest`]).
