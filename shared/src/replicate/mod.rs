@@ -4,8 +4,10 @@
 //!
 //! One step ([`step`], in this file):
 //! 1. open the run's journal ([`journal`]): the checkpoint of a continued or killed run;
-//! 2. list the source and the destination to the end (ListObjectsV2, paginated) and decide per
-//!    object ([`plan`], [`compare`]): same size and the same ETag (single-part MD5, or multipart
+//! 2. list the source and the destination (ListObjectsV2) and decide per object ([`plan`],
+//!    [`compare`]) — by default a window of source keys at a time, from the checkpoint's cursor,
+//!    merge-joined with the destination's pages ([`window`]); mirror, dry-run and shard modes
+//!    list to the end at once: same size and the same ETag (single-part MD5, or multipart
 //!    `md5-of-part-md5s-N` with the same parts) is unchanged; otherwise the destination's
 //!    `snapstage-source-etag` metadata (the source ETag it was copied from) or `snapstage-sha256`
 //!    decide; in a directory, the index or a hash of the file; anything else is copied;
@@ -18,20 +20,24 @@
 //!    the `manifest` location, and report the counters ([`report`]).
 //!
 //! Near the deadline a step checkpoints and returns `Continue`; the next step (or a re-run with
-//! the same execution after a kill) re-lists, skips what is at the destination, and continues
-//! unfinished multipart uploads from the checkpoint.
+//! the same execution after a kill) lists from the checkpoint's cursor (the last source key whose
+//! window is done), skips what is at the destination, and continues unfinished multipart uploads
+//! from the checkpoint. Memory of a streamed run: objects per window × a few hundred bytes, one
+//! listing page, and `concurrency × partSizeMiB`; the checkpoint stays a few KB (its manifest
+//! lines are chunks beside it, assembled at the end).
 //!
 //! | module | what |
 //! | --- | --- |
 //! | [`params`] | `UserParameters`, their validation, the destination's client |
-//! | [`source`] | the [`Source`] trait (list, HEAD, conditional ranged GET) and [`S3Source`], the cloud bucket |
+//! | [`source`] | the [`Source`] trait (list, a page of the listing, HEAD, conditional ranged GET) and [`S3Source`], the cloud bucket |
 //! | [`sink`] | the [`Sink`] trait (one destination) with [`S3Sink`] and [`DirectorySink`]; [`ResumableUploads`] beside it |
 //! | [`object`] | one object's vocabulary: [`Problem`] (retry, source changed, fatal), [`SourceInfo`] |
 //! | [`compare`] | what listings and HeadObjects say, the Nexus-safe order, multipart ETag arithmetic |
-//! | [`plan`] | both sides listed, each object decided: the [`Plan`] |
+//! | [`plan`] | each listed object decided: the [`Plan`]; both sides listed whole (mirror, dry run) |
+//! | [`window`] | the streamed run: windows of source keys from the cursor, paged listings merge-joined, `metadata.properties` deferred to the end |
 //! | [`copy`] | the copier: waves, concurrency, retries, streaming in parts, hashing, the deadline |
 //! | [`mirror`] | mirror mode's proven deletions |
-//! | [`journal`] | the checkpoint: counters, manifest lines, open uploads; the manifest's zip |
+//! | [`journal`] | the checkpoint (v3): counters, cursor, open uploads, deferred keys, the window's manifest lines; the manifest chunks; the zip |
 //! | [`local`] | pull mode's files: partial names, fsync, read back, rename; the index of ETags |
 //! | [`report`] | the manifest's destination, output variables, summaries, the failure of a run |
 //! | [`array`](mod@array) | array mode: a volume replicated by FlashArray / Cloud Block Store instead |
