@@ -224,6 +224,8 @@ pub struct Seen {
     pub fault: Option<String>,
     /// True when the request reached the upstream service.
     pub forwarded: bool,
+    /// The request's query string (S3: `list-type=2&start-after=...`), as sent.
+    pub query: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -569,6 +571,7 @@ async fn handle(
             op: op.clone(),
             fault: fault.as_ref().map(Fault::name),
             forwarded,
+            query: parts.uri.query().map(str::to_string),
         });
         fault
     };

@@ -225,6 +225,51 @@ async fn throttling_and_5xx_on_reads_and_writes_are_retried_to_a_byte_identical_
     assert_eq!(dst_faults.len(), 7, "{dst_faults:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_continued_run_lists_the_source_from_its_checkpoint_cursor() {
+    let Some(m) = moto("a_continued_run_lists_the_source_from_its_checkpoint_cursor") else {
+        return;
+    };
+    let sides = Sides::new(m, "cursor").await;
+    sides.fill(false).await;
+    let source = FaultProxy::start(&sides.m.cloud).unwrap();
+    let request = sides.request(&sides.m.onprem, &unique("cursor"));
+    // Windows of one key, every step near its deadline: a step copies one window.
+    let env = [
+        ("AWS_ENDPOINT_URL_S3", source.url.as_str()),
+        ("SNAPSTAGE_REPLICATE_WINDOW", "1"),
+        ("SNAPSTAGE_DEADLINE_MARGIN_MS", "0"),
+    ];
+    let args = ["--step-budget", "25", "--no-follow"];
+    let first_listing = |from: usize| {
+        source.seen()[from..]
+            .iter()
+            .find(|s| s.op.starts_with("ListObjectsV2"))
+            .and_then(|s| s.query.clone())
+            .unwrap_or_default()
+    };
+    let one = run(&sides.m, &request, &args, &env).await;
+    assert_eq!(one.last()["status"], "InProgress", "{}", one.stderr);
+    assert!(
+        !first_listing(0).contains("start-after"),
+        "{}",
+        first_listing(0)
+    );
+    // The next invocation lists after the first window's key: not from the start.
+    let seen = source.seen().len();
+    let two = run(&sides.m, &request, &args, &env).await;
+    assert_eq!(two.last()["status"], "InProgress", "{}", two.stderr);
+    let query = first_listing(seen);
+    assert!(
+        query.contains("start-after=blobs%2Fcontent%2Fa.bytes"),
+        "{query}"
+    );
+    let rest = run(&sides.m, &request, &[], &env[..2]).await;
+    assert_succeeded(&rest, "the rest");
+    assert_eq!(rest.output("ObjectsCopied"), "4", "{}", rest.last());
+    sides.assert_identical("continued from its cursor").await;
+}
+
 /// Extra environment for one scenario.
 type Env<'a> = &'a [(&'a str, &'a str)];
 

@@ -960,6 +960,7 @@ fn spawn(m: &Moto, request: &Value, args: &[&str]) -> std::process::Child {
         .env_remove("AWS_ENDPOINT_URL_S3")
         .env_remove("SNAPSTAGE_DEFAULTS")
         .env_remove("SNAPSTAGE_DEADLINE_MARGIN_MS")
+        .env(WINDOW.0, WINDOW.1)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -973,6 +974,9 @@ fn spawn(m: &Moto, request: &Value, args: &[&str]) -> std::process::Child {
         .unwrap();
     child
 }
+
+/// Small windows: a run of the kill test is many windows, chunks and cursors.
+const WINDOW: (&str, &str) = ("SNAPSTAGE_REPLICATE_WINDOW", "5");
 
 /// xorshift: reproducible "random" kill points from a printed seed.
 struct Rng(u64);
@@ -1026,10 +1030,13 @@ async fn killed_and_cut_runs_resume_to_a_byte_identical_copy() {
             &content(91, 7 * MIB),
         )
         .await;
+        let reports = bucket("cloud-reports");
+        create_bucket(&cloud, &reports).await;
         let execution = unique("kill-resume");
         let request = json!({"sourceBucket": src, "sourcePrefix": "blobs/", "destinationBucket": dst,
         "destinationPrefix": "blobs/", "destinationEndpoint": m.onprem, "partSizeMiB": 5,
-        "concurrency": 3, "executionId": execution});
+        "concurrency": 3, "executionId": execution,
+        "manifest": format!("s3://{reports}/kill.jsonl")});
 
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1050,7 +1057,7 @@ async fn killed_and_cut_runs_resume_to_a_byte_identical_copy() {
             &m,
             &request,
             &["--step-budget", "25", "--no-follow"],
-            &[("SNAPSTAGE_DEADLINE_MARGIN_MS", "0")],
+            &[("SNAPSTAGE_DEADLINE_MARGIN_MS", "0"), WINDOW],
         );
         assert_eq!(cut.code, 0, "{}", cut.last());
         let mut child = spawn(&m, &request, &[]);
@@ -1058,9 +1065,29 @@ async fn killed_and_cut_runs_resume_to_a_byte_identical_copy() {
         let _ = child.kill();
         let _ = child.wait();
 
-        let last = run(&m, &request, &[], &[]);
+        let last = run(&m, &request, &[], &[WINDOW]);
         assert_succeeded(&last);
         assert_identical(&cloud, &src, &onprem, &dst).await;
+        // The manifest, assembled from the windows' chunks: every object exactly once, the
+        // deferred metadata.properties last.
+        let manifest = String::from_utf8(get(&cloud, &reports, "kill.jsonl").await).unwrap();
+        let mut listed: Vec<String> = manifest
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            listed.last().map(String::as_str),
+            Some("blobs/metadata.properties")
+        );
+        listed.sort();
+        let mut there = keys(&onprem, &dst).await;
+        there.sort();
+        assert_eq!(listed, there, "{manifest}");
         // No multipart upload a killed step started is left open at the destination.
         assert_eq!(open_uploads(&onprem, &dst).await, 0, "uploads left open");
         // Nothing counted twice: the run's objects are its copies plus what it found done.
@@ -1113,7 +1140,12 @@ async fn nexus_order_holds_under_concurrency() {
             &json!({"sourceBucket": src, "destinationBucket": dst, "destinationEndpoint": m.onprem,
                 "concurrency": 16}),
             &[],
-            &[("RUST_LOG", "info,snapstage::replicate::copy=debug")],
+            // Windows of 7 keys: a .bytes and its .properties may sit on either side of a boundary,
+            // and metadata.properties waits for every window.
+            &[
+                ("RUST_LOG", "info,snapstage::replicate::copy=debug"),
+                ("SNAPSTAGE_REPLICATE_WINDOW", "7"),
+            ],
         );
         assert_succeeded(&r);
         assert_eq!(r.output("ObjectsCopied"), "61");

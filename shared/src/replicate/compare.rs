@@ -9,7 +9,7 @@ use md5::Digest as _;
 use super::{SHA256_METADATA, SOURCE_ETAG_METADATA};
 
 /// One object as listed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Listed {
     pub key: String,
     pub size: u64,

@@ -1,18 +1,36 @@
 //! What a run has done, kept where a killed or continued run finds it: the checkpoint.
 //!
-//! The continuation token (≤ 2048 chars) cannot hold a run's manifest or its in-flight multipart
-//! uploads, so they live in a checkpoint object: `<checkpoint prefix><execution hash>.json` in S3
-//! (by default `s3://<sourceBucket>/.snapstage/checkpoints/`) or in a local directory (pull mode).
-//! It is keyed by the execution key (stable across Lambda retries, duplicate deliveries and
-//! continuations; the CLI's `executionId`), and carries a fingerprint of the parameters: a
-//! checkpoint of other parameters is never resumed.
+//! The continuation token (≤ 2048 chars) cannot hold a run's progress, so it lives in a
+//! checkpoint object: `<checkpoint prefix><execution hash>.json` in S3 (by default
+//! `s3://<sourceBucket>/.snapstage/checkpoints/`) or in a local directory (pull mode). It is keyed
+//! by the execution key (stable across Lambda retries, duplicate deliveries and continuations;
+//! the CLI's `executionId`), and carries a fingerprint of the parameters: a checkpoint of other
+//! parameters is never resumed.
+//!
+//! Format version 3 (a version-2 checkpoint is ignored with a warning: the run starts over, and
+//! what it copied is found unchanged at the destination). A streamed run (the default: not
+//! mirror, dry-run or shard mode; see `window.rs`) keeps it small, whatever the number of objects:
+//! - the counters, the multipart uploads in flight (at most `concurrency`), the deferred
+//!   `metadata.properties` keys (copied last: a handful);
+//! - `cursor`: the last source key whose window is completely done (copied and verified, or
+//!   unchanged). A resumed step lists the source after it and the destination after its
+//!   destination key: nothing before it is listed again;
+//! - the manifest lines of the window in progress (at most one window's: `window.rs`'s
+//!   `WINDOW_OBJECTS` × ~150 bytes); each completed window's lines are a chunk object beside the
+//!   checkpoint (`<checkpoint key without .json>/manifest/000042.jsonl`, or a file in a directory
+//!   of that name in pull mode), written before the checkpoint that moves the cursor past them
+//!   (a crash between the two writes the same chunk again); `chunks` counts them. The manifest is
+//!   assembled from the chunks in order at the end.
+//!
+//! Mirror, dry-run and shard modes list everything at once and keep every manifest line in the
+//! checkpoint (`entries`), as before.
 //!
 //! It is written when a multipart upload starts (its upload id must survive a kill), at most
-//! every [`SAVE_INTERVAL`] as objects complete, before every `Continue` and after a failure; it
-//! is deleted when the run is done. The destination stays the truth for what is copied: the
-//! checkpoint adds the counters, the manifest lines and the upload ids. A run killed between two
-//! saves loses only the manifest lines of the objects it copied since the last save: those
-//! objects are found unchanged at the destination and reported as skipped, never copied twice.
+//! every [`SAVE_INTERVAL`] as objects complete, after each window, before every `Continue` and
+//! after a failure; it and its chunks are deleted when the run is done. The destination stays
+//! the truth for what is copied: a run killed between two saves loses only the manifest lines of
+//! the objects it copied since the last save: those objects are found unchanged at the
+//! destination and reported as skipped, never copied twice.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,13 +41,14 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use serde::{Deserialize, Serialize};
 
+use super::compare::Listed;
 use super::params::{CheckpointLocation, S3Url};
 use crate::aws::aws_error;
 use crate::error::{Error, Result};
 
 /// Longest time between two checkpoint saves while objects complete.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(5);
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// Counters of the whole run, across steps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +90,50 @@ pub struct Checkpoint {
     pub progress: Progress,
     #[serde(default)]
     pub uploads: BTreeMap<String, Upload>,
-    /// Copied and deleted objects, in the order they completed.
+    /// Copied and deleted objects, in the order they completed: a streamed run's since its last
+    /// chunk (the window in progress), every one otherwise.
     #[serde(default)]
     pub entries: Vec<Entry>,
+    /// Streamed: the last source key whose window is done.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Streamed: manifest chunks written (numbered from 0).
+    #[serde(default)]
+    pub chunks: u64,
+    /// Streamed: every window is done; only the deferred keys are left.
+    #[serde(default)]
+    pub listed: bool,
+    /// Streamed: `metadata.properties` source objects to copy after every window.
+    #[serde(default)]
+    pub deferred: Vec<Listed>,
+    /// Streamed: what the completed windows found.
+    #[serde(default)]
+    pub tally: Tally,
+}
+
+/// What a streamed run's completed windows found (the counters of what it did are [`Progress`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Source objects listed (snapstage's own left out).
+    pub source_objects: u64,
+    /// Manifest lines `skipped`.
+    pub skipped: u64,
+    pub to_copy: u64,
+    pub bytes_to_copy: u64,
+}
+
+/// A completed window, for [`Journal::complete_window`].
+#[derive(Debug, Default)]
+pub struct Window {
+    /// Its manifest lines (the chunk), sorted by key.
+    pub lines: Vec<u8>,
+    /// The last source key it covered; `None`: the cursor stays (the deferred keys' window).
+    pub cursor: Option<String>,
+    /// Lines of the window in progress that belong to a later window (kept).
+    pub keep: Vec<Entry>,
+    /// Deferred keys found; with `cursor` `None`, they replace the deferred keys (copied).
+    pub deferred: Vec<Listed>,
+    pub tally: Tally,
 }
 
 /// Where the checkpoint is stored.
@@ -106,6 +166,24 @@ impl Store {
         match self {
             Store::S3 { url, .. } => url.to_string(),
             Store::File(p) => p.display().to_string(),
+        }
+    }
+
+    /// Where manifest chunk `n` is: beside the checkpoint, in a folder of its name.
+    fn chunk(&self, n: u64) -> Store {
+        let name = format!("manifest/{n:06}.jsonl");
+        match self {
+            Store::S3 { client, url } => Store::S3 {
+                client: client.clone(),
+                url: S3Url {
+                    bucket: url.bucket.clone(),
+                    key: format!(
+                        "{}/{name}",
+                        url.key.strip_suffix(".json").unwrap_or(&url.key)
+                    ),
+                },
+            },
+            Store::File(p) => Store::File(p.with_extension("").join(name)),
         }
     }
 
@@ -159,7 +237,14 @@ impl Store {
                     .map_err(|e| aws_error("s3", &format!("PutObject {url} (checkpoint)"), e))?;
                 Ok(())
             }
-            Store::File(p) => super::local::write_atomically(p, &body).await,
+            Store::File(p) => {
+                if let Some(dir) = p.parent() {
+                    tokio::fs::create_dir_all(dir).await.map_err(|e| {
+                        Error::Configuration(format!("creating {}: {e}", dir.display()))
+                    })?;
+                }
+                super::local::write_atomically(p, &body).await
+            }
         }
     }
 
@@ -335,15 +420,95 @@ impl Journal {
         Ok(())
     }
 
-    /// The run is done: the checkpoint goes.
+    /// The run is done: the checkpoint goes, then its manifest chunks (a crash between the two
+    /// leaves chunks no checkpoint names, under the checkpoint prefix).
     pub async fn finish(&self) -> Result<()> {
         let _last = self.saving.lock().await;
-        self.store.delete().await
+        self.store.delete().await?;
+        let chunks = self.with(|c| c.chunks);
+        for n in 0..chunks {
+            self.store.chunk(n).delete().await?;
+        }
+        if let Store::File(p) = &self.store
+            && chunks > 0
+        {
+            let _ = tokio::fs::remove_dir_all(p.with_extension("")).await;
+        }
+        Ok(())
+    }
+
+    /// Streamed: where the last completed window ended.
+    pub fn cursor(&self) -> Option<String> {
+        self.with(|c| c.cursor.clone())
+    }
+
+    /// Streamed: whether every window is done.
+    pub fn listed(&self) -> bool {
+        self.with(|c| c.listed)
+    }
+
+    pub fn deferred(&self) -> Vec<Listed> {
+        self.with(|c| c.deferred.clone())
+    }
+
+    pub fn tally(&self) -> Tally {
+        self.with(|c| c.tally)
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.with(|c| c.chunks)
+    }
+
+    /// The lines of the window in progress, taken out (a streamed run puts them in a chunk).
+    pub fn take_entries(&self) -> Vec<Entry> {
+        self.with(|c| std::mem::take(&mut c.entries))
+    }
+
+    /// Streamed: the last window is done; saved.
+    pub async fn set_listed(&self) -> Result<()> {
+        self.with(|c| c.listed = true);
+        self.save().await
+    }
+
+    /// Streamed: writes the window's chunk, then the checkpoint that counts it (with the cursor
+    /// past the window). Both are idempotent: a crash between them writes the chunk again.
+    pub async fn complete_window(&self, w: Window) -> Result<()> {
+        let n = self.with(|c| c.chunks);
+        self.store.chunk(n).save(w.lines).await?;
+        self.with(|c| {
+            c.chunks = n + 1;
+            c.entries = w.keep;
+            match w.cursor {
+                Some(k) => {
+                    c.cursor = Some(k);
+                    c.deferred.extend(w.deferred);
+                }
+                None => c.deferred = w.deferred,
+            }
+            c.tally.source_objects += w.tally.source_objects;
+            c.tally.skipped += w.tally.skipped;
+            c.tally.to_copy += w.tally.to_copy;
+            c.tally.bytes_to_copy += w.tally.bytes_to_copy;
+        });
+        self.save().await
+    }
+
+    /// Streamed: manifest chunk `n` as written.
+    pub async fn read_chunk(&self, n: u64) -> Result<Vec<u8>> {
+        let chunk = self.store.chunk(n);
+        chunk.load().await?.ok_or_else(|| {
+            Error::Configuration(format!(
+                "the manifest chunk {} of the checkpoint {} is gone: run again with another \
+                 execution id to start over (what is copied is found unchanged)",
+                chunk.describe(),
+                self.describe()
+            ))
+        })
     }
 }
 
 /// The manifest as JSON lines.
-pub fn manifest_lines(entries: &[Entry]) -> Vec<u8> {
+pub fn manifest_lines<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Vec<u8> {
     let mut out = Vec::new();
     for e in entries {
         if let Ok(line) = serde_json::to_vec(e) {
@@ -358,12 +523,27 @@ pub fn manifest_lines(entries: &[Entry]) -> Vec<u8> {
 pub fn zip_one(name: &str, data: &[u8]) -> Vec<u8> {
     let crc = crc32(data);
     let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-    let name = &name.as_bytes()[..usize::from(name_len)];
-    // 1980-01-01 00:00, the DOS epoch.
-    let (time, date) = (0u16, (1u16 << 5) | 1);
-    let mut z = Vec::with_capacity(data.len() + 200);
-    let local = z.len() as u32;
+    let mut z = zip_head(name, crc, size);
+    z.extend_from_slice(data);
+    z.extend_from_slice(&zip_tail(name, crc, size));
+    z
+}
+
+/// 1980-01-01 00:00, the DOS epoch: (time, date).
+const DOS_EPOCH: (u16, u16) = (0, (1 << 5) | 1);
+
+fn zip_name(name: &str) -> (&[u8], u16) {
+    let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    (&name.as_bytes()[..usize::from(len)], len)
+}
+
+/// The local header of a zip's one stored file of `size` bytes with CRC-32 `crc`, at offset 0:
+/// the file's bytes follow it, then [`zip_tail`]. The CRC and the size are in the header (no data
+/// descriptor: every zip reader takes that), so a streamed writer reads its data twice.
+pub fn zip_head(name: &str, crc: u32, size: u32) -> Vec<u8> {
+    let (name, name_len) = zip_name(name);
+    let (time, date) = DOS_EPOCH;
+    let mut z = Vec::with_capacity(30 + name.len());
     z.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
     z.extend_from_slice(&20u16.to_le_bytes()); // version needed
     z.extend_from_slice(&0u16.to_le_bytes()); // flags
@@ -376,8 +556,16 @@ pub fn zip_one(name: &str, data: &[u8]) -> Vec<u8> {
     z.extend_from_slice(&name_len.to_le_bytes());
     z.extend_from_slice(&0u16.to_le_bytes());
     z.extend_from_slice(name);
-    z.extend_from_slice(data);
-    let central = z.len() as u32;
+    z
+}
+
+/// The central directory and its end record, after [`zip_head`] and the file's `size` bytes.
+pub fn zip_tail(name: &str, crc: u32, size: u32) -> Vec<u8> {
+    let (name_bytes, name_len) = zip_name(name);
+    let (time, date) = DOS_EPOCH;
+    let local = 0u32;
+    let central = (30 + name_bytes.len() as u32).saturating_add(size);
+    let mut z = Vec::with_capacity(46 + 22 + name_bytes.len());
     z.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
     z.extend_from_slice(&20u16.to_le_bytes()); // version made by
     z.extend_from_slice(&20u16.to_le_bytes()); // version needed
@@ -392,8 +580,8 @@ pub fn zip_one(name: &str, data: &[u8]) -> Vec<u8> {
     z.extend_from_slice(&[0u8; 8]); // extra, comment lengths, disk start, internal attrs
     z.extend_from_slice(&0u32.to_le_bytes()); // external attrs
     z.extend_from_slice(&local.to_le_bytes());
-    z.extend_from_slice(name);
-    let central_len = z.len() as u32 - central;
+    z.extend_from_slice(name_bytes);
+    let central_len = z.len() as u32;
     z.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
     z.extend_from_slice(&[0u8; 4]); // disk numbers
     z.extend_from_slice(&1u16.to_le_bytes());
@@ -406,7 +594,11 @@ pub fn zip_one(name: &str, data: &[u8]) -> Vec<u8> {
 
 /// CRC-32 (IEEE), as zip uses it.
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
+    !crc32_update(!0u32, data)
+}
+
+/// CRC-32 over data given in pieces: start from `!0`, invert the end.
+pub fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
@@ -417,7 +609,7 @@ pub fn crc32(data: &[u8]) -> u32 {
             };
         }
     }
-    !crc
+    crc
 }
 
 #[cfg(test)]
@@ -428,6 +620,10 @@ mod tests {
     fn crc32_matches_the_standard_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(b""), 0);
+        assert_eq!(
+            !crc32_update(crc32_update(!0, b"1234"), b"56789"),
+            0xCBF4_3926
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::compare::{
 };
 use super::object::{Attempt, Problem, SourceInfo};
 use super::sink::{BoxFuture, Comparison, Object, Parts, ResumableUploads, Sink, Upload};
-use super::source::{Body, Fetched, Source, SourceHead};
+use super::source::{Body, Fetched, Page, Source, SourceHead};
 use super::{SHA256_METADATA, SOURCE_ETAG_METADATA};
 use crate::error::{Error, Result};
 
@@ -57,7 +57,12 @@ struct SourceState {
     reads: Vec<String>,
     /// Key → how many more GETs answer corrupted bytes.
     corrupt: HashMap<String, usize>,
+    /// The `start_after` of each listing begun with [`Source::list_page`] (a first page).
+    listings: Vec<Option<String>>,
 }
+
+/// Objects in a page of [`MemorySource::list_page`]: small, so a test's listing has many pages.
+pub const MEMORY_PAGE: usize = 7;
 
 /// A bucket in memory.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +99,11 @@ impl MemorySource {
     /// The next `times` GETs of `key` answer with a corrupted body (a bad disk, a proxy).
     pub fn corrupt_reads(&self, key: &str, times: usize) {
         lock(&self.state).corrupt.insert(key.to_string(), times);
+    }
+
+    /// Where each paged listing began (`start_after`), in order.
+    pub fn listings(&self) -> Vec<Option<String>> {
+        lock(&self.state).listings.clone()
     }
 
     /// The GETs answered so far.
@@ -139,6 +149,35 @@ impl Source for MemorySource {
                 etag: s.etag.clone(),
             })
             .collect())
+    }
+
+    /// Pages of [`MEMORY_PAGE`] objects; the token is the last key of the page before.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<String>,
+    ) -> Result<Page> {
+        let mut st = lock(&self.state);
+        if token.is_none() {
+            st.listings.push(start_after.map(str::to_string));
+        }
+        let after = token.as_deref().or(start_after);
+        let items: Vec<Listed> = st
+            .objects
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+            .take(MEMORY_PAGE + 1)
+            .map(|(k, s)| Listed {
+                key: k.clone(),
+                size: s.data.len() as u64,
+                etag: s.etag.clone(),
+            })
+            .collect();
+        let more = items.len() > MEMORY_PAGE;
+        let items: Vec<Listed> = items.into_iter().take(MEMORY_PAGE).collect();
+        let next = more.then(|| items.last().map(|l| l.key.clone())).flatten();
+        Ok(Page { items, next })
     }
 
     async fn head(

@@ -4,8 +4,10 @@
 //!
 //! One step ([`step`], in this file):
 //! 1. open the run's journal ([`journal`]): the checkpoint of a continued or killed run;
-//! 2. list the source and the destination to the end (ListObjectsV2, paginated) and decide per
-//!    object ([`plan`], [`compare`]): same size and the same ETag (single-part MD5, or multipart
+//! 2. list the source and the destination (ListObjectsV2) and decide per object ([`plan`],
+//!    [`compare`]) — by default a window of source keys at a time, from the checkpoint's cursor,
+//!    merge-joined with the destination's pages ([`window`]); mirror, dry-run and shard modes
+//!    list to the end at once: same size and the same ETag (single-part MD5, or multipart
 //!    `md5-of-part-md5s-N` with the same parts) is unchanged; otherwise the destination's
 //!    `snapstage-source-etag` metadata (the source ETag it was copied from) or `snapstage-sha256`
 //!    decide; in a directory, the index or a hash of the file; anything else is copied;
@@ -18,20 +20,24 @@
 //!    the `manifest` location, and report the counters ([`report`]).
 //!
 //! Near the deadline a step checkpoints and returns `Continue`; the next step (or a re-run with
-//! the same execution after a kill) re-lists, skips what is at the destination, and continues
-//! unfinished multipart uploads from the checkpoint.
+//! the same execution after a kill) lists from the checkpoint's cursor (the last source key whose
+//! window is done), skips what is at the destination, and continues unfinished multipart uploads
+//! from the checkpoint. Memory of a streamed run: objects per window × a few hundred bytes, one
+//! listing page, and `concurrency × partSizeMiB`; the checkpoint stays a few KB (its manifest
+//! lines are chunks beside it, assembled at the end).
 //!
 //! | module | what |
 //! | --- | --- |
 //! | [`params`] | `UserParameters`, their validation, the destination's client |
-//! | [`source`] | the [`Source`] trait (list, HEAD, conditional ranged GET) and [`S3Source`], the cloud bucket |
+//! | [`source`] | the [`Source`] trait (list, a page of the listing, HEAD, conditional ranged GET) and [`S3Source`], the cloud bucket |
 //! | [`sink`] | the [`Sink`] trait (one destination) with [`S3Sink`] and [`DirectorySink`]; [`ResumableUploads`] beside it |
 //! | [`object`] | one object's vocabulary: [`Problem`] (retry, source changed, fatal), [`SourceInfo`] |
 //! | [`compare`] | what listings and HeadObjects say, the Nexus-safe order, multipart ETag arithmetic |
-//! | [`plan`] | both sides listed, each object decided: the [`Plan`] |
+//! | [`plan`] | each listed object decided: the [`Plan`]; both sides listed whole (mirror, dry run) |
+//! | [`window`] | the streamed run: windows of source keys from the cursor, paged listings merge-joined, `metadata.properties` deferred to the end |
 //! | [`copy`] | the copier: waves, concurrency, retries, streaming in parts, hashing, the deadline |
 //! | [`mirror`] | mirror mode's proven deletions |
-//! | [`journal`] | the checkpoint: counters, manifest lines, open uploads; the manifest's zip |
+//! | [`journal`] | the checkpoint (v3): counters, cursor, open uploads, deferred keys, the window's manifest lines; the manifest chunks; the zip |
 //! | [`local`] | pull mode's files: partial names, fsync, read back, rename; the index of ETags |
 //! | [`report`] | the manifest's destination, output variables, summaries, the failure of a run |
 //! | [`array`](mod@array) | array mode: a volume replicated by FlashArray / Cloud Block Store instead |
@@ -58,6 +64,7 @@ pub mod report;
 pub mod shard;
 pub mod sink;
 pub mod source;
+pub mod window;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -216,6 +223,9 @@ impl Run<'_> {
             journal: Arc::new(journal),
             deadline,
         });
+        if shard.is_none() && !target.mirror && !target.dry_run {
+            return streamed(&ctx, target, artifacts, config, started).await;
+        }
         let (plan, mut missing) = match shard {
             Some(s) => s.plan(&ctx, target).await?,
             None => (plan::plan(&ctx, target).await?, Vec::new()),
@@ -417,6 +427,96 @@ impl Run<'_> {
         };
         Ok(Outcome::Done { summary, outputs })
     }
+}
+
+/// A streamed step ([`window`]): windows from the checkpoint's cursor, then the deferred keys; the
+/// manifest assembled from the chunks at the end.
+async fn streamed<R: Source, W: Sink>(
+    ctx: &Arc<Ctx<R, W>>,
+    target: &Target,
+    artifacts: Option<&JobArtifacts>,
+    config: &SdkConfig,
+    started: Instant,
+) -> Result<Outcome> {
+    let result = window::run(ctx, target, window::window_objects()).await;
+    ctx.journal.add_elapsed(started.elapsed());
+    let destination = destination_location(target);
+    let left = match result? {
+        window::Streamed::Failed(failures) => {
+            ctx.journal.save().await?;
+            return Err(failure(&failures, &ctx.journal.describe()));
+        }
+        window::Streamed::Interrupted { left } => left,
+        window::Streamed::Done => {
+            // Uploads a step left that this run no longer needs (the object changed back, or was
+            // copied whole): abort them.
+            if let Some(r) = ctx.sink.resumable() {
+                for (key, u) in ctx.journal.uploads() {
+                    r.abort(&key, &u.upload_id).await;
+                    ctx.journal.forget_upload(&key);
+                }
+            }
+            let manifest =
+                report::write_manifest_chunks(target, artifacts, config, &ctx.journal).await?;
+            ctx.journal.finish().await?;
+            let p = ctx.journal.progress();
+            let tally = ctx.journal.tally();
+            let summary = if p.copied == 0 {
+                format!(
+                    "Nothing to copy: the {} objects of {} are unchanged at {destination}.",
+                    tally.source_objects,
+                    source_location(target),
+                )
+            } else {
+                format!(
+                    "Copied {} objects ({}) from {} to {destination}, {} verified, at {} MB/s; {} \
+                     unchanged objects skipped.",
+                    p.copied,
+                    human(p.bytes),
+                    source_location(target),
+                    p.verified,
+                    throughput(&p),
+                    tally.skipped,
+                )
+            };
+            let report = Report {
+                progress: p,
+                skipped: tally.skipped,
+                // Windows done over several steps count what was left to copy in the last.
+                to_copy: tally.to_copy.max(p.copied),
+                bytes_to_copy: tally.bytes_to_copy.max(p.bytes),
+                to_delete: 0,
+                manifest,
+            };
+            return Ok(Outcome::Done {
+                summary,
+                outputs: report.outputs(target),
+            });
+        }
+    };
+    ctx.journal.save().await?;
+    let p = ctx.journal.progress();
+    // Of the window in progress: the total is not known before the listing ends.
+    let percent = (p.copied.saturating_mul(100) / (p.copied + left).max(1)).min(99) as u8;
+    let summary = format!(
+        "Copied {} objects ({}) so far to {destination}; listed up to {}; continuing.",
+        p.copied,
+        human(p.bytes),
+        ctx.journal.cursor().map_or_else(
+            || "the start".to_string(),
+            |c| format!("s3://{}/{c}", target.source_bucket)
+        ),
+    );
+    let state = State {
+        checkpoint: ctx.journal.describe(),
+        progress: p,
+    };
+    Ok(Outcome::Continue {
+        summary,
+        percent,
+        state: serde_json::to_value(state)
+            .map_err(|e| Error::Internal(format!("continuation state: {e}")))?,
+    })
 }
 
 /// Writes the manifest: a shard's own, else the run's ([`write_manifest`]).

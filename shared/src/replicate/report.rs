@@ -131,6 +131,221 @@ pub(super) async fn write_manifest(
     Ok(Some(m.to_string()))
 }
 
+/// Bytes of each part when a streamed manifest is uploaded in parts; up to this size it is one
+/// PutObject. Memory while assembling: this buffer plus one chunk (one window's lines).
+const MANIFEST_PART: usize = 8 * 1024 * 1024;
+
+/// Writes a streamed run's manifest, assembled from its chunks in order ([`write_manifest`]'s
+/// destinations). The zip's header holds the CRC and size of the data, so the chunks are read
+/// twice (once for them); a manifest over 4 GiB (zip64) is refused for the output artifact —
+/// about 25 million objects: give a `manifest` location instead.
+pub(super) async fn write_manifest_chunks(
+    target: &Target,
+    artifacts: Option<&JobArtifacts>,
+    config: &SdkConfig,
+    journal: &journal::Journal,
+) -> Result<Option<String>> {
+    let chunks = journal.chunks();
+    let output = artifacts.and_then(|a| {
+        a.outputs
+            .first()
+            .and_then(|o| o.location.s3_location.clone())
+            .map(|l| (l, a.credentials.clone(), a.encryption_key.clone()))
+    });
+    if let Some((location, credentials, key)) = output {
+        let url = format!("s3://{}/{}", location.bucket_name, location.object_key);
+        let (mut crc, mut size) = (!0u32, 0u64);
+        for n in 0..chunks {
+            let c = journal.read_chunk(n).await?;
+            crc = journal::crc32_update(crc, &c);
+            size += c.len() as u64;
+        }
+        let crc = !crc;
+        let size = u32::try_from(size).map_err(|_| {
+            Error::Configuration(format!(
+                "the manifest is {size} bytes, more than a zip without zip64 holds: give a \
+                 \"manifest\" location (s3://bucket/key) for it instead of the output artifact {url}"
+            ))
+        })?;
+        let mut out = Out {
+            client: artifact_client(config, credentials.as_ref()),
+            bucket: location.bucket_name.clone(),
+            key: location.object_key.clone(),
+            content_type: "application/zip",
+            kms: key
+                .filter(|k| k.kind.eq_ignore_ascii_case("KMS"))
+                .map(|k| k.id),
+            what: format!("{url} (the output artifact, manifest)"),
+            buf: journal::zip_head(MANIFEST_NAME, crc, size),
+            upload: None,
+            parts: Vec::new(),
+        };
+        for n in 0..chunks {
+            out.write(&journal.read_chunk(n).await?).await?;
+        }
+        out.write(&journal::zip_tail(MANIFEST_NAME, crc, size))
+            .await?;
+        out.finish().await?;
+        return Ok(Some(url));
+    }
+    let Some(m) = &target.manifest else {
+        return Ok(None);
+    };
+    let mut out = Out {
+        client: Client::new(config),
+        bucket: m.bucket.clone(),
+        key: m.key.clone(),
+        content_type: "application/x-ndjson",
+        kms: None,
+        what: format!("{m} (manifest)"),
+        buf: Vec::new(),
+        upload: None,
+        parts: Vec::new(),
+    };
+    for n in 0..chunks {
+        out.write(&journal.read_chunk(n).await?).await?;
+    }
+    out.finish().await?;
+    Ok(Some(m.to_string()))
+}
+
+/// An object written as it is assembled: one PutObject when it fits in [`MANIFEST_PART`], else a
+/// multipart upload of such parts (aborted on a failure).
+struct Out {
+    client: Client,
+    bucket: String,
+    key: String,
+    content_type: &'static str,
+    /// SSE-KMS key id.
+    kms: Option<String>,
+    what: String,
+    buf: Vec<u8>,
+    upload: Option<String>,
+    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+}
+
+impl Out {
+    async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        while self.buf.len() >= MANIFEST_PART {
+            let rest = self.buf.split_off(MANIFEST_PART);
+            let part = std::mem::replace(&mut self.buf, rest);
+            if let Err(e) = self.part(part).await {
+                self.abort().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn part(&mut self, data: Vec<u8>) -> Result<()> {
+        let id = match &self.upload {
+            Some(id) => id.clone(),
+            None => {
+                let mut req = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .content_type(self.content_type);
+                if let Some(k) = &self.kms {
+                    req = req
+                        .server_side_encryption(ServerSideEncryption::AwsKms)
+                        .ssekms_key_id(k);
+                }
+                let out = req.send().await.map_err(|e| {
+                    aws_error("s3", &format!("CreateMultipartUpload {}", self.what), e)
+                })?;
+                let id = out.upload_id().unwrap_or_default().to_string();
+                self.upload = Some(id.clone());
+                id
+            }
+        };
+        let n = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&id)
+            .part_number(n)
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| aws_error("s3", &format!("UploadPart {n} of {}", self.what), e))?;
+        self.parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(n)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
+        Ok(())
+    }
+
+    async fn abort(&self) {
+        if let Some(id) = &self.upload {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(id)
+                .send()
+                .await;
+        }
+    }
+
+    async fn finish(mut self) -> Result<()> {
+        if self.upload.is_none() {
+            let mut put = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .content_type(self.content_type)
+                .body(ByteStream::from(std::mem::take(&mut self.buf)));
+            if let Some(k) = &self.kms {
+                put = put
+                    .server_side_encryption(ServerSideEncryption::AwsKms)
+                    .ssekms_key_id(k);
+            }
+            put.send()
+                .await
+                .map_err(|e| aws_error("s3", &format!("PutObject {}", self.what), e))?;
+            return Ok(());
+        }
+        let last = std::mem::take(&mut self.buf);
+        if !last.is_empty()
+            && let Err(e) = self.part(last).await
+        {
+            self.abort().await;
+            return Err(e);
+        }
+        let id = self.upload.clone().unwrap_or_default();
+        let done = aws_sdk_s3::types::CompletedMultipartUpload::builder()
+            .set_parts(Some(std::mem::take(&mut self.parts)))
+            .build();
+        if let Err(e) = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&id)
+            .multipart_upload(done)
+            .send()
+            .await
+        {
+            self.abort().await;
+            return Err(aws_error(
+                "s3",
+                &format!("CompleteMultipartUpload {}", self.what),
+                e,
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// An S3 client with the job's artifact credentials (never logged: `ArtifactCredentials`' Debug
 /// is redacted, and the SDK's `Credentials` too).
 fn artifact_client(config: &SdkConfig, credentials: Option<&ArtifactCredentials>) -> Client {

@@ -52,6 +52,16 @@ pub trait Source: Send + Sync + 'static {
     /// Every object under `prefix`, to the end of the listing.
     fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<Listed>>> + Send;
 
+    /// One page of the objects under `prefix`, in UTF-8 byte order: the first page of a listing
+    /// starts after `start_after` (`token` `None`), the next ones continue from the token the
+    /// page before answered. A page without a token is the last.
+    fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<String>,
+    ) -> impl Future<Output = Result<Page>> + Send;
+
     /// The object's headers (of part `part` when given); `None`: it is gone;
     /// [`Problem::SourceChanged`]: its ETag is not `if_match`.
     fn head(
@@ -70,6 +80,14 @@ pub trait Source: Send + Sync + 'static {
         range: Option<(u64, u64)>,
         info: bool,
     ) -> impl Future<Output = Attempt<Fetched<Self::Body>>> + Send;
+}
+
+/// One page of a listing (ListObjectsV2), and the token of the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Listed>,
+    /// The continuation of the listing; `None`: this page is the last.
+    pub next: Option<String>,
 }
 
 /// A bucket (and the client that reads it): the cloud side.
@@ -115,6 +133,23 @@ impl Source for S3Source {
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>> {
         list_s3(&self.client, &self.bucket, prefix, "source").await
+    }
+
+    async fn list_page(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<String>,
+    ) -> Result<Page> {
+        list_page_s3(
+            &self.client,
+            &self.bucket,
+            prefix,
+            start_after,
+            token,
+            "source",
+        )
+        .await
     }
 
     async fn head(
@@ -255,4 +290,50 @@ pub(super) async fn list_s3(
         });
     }
     Ok(out)
+}
+
+/// One ListObjectsV2 page: from after `start_after` (a first page) or from `token`; `what`
+/// ("source", "destination") names the side in errors. A page that says it is truncated but
+/// names no continuation is an incomplete listing: an error, never taken for the end.
+pub(super) async fn list_page_s3(
+    client: &Client,
+    bucket: &str,
+    prefix: &str,
+    start_after: Option<&str>,
+    token: Option<String>,
+    what: &str,
+) -> Result<Page> {
+    let action = format!("ListObjectsV2 on the {what} s3://{bucket}/{prefix}");
+    let mut req = client.list_objects_v2().bucket(bucket).prefix(prefix);
+    req = match token {
+        Some(t) => req.continuation_token(t),
+        None => req.set_start_after(start_after.map(str::to_string)),
+    };
+    let page = req.send().await.map_err(|e| aws_error("s3", &action, e))?;
+    let items = page
+        .contents()
+        .iter()
+        .filter_map(|o| {
+            Some(Listed {
+                key: o.key()?.to_string(),
+                size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                etag: normalize_etag(o.e_tag().unwrap_or_default()),
+            })
+        })
+        .collect();
+    let next = if page.is_truncated().unwrap_or(false) {
+        match page.next_continuation_token() {
+            Some(t) if !t.is_empty() => Some(t.to_string()),
+            _ => {
+                return Err(Error::Unavailable {
+                    backend: "s3",
+                    message: format!("{action}: a truncated page without a continuation token"),
+                    source: None,
+                });
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Page { items, next })
 }

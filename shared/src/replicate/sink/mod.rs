@@ -23,7 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::compare::Listed;
 use super::object::{Attempt, Problem, SourceInfo};
-use super::source::{Body, Source};
+use super::source::{Body, Page, Source};
 use crate::error::Result;
 
 pub mod directory;
@@ -80,6 +80,24 @@ pub trait Sink: Send + Sync + 'static {
     /// Everything under the prefix, ETags where known, snapstage's own objects left out. With
     /// `clean`, leftovers of killed runs (partial files) are removed.
     fn list(&self, clean: bool) -> impl Future<Output = Result<Vec<Listed>>> + Send;
+
+    /// One page of [`Sink::list`] in UTF-8 byte order, after `start_after` (a first page,
+    /// `token` `None`) or from `token` (see [`Source::list_page`]). By default the whole listing,
+    /// sorted, as one page: a sink that cannot page (a directory) holds its listing in memory.
+    fn list_page(
+        &self,
+        start_after: Option<&str>,
+        token: Option<String>,
+        clean: bool,
+    ) -> impl Future<Output = Result<Page>> + Send {
+        async move {
+            let _ = token;
+            let mut items = self.list(clean).await?;
+            items.retain(|l| start_after.is_none_or(|a| l.key.as_str() > a));
+            items.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(Page { items, next: None })
+        }
+    }
 
     /// What the destination holds of `keys` (sorted): shard mode's view, instead of the whole
     /// prefix. By default the whole listing, filtered.

@@ -46,7 +46,7 @@ use crate::replicate::compare::{
 };
 use crate::replicate::object::{Attempt, Problem};
 use crate::replicate::params::S3Destination;
-use crate::replicate::source::{Body, Source, list_s3, quoted};
+use crate::replicate::source::{Body, Page, Source, list_page_s3, list_s3, quoted};
 
 /// A bucket (and prefix) at an S3 endpoint.
 #[derive(Debug, Clone)]
@@ -162,6 +162,25 @@ impl Sink for S3Sink {
         .into_iter()
         .filter(|l| !l.key.starts_with(".snapstage/"))
         .collect())
+    }
+
+    async fn list_page(
+        &self,
+        start_after: Option<&str>,
+        token: Option<String>,
+        _clean: bool,
+    ) -> Result<Page> {
+        let mut page = list_page_s3(
+            &self.client,
+            self.bucket(),
+            &self.destination.prefix,
+            start_after,
+            token,
+            "destination",
+        )
+        .await?;
+        page.items.retain(|l| !l.key.starts_with(".snapstage/"));
+        Ok(page)
     }
 
     /// ListObjectsV2 of the keys' range only: their common prefix, from just before the first
