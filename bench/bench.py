@@ -198,6 +198,27 @@ class Measured:
         return ((self.t_exit or time.monotonic()) - self.t0) * 1000
 
 
+class Sequence:
+    """Measured children run one after another, counted as one run (s5cmd's download then upload):
+    wall and CPU added up, peak RSS the largest, exit status the first that is not 0."""
+
+    def __init__(self, parts: list[Measured]):
+        self.parts = parts
+        self.wall_ms = sum(p.wall_ms for p in parts)
+        self.cpu_s = sum(p.cpu_s for p in parts)
+        self.hwm_kib = max((p.hwm_kib for p in parts), default=0)
+        self.status = next((p.status for p in parts if p.status != 0), parts[-1].status if parts else None)
+
+
+def run_measured(argv: list[str], env: dict, timeout: float, what: str, stdout=None, stderr=None) -> Measured:
+    """One measured child, killed at its timeout (and said so)."""
+    m = Measured(argv, env, stdout=stdout, stderr=stderr)
+    if not m.wait(timeout):
+        log(f"{what}: timed out after {timeout:.0f} s; killed")
+        m.kill()
+    return m
+
+
 # ---------------------------------------------------------------------------------------------
 # environment
 
@@ -562,6 +583,48 @@ def ensure_dataset(s3, objs: list[tuple[str, int]]) -> float:
     return time.monotonic() - t
 
 
+def start_versitygw(services: Services, vgw: str, name: str, url: str, data: Path, out: Path) -> None:
+    """versitygw on its POSIX backend over `data` (buckets are its directories)."""
+    data.mkdir(parents=True, exist_ok=True)
+    services.start(name, [vgw, "--access", S3_KEY, "--secret", S3_SECRET, "--port", url.removeprefix("http://"),
+                          "--quiet", "posix", str(data)],
+                   {"PATH": os.environ.get("PATH", "")}, out / f"{name}.log", url)
+
+
+def executable(path: str | None) -> bool:
+    return bool(path) and Path(path).is_file() and os.access(path, os.X_OK)
+
+
+def rclone_env(home: Path, src_url: str, dst_url: str) -> dict:
+    """rclone's two remotes (src:, dst:) from RCLONE_CONFIG_* variables: type s3, provider Other, path style."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "RCLONE_CONFIG": str(home / "no-rclone.conf")}
+    for r, url in (("SRC", src_url), ("DST", dst_url)):
+        env.update({
+            f"RCLONE_CONFIG_{r}_TYPE": "s3", f"RCLONE_CONFIG_{r}_PROVIDER": "Other",
+            f"RCLONE_CONFIG_{r}_ENDPOINT": url, f"RCLONE_CONFIG_{r}_REGION": "us-east-1",
+            f"RCLONE_CONFIG_{r}_ACCESS_KEY_ID": S3_KEY, f"RCLONE_CONFIG_{r}_SECRET_ACCESS_KEY": S3_SECRET,
+            f"RCLONE_CONFIG_{r}_FORCE_PATH_STYLE": "true",
+        })
+    env["RCLONE_CONFIG_DST_NO_CHECK_BUCKET"] = "true"
+    return env
+
+
+def s5cmd_module_version() -> str:
+    """The s5cmd version pinned in tools/s5cmd/go.mod (what scripts/s5cmd.sh builds)."""
+    for line in (ROOT / "tools/s5cmd/go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[:2] == ["require", "github.com/peak/s5cmd/v2"]:
+            return parts[2]
+    return "?"
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
 def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path) -> dict:
     objs = dataset(args.objects, args.total_bytes)
     total = sum(s for _, s in objs)
@@ -599,11 +662,7 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
                 services.start(name, [str(ROOT / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", port],
                                dict(os.environ), out / f"{name}.log", url + "/moto-api/")
             elif label == "versitygw":
-                d = root / "versitygw" / side
-                d.mkdir(parents=True, exist_ok=True)
-                services.start(name, [vgw, "--access", S3_KEY, "--secret", S3_SECRET, "--port", f"127.0.0.1:{port}",
-                                      "--quiet", "posix", str(d)],
-                               {"PATH": os.environ.get("PATH", "")}, out / f"{name}.log", url)
+                start_versitygw(services, vgw, name, url, root / "versitygw" / side, out)
             else:
                 d = root / side
                 d.mkdir(parents=True, exist_ok=True)
@@ -616,7 +675,10 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
         return names
 
     rclone = str(venv / "bin" / "rclone")
-    rclone_version = subprocess.run([rclone, "version"], capture_output=True, text=True).stdout.splitlines()[0]
+    rclone_version = tool_version([rclone, "version"])
+    s5cmd = args.s5cmd if executable(args.s5cmd) else ""
+    if not s5cmd:
+        log("note: no s5cmd binary (scripts/s5cmd.sh); its rows do not run")
     want = (len(objs), total, {k for k, _ in objs})
 
     def clean(label: str, bucket: str) -> None:
@@ -634,32 +696,41 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
         evf.write_text(json.dumps(ev))
         env = aws_env(home, AWS_ENDPOINT_URL_S3=cloud_url, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
         with open(out / f"replicate-{tag}.stdout", "wb") as so, open(out / f"replicate-{tag}.stderr", "wb") as se:
-            m = Measured([str(Path(args.bin_dir) / "replicate-artifacts-back"), "--event", str(evf),
-                          "--poll-interval", "0"], env, stdout=so, stderr=se)
-            if not m.wait(args.copy_timeout):
-                log(f"replicate-artifacts-back {tag}: timed out after {args.copy_timeout} s; killed")
-                m.kill()
-        return m
+            return run_measured([str(Path(args.bin_dir) / "replicate-artifacts-back"), "--event", str(evf),
+                                 "--poll-interval", "0"], env, args.copy_timeout,
+                                f"replicate-artifacts-back {tag}", stdout=so, stderr=se)
 
     def run_rclone(bucket: str, tag: str) -> Measured:
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "RCLONE_CONFIG": str(home / "no-rclone.conf")}
-        for r, url in (("SRC", cloud_url), ("DST", onprem_url)):
-            env.update({
-                f"RCLONE_CONFIG_{r}_TYPE": "s3", f"RCLONE_CONFIG_{r}_PROVIDER": "Other",
-                f"RCLONE_CONFIG_{r}_ENDPOINT": url, f"RCLONE_CONFIG_{r}_REGION": "us-east-1",
-                f"RCLONE_CONFIG_{r}_ACCESS_KEY_ID": S3_KEY, f"RCLONE_CONFIG_{r}_SECRET_ACCESS_KEY": S3_SECRET,
-                f"RCLONE_CONFIG_{r}_FORCE_PATH_STYLE": "true",
-            })
-        env["RCLONE_CONFIG_DST_NO_CHECK_BUCKET"] = "true"
         with open(out / f"rclone-{tag}.log", "wb") as lf:
-            m = Measured([rclone, "copy", f"src:{DATA_BUCKET}/{DATA_PREFIX}", f"dst:{bucket}/{DATA_PREFIX}"],
-                         env, stdout=lf, stderr=lf)
-            if not m.wait(args.copy_timeout):
-                log(f"rclone {tag}: timed out after {args.copy_timeout} s; killed")
-                m.kill()
-        return m
+            return run_measured([rclone, "copy", f"src:{DATA_BUCKET}/{DATA_PREFIX}", f"dst:{bucket}/{DATA_PREFIX}"],
+                                rclone_env(home, cloud_url, onprem_url), args.copy_timeout, f"rclone {tag}",
+                                stdout=lf, stderr=lf)
+
+    def run_s5cmd(bucket: str, tag: str) -> Sequence:
+        # s5cmd takes one endpoint per command: between two endpoints it copies through a local
+        # directory, on the same disk as the servers' data, deleted after (not counted).
+        tmp = root / f"s5cmd-{tag}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        env = aws_env(home, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+        phases: list[Measured] = []
+        try:
+            with open(out / f"s5cmd-{tag}.log", "wb") as lf:
+                for phase, argv in (
+                        ("download", [s5cmd, "--endpoint-url", cloud_url, "cp", f"s3://{DATA_BUCKET}/{DATA_PREFIX}*",
+                                      f"{tmp}/"]),
+                        ("upload", [s5cmd, "--endpoint-url", onprem_url, "cp", f"{tmp}/*",
+                                    f"s3://{bucket}/{DATA_PREFIX}"])):
+                    phases.append(run_measured(argv, env, args.copy_timeout, f"s5cmd {phase} {tag}", stdout=lf, stderr=lf))
+                    if phases[-1].status != 0:
+                        break
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Sequence(phases)
 
     runners = {"snapstage": run_snapstage, "rclone": run_rclone}
+    if s5cmd:
+        runners["s5cmd"] = run_s5cmd
     results: dict[str, dict[str, list[dict]]] = {}
     created_s = 0.0
     for label, preload in variants:
@@ -670,7 +741,7 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
             created_s += ensure_dataset(src, objs)
             rows: dict[str, list[dict]] = {k: [] for k in runners}
             for rnd in range(1, args.rounds + 1):
-                for tool, fn in runners.items():  # A B A B
+                for tool, fn in runners.items():  # A B C A B C
                     bucket = f"dst-{tool}-r{rnd}"
                     tag = f"{bucket}{'-nodelay' if preload else ''}"
                     clean(label, bucket)
@@ -691,6 +762,7 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
                 services.stop(n)
     return {"server": "s3s-fs" if have_s3s else "moto", "objects": len(objs), "bytes": total,
             "variants": results, "created_s": created_s, "rclone_version": rclone_version,
+            "s5cmd_version": f"s5cmd {s5cmd_module_version()}" if s5cmd else None,
             "sizes": {"small": sum(1 for _, s in objs if s <= 64 * 1024),
                       "medium": sum(1 for _, s in objs if 64 * 1024 < s <= 4 * MiB),
                       "large": sum(1 for _, s in objs if s > 4 * MiB),
@@ -795,53 +867,74 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                  "DescribeSnapshots latency.\n")
         L.append(f"Last answer: {poll['summary']!r}; all invocations succeeded: {poll['ok']}.\n")
     if tp:
-        L.append("## 4. Replication throughput vs `rclone copy` (measured)\n")
+        L.append("## 4. Replication throughput vs `rclone copy` and s5cmd (measured)\n")
         if tp["server"] != "s3s-fs":
             L.append("**WARNING: s3s-fs was not available: both endpoints are moto servers. moto is a Python server "
                      "and measures itself; these throughput figures say little about either tool.**\n")
         sz = tp["sizes"]
+        tools = "A B C" if tp.get("s5cmd_version") else "A B"
         L.append(f"{tp['objects']} objects, {tp['bytes'] / GiB:.2f} GiB ({tp['bytes']:,} bytes): {sz['small']} ≤ 64 KiB, "
                  f"{sz['medium']} of 64 KiB–4 MiB, {sz['large']} larger (max {sz['max'] / MiB:.1f} MiB), random "
                  f"content, from one {tp['server']} server (\"cloud\") to another (\"on-prem\") on 127.0.0.1, each "
-                 f"copy into a fresh destination bucket, {args.rounds} rounds A B A B per server variant. snapstage: "
+                 f"copy into a fresh destination bucket, {args.rounds} rounds {tools} per server variant. snapstage: "
                  f"`replicate-artifacts-back --event` (CLI, default settings: 8 objects at once, "
                  f"objects over the part size as streamed multipart uploads, each object MD5-checked against the "
                  f"source ETag and SHA-256-hashed for the manifest, written with Content-MD5 (body unsigned) and "
                  f"then HEAD-verified, Nexus order kept). Peer: `{tp['rclone_version']}` "
                  f"(`rclone copy`, default settings: 4 transfers, 8 checkers, MD5 compared after upload). "
                  f"Complete = the destination listing has every key and the total byte count. CPU = the "
-                 f"tool's own user + system time (wait4); the two servers share the same 2 cores. "
-                 f"MB = 10^6 bytes.\n")
+                 f"tool's own user + system time (wait4); CPU s/GiB = that ÷ the GiB copied; the two servers share "
+                 f"the same 2 cores. MB = 10^6 bytes.\n")
+        if tp.get("s5cmd_version"):
+            L.append(f"Second peer: `{tp['s5cmd_version']}` (MIT, built from its Go module pinned in tools/s5cmd/go.mod), "
+                     f"default settings (256 workers, 5 parts at once per object, 50 MiB parts). It takes one "
+                     f"endpoint per command, so it copies between two endpoints as a user must: "
+                     f"`s5cmd cp 's3://src/prefix/*' <dir>/` with the cloud endpoint, then "
+                     f"`s5cmd cp '<dir>/*' s3://dst/prefix/` with the on-prem one, through a directory on the "
+                     f"servers' disk (deleted after, not counted); its wall and CPU are the sum of both commands, its "
+                     f"peak RSS the larger. What it verifies: the upload sends Content-MD5 computed from the local "
+                     f"file (aws-sdk-go v1 does so for PutObject and UploadPart), so the server rejects a body "
+                     f"damaged in transit; the download is not checked (no ETag comparison, no checksum over the GET "
+                     f"body: aws-sdk-go v1 has that check disabled), and nothing compares the destination with the "
+                     f"source.\n")
         if "s3s-fs + TCP_NODELAY" in tp["variants"]:
-            L.append("Two server variants: s3s-fs 0.14.1 as it is, which does not set TCP_NODELAY, so a response "
+            L.append("Two s3s-fs variants: s3s-fs 0.14.1 as it is, which does not set TCP_NODELAY, so a response "
                      "body smaller than the MSS that follows its headers in a second write waits for the client's "
                      "delayed ACK (~40 ms on Linux: seen with strace on about half of the small GETs); and the same "
                      "server with TCP_NODELAY set on its sockets (bench/nodelay.c, LD_PRELOAD), as AWS S3 and MinIO "
                      "(Go sets it by default) behave. A client copying one object at a time pays each stall; "
-                     "parallel transfers (snapstage's 8, rclone's 4) overlap them.\n")
+                     "parallel transfers (snapstage's 8, rclone's 4, s5cmd's 256) overlap them.\n")
         if "versitygw" in tp["variants"]:
             L.append("The versitygw rows: Versity's S3 gateway (Go, Apache-2.0; the version pinned in tools/s3/go.mod) "
                      "on its POSIX backend for both the cloud and the on-prem side, the kind of S3 server an on-prem "
-                     "shop runs over its file system (object metadata in extended attributes).\n")
-        L.append("| server | tool | round | wall | MB/s | CPU | peak RSS | exit | objects | complete |")
-        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+                     "shop runs over its file system (object metadata in extended attributes). It is the third "
+                     "server in place of MinIO: MinIO's server is AGPL-licensed, which this project does not take "
+                     "in (not even as a test tool).\n")
+        gib = tp["bytes"] / GiB
+        L.append("| server | tool | round | wall | MB/s | CPU | CPU s/GiB | peak RSS | exit | objects | complete |")
+        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for label, rowsets in tp["variants"].items():
             for tool, rows in rowsets.items():
                 for i, r in enumerate(rows, 1):
+                    cpu = r.get("cpu_s", float("nan"))
                     L.append(f"| {label} | {tool} | {i} | {r['wall_s']:.1f} s | {tp['bytes'] / 1e6 / r['wall_s']:.1f} | "
-                             f"{r.get('cpu_s', float('nan')):.1f} s | "
+                             f"{cpu:.1f} s | {cpu / gib:.2f} | "
                              f"{r['rss_mib']:.0f} MiB | {r['exit']} | {r['objects']} | {'yes' if r['complete'] else 'NO'} |")
         L.append("")
-        L.append("| server | tool | median wall | median MB/s | median CPU | median peak RSS | throughput ratio snapstage / rclone |")
-        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        L.append("Throughput ratio = the peer's median wall ÷ snapstage's (above 1: snapstage is faster).\n")
+        L.append("| server | tool | median wall | median MB/s | median CPU | median CPU s/GiB | median peak RSS "
+                 "| ratio snapstage / rclone | ratio snapstage / s5cmd |")
+        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for label, rowsets in tp["variants"].items():
             med = {t: p50([r["wall_s"] for r in rows]) for t, rows in rowsets.items()}
             rss = {t: p50([r["rss_mib"] for r in rows]) for t, rows in rowsets.items()}
             cpu = {t: p50([r.get("cpu_s", float("nan")) for r in rows]) for t, rows in rowsets.items()}
-            ratio = med["rclone"] / med["snapstage"] if med.get("snapstage") else float("nan")
+            ours = med.get("snapstage")
+            ratio = {peer: med[peer] / ours if ours and peer in med else float("nan") for peer in ("rclone", "s5cmd")}
             for t in med:
-                L.append(f"| {label} | {t} | {med[t]:.1f} s | {tp['bytes'] / 1e6 / med[t]:.1f} | {cpu[t]:.1f} s | {rss[t]:.0f} MiB | "
-                         f"{'**' + fmt(ratio, 2) + '**' if t == 'snapstage' else ''} |")
+                cells = [f"**{fmt(ratio[peer], 2)}**" if t == "snapstage" and peer in med else "" for peer in ("rclone", "s5cmd")]
+                L.append(f"| {label} | {t} | {med[t]:.1f} s | {tp['bytes'] / 1e6 / med[t]:.1f} | {cpu[t]:.1f} s | "
+                         f"{cpu[t] / gib:.2f} | {rss[t]:.0f} MiB | {cells[0]} | {cells[1]} |")
         L.append("")
     return "\n".join(L) + "\n"
 
@@ -851,6 +944,7 @@ def main() -> int:
     ap.add_argument("--bin-dir", default=str(ROOT / "target/release"))
     ap.add_argument("--s3s-fs", default="", help="the s3s-fs binary (absent: moto fallback, loudly)")
     ap.add_argument("--versitygw", default="", help="the versitygw binary (a third server variant; absent: skipped)")
+    ap.add_argument("--s5cmd", default="", help="the s5cmd binary (scripts/s5cmd.sh; absent: its rows are skipped)")
     ap.add_argument("--nodelay-shim", default=str(BENCH / "out/nodelay.so"),
                     help="LD_PRELOAD shim setting TCP_NODELAY on s3s-fs's sockets (bench/nodelay.c)")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "20")))
@@ -861,8 +955,15 @@ def main() -> int:
     ap.add_argument("--copy-timeout", type=float, default=300)
     ap.add_argument("--data-dir", default=os.environ.get("BENCH_DATA_DIR", "/tmp/snapstage-bench"))
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "5190")))
-    ap.add_argument("--only", default="cold,size,poll,throughput")
+    ap.add_argument("--many", type=int, default=int(os.environ.get("BENCH_MANY", "1000000")),
+                    help="objects of the many-small-objects set (section 5)")
+    ap.add_argument("--many-timeout", type=float, default=float(os.environ.get("BENCH_MANY_TIMEOUT", "3600")),
+                    help="seconds any one run of section 5 may take before it is killed")
+    ap.add_argument("--many-peers", default="rclone", help="peers of section 5 beside snapstage: rclone or none")
+    ap.add_argument("--only", default="cold,size,poll,throughput,many")
     ap.add_argument("--results", default=str(BENCH / "results.md"))
+    ap.add_argument("--out", default=os.environ.get("BENCH_OUT", str(BENCH / "out")),
+                    help="logs, events, raw.json (default bench/out)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     # make (or a CI runner) stops us with SIGTERM: unwind so every server we started is stopped.
@@ -871,8 +972,8 @@ def main() -> int:
     if missing:
         print(f"bench: no release binaries {missing} in {args.bin_dir} (cargo build --release --bins)", file=sys.stderr)
         return 2
-    out = BENCH / "out"
-    out.mkdir(exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     venv = Path(sys.executable).parent.parent
     home = Path(tempfile.mkdtemp(prefix="snapstage-bench-home-"))
     services = Services()
