@@ -1159,6 +1159,10 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                      "shop runs over its file system (object metadata in extended attributes). It is the third "
                      "server in place of MinIO: MinIO's server is AGPL-licensed, which this project does not take "
                      "in (not even as a test tool).\n")
+        else:
+            L.append("No third server variant in this run: versitygw (scripts/onprem-s3.sh build, needs Go) was not "
+                     "available. MinIO is not used in its place: its server is AGPL-licensed, which this project "
+                     "does not take in.\n")
         gib = tp["bytes"] / GiB
         L.append("| server | tool | round | wall | MB/s | CPU | CPU s/GiB | peak RSS | exit | objects | complete |")
         L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
