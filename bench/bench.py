@@ -1198,7 +1198,7 @@ def report_many(many: dict, args) -> list[str]:
     n = many["objects"]
     L = [f"## 5. {n:,} small objects: full copy and no-op re-run (measured)\n"]
     if "skipped" in many:
-        return L + [f"**Not run to the end**: {many['skipped']}.\n"]
+        return L + [f"**Not measured**: {many['skipped']}.\n"]
     st = many["set"]
     L.append(f"A Nexus-like blob store of {n:,} objects, {st['bytes'] / MiB:,.0f} MiB "
              f"(`content/vol-XX/chap-YY/<uuid>.bytes` of 1–4 KiB and `.properties` of 256 B–1 KiB, random content, "
