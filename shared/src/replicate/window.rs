@@ -18,8 +18,11 @@
 //!   what it already copied is found unchanged at the destination, never copied twice; its
 //!   manifest lines so far are in the checkpoint (`entries`).
 //!
+//! - The source's window and the destination's next pages (as many objects ahead) are listed
+//!   at once, so a run that copies little takes the slower of the two listings, not their sum.
+//!
 //! Memory: a window of listed objects and its manifest lines (~[`WINDOW_OBJECTS`] × a few hundred
-//! bytes), a destination page (1,000 objects), and the copier's `concurrency × partSizeMiB`. A
+//! bytes), as many destination objects ahead plus a page, and the copier's `concurrency × partSizeMiB`. A
 //! directory destination (pull mode) cannot page: its sorted listing is held whole (about 200
 //! bytes per file).
 
@@ -137,6 +140,17 @@ impl Pages {
         Ok(self.buf.pop_front())
     }
 
+    /// Lists pages ahead until `ahead` objects wait in the buffer (or the listing ends). Bounded:
+    /// at most `ahead` plus one page.
+    async fn prefetch<W: Sink>(&mut self, sink: &W, ahead: usize, clean: bool) -> Result<()> {
+        while !self.done && self.buf.len() < ahead {
+            let (after, token) = self.request();
+            let page = sink.list_page(after, token, clean).await?;
+            self.take(page)?;
+        }
+        Ok(())
+    }
+
     /// The destination object `key`, if listed; what sorts before it is passed over.
     async fn find<W: Sink>(&mut self, sink: &W, key: &str, clean: bool) -> Result<Option<Listed>> {
         loop {
@@ -176,17 +190,24 @@ pub async fn run<R: Source, W: Sink>(
         let mut src = Pages::after(cursor, "source");
         let mut dst = Pages::after(dst_after, "destination");
         loop {
-            let mut batch = Vec::new();
-            let mut last = None;
-            while batch.len() < window {
-                let Some(l) = src.next_source(&ctx.source, &target.source_prefix).await? else {
-                    break;
-                };
-                last = Some(l.key.clone());
-                if !own_source_key(target, &l.key) {
-                    batch.push(l);
+            // The source's window and the destination's pages ahead are listed at once: a run
+            // that copies little is bound by the two listings, now by the slower one.
+            let list_window = async {
+                let mut batch = Vec::new();
+                let mut last = None;
+                while batch.len() < window {
+                    let Some(l) = src.next_source(&ctx.source, &target.source_prefix).await? else {
+                        break;
+                    };
+                    last = Some(l.key.clone());
+                    if !own_source_key(target, &l.key) {
+                        batch.push(l);
+                    }
                 }
-            }
+                Ok::<_, Error>((batch, last))
+            };
+            let ((batch, last), ()) =
+                tokio::try_join!(list_window, dst.prefetch(&ctx.sink, window, true))?;
             let Some(last) = last else { break };
             // Every step progresses: a window at least, or the copier's one object.
             if windows > 0 && ctx.deadline.near(DEADLINE_MARGIN) {
