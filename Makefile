@@ -79,8 +79,9 @@ demo: setup build
 demo-hybrid: setup build
 	scripts/with-services.sh $${CARGO_TARGET_DIR:-target}/debug/local-pipeline --hybrid
 
-# Figures side by side with the peers (bench/README.md): release build (10–12 min clean), then ~7 min
-# of measurements (+ ~6 min once to build s3s-fs). No timing assertions anywhere.
+# Figures side by side with the peers (bench/README.md): release build (10–12 min clean), then ~10 min
+# of measurements plus ~30 min for 10^6 small objects (BENCH_MANY=100000: a few minutes; + ~6 min once
+# to build s3s-fs). No timing assertions anywhere.
 bench: setup
 	# the five functions only (-p): the binaries resolved as `make package` resolves them, without
 	# the tests crate (a default member) unifying its features in

@@ -1127,9 +1127,10 @@ def report(m: dict, cold: dict | None, sizes: dict | None, poll: dict | None, tp
                  f"content, from one {tp['server']} server (\"cloud\") to another (\"on-prem\") on 127.0.0.1, each "
                  f"copy into a fresh destination bucket, {args.rounds} rounds {tools} per server variant. snapstage: "
                  f"`replicate-artifacts-back --event` (CLI, default settings: 8 objects at once, "
-                 f"objects over the part size as streamed multipart uploads, each object MD5-checked against the "
-                 f"source ETag and SHA-256-hashed for the manifest, written with Content-MD5 (body unsigned) and "
-                 f"then HEAD-verified, Nexus order kept). Peer: `{tp['rclone_version']}` "
+                 f"objects up to 64 MiB whose ETag is their MD5 as one PutObject streamed from the GET, "
+                 f"Content-MD5 the source ETag, the ETag the destination answers checked against it, SHA-256 "
+                 f"of every byte for the manifest; larger ones as streamed multipart uploads, MD5-checked against "
+                 f"the source ETag and HEAD-verified; Nexus order kept). Peer: `{tp['rclone_version']}` "
                  f"(`rclone copy`, default settings: 4 transfers, 8 checkers, MD5 compared after upload). "
                  f"Complete = the destination listing has every key and the total byte count. CPU = the "
                  f"tool's own user + system time (wait4); CPU s/GiB = that ÷ the GiB copied; the two servers share "
@@ -1258,7 +1259,7 @@ def main() -> int:
                     help="objects of the many-small-objects set (section 5)")
     ap.add_argument("--many-timeout", type=float, default=float(os.environ.get("BENCH_MANY_TIMEOUT", "7200")),
                     help="seconds any one run of section 5 may take before it is killed")
-    ap.add_argument("--many-peers", default=os.environ.get("BENCH_MANY_PEERS", "rclone"),
+    ap.add_argument("--many-peers", default=os.environ.get("BENCH_MANY_PEERS", "none"),
                     help="peers of section 5 beside snapstage: rclone or none")
     ap.add_argument("--only", default="cold,size,poll,throughput,many")
     ap.add_argument("--results", default=str(BENCH / "results.md"))

@@ -15,8 +15,8 @@
 # build), BENCH_RUNS (cold-start runs, default 20), BENCH_ROUNDS (copy rounds, default 2),
 # BENCH_DATA_DIR (the servers' data, default /tmp/snapstage-bench; the many-objects set is kept
 # there between runs), BENCH_PORT_BASE (default 5190: uses 5190-5193), BENCH_MANY (objects of the
-# many-small-objects section, default 1000000; ~2.5 h at that count), BENCH_MANY_PEERS (rclone or
-# none: ~1 h), BENCH_MANY_TIMEOUT (seconds per run, default 7200), BENCH_OUT (logs, default bench/out).
+# many-small-objects section, default 1000000: ~31 min measured, snapstage only), BENCH_MANY_PEERS
+# (none, the default, or rclone: adds about 1.5 h at 10^6), BENCH_MANY_TIMEOUT (seconds per run, default 7200), BENCH_OUT (logs, default bench/out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN_DIR=${1:-target/release}
