@@ -170,6 +170,28 @@ impl Pages {
     }
 }
 
+/// Copies a window's candidates; `Err` is how the step stops when they did not all complete (the
+/// checkpoint saved): failures, or the deadline with `pending` objects on top of those not started.
+async fn copy_window<R: Source, W: Sink>(
+    ctx: &Arc<Ctx<R, W>>,
+    candidates: &[Candidate],
+    pending: u64,
+) -> Result<std::result::Result<copy::RunReport, Streamed>> {
+    let report = copy::run(Arc::clone(ctx), candidates).await;
+    ctx.sink.save().await?;
+    if !report.failures.is_empty() {
+        ctx.journal.save().await?;
+        return Ok(Err(Streamed::Failed(report.failures)));
+    }
+    if report.interrupted {
+        ctx.journal.save().await?;
+        return Ok(Err(Streamed::Interrupted {
+            left: report.not_started as u64 + pending,
+        }));
+    }
+    Ok(Ok(report))
+}
+
 /// Copies windows from the checkpoint's cursor to the end of the source, then the deferred keys.
 pub async fn run<R: Source, W: Sink>(
     ctx: &Arc<Ctx<R, W>>,
@@ -229,18 +251,10 @@ pub async fn run<R: Source, W: Sink>(
                 .into_iter()
                 .partition(|c| rank(&c.source.key) == 2);
             let pending = deferred.len() as u64 + journal.deferred().len() as u64;
-            let report = copy::run(Arc::clone(ctx), &now).await;
-            ctx.sink.save().await?;
-            if !report.failures.is_empty() {
-                journal.save().await?;
-                return Ok(Streamed::Failed(report.failures));
-            }
-            if report.interrupted {
-                journal.save().await?;
-                return Ok(Streamed::Interrupted {
-                    left: report.not_started as u64 + pending,
-                });
-            }
+            let report = match copy_window(ctx, &now, pending).await? {
+                Ok(r) => r,
+                Err(stop) => return Ok(stop),
+            };
             abort_stale(ctx, &now, &plan.unchanged).await;
             let bound = destination_key(&last, &target.source_prefix, &dst_prefix);
             let (lines, keep, skipped) = window_lines(
@@ -295,18 +309,10 @@ pub async fn run<R: Source, W: Sink>(
         to_copy = plan.to_copy.len(),
         "every window is done: the deferred metadata.properties last"
     );
-    let report = copy::run(Arc::clone(ctx), &plan.to_copy).await;
-    ctx.sink.save().await?;
-    if !report.failures.is_empty() {
-        journal.save().await?;
-        return Ok(Streamed::Failed(report.failures));
-    }
-    if report.interrupted {
-        journal.save().await?;
-        return Ok(Streamed::Interrupted {
-            left: report.not_started as u64,
-        });
-    }
+    let report = match copy_window(ctx, &plan.to_copy, 0).await? {
+        Ok(r) => r,
+        Err(stop) => return Ok(stop),
+    };
     abort_stale(ctx, &plan.to_copy, &plan.unchanged).await;
     let (lines, _, skipped) = window_lines(
         journal.take_entries(),

@@ -259,20 +259,8 @@ impl Sink for S3Sink {
         md5: [u8; 16],
         sha256: &str,
     ) -> Attempt<S3Written> {
-        let (src, info) = (object.source, object.info);
         let put = self
-            .client
-            .put_object()
-            .bucket(self.bucket())
-            .key(object.key)
-            .content_length(i64::try_from(src.size).unwrap_or(i64::MAX))
-            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .set_metadata(Some(info.destination_metadata(&src.etag, Some(sha256))))
-            .set_content_type(info.content_type.clone())
-            .set_content_encoding(info.content_encoding.clone())
-            .set_content_disposition(info.content_disposition.clone())
-            .set_content_language(info.content_language.clone())
-            .set_cache_control(info.cache_control.clone())
+            .put_request(object, md5, Some(sha256))
             .body(ByteStream::from(body))
             .customize()
             .disable_payload_signing()
@@ -306,7 +294,6 @@ impl Sink for S3Sink {
         body: B,
         md5: [u8; 16],
     ) -> Attempt<(S3Written, String)> {
-        let (src, info) = (object.source, object.info);
         let where_ = self.describe_key(object.key);
         let seen = Arc::new(StdMutex::new(Seen {
             sha: Some(Sha256::new()),
@@ -317,18 +304,7 @@ impl Sink for S3Sink {
             seen: Arc::clone(&seen),
         };
         let put = self
-            .client
-            .put_object()
-            .bucket(self.bucket())
-            .key(object.key)
-            .content_length(i64::try_from(src.size).unwrap_or(i64::MAX))
-            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
-            .set_metadata(Some(info.destination_metadata(&src.etag, None)))
-            .set_content_type(info.content_type.clone())
-            .set_content_encoding(info.content_encoding.clone())
-            .set_content_disposition(info.content_disposition.clone())
-            .set_content_language(info.content_language.clone())
-            .set_cache_control(info.cache_control.clone())
+            .put_request(object, md5, None)
             .body(ByteStream::new(SdkBody::from_body_1_x(hashing)))
             .customize()
             .disable_payload_signing()
@@ -444,6 +420,29 @@ impl Sink for S3Sink {
 }
 
 impl S3Sink {
+    /// A PutObject of `object` whole: its length, `Content-MD5`, the source's headers and our
+    /// metadata (`sha256` when known before the body is sent).
+    fn put_request(
+        &self,
+        object: Object<'_>,
+        md5: [u8; 16],
+        sha256: Option<&str>,
+    ) -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder {
+        let (src, info) = (object.source, object.info);
+        self.client
+            .put_object()
+            .bucket(self.bucket())
+            .key(object.key)
+            .content_length(i64::try_from(src.size).unwrap_or(i64::MAX))
+            .content_md5(base64::engine::general_purpose::STANDARD.encode(md5))
+            .set_metadata(Some(info.destination_metadata(&src.etag, sha256)))
+            .set_content_type(info.content_type.clone())
+            .set_content_encoding(info.content_encoding.clone())
+            .set_content_disposition(info.content_disposition.clone())
+            .set_content_language(info.content_language.clone())
+            .set_cache_control(info.cache_control.clone())
+    }
+
     fn upload(&self, key: &str, upload_id: String) -> S3Upload {
         S3Upload {
             client: self.client.clone(),
