@@ -390,23 +390,7 @@ impl Run<'_> {
             return Err(s.missing_error(&missing, manifest.as_deref().unwrap_or_default()));
         }
 
-        let mut summary = if p.copied == 0 {
-            format!(
-                "Nothing to copy: the {} objects of {} are unchanged at {destination}.",
-                plan.source_objects,
-                source_location(target),
-            )
-        } else {
-            format!(
-                "Copied {} objects ({}) from {} to {destination}, {} verified, at {} MB/s; {skipped} \
-                 unchanged objects skipped.",
-                p.copied,
-                human(p.bytes),
-                source_location(target),
-                p.verified,
-                throughput(&p),
-            )
-        };
+        let mut summary = done_summary(&p, plan.source_objects, skipped, target, &destination);
         if target.mirror {
             summary.push_str(&format!(
                 " Mirror: {} objects gone at the source deleted.",
@@ -461,24 +445,13 @@ async fn streamed<R: Source, W: Sink>(
             ctx.journal.finish().await?;
             let p = ctx.journal.progress();
             let tally = ctx.journal.tally();
-            let summary = if p.copied == 0 {
-                format!(
-                    "Nothing to copy: the {} objects of {} are unchanged at {destination}.",
-                    tally.source_objects,
-                    source_location(target),
-                )
-            } else {
-                format!(
-                    "Copied {} objects ({}) from {} to {destination}, {} verified, at {} MB/s; {} \
-                     unchanged objects skipped.",
-                    p.copied,
-                    human(p.bytes),
-                    source_location(target),
-                    p.verified,
-                    throughput(&p),
-                    tally.skipped,
-                )
-            };
+            let summary = done_summary(
+                &p,
+                tally.source_objects,
+                tally.skipped,
+                target,
+                &destination,
+            );
             let report = Report {
                 progress: p,
                 skipped: tally.skipped,
@@ -517,6 +490,32 @@ async fn streamed<R: Source, W: Sink>(
         state: serde_json::to_value(state)
             .map_err(|e| Error::Internal(format!("continuation state: {e}")))?,
     })
+}
+
+/// The summary of a finished run.
+fn done_summary(
+    p: &Progress,
+    source_objects: u64,
+    skipped: u64,
+    target: &Target,
+    destination: &str,
+) -> String {
+    if p.copied == 0 {
+        format!(
+            "Nothing to copy: the {source_objects} objects of {} are unchanged at {destination}.",
+            source_location(target),
+        )
+    } else {
+        format!(
+            "Copied {} objects ({}) from {} to {destination}, {} verified, at {} MB/s; {skipped} \
+             unchanged objects skipped.",
+            p.copied,
+            human(p.bytes),
+            source_location(target),
+            p.verified,
+            throughput(p),
+        )
+    }
 }
 
 /// Writes the manifest: a shard's own, else the run's ([`write_manifest`]).

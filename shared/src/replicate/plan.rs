@@ -81,6 +81,29 @@ pub async fn plan<R: Source, W: Sink>(ctx: &Ctx<R, W>, target: &Target) -> Resul
     decide(ctx, target, src, dst).await
 }
 
+/// What the destination holds of the listed source objects `src` (by destination key): a lookup
+/// of those keys only ([`Sink::list_keys`]), not a listing of the whole prefix.
+pub(super) async fn at_destination<R: Source, W: Sink>(
+    ctx: &Ctx<R, W>,
+    target: &Target,
+    src: &[Listed],
+) -> Result<HashMap<String, Listed>> {
+    let dst_prefix = ctx.sink.prefix();
+    let mut keys: Vec<String> = src
+        .iter()
+        .map(|s| destination_key(&s.key, &target.source_prefix, dst_prefix))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    Ok(ctx
+        .sink
+        .list_keys(&keys)
+        .await?
+        .into_iter()
+        .map(|l| (l.key.clone(), l))
+        .collect())
+}
+
 /// Decides each listed source object against what the destination holds (`dst`, by destination
 /// key): unchanged or to copy; in mirror mode, what `dst` holds that no source object wants.
 pub(super) async fn decide<R: Source, W: Sink>(

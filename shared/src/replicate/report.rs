@@ -86,12 +86,7 @@ pub(super) async fn write_manifest(
     entries: &[Entry],
 ) -> Result<Option<String>> {
     let lines = journal::manifest_lines(entries);
-    let output = artifacts.and_then(|a| {
-        a.outputs
-            .first()
-            .and_then(|o| o.location.s3_location.clone())
-            .map(|l| (l, a.credentials.clone(), a.encryption_key.clone()))
-    });
+    let output = output_artifact(artifacts);
     if let Some((location, credentials, key)) = output {
         let client = artifact_client(config, credentials.as_ref());
         let url = format!("s3://{}/{}", location.bucket_name, location.object_key);
@@ -146,12 +141,7 @@ pub(super) async fn write_manifest_chunks(
     journal: &journal::Journal,
 ) -> Result<Option<String>> {
     let chunks = journal.chunks();
-    let output = artifacts.and_then(|a| {
-        a.outputs
-            .first()
-            .and_then(|o| o.location.s3_location.clone())
-            .map(|l| (l, a.credentials.clone(), a.encryption_key.clone()))
-    });
+    let output = output_artifact(artifacts);
     if let Some((location, credentials, key)) = output {
         let url = format!("s3://{}/{}", location.bucket_name, location.object_key);
         let (mut crc, mut size) = (!0u32, 0u64);
@@ -348,6 +338,22 @@ impl Out {
 
 /// An S3 client with the job's artifact credentials (never logged: `ArtifactCredentials`' Debug
 /// is redacted, and the SDK's `Credentials` too).
+/// The job's first output artifact: where it goes, the credentials to write it, its KMS key.
+fn output_artifact(
+    artifacts: Option<&JobArtifacts>,
+) -> Option<(
+    crate::job::codepipeline::S3Location,
+    Option<ArtifactCredentials>,
+    Option<crate::job::codepipeline::EncryptionKey>,
+)> {
+    artifacts.and_then(|a| {
+        a.outputs
+            .first()
+            .and_then(|o| o.location.s3_location.clone())
+            .map(|l| (l, a.credentials.clone(), a.encryption_key.clone()))
+    })
+}
+
 fn artifact_client(config: &SdkConfig, credentials: Option<&ArtifactCredentials>) -> Client {
     let mut b = aws_sdk_s3::config::Builder::from(config);
     if let Some(c) = credentials {

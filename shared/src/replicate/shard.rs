@@ -32,7 +32,7 @@
 //! results then say exactly which batches are not complete. Mirror mode and pull mode are
 //! refused: deletions need the complete listing, and a directory is the CLI's pull mode.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
@@ -182,19 +182,7 @@ impl Shard {
             }
         }
         let dst_prefix = ctx.sink.prefix().to_string();
-        let mut keys: Vec<String> = src
-            .iter()
-            .map(|s| destination_key(&s.key, &target.source_prefix, &dst_prefix))
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let dst: HashMap<String, Listed> = ctx
-            .sink
-            .list_keys(&keys)
-            .await?
-            .into_iter()
-            .map(|l| (l.key.clone(), l))
-            .collect();
+        let dst = super::plan::at_destination(ctx, target, &src).await?;
         let listed: Vec<(String, bool)> = src
             .iter()
             .map(|s| {

@@ -291,19 +291,7 @@ pub async fn run<R: Source, W: Sink>(
         });
     }
     // Decided again: a step that copied some of them before a kill finds them unchanged.
-    let mut keys: Vec<String> = deferred
-        .iter()
-        .map(|l| destination_key(&l.key, &target.source_prefix, &dst_prefix))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let found: HashMap<String, Listed> = ctx
-        .sink
-        .list_keys(&keys)
-        .await?
-        .into_iter()
-        .map(|l| (l.key.clone(), l))
-        .collect();
+    let found = plan::at_destination(ctx, target, &deferred).await?;
     let plan = plan::decide(ctx, target, deferred, found).await?;
     tracing::info!(
         to_copy = plan.to_copy.len(),
